@@ -1,0 +1,40 @@
+# Two commands do all set-up: `make run` (the app on the packaged SmolLM2) and `make test`.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint bench venv clean
+
+run: $(STAMP)
+	$(BIN)/python launch.py
+
+test: $(STAMP) browser
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+bench: $(STAMP)
+	$(BIN)/python bench/generate.py
+
+venv: $(STAMP)
+
+# Rebuilt whenever a pin changes; pip finds torch's CPU wheel on this machine's disk.
+$(STAMP): pyproject.toml requirements.lock requirements-assets.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.lock
+	$(BIN)/python -m pip install --quiet --no-deps -r requirements-assets.txt
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+# The browser test drives Debian's chromium (Playwright cannot download browsers here).
+.PHONY: browser
+browser:
+	@test -x /usr/bin/chromium || (command -v apt-get >/dev/null && \
+		(apt-get install -y -qq chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)))
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,77 @@
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from core import models
+from core.errors import ForgetlessError
+from core.models import choose_dtype, load_model, load_tokenizer, resolve_model
+
+
+def test_unknown_alias_names_the_known_ones(tmp_path: Path):
+    with pytest.raises(ForgetlessError, match="smollm2-135m-instruct"):
+        resolve_model("llama-9000", tmp_path)
+
+
+def test_missing_gguf_and_non_model_paths(tmp_path: Path):
+    with pytest.raises(ForgetlessError, match="not found"):
+        resolve_model(str(tmp_path / "missing.gguf"), tmp_path)
+    (tmp_path / "notes.txt").write_text("hi")
+    with pytest.raises(ForgetlessError, match="not a .gguf"):
+        resolve_model(str(tmp_path / "notes.txt"), tmp_path)
+    with pytest.raises(ForgetlessError, match="no config.json"):
+        resolve_model(str(tmp_path), tmp_path)
+
+
+def test_hub_ids_are_passed_through(tmp_path: Path):
+    source = resolve_model("HuggingFaceTB/SmolLM2-135M-Instruct", tmp_path)
+    assert source.location == "HuggingFaceTB/SmolLM2-135M-Instruct" and source.gguf_file is None
+
+
+def test_dtype_follows_hardware(monkeypatch):
+    monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: False)
+    assert choose_dtype("cpu") == torch.float32
+    monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: True)
+    assert choose_dtype("cpu") == torch.bfloat16
+
+
+def test_loads_local_folder_in_fp32(tiny_model_dir: Path, tmp_path: Path):
+    lm = load_model(str(tiny_model_dir), tmp_path)
+    if not models.cpu_has_native_bf16():
+        assert lm.dtype == torch.float32 and next(lm.model.parameters()).dtype == torch.float32
+    assert lm.tokenizer.chat_template and lm.name == tiny_model_dir.name
+
+
+def test_unsupported_architecture_is_one_clear_error(tiny_model_dir: Path, tmp_path: Path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for item in tiny_model_dir.iterdir():
+        (broken / item.name).write_bytes(item.read_bytes())
+    config = json.loads((broken / "config.json").read_text())
+    config["model_type"] = "quantum-llm"
+    (broken / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ForgetlessError) as caught:
+        load_model(str(broken), tmp_path)
+    assert "quantum-llm" in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_corrupt_gguf_is_one_clear_error(tmp_path: Path):
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"not a gguf at all")
+    with pytest.raises(ForgetlessError, match="bad.gguf"):
+        load_tokenizer(str(bad), tmp_path)
+
+
+@pytest.mark.integration
+def test_smollm2_gguf_converts_once_then_loads_fast(real_workspace: Path):
+    import time
+
+    first = load_model("smollm2-135m-instruct", real_workspace)
+    assert first.model.config.model_type == "llama"
+    cached = list((real_workspace / "models").glob("SmolLM2-135M-Instruct*"))
+    assert cached and (cached[0] / "model.safetensors").exists()
+    started = time.monotonic()
+    again = load_model("smollm2-135m-instruct", real_workspace)
+    assert time.monotonic() - started <= 5.0
+    assert torch.equal(again.model.model.embed_tokens.weight, first.model.model.embed_tokens.weight)
