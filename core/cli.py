@@ -40,14 +40,14 @@ def _emit(summary: dict[str, Any], as_json: bool, human: str) -> None:
 
 
 def cmd_prequery(args: argparse.Namespace) -> None:
-    from core.models import load_tokenizer
+    from core.models import load_tokenizer, resolve_model
     from core.prequery import PreQuery, derive_prequery
 
-    tokenizer = load_tokenizer(args.model, args.workspace)
     if args.prefix is not None and args.stop:
+        resolve_model(args.model, args.workspace)  # both given: nothing to derive, only check the spec
         found = PreQuery(args.prefix, tuple(args.stop))
     else:
-        derived = derive_prequery(tokenizer)
+        derived = derive_prequery(load_tokenizer(args.model, args.workspace))
         found = PreQuery(args.prefix if args.prefix is not None else derived.prefix,
                          tuple(args.stop) if args.stop else derived.stop)
     human = f"prefix:\n{found.prefix}\nstop: {list(found.stop)}"
@@ -81,6 +81,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> None:
     store = Store.for_workspace(args.workspace)
     with job_session(folder, "reconstruct", config) as recorder:
         signal.signal(signal.SIGTERM, lambda *_: request_cancel(folder))
+        recorder.progress({"phase": "loading model", "job_id": job_id, "total": config.n})
         lm = load_model(config.model, args.workspace)
         bar = _progress_bar(config.n, f"reconstruct {job_id}")
         start_count = store.job_progress(job_id)["stored"]
@@ -110,7 +111,7 @@ def _progress_bar(total: int, description: str) -> Any:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="forgetless", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="forgetless", description="Fine-tune an aligned LLM on domain data without forgetting.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     stages = parser.add_subparsers(dest="stage", required=True, parser_class=_Parser)
 

@@ -171,14 +171,16 @@ def load_tokenizer(spec: str, workspace: Path) -> Any:
     from transformers import AutoTokenizer
 
     try:
-        if source.gguf_file is not None:
-            converted = _converted_dir(Path(source.location) / source.gguf_file, workspace)
-            if converted.exists():
-                return AutoTokenizer.from_pretrained(converted)
-            return AutoTokenizer.from_pretrained(source.location, gguf_file=source.gguf_file)
-        return AutoTokenizer.from_pretrained(source.location)
+        if source.gguf_file is None:
+            tokenizer = AutoTokenizer.from_pretrained(source.location)
+        elif (converted := _converted_dir(Path(source.location) / source.gguf_file, workspace)).exists():
+            tokenizer = AutoTokenizer.from_pretrained(converted)
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(source.location, gguf_file=source.gguf_file)
     except Exception as error:
         raise _load_error(source, error) from error
+    tokenizer.name_or_path = source.spec  # error messages name what the user typed, not a cache folder
+    return tokenizer
 
 
 def load_model(spec: str, workspace: Path, device: str | None = None) -> LoadedModel:
@@ -195,6 +197,7 @@ def load_model(spec: str, workspace: Path, device: str | None = None) -> LoadedM
     except Exception as error:
         raise _load_error(source, error) from error
     model.eval()
+    tokenizer.name_or_path = source.spec
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return LoadedModel(source.name, model, tokenizer, device, dtype)

@@ -40,7 +40,12 @@ class ReconstructConfig:
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes kept with the job
 
     def __post_init__(self) -> None:
+        whole = all(isinstance(getattr(self, name), int) and not isinstance(getattr(self, name), bool)
+                    for name in ("n", "batch_size", "max_new_tokens", "seed", "min_chars", "max_chars"))
+        if not whole:
+            raise ForgetlessError("n, batch size, max new tokens, seed, min/max chars must be whole numbers")
         checks = [
+            (bool(self.model.strip()), "model must be given: an alias, a model folder or a .gguf file"),
             (self.n >= 1, "n must be at least 1"),
             (self.batch_size >= 1, "batch size must be at least 1"),
             (0.0 <= self.temperature <= 5.0, "temperature must be between 0 and 5"),

@@ -1,0 +1,32 @@
+"""Start the Forgetless app: `python launch.py [--workspace DIR] [--host 127.0.0.1] [--port 7860]`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+# Set before gradio is imported: it reads these at import time. No telemetry, and the hub stays offline.
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workspace", type=Path, default=Path("workspace"),
+                        help="folder holding the DuckDB store, model cache and jobs (default: ./workspace)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=7860, help="port to listen on (default: 7860)")
+    args = parser.parse_args()
+
+    from ui.app import build_app, launch_style
+
+    args.workspace.mkdir(parents=True, exist_ok=True)
+    app = build_app(args.workspace)
+    print(f"Forgetless on http://{args.host}:{args.port} (workspace {args.workspace.resolve()})", flush=True)
+    app.launch(server_name=args.host, server_port=args.port, share=False, quiet=True, show_error=True,
+               **launch_style())
+
+
+if __name__ == "__main__":
+    main()

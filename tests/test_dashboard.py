@@ -1,0 +1,169 @@
+"""The app's pure helpers: status lines, paging, table rows, the histogram and the CLI command."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from core.cli import build_parser
+from core.dashboard import (
+    PAGE_SIZE,
+    TABLE_HEADERS,
+    clamp_page,
+    cli_command,
+    format_duration,
+    instruction_rows,
+    job_status_line,
+    length_histogram,
+    new_job_id,
+    page_count,
+    page_label,
+    read_instruction_view,
+    stage_flags,
+)
+from core.jobs import JobInfo
+from core.reconstruct import ReconstructConfig
+from core.store import InstructionRow, Store
+
+
+def job(state: str, progress: dict | None = None, error: str | None = None,
+        summary: dict | None = None) -> JobInfo:
+    return JobInfo("reconstruct-x", "reconstruct", state, Path("/nowhere"), progress or {}, error, summary,
+                   1.0)
+
+
+def test_new_job_ids_are_unique_and_sortable_by_time():
+    first, second = new_job_id("reconstruct", now=0), new_job_id("reconstruct", now=0)
+    assert first != second
+    assert re.fullmatch(r"reconstruct-\d{8}-\d{6}-[0-9a-f]{6}", first)
+    assert new_job_id("reconstruct", now=100_000) > new_job_id("reconstruct", now=0)
+
+
+@pytest.mark.parametrize(("seconds", "text"), [
+    (None, "—"), (-1, "—"), (float("inf"), "—"), (0, "0:00"), (59.6, "1:00"), (75, "1:15"), (3725, "1:02:05"),
+])
+def test_format_duration(seconds, text):
+    assert format_duration(seconds) == text
+
+
+def test_status_line_without_a_job_says_what_to_do():
+    assert "Start" in job_status_line(None)
+
+
+def test_status_line_while_loading_and_running():
+    assert "starting…" in job_status_line(job("starting"))
+    assert "starting…" in job_status_line(job("running"))  # no progress line written yet
+    assert "loading model…" in job_status_line(job("running", {"phase": "loading model", "total": 9}))
+    line = job_status_line(job("running", {"stored": 12, "total": 100, "tokens_per_s": 341.6, "eta_s": 75,
+                                           "elapsed_s": 9}))
+    assert line.startswith("running · reconstruct-x")
+    for part in ("12/100 stored", "342 tokens/s", "ETA 1:15", "elapsed 0:09"):
+        assert part in line
+
+
+def test_status_line_running_with_unknown_eta():
+    line = job_status_line(job("running", {"stored": 0, "total": 3, "tokens_per_s": 5.0, "eta_s": None}))
+    assert "ETA —" in line
+
+
+def test_status_line_when_done_prefers_the_final_summary():
+    line = job_status_line(job("done", {"stored": 2, "total": 3, "tokens_per_s": 1.0},
+                               summary={"stored": 3, "target": 3, "tokens_per_s": 47.4, "seconds": 4.9}))
+    assert line.startswith("done · ")
+    for part in ("3/3 stored", "47 tokens/s", "took 0:05"):
+        assert part in line
+
+
+def test_status_line_for_failures_and_stops():
+    failed = job_status_line(job("failed", error="model file not found: x.gguf"))
+    assert failed.startswith("failed") and "model file not found: x.gguf" in failed
+    assert "log.txt" in job_status_line(job("failed"))
+    cancelled = job_status_line(job("cancelled", {"stored": 4, "total": 10}))
+    assert cancelled.startswith("cancelled") and "4/10 stored" in cancelled
+    assert "without finishing" in job_status_line(job("interrupted"))
+
+
+def test_paging_is_clamped_to_existing_pages():
+    assert page_count(0) == 1 and page_count(PAGE_SIZE) == 1 and page_count(PAGE_SIZE + 1) == 2
+    assert clamp_page(None, 100) == 1
+    assert clamp_page(0, 100) == 1
+    assert clamp_page(3.0, 100, page_size=20) == 3
+    assert clamp_page(99, 100, page_size=20) == 5
+
+
+def test_page_label_mentions_count_search_and_pages():
+    assert page_label(1, 1) == "1 instruction · page 1 of 1"
+    assert page_label(2, 45, "  poem ", page_size=20) == "45 instructions matching “poem” · page 2 of 3"
+
+
+def test_instruction_rows_follow_the_headers():
+    created = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
+    record = {"text": "write a poem", "n_tokens": 4, "model": "m", "temperature": 0.7000001, "seed": 9,
+              "job_id": "j", "created_at": created}
+    (row,) = instruction_rows([record])
+    assert len(row) == len(TABLE_HEADERS)
+    assert row[:6] == ["write a poem", 4, "m", 0.7, 9, "j"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", row[6])
+    assert instruction_rows([{"text": "t"}])[0][1:] == ["", "", "", "", "", ""]
+
+
+def test_length_histogram_counts_every_length():
+    figure = length_histogram([5, 5, 8, 12])
+    (trace,) = figure.data
+    assert trace.type == "histogram" and list(trace.x) == [5, 5, 8, 12]
+    assert trace.xbins.size == 1
+    assert "4 instructions" in figure.layout.title.text and "median 8" in figure.layout.title.text
+    assert figure.layout.xaxis.title.text == "tokens"
+
+
+def test_length_histogram_bins_and_ticks_are_whole_tokens():
+    figure = length_histogram([6, 7, 9])
+    assert (figure.data[0].xbins.start, figure.data[0].xbins.end, figure.data[0].xbins.size) == (5.5, 9.5, 1)
+    assert figure.layout.xaxis.dtick == 1
+    wide = length_histogram(list(range(1, 301)))
+    assert wide.data[0].xbins.size == 8 and wide.layout.xaxis.dtick == 50
+
+
+def test_length_histogram_of_an_empty_store_is_labelled():
+    figure = length_histogram([])
+    assert not figure.data and "no instructions yet" in figure.layout.title.text
+
+
+def test_cli_command_round_trips_through_the_real_parser(tmp_path):
+    config = ReconstructConfig(model="my models/tiny", n=3, batch_size=16, max_new_tokens=24,
+                               stop=("<a>", "<b>"), job_id="reconstruct-1", min_chars=5)
+    command = cli_command("reconstruct", config, tmp_path)
+    words = shlex.split(command)
+    assert words[:2] == ["forgetless", "reconstruct"]
+    assert "--min-chars" not in words  # no such flag: the command must still parse
+    args = build_parser().parse_args(words[1:])
+    assert (args.model, args.n, args.batch_size, args.max_new_tokens, args.job_id) == (
+        "my models/tiny", 3, 16, 24, "reconstruct-1")
+    assert args.stop == ["<a>", "<b>"] and args.workspace == tmp_path and args.prefix is None
+
+
+def test_stage_flags_reads_the_cli():
+    flags = stage_flags("reconstruct")
+    assert {"--model", "--n", "--batch-size", "--top-p", "--job-id"} <= flags
+    assert stage_flags("no-such-stage") == set()
+
+
+def test_read_instruction_view_pages_and_searches_a_real_store(tmp_path):
+    store = Store.for_workspace(tmp_path)
+    texts = [f"write poem number {i}" if i % 2 else f"explain topic {i} please" for i in range(PAGE_SIZE + 5)]
+    rows = [InstructionRow(text, 3 + i, "m", "p", 1.0, 1.0, 24, 0, "job-a", 0)
+            for i, text in enumerate(texts)]
+    store.add_instruction_batch("job-a", 0, rows, limit=len(rows), sampled=len(rows), dropped={},
+                                new_tokens=0, seconds=0.1)
+    first = read_instruction_view(store, "", None)
+    assert (first.page, first.total, len(first.rows)) == (1, PAGE_SIZE + 5, PAGE_SIZE)
+    assert sorted(first.lengths) == [3 + i for i in range(PAGE_SIZE + 5)]
+    last = read_instruction_view(store, "", 99)
+    assert (last.page, len(last.rows)) == (2, 5)
+    poems = read_instruction_view(store, "POEM", 1)
+    assert poems.total == (PAGE_SIZE + 5) // 2 and all("poem" in row[0] for row in poems.rows)
+    assert "matching “POEM”" in poems.label

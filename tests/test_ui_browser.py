@@ -1,0 +1,187 @@
+"""The app in a real browser: start a reconstruction on the tiny model, follow it, reload, browse the rows.
+
+Runs `launch.py` as its own process (as a user would) and drives Debian's chromium through Playwright.
+Set FORGETLESS_SCREENSHOT=1 to refresh assets/screenshot.png from the finished run.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+CHROMIUM = Path("/usr/bin/chromium")
+
+sync_api = pytest.importorskip("playwright.sync_api")
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium is not installed (make browser)"),
+]
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+JOB_TIMEOUT_S = 90
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_until(condition: Callable[[], bool], timeout_s: float, what: str, interval_s: float = 0.25) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+        time.sleep(interval_s)
+
+
+def _serving(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def app_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """`python launch.py` on a free port with an empty workspace; stopped (with any job it ran) afterwards."""
+    workspace, port = tmp_path / "workspace", _free_port()
+    log_path = tmp_path / "server.log"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "GRADIO_ANALYTICS_ENABLED": "False",
+           "FORGETLESS_NO_PROGRESS": "1", "HF_HUB_OFFLINE": "1"}
+    with log_path.open("wb") as log:
+        server = subprocess.Popen(
+            [sys.executable, str(REPO / "launch.py"), "--workspace", str(workspace), "--port", str(port)],
+            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        _wait_until(lambda: _serving(url) or server.poll() is not None, 90, "the app to serve")
+        assert server.poll() is None, f"launch.py exited:\n{log_path.read_text()}"
+        yield url, workspace
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        _stop_jobs(workspace)
+        if server.returncode not in (0, -15, None):
+            print(log_path.read_text())
+
+
+def _stop_jobs(workspace: Path) -> None:
+    """Jobs outlive the app by design; a failed test must not leave one sampling in the background."""
+    from core.jobs import list_jobs, request_cancel
+
+    for job in list_jobs(workspace):
+        if job.active:
+            request_cancel(job.folder)
+    _wait_until(lambda: not any(job.active for job in list_jobs(workspace)), 30, "jobs to stop")
+
+
+def _status(page) -> str:
+    # The markdown body only: the component's hidden progress tracker also holds text such as "0.1s".
+    return page.locator("#rec-status [data-testid='markdown']").inner_text().strip()
+
+
+def _instruction_cells(page) -> list[str]:
+    # The Dataframe renders cells as data-testid="cell-<row>-<column>"; column 0 is the instruction.
+    return page.locator("#rec-table [data-testid^='cell-'][data-testid$='-0']").all_inner_texts()
+
+
+def _open_app(browser, url: str):
+    page = browser.new_page(viewport={"width": 1400, "height": 1100})
+    page.goto(url)
+    page.wait_for_selector("#rec-start")
+    _wait_until(lambda: _status(page) not in ("", "Reading jobs…"), 30, "the first status line")
+    return page
+
+
+def _set_number(page, elem_id: str, value: int) -> None:
+    page.fill(f"#{elem_id} input", str(value))
+    page.locator(f"#{elem_id} input").press("Tab")  # commit the value, as leaving the field does
+
+
+def test_reconstruct_in_the_browser(app_server, tiny_model_dir):
+    url, workspace = app_server
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = _open_app(browser, url)
+            assert "No reconstruction job yet" in _status(page)
+            assert [tab.strip() for tab in page.get_by_role("tab").all_inner_texts()] == [
+                "1 · Reconstruct", "2 · Screen", "3 · Explore", "4 · Mix", "5 · Train", "6 · Evaluate"]
+
+            # Bad input is a visible message, not a crash or a job.
+            _set_number(page, "rec-n", 0)
+            page.click("#rec-start")
+            message = page.locator("#rec-message [data-testid='markdown']")
+            _wait_until(lambda: "Not started" in message.inner_text(), 15, "the validation message")
+            assert "n must be at least 1" in message.inner_text()
+            assert "No reconstruction job yet" in _status(page)
+            assert page.locator(".toast-body").filter(has_text="n must be at least 1").count() >= 1
+
+            model = page.locator("#rec-model input")
+            model.fill(str(tiny_model_dir))
+            model.press("Enter")
+            for elem_id, value in (("rec-n", 3), ("rec-batch-size", 16), ("rec-max-new-tokens", 24)):
+                _set_number(page, elem_id, value)
+            page.click("#rec-start")
+            started = re.compile(r"(starting|running|done) · reconstruct-")
+            _wait_until(lambda: started.match(_status(page)) is not None, 20, "the job to start")
+            job_id = re.search(r"reconstruct-[\w-]+", _status(page)).group(0)
+            was_running = not _status(page).startswith("done")
+
+            # A reload forgets everything in the page; the job folder tells it what is going on.
+            page.reload()
+            page.wait_for_selector("#rec-start")
+            _wait_until(lambda: job_id in _status(page), 20, "the reloaded page to re-attach to the job")
+            assert model.input_value() == str(tiny_model_dir)  # the form shows what the job runs with
+            assert page.locator("#rec-n input").input_value() == "3"
+            if was_running and not _status(page).startswith("done"):
+                assert page.locator("#rec-cancel").is_enabled()
+                assert not page.locator("#rec-start").is_enabled()
+
+            _wait_until(lambda: _status(page).startswith("done") or _status(page).startswith("failed"),
+                        JOB_TIMEOUT_S, "the job to finish")
+            assert _status(page).startswith(f"done · {job_id} · 3/3 stored"), _status(page)
+            _wait_until(lambda: len(_instruction_cells(page)) == 3, 15, "three rows in the table")
+            assert page.inner_text("#rec-page-info").strip().startswith("3 instructions")
+            assert all(text.strip() for text in _instruction_cells(page))
+            assert page.locator("#rec-histogram .js-plotly-plot").count() == 1
+            assert f"--job-id {job_id}" in page.inner_text("#rec-command")
+            assert page.locator("#rec-start").is_enabled() and not page.locator("#rec-cancel").is_enabled()
+
+            # A second browser session reads the same store.
+            other = _open_app(browser, url)
+            _wait_until(lambda: len(_instruction_cells(other)) == 3, 15, "the second session's rows")
+            assert sorted(_instruction_cells(other)) == sorted(_instruction_cells(page))
+            other.close()
+
+            # Search narrows the table to matching rows.
+            word = _instruction_cells(page)[0].split()[0]
+            page.fill("#rec-search textarea, #rec-search input", word)
+            page.locator("#rec-search textarea, #rec-search input").press("Enter")
+            _wait_until(lambda: "matching" in page.inner_text("#rec-page-info"), 15, "the search to apply")
+            assert all(word.lower() in text.lower() for text in _instruction_cells(page))
+
+            if os.environ.get("FORGETLESS_SCREENSHOT") == "1":
+                page.fill("#rec-search textarea, #rec-search input", "")
+                page.locator("#rec-search textarea, #rec-search input").press("Enter")
+                _wait_until(lambda: len(_instruction_cells(page)) == 3, 15, "all rows again")
+                page.screenshot(path=str(REPO / "assets" / "screenshot.png"), full_page=True)
+        finally:
+            browser.close()
+    assert (workspace / "jobs" / job_id / "status.json").exists()

@@ -1,0 +1,1 @@
+"""Gradio wiring only: one module per tab; handlers read widgets, call core, format the result."""

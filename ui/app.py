@@ -1,0 +1,41 @@
+"""The Forgetless app: a title, what the method does, and one tab per pipeline stage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from ui.coming_tabs import build_coming_tabs
+from ui.reconstruct_tab import build_reconstruct_tab
+
+CSS_PATH = Path(__file__).resolve().parent.parent / "assets" / "app.css"
+
+INTRO = """# Forgetless
+Fine-tune an aligned model on your domain data **without it forgetting what it already knows** (Ding &
+Wang, arXiv 2506.09428). The training data the model was aligned on is not public, so Forgetless
+rebuilds an approximation of it from the model itself: prompted with only the opening of its chat
+template, the model writes the kind of user instructions it was tuned on. Those instructions get
+answers, the answers are screened by judge models, and the best are mixed with your domain data for
+training, so the fine-tune keeps rehearsing the model's own general skills. Each stage below is a step
+of that pipeline; every job runs in the background and can also be run headless with the `forgetless`
+CLI."""
+
+
+def build_app(workspace: Path) -> gr.Blocks:
+    """The whole UI for one workspace (DuckDB store, model cache and job folders live under it)."""
+    workspace = Path(workspace).resolve()
+    with gr.Blocks(title="Forgetless") as demo:
+        gr.Markdown(INTRO, elem_id="app-intro")
+        gr.Markdown(f"Workspace: `{workspace}`", elem_id="app-workspace")
+        with gr.Tabs(elem_id="stages"):
+            with gr.Tab("1 · Reconstruct", elem_id="tab-reconstruct"):
+                build_reconstruct_tab(demo, workspace)
+            build_coming_tabs()
+    return demo
+
+
+def launch_style() -> dict[str, Any]:
+    """Theme and CSS, which Gradio 6 takes in ``launch()`` rather than in ``gr.Blocks``."""
+    return {"theme": gr.themes.Soft(), "css_paths": [CSS_PATH] if CSS_PATH.exists() else None}
