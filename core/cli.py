@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -54,60 +55,138 @@ def cmd_prequery(args: argparse.Namespace) -> None:
     _emit(found.to_json(), args.json, human)
 
 
-def _reconstruct_config(args: argparse.Namespace) -> Any:
+def _config(args: argparse.Namespace, cls: type, overrides: dict[str, Any]) -> Any:
+    """The stage's config: its YAML (--config) if given, then every flag the user set on top."""
     from core.config import load_yaml, to_dict
-    from core.reconstruct import ReconstructConfig
 
-    base = load_yaml(ReconstructConfig, args.config) if args.config else ReconstructConfig()
-    values = to_dict(base)
-    overrides = {
-        "model": args.model, "n": args.n, "batch_size": args.batch_size, "temperature": args.temperature,
-        "top_p": args.top_p, "max_new_tokens": args.max_new_tokens, "seed": args.seed, "prefix": args.prefix,
-        "stop": tuple(args.stop) if args.stop else None, "job_id": args.job_id,
-    }
+    values = to_dict(load_yaml(cls, args.config) if args.config else cls())
     values.update({key: value for key, value in overrides.items() if value is not None})
-    return ReconstructConfig(**values)
+    return cls(**values)
 
 
-def cmd_reconstruct(args: argparse.Namespace) -> None:
+def _run_job(args: argparse.Namespace, kind: str, config: Any, work: Callable[..., dict[str, Any]],
+             unit_key: str = "done") -> dict[str, Any]:
+    """Run one stage in its job folder: lock, status, progress.jsonl and a progress bar on stderr.
+
+    ``work(on_progress, should_stop, recorder)`` does the stage; SIGTERM asks it to stop after the batch.
+    """
     from core.jobs import job_folder, job_session, request_cancel
-    from core.models import load_model
-    from core.reconstruct import run_reconstruction
-    from core.store import Store
 
-    config = _reconstruct_config(args)
     job_id = config.resolved_job_id()
     folder = job_folder(args.workspace, job_id)
-    store = Store.for_workspace(args.workspace)
-    with job_session(folder, "reconstruct", config) as recorder:
+    with job_session(folder, kind, config) as recorder:
         signal.signal(signal.SIGTERM, lambda *_: request_cancel(folder))
-        recorder.progress({"phase": "loading model", "job_id": job_id, "total": config.n})
-        lm = load_model(config.model, args.workspace)
-        bar = _progress_bar(config.n, f"reconstruct {job_id}")
-        start_count = store.job_progress(job_id)["stored"]
-        bar.update(start_count)
+        bar = None
 
         def on_progress(values: dict[str, Any]) -> None:
+            nonlocal bar
             recorder.progress(values)
-            bar.update(values["stored"] - bar.n)
+            if bar is None:
+                bar = _progress_bar(values["total"], f"{kind} {job_id}")
+            bar.update(values[unit_key] - bar.n)
             bar.set_postfix(tok_s=f"{values['tokens_per_s']:.0f}")
 
-        summary = run_reconstruction(config, store, lm, on_progress=on_progress,
-                                     should_stop=recorder.cancel_requested)
-        bar.close()
+        recorder.progress({"phase": "loading model", "job_id": job_id})
+        summary = work(on_progress=on_progress, should_stop=recorder.cancel_requested)
+        if bar is not None:
+            bar.close()
         recorder.summary = summary
-    state = "cancelled" if summary["cancelled"] else "done"
-    human = (f"{state}: {summary['stored']}/{summary['target']} instructions for job {job_id} in {summary['db']} "
-             f"({summary['new']} new, dropped {summary['dropped']}, {summary['tokens_per_s']} tok/s, "
-             f"{summary['seconds']} s)")
-    _emit(summary, args.json, human)
+    return summary
 
 
 def _progress_bar(total: int, description: str) -> Any:
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=description, unit="instr", file=sys.stderr, mininterval=1.0,
+    return tqdm(total=total, desc=description, file=sys.stderr, mininterval=1.0,
                 disable=os.environ.get("FORGETLESS_NO_PROGRESS") == "1")
+
+
+def _loader(workspace: Path) -> Callable[[str], Any]:
+    from core.models import load_model
+
+    return lambda spec: load_model(spec, workspace)
+
+
+def cmd_reconstruct(args: argparse.Namespace) -> None:
+    from core.reconstruct import ReconstructConfig, run_reconstruction
+    from core.store import Store
+
+    config = _config(args, ReconstructConfig, {
+        "model": args.model, "n": args.n, "batch_size": args.batch_size, "temperature": args.temperature,
+        "top_p": args.top_p, "max_new_tokens": args.max_new_tokens, "seed": args.seed, "prefix": args.prefix,
+        "stop": tuple(args.stop) if args.stop else None, "job_id": args.job_id,
+    })
+    store = Store.for_workspace(args.workspace)
+
+    def work(**hooks: Any) -> dict[str, Any]:
+        return run_reconstruction(config, store, _loader(args.workspace)(config.model), **hooks)
+
+    summary = _run_job(args, "reconstruct", config, work, unit_key="stored")
+    state = "cancelled" if summary["cancelled"] else "done"
+    human = (f"{state}: {summary['stored']}/{summary['target']} instructions for job {summary['job_id']} in "
+             f"{summary['db']} ({summary['new']} new, dropped {summary['dropped']}, {summary['tokens_per_s']} tok/s, "
+             f"{summary['seconds']} s)")
+    _emit(summary, args.json, human)
+
+
+def _models(text: str | None) -> tuple[str, ...] | None:
+    return tuple(part.strip() for part in text.split(",") if part.strip()) if text else None
+
+
+def cmd_respond(args: argparse.Namespace) -> None:
+    from core.respond import RespondConfig, run_responses
+    from core.store import Store
+
+    config = _config(args, RespondConfig, {
+        "models": _models(args.models), "k": args.k, "temperature": args.temperature, "top_p": args.top_p,
+        "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size, "seed": args.seed,
+        "job_id": args.job_id,
+    })
+    store = Store.for_workspace(args.workspace)
+    summary = _run_job(args, "respond", config,
+                       lambda **hooks: run_responses(config, store, _loader(args.workspace), **hooks))
+    state = "cancelled" if summary["cancelled"] else "done"
+    human = (f"{state}: {summary['responses']} responses from {', '.join(summary['models'])} "
+             f"({summary['tokens_per_s']} tok/s, {summary['seconds']} s) in {summary['db']}")
+    _emit(summary, args.json, human)
+
+
+def cmd_judge(args: argparse.Namespace) -> None:
+    from core.judge import JudgeConfig, run_judging
+    from core.store import Store
+
+    config = _config(args, JudgeConfig, {
+        "judges": _models(args.judges), "method": args.method, "exclude_self": args.exclude_self or None,
+        "retry_failed": args.retry_failed or None, "batch_size": args.batch_size, "job_id": args.job_id,
+    })
+    store = Store.for_workspace(args.workspace)
+    summary = _run_job(args, "judge", config,
+                       lambda **hooks: run_judging(config, store, _loader(args.workspace), **hooks))
+    state = "cancelled" if summary["cancelled"] else "done"
+    human = (f"{state}: {summary['scores']} scores by {', '.join(summary['judges'])} ({summary['method']}), "
+             f"{summary['failures']} failures; consensus for {summary['responses_with_consensus']} responses, "
+             f"best response for {summary['instructions_with_best']} instructions ({summary['seconds']} s)")
+    _emit(summary, args.json, human)
+
+
+def cmd_profile(args: argparse.Namespace) -> None:
+    from core.profile import ProfileConfig, run_profile
+    from core.store import Store
+
+    config = _config(args, ProfileConfig, {
+        "difficulty_judge": args.difficulty_judge, "category_model": args.category_model,
+        "target_model": args.target_model, "embedder": args.embedder, "clusters": args.clusters,
+        "dedup_threshold": args.dedup_threshold, "projection": args.projection,
+        "category_calibration": args.category_calibration, "batch_size": args.batch_size,
+        "seed": args.seed, "job_id": args.job_id})
+    store = Store.for_workspace(args.workspace)
+    summary = _run_job(args, "profile", config,
+                       lambda **hooks: run_profile(config, store, _loader(args.workspace), **hooks))
+    state = "cancelled" if summary["cancelled"] else "done"
+    human = (f"{state}: profiled {summary['instructions']} instructions: {summary['clusters']} clusters, "
+             f"{summary['duplicate_groups']} near-duplicate groups ({summary['hidden_duplicates']} hidden), "
+             f"categories {summary['categories']}, {summary['with_ifd']} with IFD ({summary['seconds']} s)")
+    _emit(summary, args.json, human)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -142,6 +221,45 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--stop", action="append", help="override the stop strings (repeatable)")
     rec.add_argument("--job-id", help="name the job (default: derived from the settings, so reruns resume)")
     rec.set_defaults(handler=cmd_reconstruct)
+
+    res = stage("respond", "sample K responses per model for every stored instruction that lacks them")
+    res.add_argument("--config", type=Path, help="a RespondConfig YAML (flags override its fields)")
+    res.add_argument("--models", help="comma-separated MODEL specs, e.g. smollm2-135m-instruct,gemma-3-270m")
+    res.add_argument("--k", type=int, help="responses per instruction and model (default 2)")
+    res.add_argument("--temperature", type=float, help="default 0.7")
+    res.add_argument("--top-p", type=float, help="default 0.9")
+    res.add_argument("--max-new-tokens", type=int, help="default 256")
+    res.add_argument("--batch-size", type=int)
+    res.add_argument("--seed", type=int)
+    res.add_argument("--job-id")
+    res.set_defaults(handler=cmd_respond)
+
+    jud = stage("judge", "score every response 1-5 with every judge; rebuild consensus and agreement")
+    jud.add_argument("--config", type=Path, help="a JudgeConfig YAML (flags override its fields)")
+    jud.add_argument("--judges", help="comma-separated MODEL specs, e.g. smollm2-135m-instruct,gemma-3-270m")
+    jud.add_argument("--method", choices=("probs", "generate"),
+                     help="probs: expected rating from the rating-token probabilities (default); "
+                          "generate: the judge writes its rating, parsed")
+    jud.add_argument("--exclude-self", action="store_true", help="a model does not judge its own responses")
+    jud.add_argument("--retry-failed", action="store_true", help="generate: rerun only ratings that failed")
+    jud.add_argument("--batch-size", type=int)
+    jud.add_argument("--job-id")
+    jud.set_defaults(handler=cmd_judge)
+
+    pro = stage("profile", "difficulty, IFD, task categories, topic clusters, 2-D map and near-duplicates")
+    pro.add_argument("--config", type=Path, help="a ProfileConfig YAML (flags override its fields)")
+    pro.add_argument("--difficulty-judge", help="MODEL spec, or 'none' to skip")
+    pro.add_argument("--category-model", help="MODEL spec, or 'none' to skip")
+    pro.add_argument("--target-model", help="MODEL spec whose losses give IFD, or 'none'")
+    pro.add_argument("--embedder", help="all-minilm-l6-v2 (packaged) or a sentence-transformers folder")
+    pro.add_argument("--clusters", help="k-means k, or 'auto'")
+    pro.add_argument("--dedup-threshold", type=float, help="cosine similarity for near-duplicates (default 0.92)")
+    pro.add_argument("--projection", choices=("pca", "tsne"))
+    pro.add_argument("--category-calibration", choices=("auto", "batch", "null", "none"))
+    pro.add_argument("--batch-size", type=int)
+    pro.add_argument("--seed", type=int)
+    pro.add_argument("--job-id")
+    pro.set_defaults(handler=cmd_profile)
     return parser
 
 

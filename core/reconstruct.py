@@ -15,6 +15,7 @@ from typing import Any
 
 from core.config import fingerprint, to_yaml
 from core.errors import ForgetlessError
+from core.progress import Cancelled, Progress
 from core.store import InstructionRow, Store
 
 # Give up when this many batches in a row add nothing: the model or prefix is not producing instructions.
@@ -99,10 +100,6 @@ def template_markers(tokenizer: Any) -> list[str]:
     return sorted(marker for marker in specials if marker.strip())
 
 
-class Cancelled(Exception):
-    """Raised inside generation when the job is asked to stop; the batch in flight is discarded."""
-
-
 def run_reconstruction(
     config: ReconstructConfig,
     store: Store,
@@ -125,42 +122,21 @@ def run_reconstruction(
     store.register_job(job_id, "reconstruct", to_yaml(config))
 
     state = store.job_progress(job_id)
-    start = time.monotonic()
-    new_stored, new_tokens, barren, cancelled = 0, 0, 0, False
-    live_tokens = 0
-    last_report = 0.0
-
-    def report(force: bool = False) -> None:
-        nonlocal last_report
-        if on_progress is None or (not force and time.monotonic() - last_report < 1.0):
-            return
-        last_report = time.monotonic()
-        elapsed = max(time.monotonic() - start, 1e-9)
-        done = state["stored"] + new_stored
-        rate = new_stored / elapsed
-        on_progress({
-            "job_id": job_id, "stored": done, "total": config.n, "tokens_per_s": (new_tokens + live_tokens) / elapsed,
-            "eta_s": (config.n - done) / rate if rate > 0 else None, "elapsed_s": elapsed,
-        })
-
-    def on_token(count: int) -> None:
-        nonlocal live_tokens
-        live_tokens += count
-        if should_stop():
-            raise Cancelled
-        report()
+    progress = Progress(job_id, config.n, state["stored"], on_progress=on_progress, should_stop=should_stop)
+    barren, cancelled = 0, False
 
     batch = state["next_batch"]
-    while state["stored"] + new_stored < config.n:
-        if should_stop():
+    while progress.done < config.n:
+        if progress.stop_requested():
             cancelled = True
             break
         seed = batch_seed(config.seed, job_id, batch)
-        began, live_tokens = time.monotonic(), 0
+        began = time.monotonic()
         try:
             samples = sample(
                 lm.model, [prompt] * config.batch_size, temperature=config.temperature, top_p=config.top_p,
-                max_new_tokens=config.max_new_tokens, stop_token_ids=stop_ids, seed=seed, on_token=on_token,
+                max_new_tokens=config.max_new_tokens, stop_token_ids=stop_ids, seed=seed,
+                on_token=progress.on_token,
             )
         except Cancelled:
             cancelled = True
@@ -178,25 +154,22 @@ def run_reconstruction(
             ))
         batch_tokens = sum(len(item.token_ids) for item in samples)
         result = store.add_instruction_batch(
-            job_id, batch, rows, limit=config.n - state["stored"] - new_stored, sampled=len(samples),
+            job_id, batch, rows, limit=config.n - progress.done, sampled=len(samples),
             dropped=dropped, new_tokens=batch_tokens, seconds=time.monotonic() - began,
         )
-        new_stored += result.stored
-        new_tokens += batch_tokens
-        live_tokens = 0
+        progress.batch_done(result.stored, batch_tokens)
         batch += 1
         barren = 0 if result.stored else barren + 1
         if barren >= _MAX_BARREN_BATCHES:
             raise ForgetlessError(
                 f"{barren} batches in a row gave no new instruction; check the prefix, stop strings and sampling"
             )
-        report(force=True)
 
-    seconds = time.monotonic() - start
+    seconds = progress.elapsed
     final = store.job_progress(job_id)
     return {
-        "job_id": job_id, "model": lm.name, "stored": final["stored"], "new": new_stored, "target": config.n,
+        "job_id": job_id, "model": lm.name, "stored": final["stored"], "new": progress.done_now, "target": config.n,
         "dropped": final["dropped"], "sampled": final["sampled"], "batches": final["batches"],
-        "db": str(store.path), "tokens_per_s": round(new_tokens / seconds, 2) if seconds > 0 else 0.0,
+        "db": str(store.path), "tokens_per_s": round(progress.tokens / seconds, 2),
         "seconds": round(seconds, 2), "cancelled": cancelled, "prefix": prefix, "stop": list(stop),
     }

@@ -11,6 +11,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 WORDS = [
+    "1", "2", "3", "4", "5",  # rating digits, so judges score by real token probabilities
     "please", "write", "explain", "how", "why", "what", "a", "the", "poem", "story", "code", "list",
     "recipe", "plan", "for", "about", "my", "to", "of", "in", "python", "math", "history", "short", "simple",
     "tips", "email", "summary", "and", "is", "can", "you", "give", "me", "best", "way", "learn", "cook",
@@ -25,13 +26,13 @@ CHATML_WITH_SYSTEM = (
 )
 
 
-def build_tiny_tokenizer(chat_template: str | None = CHATML_WITH_SYSTEM):
+def build_tiny_tokenizer(chat_template: str | None = CHATML_WITH_SYSTEM, words: tuple[str, ...] | list[str] = WORDS):
     """A real fast tokenizer: word-level over a few dozen words, ChatML specials, a chat template."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     vocab = {token: index for index, token in enumerate([*SPECIALS, "[UNK]", "\n", "system", "user", "assistant"])}
-    for word in WORDS:
+    for word in words:
         vocab.setdefault(word, len(vocab))
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
@@ -44,12 +45,13 @@ def build_tiny_tokenizer(chat_template: str | None = CHATML_WITH_SYSTEM):
     return tokenizer
 
 
-def build_tiny_model_folder(folder: Path, seed: int = 0) -> Path:
+def build_tiny_model_folder(folder: Path, seed: int = 0, chat_template: str | None = CHATML_WITH_SYSTEM,
+                            words: tuple[str, ...] | list[str] = WORDS) -> Path:
     """Save a 2-layer random Llama plus the tiny tokenizer as a Hugging Face folder."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    tokenizer = build_tiny_tokenizer()
+    tokenizer = build_tiny_tokenizer(chat_template, words)
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -70,6 +72,12 @@ def tiny_tokenizer():
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     return build_tiny_model_folder(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def tiny_base_model_dir(tmp_path_factory) -> Path:
+    """A second tiny model without a chat template, like a base model (plain prompt formats)."""
+    return build_tiny_model_folder(tmp_path_factory.mktemp("tiny-base"), seed=1, chat_template=None)
 
 
 @pytest.fixture(scope="session")

@@ -56,3 +56,33 @@ def test_gemma_base_model_has_no_template_error_is_one_line(real_workspace: Path
         capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=600,
     )
     assert json.loads(override.stdout.strip().splitlines()[-1]) == {"prefix": "Question:", "stop": ["\n"]}
+
+
+def test_both_packaged_models_respond_and_judge(real_workspace: Path):
+    from core.judge import JudgeConfig, run_judging
+    from core.respond import RespondConfig, run_responses
+
+    store = Store.for_workspace(real_workspace)
+    if store.count_instructions() < 2:
+        run_reconstruction(ReconstructConfig(n=2, batch_size=8, seed=5, job_id="integration-few"), store,
+                           load_model("smollm2-135m-instruct", real_workspace))
+    models = ("smollm2-135m-instruct", "gemma-3-270m")
+    loaded = {}
+
+    def load(spec: str):
+        return loaded.setdefault(spec, load_model(spec, real_workspace))
+
+    responded = run_responses(RespondConfig(models=models, k=1, max_new_tokens=24, batch_size=8), store, load)
+    with store.read() as con:
+        n_instructions = con.execute("SELECT count(*) FROM instructions").fetchone()[0]
+        formats = dict(con.execute("SELECT model, any_value(prompt_format) FROM responses GROUP BY model").fetchall())
+    assert formats == {"smollm2-135m-instruct": "chat", "gemma-3-270m": "plain"}
+    assert responded["responses"] <= 2 * n_instructions
+    judged = run_judging(JudgeConfig(judges=models, batch_size=8), store, load)
+    assert judged["failures"] == 0
+    with store.read() as con:
+        per_judge = dict(con.execute("SELECT judge, count(*) FROM scores WHERE method = 'probs' GROUP BY judge"
+                                     ).fetchall())
+        spread = con.execute("SELECT max(score) - min(score) FROM scores").fetchone()[0]
+    assert per_judge == {"smollm2-135m-instruct": 2 * n_instructions, "gemma-3-270m": 2 * n_instructions}
+    assert spread > 0  # real judges do not give every response the same score

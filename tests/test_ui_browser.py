@@ -133,10 +133,14 @@ def test_reconstruct_in_the_browser(app_server, tiny_model_dir):
             assert "No reconstruction job yet" in _status(page)
             assert page.locator(".toast-body").filter(has_text="n must be at least 1").count() >= 1
 
+            # The README's screenshot shows the real packaged model; the test itself uses the tiny one.
+            screenshot = os.environ.get("FORGETLESS_SCREENSHOT") == "1"
+            model_spec = "smollm2-135m-instruct" if screenshot else str(tiny_model_dir)
             model = page.locator("#rec-model input")
-            model.fill(str(tiny_model_dir))
+            model.fill(model_spec)
             model.press("Enter")
-            for elem_id, value in (("rec-n", 3), ("rec-batch-size", 16), ("rec-max-new-tokens", 24)):
+            max_new_tokens = 128 if screenshot else 24
+            for elem_id, value in (("rec-n", 3), ("rec-batch-size", 16), ("rec-max-new-tokens", max_new_tokens)):
                 _set_number(page, elem_id, value)
             page.click("#rec-start")
             started = re.compile(r"(starting|running|done) · reconstruct-")
@@ -148,7 +152,7 @@ def test_reconstruct_in_the_browser(app_server, tiny_model_dir):
             page.reload()
             page.wait_for_selector("#rec-start")
             _wait_until(lambda: job_id in _status(page), 20, "the reloaded page to re-attach to the job")
-            assert model.input_value() == str(tiny_model_dir)  # the form shows what the job runs with
+            assert model.input_value() == model_spec  # the form shows what the job runs with
             assert page.locator("#rec-n input").input_value() == "3"
             if was_running and not _status(page).startswith("done"):
                 assert page.locator("#rec-cancel").is_enabled()
@@ -177,7 +181,7 @@ def test_reconstruct_in_the_browser(app_server, tiny_model_dir):
             _wait_until(lambda: "matching" in page.inner_text("#rec-page-info"), 15, "the search to apply")
             assert all(word.lower() in text.lower() for text in _instruction_cells(page))
 
-            if os.environ.get("FORGETLESS_SCREENSHOT") == "1":
+            if screenshot:
                 page.fill("#rec-search textarea, #rec-search input", "")
                 page.locator("#rec-search textarea, #rec-search input").press("Enter")
                 _wait_until(lambda: len(_instruction_cells(page)) == 3, 15, "all rows again")

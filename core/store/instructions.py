@@ -1,66 +1,13 @@
-"""The workspace's DuckDB store: schema, migrations and typed queries.
-
-DuckDB lets one process write a file or many read it, never both at once, and a background job
-writes while the app reads. So no connection is held open: each read or write opens the file, does
-its work inside one transaction, and closes it; a lock held by another process is waited out.
-"""
+"""Typed queries on reconstructed instructions and the jobs that produced them."""
 
 from __future__ import annotations
 
-import hashlib
 import json
-import re
-import threading
-import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
-import duckdb
-
-from core.errors import ForgetlessError
-
-SCHEMA_VERSION = 1
-STORE_FILE = "forgetless.duckdb"
-_LOCK_WAIT_S = 30.0
-
-_SCHEMA = [
-    """CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)""",
-    """CREATE TABLE IF NOT EXISTS jobs (
-        job_id VARCHAR PRIMARY KEY, kind VARCHAR NOT NULL, config_yaml VARCHAR NOT NULL,
-        created_at TIMESTAMPTZ NOT NULL)""",
-    """CREATE TABLE IF NOT EXISTS instructions (
-        id VARCHAR PRIMARY KEY,              -- hash of the normalised text: the exact-dedup key
-        text VARCHAR NOT NULL,
-        n_chars INTEGER NOT NULL,
-        n_tokens INTEGER NOT NULL,
-        model VARCHAR NOT NULL,
-        prefix VARCHAR NOT NULL,
-        temperature DOUBLE NOT NULL,
-        top_p DOUBLE NOT NULL,
-        max_new_tokens INTEGER NOT NULL,
-        seed BIGINT NOT NULL,                -- the seed of the batch that sampled it
-        job_id VARCHAR NOT NULL,
-        batch INTEGER NOT NULL,
-        created_at TIMESTAMPTZ NOT NULL)""",
-    """CREATE TABLE IF NOT EXISTS reconstruct_batches (
-        job_id VARCHAR NOT NULL, batch INTEGER NOT NULL, sampled INTEGER NOT NULL, stored INTEGER NOT NULL,
-        dropped_json VARCHAR NOT NULL, new_tokens INTEGER NOT NULL, seconds DOUBLE NOT NULL,
-        created_at TIMESTAMPTZ NOT NULL, PRIMARY KEY (job_id, batch))""",
-]
-
-
-def text_key(text: str) -> str:
-    """The exact-dedup key: case and whitespace differences do not make a new instruction."""
-    normalised = re.sub(r"\s+", " ", text.strip().lower())
-    return hashlib.sha1(normalised.encode("utf-8")).hexdigest()[:20]
-
-
-def now() -> datetime:
-    return datetime.now(UTC)
+from core.store.base import StoreBase, now, text_key
 
 
 @dataclass(frozen=True)
@@ -83,64 +30,7 @@ class BatchResult:
     duplicates: int
 
 
-class Store:
-    """One DuckDB file per workspace; every method opens, works in a transaction, and closes."""
-
-    # Within a process DuckDB refuses a read-only and a read-write handle on one file at once.
-    _process_lock = threading.RLock()
-
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.write() as con:
-            for statement in _SCHEMA:
-                con.execute(statement)
-            version = con.execute("SELECT max(version) FROM schema_version").fetchone()[0]
-            if version is None:
-                con.execute("INSERT INTO schema_version VALUES (?)", [SCHEMA_VERSION])
-            elif version > SCHEMA_VERSION:
-                raise ForgetlessError(f"{self.path} was written by a newer Forgetless (schema {version})")
-
-    @classmethod
-    def for_workspace(cls, workspace: Path) -> Store:
-        return cls(Path(workspace) / STORE_FILE)
-
-    @contextmanager
-    def _connect(self, read_only: bool) -> Iterator[duckdb.DuckDBPyConnection]:
-        if read_only and not self.path.exists():
-            raise ForgetlessError(f"no store at {self.path}")
-        deadline = time.monotonic() + _LOCK_WAIT_S
-        with self._process_lock:
-            while True:
-                try:
-                    con = duckdb.connect(str(self.path), read_only=read_only)
-                    break
-                except duckdb.IOException as error:
-                    if "lock" not in str(error).lower() or time.monotonic() > deadline:
-                        raise ForgetlessError(f"cannot open {self.path}: {str(error).splitlines()[0]}") from error
-                    time.sleep(0.05)
-            try:
-                yield con
-            finally:
-                con.close()
-
-    @contextmanager
-    def write(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A read-write connection inside a transaction: all of it commits, or none of it."""
-        with self._connect(read_only=False) as con:
-            con.execute("BEGIN TRANSACTION")
-            try:
-                yield con
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
-            con.execute("COMMIT")
-
-    @contextmanager
-    def read(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        with self._connect(read_only=True) as con:
-            yield con
-
+class InstructionQueries(StoreBase):
     # -- jobs ---------------------------------------------------------------------------------
     def register_job(self, job_id: str, kind: str, config_yaml: str) -> None:
         with self.write() as con:

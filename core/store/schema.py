@@ -1,0 +1,83 @@
+"""Table definitions. New tables are added with CREATE IF NOT EXISTS; SCHEMA_VERSION counts changes."""
+
+SCHEMA_VERSION = 2
+
+SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS jobs (
+        job_id VARCHAR PRIMARY KEY, kind VARCHAR NOT NULL, config_yaml VARCHAR NOT NULL,
+        created_at TIMESTAMPTZ NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS instructions (
+        id VARCHAR PRIMARY KEY,              -- hash of the normalised text: the exact-dedup key
+        text VARCHAR NOT NULL,
+        n_chars INTEGER NOT NULL,
+        n_tokens INTEGER NOT NULL,
+        model VARCHAR NOT NULL,
+        prefix VARCHAR NOT NULL,
+        temperature DOUBLE NOT NULL,
+        top_p DOUBLE NOT NULL,
+        max_new_tokens INTEGER NOT NULL,
+        seed BIGINT NOT NULL,                -- the seed of the batch that sampled it
+        job_id VARCHAR NOT NULL,
+        batch INTEGER NOT NULL,
+        created_at TIMESTAMPTZ NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS reconstruct_batches (
+        job_id VARCHAR NOT NULL, batch INTEGER NOT NULL, sampled INTEGER NOT NULL, stored INTEGER NOT NULL,
+        dropped_json VARCHAR NOT NULL, new_tokens INTEGER NOT NULL, seconds DOUBLE NOT NULL,
+        created_at TIMESTAMPTZ NOT NULL, PRIMARY KEY (job_id, batch))""",
+    # -- screening (schema 2) --
+    """CREATE TABLE IF NOT EXISTS responses (
+        id VARCHAR PRIMARY KEY,              -- hash of (instruction, model, sample index)
+        instruction_id VARCHAR NOT NULL,
+        model VARCHAR NOT NULL,
+        sample_index INTEGER NOT NULL,
+        text VARCHAR NOT NULL,
+        n_tokens INTEGER NOT NULL,
+        stopped BOOLEAN NOT NULL,            -- ended at the end of turn (false: cut at max new tokens)
+        prompt_format VARCHAR NOT NULL,      -- chat (the model's template) or plain (base models)
+        temperature DOUBLE NOT NULL,
+        top_p DOUBLE NOT NULL,
+        max_new_tokens INTEGER NOT NULL,
+        seed BIGINT NOT NULL,
+        job_id VARCHAR NOT NULL,
+        created_at TIMESTAMPTZ NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS scores (
+        response_id VARCHAR NOT NULL,
+        judge VARCHAR NOT NULL,
+        method VARCHAR NOT NULL,             -- probs | generate
+        score DOUBLE,                        -- NULL when a generated rating could not be parsed
+        probs DOUBLE[],                      -- probs: renormalised P("1".."5")
+        raw VARCHAR,                         -- generate: the judge's own words
+        failed BOOLEAN NOT NULL,
+        prompt_format VARCHAR NOT NULL,
+        job_id VARCHAR NOT NULL,
+        created_at TIMESTAMPTZ NOT NULL,
+        PRIMARY KEY (response_id, judge, method))""",
+    """CREATE TABLE IF NOT EXISTS consensus (
+        response_id VARCHAR PRIMARY KEY, instruction_id VARCHAR NOT NULL, method VARCHAR NOT NULL,
+        mean DOUBLE, median DOUBLE, std DOUBLE, min DOUBLE, max DOUBLE, n_judges INTEGER NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS best_responses (
+        instruction_id VARCHAR PRIMARY KEY, response_id VARCHAR NOT NULL, mean DOUBLE, std DOUBLE,
+        margin DOUBLE)                       -- best mean minus the runner-up's; NULL with one response""",
+    """CREATE TABLE IF NOT EXISTS judge_agreement (
+        judge_a VARCHAR NOT NULL, judge_b VARCHAR NOT NULL, method VARCHAR NOT NULL, n INTEGER NOT NULL,
+        spearman DOUBLE, kendall DOUBLE)""",
+    # -- profile and exploration (schema 2) --
+    """CREATE TABLE IF NOT EXISTS instruction_profile (
+        instruction_id VARCHAR PRIMARY KEY,
+        difficulty DOUBLE,                   -- judge-rated 1-5: expected value over rating-token probabilities
+        difficulty_probs DOUBLE[],
+        ifd DOUBLE,                          -- loss(response | instruction) / loss(response), target model
+        cluster INTEGER,                     -- k-means cluster of the embedding
+        cluster_label VARCHAR,               -- the cluster's distinctive terms
+        x DOUBLE, y DOUBLE,                  -- 2-D projection of the embedding (semantic map)
+        dup_group INTEGER,                   -- near-duplicate group (NULL: none)
+        is_representative BOOLEAN NOT NULL,  -- false for the group members that are not kept
+        category VARCHAR,                    -- zero-shot task category
+        category_probs DOUBLE[],             -- in core.profile.CATEGORIES order
+        updated_at TIMESTAMPTZ NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS embeddings (
+        instruction_id VARCHAR PRIMARY KEY, model VARCHAR NOT NULL, vector FLOAT[] NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS selections (
+        name VARCHAR PRIMARY KEY, filters_json VARCHAR NOT NULL, created_at TIMESTAMPTZ NOT NULL)""",
+]
