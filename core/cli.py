@@ -189,6 +189,26 @@ def cmd_profile(args: argparse.Namespace) -> None:
     _emit(summary, args.json, human)
 
 
+def cmd_sql(args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from core.sql_safety import run_readonly_sql
+    from core.store import STORE_FILE
+
+    frame = run_readonly_sql(args.workspace / STORE_FILE, args.query, max_rows=args.max_rows)
+    truncated = bool(frame.attrs.get("truncated"))
+    if args.json:
+        rows = json.loads(frame.to_json(orient="values", date_format="iso"))
+        _emit({"columns": [str(c) for c in frame.columns], "rows": rows, "n_rows": len(frame),
+               "truncated": truncated}, True, "")
+        return
+    with pd.option_context("display.max_rows", None, "display.max_columns", None, "display.width", 200,
+                           "display.max_colwidth", 80):
+        print(frame.to_string(index=False))
+    if truncated:
+        print(f"(only the first {args.max_rows} rows; raise --max-rows to see more)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="forgetless", description="Fine-tune an aligned LLM on domain data without forgetting.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -260,6 +280,11 @@ def build_parser() -> argparse.ArgumentParser:
     pro.add_argument("--seed", type=int)
     pro.add_argument("--job-id")
     pro.set_defaults(handler=cmd_profile)
+
+    sql = stage("sql", "run one read-only SELECT on the store (no writes, no file access)")
+    sql.add_argument("query", help='e.g. "SELECT model, count(*) FROM responses GROUP BY model"')
+    sql.add_argument("--max-rows", type=int, default=1000)
+    sql.set_defaults(handler=cmd_sql)
     return parser
 
 

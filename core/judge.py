@@ -164,4 +164,5 @@ def update_consensus(store: Store, method: str) -> dict[str, int]:
     if len(agreement):
         agreement = agreement.assign(method=method)
     store.replace_consensus(method, consensus, pd.DataFrame(best_rows), agreement)
+    store.refresh_explore_rows()
     return {"responses": len(consensus), "instructions": len(best_rows)}

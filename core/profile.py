@@ -254,6 +254,7 @@ def run_profile(
         "category_probs": category_probs,
     })
     store.replace_profile(frame)
+    store.refresh_explore_rows()
     in_groups = sum(1 for g in groups if g is not None)
     group_count = len({g for g in groups if g is not None})
     rated_difficulty = [d for d in difficulty if d is not None]

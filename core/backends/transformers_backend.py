@@ -211,6 +211,9 @@ def sample(
     with torch.inference_mode():
         if shared:
             logits = forward(torch.tensor([prompts[0]], device=device), past_key_values=cache)
+            for layer in cache.layers:  # buffer layers broadcast the prompt already; others copy it now
+                if batch > 1 and not isinstance(layer, _BufferLayer):
+                    layer.batch_repeat_interleave(batch)
             mask = positions = None
         else:
             mask = torch.zeros(batch, longest + max_new_tokens, dtype=torch.long, device=device)

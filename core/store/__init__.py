@@ -1,13 +1,14 @@
 """The workspace's DuckDB store: one file, typed queries grouped by pipeline stage."""
 
 from core.store.base import STORE_FILE, StoreBase, text_key
+from core.store.explore import ExploreFilters, ExploreQueries, ExploreResult
 from core.store.instructions import BatchResult, InstructionQueries, InstructionRow
 from core.store.profile import ProfileQueries
 from core.store.screening import ScreeningQueries
 
 
-class Store(InstructionQueries, ScreeningQueries, ProfileQueries, StoreBase):
+class Store(InstructionQueries, ScreeningQueries, ProfileQueries, ExploreQueries, StoreBase):
     """The store of one workspace: every method opens the file, works in one transaction, closes it."""
 
 
-__all__ = ["STORE_FILE", "BatchResult", "InstructionRow", "Store", "text_key"]
+__all__ = ["STORE_FILE", "BatchResult", "ExploreFilters", "ExploreResult", "InstructionRow", "Store", "text_key"]
