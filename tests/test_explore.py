@@ -354,3 +354,13 @@ def test_bench_runs_on_a_tiny_store(tmp_path: Path):
     summary = json.loads(completed.stdout.strip().splitlines()[-1])
     assert summary["rows"] == 600 and summary["target_p95_ms"] == 100
     assert 0 < summary["p50_ms"] <= summary["p95_ms"] <= summary["max_ms"]
+
+
+def test_refresh_before_any_judging_gives_unscored_rows(tmp_path):
+    from core.store import InstructionRow, Store
+
+    store = Store.for_workspace(tmp_path)
+    row = InstructionRow("write a haiku about rain", 6, "m", "", 1.0, 1.0, 32, 0, "job", 0)
+    store.add_instruction_batch("job", 0, [row], limit=1, sampled=1, dropped={}, new_tokens=6, seconds=0.1)
+    assert store.refresh_explore_rows() == 1
+    assert store.explore().count == 1

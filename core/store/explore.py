@@ -335,8 +335,9 @@ class ExploreQueries(StoreBase):
             judges = [judge for (judge,) in con.execute(
                 "SELECT DISTINCT judge FROM explore_best_scores ORDER BY judge").fetchall()]
             coded = len(judges) <= MAX_CODE_JUDGES
-            con.executemany("INSERT INTO explore_judges VALUES (?, ?, ?)",
-                            [(i, judge, 9**i if coded else None) for i, judge in enumerate(judges)])
+            if judges:  # profiling may run before any judging
+                con.executemany("INSERT INTO explore_judges VALUES (?, ?, ?)",
+                                [(i, judge, 9**i if coded else None) for i, judge in enumerate(judges)])
             con.execute(_FILL_ROWS)
             con.execute(_FILL_SCORES)
             con.execute("DROP TABLE explore_best_scores")
