@@ -19,19 +19,47 @@ def left_padded(prompts: Sequence[Sequence[int]], pad_id: int, device: Any) -> t
     return ids, mask
 
 
+# Below this many shared leading tokens, a separate prefix pass costs more than it saves.
+_MIN_SHARED_PREFIX = 16
+
+
+def shared_prefix_length(prompts: Sequence[Sequence[int]]) -> int:
+    """Leading tokens common to every prompt, leaving at least one token of each prompt after it."""
+    first, shortest = prompts[0], min(len(prompt) for prompt in prompts)
+    length = 0
+    while length < shortest - 1 and all(prompt[length] == first[length] for prompt in prompts):
+        length += 1
+    return length
+
+
 def next_token_probs(
     model: Any, prompts: Sequence[Sequence[int]], candidates: Sequence[Sequence[int]], pad_id: int = 0,
 ) -> torch.Tensor:
     """P(next token) summed over each candidate group, for every prompt: shape [prompts, groups].
 
-    One forward pass per call; a group lists the token ids that spell one answer (e.g. "4" and " 4"), so
-    a rating does not depend on how the tokenizer splits the space before it.
+    A group lists the token ids that spell one answer (e.g. "4" and " 4"), so a rating does not depend on
+    how the tokenizer splits the space before it. Judge prompts share a long head (system prompt and
+    rubric): it is run once and its KV cache repeated for the batch, so each row pays only for its own
+    instruction and response.
     """
-    ids, mask = left_padded(prompts, pad_id, model.device)
-    positions = (mask.cumsum(-1) - 1).clamp_(min=0)
+    from transformers import DynamicCache
+
+    shared = shared_prefix_length(prompts) if len(prompts) > 1 else 0
+    if shared < _MIN_SHARED_PREFIX:
+        shared = 0
+    ids, mask = left_padded([prompt[shared:] for prompt in prompts], pad_id, model.device)
+    positions = (mask.cumsum(-1) - 1).clamp_(min=0) + shared
+    kwargs: dict[str, Any] = {}
     with torch.inference_mode():
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1).logits[:, -1]
-        probs = logits.float().softmax(-1)
+        if shared:
+            cache = DynamicCache(config=model.config)
+            head = torch.tensor([list(prompts[0][:shared])], dtype=torch.long, device=model.device)
+            model(input_ids=head, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            cache.batch_repeat_interleave(len(prompts))
+            mask = torch.cat([torch.ones(len(prompts), shared, dtype=mask.dtype, device=mask.device), mask], dim=1)
+            kwargs = {"past_key_values": cache, "use_cache": True}
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1, **kwargs).logits
+        probs = logits[:, -1].float().softmax(-1)
     return torch.stack([probs[:, list(group)].sum(-1) for group in candidates], dim=-1)
 
 
