@@ -11,7 +11,7 @@ import math
 import secrets
 import shlex
 import time
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,8 @@ from typing import Any
 import plotly.graph_objects as go
 
 from core.cli import build_parser
-from core.jobs import JobInfo
+from core.errors import ForgetlessError
+from core.jobs import JobInfo, list_jobs, load_job_config, request_cancel, start_background
 from core.store import Store
 
 PAGE_SIZE = 20
@@ -43,28 +44,57 @@ def format_duration(seconds: float | None) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
-def job_status_line(job: JobInfo | None) -> str:
-    """One line saying what the newest job is doing: state, stored/total, tokens/s, ETA (or why it ended)."""
+def _job_counts(job: JobInfo, unit: str, noun: str | None) -> str:
+    """``12/100 stored`` style: the reconstruct summary's own keys, else the newest progress line."""
+    progress, summary = job.progress or {}, job.summary or {}
+    if unit == "stored":
+        done, total = summary.get("stored", progress.get("stored")), summary.get("target", progress.get("total"))
+    else:
+        done, total = progress.get(unit), progress.get("total")
+    if done is None or total is None:
+        return ""
+    return f"{done}/{total} {noun or unit}"
+
+
+def _job_rate(job: JobInfo, unit: str, noun: str | None, rate: float | None) -> str:
+    """tokens/s; a job that makes no tokens (probability judging, profiling) gets items/s instead."""
+    if unit == "stored":
+        return f"{rate:.0f} tokens/s" if rate is not None else ""
+    if rate:
+        return f"{rate:.0f} tokens/s"
+    progress = job.progress or {}
+    done, elapsed = progress.get(unit), progress.get("elapsed_s")
+    if done and elapsed:
+        return f"{done / elapsed:.1f} {noun or unit}/s"
+    return ""
+
+
+def job_status_line(job: JobInfo | None, *, unit: str = "stored", noun: str | None = None,
+                    idle: str = "No reconstruction job yet: pick a model and press Start.") -> str:
+    """One line saying what the newest job is doing: state, done/total, tokens/s, ETA (or why it ended).
+
+    ``unit`` is the progress key that counts finished work ("stored" for reconstruction, "done" for the
+    later stages), ``noun`` names it in the line ("responses"), ``idle`` is the line when there is no job.
+    """
     if job is None:
-        return "No reconstruction job yet: pick a model and press Start."
+        return idle
     progress = job.progress or {}
     summary = job.summary or {}
-    stored = summary.get("stored", progress.get("stored"))
-    total = summary.get("target", progress.get("total"))
-    counts = f"{stored}/{total} stored" if stored is not None and total is not None else ""
+    counts = _job_counts(job, unit, noun)
     head = f"{job.state} · {job.job_id}"
-    if job.state == "starting" or (job.state == "running" and "stored" not in progress):
+    if job.state == "starting" or (job.state == "running" and unit not in progress):
         return f"{head} · {progress.get('phase', 'starting')}…"
     if job.state == "running":
-        rate = progress.get("tokens_per_s")
-        parts = [counts, f"{rate:.0f} tokens/s" if rate is not None else "",
+        parts = [counts, f"stage {progress['stage']}" if progress.get("stage") else "",
+                 _job_rate(job, unit, noun, progress.get("tokens_per_s")),
                  f"ETA {format_duration(progress.get('eta_s'))}",
                  f"elapsed {format_duration(progress.get('elapsed_s'))}"]
         return " · ".join([head, *[part for part in parts if part]])
     if job.state == "done":
         rate = summary.get("tokens_per_s", progress.get("tokens_per_s"))
         seconds = summary.get("seconds", progress.get("elapsed_s"))
-        parts = [counts, f"{rate:.0f} tokens/s" if rate is not None else "",
+        nothing = not counts and summary.get("pending_before") == 0
+        parts = ["nothing was pending" if nothing else counts, _job_rate(job, unit, noun, rate),
                  f"took {format_duration(seconds)}"]
         return " · ".join([head, *[part for part in parts if part]])
     if job.state == "failed":
@@ -73,6 +103,75 @@ def job_status_line(job: JobInfo | None) -> str:
         return " · ".join(part for part in [head, counts, "stopped on request"] if part)
     # interrupted: the worker process vanished without recording an end state
     return " · ".join(part for part in [head, counts, "its process ended without finishing"] if part)
+
+
+def job_marker(job: JobInfo | None, unit: str | None = None) -> str:
+    """What changes when the store may hold new rows: another job, a new state (and, with ``unit``, a
+    higher done count). Tabs redraw their views only when it changes."""
+    if job is None:
+        return "no-job"
+    count = f"|{job.progress.get(unit)}" if unit else ""
+    return f"{job.job_id}|{job.state}{count}"
+
+
+def required_int(value: float | None, label: str) -> int:
+    """A typed whole number from a gr.Number (None when the box was cleared)."""
+    if value is None:
+        raise ForgetlessError(f"{label} is empty; type a whole number")
+    return int(value)
+
+
+class StageJobs:
+    """The background jobs of one stage in one workspace, as a tab drives them (no Gradio here)."""
+
+    def __init__(self, workspace: Path, kind: str, config_cls: type) -> None:
+        self.workspace, self.kind, self.config_cls = Path(workspace), kind, config_cls
+
+    def newest(self) -> JobInfo | None:
+        jobs = list_jobs(self.workspace, self.kind)
+        return jobs[0] if jobs else None
+
+    def config(self, job: JobInfo | None) -> Any | None:
+        """The settings a job runs with (None when there is no job or its YAML is unreadable)."""
+        if job is None:
+            return None
+        try:
+            return load_job_config(job.folder, self.config_cls)
+        except ForgetlessError:
+            return None
+
+    def start(self, config: Any) -> str:
+        """Spawn the job (one per stage at a time); a ForgetlessError says why not."""
+        running = self.newest()
+        if running is not None and running.active:
+            raise ForgetlessError(f"job {running.job_id} is still {running.state}; cancel it or wait for it")
+        start_background(self.workspace, self.kind, config, config.job_id)
+        return f"Started {config.job_id}."
+
+    def cancel(self) -> str:
+        job = self.newest()
+        if job is None or not job.active:
+            return "No job is running."
+        request_cancel(job.folder)
+        return f"Cancel requested for {job.job_id}: the batch in flight is dropped, stored rows stay."
+
+    def command(self, job: JobInfo | None) -> str | None:
+        """The newest job as a ``forgetless`` command line (None without a readable config)."""
+        config = self.config(job)
+        return cli_command(self.kind, config, self.workspace) if config is not None else None
+
+
+class LazyStore:
+    """The workspace's store, opened on first use: creating it takes a write lock, so not at app start."""
+
+    def __init__(self, workspace: Path) -> None:
+        self.workspace = Path(workspace)
+        self._store: Store | None = None
+
+    def get(self) -> Store:
+        if self._store is None:
+            self._store = Store.for_workspace(self.workspace)
+        return self._store
 
 
 def page_count(total: int, page_size: int = PAGE_SIZE) -> int:
@@ -140,28 +239,49 @@ def length_histogram(lengths: list[int]) -> go.Figure:
     return figure
 
 
-def stage_flags(kind: str) -> set[str]:
-    """The option strings ``forgetless <kind>`` accepts (read from the CLI parser, so they never drift)."""
+def _stage_actions(kind: str) -> dict[str, argparse.Action]:
     for action in build_parser()._actions:
         if isinstance(action, argparse._SubParsersAction) and kind in action.choices:
-            return set(action.choices[kind]._option_string_actions)
-    return set()
+            return dict(action.choices[kind]._option_string_actions)
+    return {}
+
+
+def stage_flags(kind: str) -> set[str]:
+    """The option strings ``forgetless <kind>`` accepts (read from the CLI parser, so they never drift)."""
+    return set(_stage_actions(kind))
+
+
+def _flag_words(flag: str, value: Any, action: argparse.Action | None) -> list[str]:
+    """One field as CLI words: a store_true flag alone (or nothing), a list as repeated flags where the
+    flag repeats (append) and comma-joined otherwise."""
+    if isinstance(action, argparse._StoreTrueAction):
+        return [flag] if value else []
+    if isinstance(value, tuple):
+        if isinstance(action, argparse._AppendAction):
+            return [word for item in value for word in (flag, str(item))]
+        return [flag, ",".join(str(item) for item in value)]
+    return [flag, str(value)]
 
 
 def cli_command(kind: str, config: Any, workspace: Path, flags: set[str] | None = None) -> str:
     """The ``forgetless`` command that runs the same job headless.
 
-    Fields left at None, and fields the CLI has no flag for (``flags``, default: the real parser's), are
-    omitted; such fields keep their defaults in the UI, so the command still reproduces the job.
+    Fields the CLI has no flag for (``flags``, default: the real parser's) are omitted; such fields keep
+    their defaults in the UI, so the command still reproduces the job. A field left at None is omitted
+    too, unless its default is something else: then it was switched off, which the CLI spells ``none``.
     """
-    known = stage_flags(kind) if flags is None else flags
+    actions = _stage_actions(kind)
+    known = set(actions) if flags is None else flags
     parts = ["forgetless", kind]
     for field in fields(config):
         value, flag = getattr(config, field.name), "--" + field.name.replace("_", "-")
-        if value is None or flag not in known:
+        if flag not in known:
             continue
-        for item in value if isinstance(value, tuple) else (value,):
-            parts += [flag, str(item)]
+        if value is None:
+            if field.default is None or field.default is MISSING:
+                continue
+            value = "none"
+        parts += _flag_words(flag, value, actions.get(flag))
     parts += ["--workspace", str(workspace)]
     return shlex.join(parts)
 

@@ -8,7 +8,9 @@ from typing import Any
 import gradio as gr
 
 from ui.coming_tabs import build_coming_tabs
+from ui.explore_tab import build_explore_tab
 from ui.reconstruct_tab import build_reconstruct_tab
+from ui.screen_tab import build_screen_tab
 
 CSS_PATH = Path(__file__).resolve().parent.parent / "assets" / "app.css"
 
@@ -32,6 +34,10 @@ def build_app(workspace: Path) -> gr.Blocks:
         with gr.Tabs(elem_id="stages"):
             with gr.Tab("1 · Reconstruct", elem_id="tab-reconstruct"):
                 build_reconstruct_tab(demo, workspace)
+            with gr.Tab("2 · Screen", elem_id="tab-screen"):
+                build_screen_tab(demo, workspace)
+            with gr.Tab("3 · Explore", elem_id="tab-explore"):
+                build_explore_tab(demo, workspace)
             build_coming_tabs()
     return demo
 

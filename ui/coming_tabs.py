@@ -6,13 +6,6 @@ import gradio as gr
 
 # (tab label, element id, what the stage will do); order follows the pipeline.
 COMING_STAGES: list[tuple[str, str, str]] = [
-    ("2 · Screen", "tab-screen",
-     "Sample several responses per reconstructed instruction from several models, have several judge models "
-     "score every response 1–5, combine the scores into a consensus and keep the best response per "
-     "instruction. Ties and judge disagreement will be shown so you can audit them."),
-    ("3 · Explore", "tab-explore",
-     "Profile the screened data: difficulty, embedding clusters on a 2-D map, near-duplicates, and the "
-     "consensus-score distribution, with thresholds you can adjust by hand."),
     ("4 · Mix", "tab-mix",
      "Import your domain data, filter the general data by score, and mix the two at a chosen ratio into a "
      "training snapshot you can export."),

@@ -511,6 +511,15 @@ class ExploreQueries(StoreBase):
             return [value for (value,) in rows.fetchall()]
 
     # -- saved selections ------------------------------------------------------------------------------
+    def explore_clusters(self) -> pd.DataFrame:
+        """cluster, label, n of every profiled cluster (empty before profiling or before the first refresh)."""
+        with self.read() as con:
+            if not con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'explore_rows'").fetchone()[0]:
+                return pd.DataFrame({"cluster": [], "label": [], "n": []})
+            return con.execute(
+                "SELECT cluster, any_value(cluster_label) AS label, count(*) AS n FROM explore_rows "
+                "WHERE cluster IS NOT NULL GROUP BY cluster ORDER BY cluster").df()
+
     def save_selection(self, name: str, filters: ExploreFilters) -> None:
         """Save (or overwrite) a named filter setting."""
         name = (name or "").strip()

@@ -1,0 +1,294 @@
+"""Explore tab: profile the instructions in the background, then filter them and see what is left.
+
+A filter change runs one ``Store.explore`` (count, one page, the chart data: the store's fast path) and
+redraws the count, the table and the charts; paging reads one page. A refused filter (an unsafe SQL
+WHERE, min above max) shows its reason and leaves the table as it was. Named selections save the
+filters in the store, for the Mix stage and for coming back later.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import gradio as gr
+
+from core.dashboard import LazyStore, StageJobs, job_marker
+from core.errors import ForgetlessError
+from core.explore_views import (
+    COLOUR_BY,
+    ORDER_CHOICES,
+    PAGE_SIZE,
+    SCORE_RANGE,
+    SELECTION_HEADERS,
+    STD_LIMIT,
+    TABLE_HEADERS,
+    category_bars,
+    clamp_page,
+    cluster_choices,
+    count_line,
+    difficulty_scatter,
+    filters_from_form,
+    form_from_filters,
+    judge_histogram_figure,
+    page_label,
+    profile_config,
+    profile_form,
+    read_clusters,
+    selection_names,
+    selection_rows,
+    semantic_map_figure,
+    table_rows,
+)
+from core.judge import JudgeConfig
+from core.models import ALIASES
+from core.profile import CATEGORIES, PROJECTIONS, ProfileConfig
+from core.store import ExploreFilters
+from ui.job_controls import QUIET, job_controls, wire_job
+
+_PROFILE = ProfileConfig()
+_MODEL_CHOICES = [*ALIASES, "none"]
+_TABLE_WIDTHS = ["19%", "19%", "9%", "8%", "5%", "7%", "5%", "8%", "8%", "6%", "6%"]
+
+
+def _refused(error: ForgetlessError, width: int) -> tuple[Any, ...]:
+    """A filter the store refused: say why, visibly, and leave every other output as it was."""
+    gr.Warning(str(error))
+    return (f"⚠️ Not applied: {error}", *(gr.skip(),) * width)
+
+
+def apply_filters(store: LazyStore, order: str, colour_by: str, *form: Any) -> tuple[Any, ...]:
+    """A filter change: one explore() call, then the message, count, page 1 and every chart."""
+    try:
+        filters = filters_from_form(*form)
+        result = store.get().explore(filters, 1, PAGE_SIZE, order)
+    except ForgetlessError as error:
+        return _refused(error, 10)
+    charts, rows = result.charts, {"headers": TABLE_HEADERS, "data": table_rows(result.page)}
+    return ("", count_line(result.count, filters), result.count, rows, 1, page_label(1, result.count),
+            judge_histogram_figure(charts["judge_histogram"]), difficulty_scatter(charts["difficulty_consensus"]),
+            semantic_map_figure(charts["semantic_map"], colour_by), category_bars(charts["categories"]),
+            charts["semantic_map"])
+
+
+def show_page(store: LazyStore, delta: int | None, count: int, page: float | None, order: str,
+              *form: Any) -> tuple[Any, ...]:
+    """Paging (``delta`` pages on) or a new order (``delta`` None: back to page 1): one page of the filters."""
+    target = clamp_page(1 if delta is None else (page or 1) + delta, count or 0)
+    try:
+        rows = store.get().explore_page(filters_from_form(*form), target, PAGE_SIZE, order)
+    except ForgetlessError as error:
+        return _refused(error, 3)
+    return "", {"headers": TABLE_HEADERS, "data": table_rows(rows)}, target, page_label(target, count or 0)
+
+
+def recolour(points: Any, colour_by: str) -> Any:
+    return semantic_map_figure(points, colour_by) if points is not None else gr.skip()
+
+
+def _selections(store: LazyStore, **choice: Any) -> tuple[Any, Any]:
+    """The saved-selections table and the names in the Saved dropdown (``choice``: its value too)."""
+    listed = store.get().list_selections()
+    return ({"headers": SELECTION_HEADERS, "data": selection_rows(listed)},
+            gr.update(choices=selection_names(listed), **choice))
+
+
+def save_selection(store: LazyStore, name: str, *form: Any) -> tuple[Any, ...]:
+    try:
+        store.get().save_selection(name, filters_from_form(*form))
+    except ForgetlessError as error:
+        return _refused(error, 2)
+    return (f"Saved selection “{name.strip()}”.", *_selections(store))
+
+
+def load_selection(store: LazyStore, name: str | None, width: int) -> tuple[Any, ...]:
+    """The saved filters back into the widgets (the apply chained after redraws everything)."""
+    try:
+        filters = store.get().load_selection(name or "")
+    except ForgetlessError as error:
+        return _refused(error, width)
+    return (f"Loaded selection “{name}”.", *form_from_filters(filters))
+
+
+def delete_selection(store: LazyStore, name: str | None) -> tuple[Any, ...]:
+    if not name:
+        return "Pick a saved selection to delete.", gr.skip(), gr.skip()
+    found = store.get().delete_selection(name)
+    return ((f"Deleted selection “{name}”." if found else f"No selection named “{name}”."),
+            *_selections(store, value=None))
+
+
+def reload_data(store: LazyStore) -> tuple[Any, ...]:
+    """New explore rows (a judge or profile job ended, or the page loaded): cluster choices and selections."""
+    try:
+        return (gr.update(choices=cluster_choices(read_clusters(store.get()))), *_selections(store))
+    except ForgetlessError:  # a writer held the file past the lock wait: the next job change retries
+        return gr.skip(), gr.skip(), gr.skip()
+
+
+def _profile_form() -> list[Any]:
+    with gr.Accordion("Profile settings", open=False, elem_id="exp-profile-settings"):
+        with gr.Row():
+            difficulty = gr.Dropdown(_MODEL_CHOICES, value=_PROFILE.difficulty_judge, allow_custom_value=True,
+                                     label="Difficulty judge", elem_id="exp-difficulty-judge")
+            category = gr.Dropdown(_MODEL_CHOICES, value=_PROFILE.category_model, allow_custom_value=True,
+                                   label="Category model", elem_id="exp-category-model")
+            target = gr.Dropdown(_MODEL_CHOICES, value=_PROFILE.target_model, allow_custom_value=True,
+                                 label="Target model (IFD)", elem_id="exp-target-model")
+        with gr.Row():
+            clusters = gr.Textbox(value=str(_PROFILE.clusters), label="Clusters (k or auto)", elem_id="exp-k")
+            dedup = gr.Slider(0.5, 1.0, value=_PROFILE.dedup_threshold, step=0.01, label="Near-duplicate cosine",
+                              elem_id="exp-dedup")
+            projection = gr.Radio(list(PROJECTIONS), value=_PROFILE.projection, label="Map projection",
+                                  elem_id="exp-projection")
+            batch_size = gr.Number(value=_PROFILE.batch_size, precision=0, label="Batch size",
+                                   elem_id="exp-profile-batch-size")
+    return [difficulty, category, target, clusters, dedup, projection, batch_size]
+
+
+class FilterWidgets(NamedTuple):
+    """The filter widgets, in ``filters_from_form``'s argument order (``list(widgets)`` is its inputs)."""
+
+    consensus_min: gr.Slider
+    consensus_max: gr.Slider
+    max_std: gr.Slider
+    difficulty_min: gr.Slider
+    difficulty_max: gr.Slider
+    clusters: gr.Dropdown
+    categories: gr.Dropdown
+    length_min: gr.Number
+    length_max: gr.Number
+    hide_duplicates: gr.Checkbox
+    search: gr.Textbox
+    where: gr.Textbox
+
+    def wire(self, apply: Any) -> None:
+        """Apply on every committed change: a slider let go (or its box left), a pick, Enter in a box."""
+        for slider in (self.consensus_min, self.consensus_max, self.max_std, self.difficulty_min, self.difficulty_max):
+            slider.release(**apply)
+        for choice in (self.clusters, self.categories, self.hide_duplicates):
+            choice.input(**apply)
+        for box in (self.length_min, self.length_max):
+            box.submit(**apply)
+            box.blur(**apply)
+        for box in (self.search, self.where):
+            box.submit(**apply)
+
+
+def _filter_form() -> FilterWidgets:
+    low, high = SCORE_RANGE
+    with gr.Row():
+        consensus_min = gr.Slider(low, high, value=low, step=0.1, label="Consensus ≥", elem_id="exp-consensus-min")
+        consensus_max = gr.Slider(low, high, value=high, step=0.1, label="Consensus ≤", elem_id="exp-consensus-max")
+    max_std = gr.Slider(0.0, STD_LIMIT, value=STD_LIMIT, step=0.05, label="Judges' spread (std) ≤",
+                        elem_id="exp-max-std", info="At the right end: no limit.")
+    with gr.Row():
+        difficulty_min = gr.Slider(low, high, value=low, step=0.1, label="Difficulty ≥", elem_id="exp-difficulty-min")
+        difficulty_max = gr.Slider(low, high, value=high, step=0.1, label="Difficulty ≤",
+                                   elem_id="exp-difficulty-max")
+    clusters = gr.Dropdown([], value=[], multiselect=True, label="Clusters", elem_id="exp-clusters")
+    categories = gr.Dropdown(list(CATEGORIES), value=[], multiselect=True, label="Categories",
+                             elem_id="exp-categories")
+    with gr.Row():
+        length_min = gr.Number(0, precision=0, minimum=0, label="Tokens ≥", info="0: any", min_width=100,
+                               elem_id="exp-length-min")
+        length_max = gr.Number(0, precision=0, minimum=0, label="Tokens ≤", info="0: any", min_width=100,
+                               elem_id="exp-length-max")
+    hide_duplicates = gr.Checkbox(False, label="Hide near-duplicates (keep each group's representative)",
+                                  elem_id="exp-hide-dups")
+    search = gr.Textbox(label="Search instructions", placeholder="substring; Enter to apply", elem_id="exp-search")
+    where = gr.Textbox(label="SQL WHERE (read-only, over explore_rows)", elem_id="exp-where",
+                       placeholder="e.g. margin > 0.5 AND response_model = 'gemma-3-270m'")
+    return FilterWidgets(consensus_min, consensus_max, max_std, difficulty_min, difficulty_max, clusters, categories,
+                         length_min, length_max, hide_duplicates, search, where)
+
+
+def build_explore_tab(demo: gr.Blocks, workspace: Path) -> None:
+    """Render the tab's components inside ``demo`` and wire their events, including the page load."""
+    workspace = Path(workspace)
+    store = LazyStore(workspace)
+    judges = StageJobs(workspace, "judge", JudgeConfig)
+    gr.Markdown("Profile the instructions (difficulty, IFD, task category, topic clusters, a 2-D map, "
+                "near-duplicates), then narrow them down: the count, the table and the charts follow every filter. "
+                "Save a filter setting under a name to mix exactly that selection later.")
+    profile_inputs = _profile_form()
+    profile = job_controls("exp-profile", StageJobs(workspace, "profile", ProfileConfig), "steps",
+                           "No profile job yet: press Start to profile the stored instructions.")
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=1, min_width=300, elem_id="exp-filters"):
+            filters = _filter_form()
+            with gr.Row():
+                apply = gr.Button("Apply filters", variant="primary", elem_id="exp-apply")
+                reset = gr.Button("Reset", elem_id="exp-reset")
+            gr.Markdown("#### Saved selections")
+            with gr.Row():
+                selection_name = gr.Textbox(label="Name", scale=3, elem_id="exp-selection-name")
+                save = gr.Button("Save selection", scale=1, min_width=90, elem_id="exp-save")
+            with gr.Row():
+                saved = gr.Dropdown([], value=None, label="Saved", scale=3, elem_id="exp-saved")
+                load = gr.Button("Load", scale=1, min_width=60, elem_id="exp-load")
+                delete = gr.Button("Delete", scale=1, min_width=60, variant="stop", elem_id="exp-delete")
+            selections = gr.Dataframe(value={"headers": SELECTION_HEADERS, "data": []}, interactive=False, wrap=True,
+                                      max_height=260, column_widths=["35%", "65%"], elem_id="exp-selections")
+        with gr.Column(scale=3, min_width=480):
+            count = gr.Markdown("Reading…", elem_id="exp-count", elem_classes=["status-line"])
+            message = gr.Markdown("", elem_id="exp-message")
+            with gr.Row(equal_height=True):
+                histogram = gr.Plot(show_label=False, elem_id="exp-judge-histogram")
+                scatter = gr.Plot(show_label=False, elem_id="exp-scatter")
+            with gr.Row(equal_height=True):
+                with gr.Column(min_width=300):
+                    semantic_map = gr.Plot(show_label=False, elem_id="exp-map")
+                    colour_by = gr.Radio(list(COLOUR_BY), value="cluster", label="Colour the map by",
+                                         elem_id="exp-colour-by")
+                categories_chart = gr.Plot(show_label=False, elem_id="exp-categories-chart")
+            with gr.Row(equal_height=False, elem_id="exp-table-controls"):
+                order = gr.Dropdown(ORDER_CHOICES, value=ORDER_CHOICES[0][1], label="Sort by", scale=3,
+                                    elem_id="exp-order")
+                page = gr.Number(value=1, precision=0, label="Page", scale=1, min_width=90, elem_id="exp-page")
+                prev_page = gr.Button("◀ Prev", scale=0, min_width=90, elem_id="exp-prev")
+                next_page = gr.Button("Next ▶", scale=0, min_width=90, elem_id="exp-next")
+            page_info = gr.Markdown("", elem_id="exp-page-info")
+            table = gr.Dataframe(value={"headers": TABLE_HEADERS, "data": []}, interactive=False, wrap=True,
+                                 max_height=640, column_widths=_TABLE_WIDTHS, elem_id="exp-table")
+    match_count = gr.State(0)
+    map_points = gr.State(None)  # the last map sample, so recolouring needs no query
+    seen = gr.State("")  # profile and judge jobs' markers: a change means new explore rows
+    timer = gr.Timer(1.0)
+
+    wire_job(demo, profile, profile_inputs, profile_config, profile_form)
+
+    def poll() -> tuple[Any, ...]:
+        values, marker = profile.poll()
+        return (*values, f"{marker}||{job_marker(judges.newest())}")
+
+    poll_outputs = [*profile.outputs, seen]
+    timer.tick(poll, None, poll_outputs, **QUIET)
+    demo.load(poll, None, poll_outputs, **QUIET)
+
+    filter_inputs = list(filters)
+    apply_inputs = [order, colour_by, *filter_inputs]
+    apply_outputs = [message, count, match_count, table, page, page_info, histogram, scatter, semantic_map,
+                     categories_chart, map_points]
+    run_apply = partial(apply_filters, store)
+    apply_event = {"fn": run_apply, "inputs": apply_inputs, "outputs": apply_outputs, **QUIET}
+    filters.wire(apply_event)
+    apply.click(**apply_event)
+    reset.click(lambda: form_from_filters(ExploreFilters()), None, filter_inputs, **QUIET).then(**apply_event)
+    seen.change(partial(reload_data, store), None, [filters.clusters, selections, saved], **QUIET).then(
+        **apply_event)
+    colour_by.input(recolour, [map_points, colour_by], semantic_map, **QUIET)
+
+    page_inputs = [match_count, page, order, *filter_inputs]
+    page_outputs = [message, table, page, page_info]
+    page.submit(partial(show_page, store, 0), page_inputs, page_outputs, **QUIET)
+    order.input(partial(show_page, store, None), page_inputs, page_outputs, **QUIET)
+    prev_page.click(partial(show_page, store, -1), page_inputs, page_outputs, **QUIET)
+    next_page.click(partial(show_page, store, +1), page_inputs, page_outputs, **QUIET)
+
+    save.click(partial(save_selection, store), [selection_name, *filter_inputs], [message, selections, saved],
+               **QUIET)
+    load.click(partial(load_selection, store, width=len(filter_inputs)), saved, [message, *filter_inputs],
+               **QUIET).then(**apply_event)
+    delete.click(partial(delete_selection, store), saved, [message, selections, saved], **QUIET)

@@ -1,0 +1,148 @@
+"""Screen tab: launch the response and judge jobs, follow them, and audit what the judges decided.
+
+Both jobs run in the background (the UI process never loads a model). Below the launchers: every judge's
+score of a sample of responses, each instruction's responses side by side with their scores, the
+responses the judges disagree on most, and how well the judges agree. Those views are redrawn when a
+job starts or ends, and on page load.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from core.dashboard import LazyStore, StageJobs
+from core.errors import ForgetlessError
+from core.judge import METHODS, JudgeConfig
+from core.models import ALIASES
+from core.respond import RespondConfig
+from core.screen_views import (
+    DISPUTED_HEADERS,
+    ConsensusTable,
+    judge_config,
+    judge_form,
+    read_consensus_page,
+    read_screen_views,
+    respond_config,
+    respond_form,
+)
+from ui.job_controls import QUIET, job_controls, wire_job
+
+_RESPOND, _JUDGE = RespondConfig(), JudgeConfig()
+
+
+# -- the tab -----------------------------------------------------------------------------------------------
+def _responses_form() -> list[Any]:
+    models = gr.Dropdown(choices=list(ALIASES), value=list(_RESPOND.models), multiselect=True,
+                         allow_custom_value=True, label="Models that answer", elem_id="scr-models",
+                         info="Aliases, or type a local model folder / .gguf path and press Enter.")
+    with gr.Row():
+        k = gr.Number(value=_RESPOND.k, precision=0, label="Responses per model (K)", elem_id="scr-k")
+        max_new_tokens = gr.Number(value=_RESPOND.max_new_tokens, precision=0, label="Max new tokens",
+                                   elem_id="scr-max-new-tokens")
+    with gr.Row():
+        temperature = gr.Slider(0.0, 2.0, value=_RESPOND.temperature, step=0.05, label="Temperature",
+                                elem_id="scr-temperature")
+        top_p = gr.Slider(0.05, 1.0, value=_RESPOND.top_p, step=0.05, label="Top-p", elem_id="scr-top-p")
+    with gr.Row():
+        batch_size = gr.Number(value=_RESPOND.batch_size, precision=0, label="Batch size", elem_id="scr-batch-size")
+        seed = gr.Number(value=_RESPOND.seed, precision=0, label="Seed", elem_id="scr-seed")
+    return [models, k, temperature, top_p, max_new_tokens, batch_size, seed]
+
+
+def _judges_form() -> list[Any]:
+    judges = gr.Dropdown(choices=list(ALIASES), value=list(_JUDGE.judges), multiselect=True,
+                         allow_custom_value=True, label="Judge models", elem_id="scr-judges",
+                         info="Each scores every response 1-5; their consensus picks the kept response.")
+    method = gr.Radio(list(METHODS), value=_JUDGE.method, label="Scoring", elem_id="scr-method",
+                      info="probs: expected rating from the rating-token probabilities; generate: the judge "
+                           "writes its rating.")
+    with gr.Row():
+        exclude_self = gr.Checkbox(value=_JUDGE.exclude_self, label="A model does not judge its own responses",
+                                   elem_id="scr-exclude-self")
+        retry_failed = gr.Checkbox(value=_JUDGE.retry_failed, label="Retry failed ratings (generate)",
+                                   elem_id="scr-retry-failed")
+    batch_size = gr.Number(value=_JUDGE.batch_size, precision=0, label="Batch size", elem_id="scr-judge-batch-size")
+    return [judges, method, exclude_self, retry_failed, batch_size]
+
+
+def _consensus_value(table: ConsensusTable) -> Any:
+    return gr.update(value={"headers": table.headers, "data": table.rows}, column_widths=table.column_widths)
+
+
+def _view_values(store: LazyStore, page: float | None) -> tuple[Any, ...]:
+    try:
+        views = read_screen_views(store.get(), page)
+    except ForgetlessError as error:  # e.g. a writer held the file longer than the lock wait
+        return (gr.skip(),) * 6 + (f"(store busy: {error})",)
+    table = _consensus_value(views.consensus)
+    return (views.heatmap, table, views.page, views.page_label, {"headers": DISPUTED_HEADERS, "data": views.disputed},
+            views.agreement, "")
+
+
+def _consensus_page(store: LazyStore, delta: int, page: float | None) -> tuple[Any, ...]:
+    try:
+        table, current, label = read_consensus_page(store.get(), (page or 1) + delta)
+    except ForgetlessError as error:
+        gr.Warning(str(error))
+        return gr.skip(), gr.skip(), gr.skip()
+    return _consensus_value(table), current, label
+
+
+def build_screen_tab(demo: gr.Blocks, workspace: Path) -> None:
+    """Render the tab's components inside ``demo`` and wire their events, including the page load."""
+    workspace = Path(workspace)
+    store = LazyStore(workspace)
+    gr.Markdown("Answer every reconstructed instruction with several models (K samples each), then have "
+                "several judge models score every response 1–5. The consensus of the judges keeps the best "
+                "response per instruction; below, see where they agree and where they do not.")
+    with gr.Row(equal_height=False):
+        with gr.Column(min_width=360, elem_classes=["launcher"]):
+            gr.Markdown("### Responses")
+            respond_inputs = _responses_form()
+            respond = job_controls("scr-respond", StageJobs(workspace, "respond", RespondConfig), "responses",
+                                   "No response job yet: pick models and press Start.")
+        with gr.Column(min_width=360, elem_classes=["launcher"]):
+            gr.Markdown("### Judges")
+            judge_inputs = _judges_form()
+            judge = job_controls("scr-judge", StageJobs(workspace, "judge", JudgeConfig), "scores",
+                                 "No judge job yet: pick judges and press Start.")
+    views_note = gr.Markdown("", elem_id="scr-views-note")
+    heatmap = gr.Plot(label="Scores per judge", elem_id="scr-heatmap")
+    gr.Markdown("### Responses side by side")
+    with gr.Row(elem_id="scr-table-controls"):
+        page_info = gr.Markdown("", elem_id="scr-page-info")
+        page = gr.Number(value=1, precision=0, label="Page", scale=0, min_width=100, elem_id="scr-page")
+        prev_page = gr.Button("◀ Prev", scale=0, min_width=100, elem_id="scr-prev")
+        next_page = gr.Button("Next ▶", scale=0, min_width=100, elem_id="scr-next")
+    consensus = gr.Dataframe(value={"headers": ["instruction"], "data": []}, datatype="markdown", interactive=False,
+                             wrap=True, max_height=720, elem_id="scr-consensus-table")
+    gr.Markdown("### Most disputed responses (highest spread between judges)")
+    disputed = gr.Dataframe(value={"headers": DISPUTED_HEADERS, "data": []}, interactive=False, wrap=True,
+                            max_height=480, column_widths=["26%", "12%", "34%", "6%", "6%", "5%", "5%", "6%"],
+                            elem_id="scr-disputed")
+    agreement = gr.Plot(label="Judge agreement", elem_id="scr-agreement")
+    seen = gr.State("")  # both jobs' markers; a change redraws the views
+    timer = gr.Timer(1.0)
+
+    wire_job(demo, respond, respond_inputs, respond_config, respond_form)
+    wire_job(demo, judge, judge_inputs, judge_config, judge_form)
+
+    def poll() -> tuple[Any, ...]:
+        respond_values, respond_marker = respond.poll()
+        judge_values, judge_marker = judge.poll()
+        return (*respond_values, *judge_values, f"{respond_marker}||{judge_marker}")
+
+    poll_outputs = [*respond.outputs, *judge.outputs, seen]
+    timer.tick(poll, None, poll_outputs, **QUIET)
+    demo.load(poll, None, poll_outputs, **QUIET)
+    view_outputs = [heatmap, consensus, page, page_info, disputed, agreement, views_note]
+    seen.change(partial(_view_values, store), page, view_outputs, **QUIET)
+
+    page_outputs = [consensus, page, page_info]
+    page.submit(partial(_consensus_page, store, 0), page, page_outputs, **QUIET)
+    prev_page.click(partial(_consensus_page, store, -1), page, page_outputs, **QUIET)
+    next_page.click(partial(_consensus_page, store, +1), page, page_outputs, **QUIET)
