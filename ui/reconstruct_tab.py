@@ -65,14 +65,16 @@ def _required_int(value: float | None, label: str) -> int:
 
 
 def _config_from_form(model: str | None, n: float | None, batch_size: float | None, temperature: float,
-                      top_p: float, max_new_tokens: float | None, seed: float | None) -> ReconstructConfig:
+                      top_p: float, max_new_tokens: float | None, seed: float | None, prefix: str | None = "",
+                      stop: str | None = "") -> ReconstructConfig:
     if not (model or "").strip():
         raise ForgetlessError("pick a model alias or type a model folder / .gguf path")
+    stops = tuple(line for line in (stop or "").splitlines() if line.strip())
     return ReconstructConfig(
         model=model.strip(), n=_required_int(n, "N"), batch_size=_required_int(batch_size, "batch size"),
         temperature=float(temperature), top_p=float(top_p),
         max_new_tokens=_required_int(max_new_tokens, "max new tokens"), seed=_required_int(seed, "seed"),
-        job_id=new_job_id(KIND),
+        prefix=prefix if (prefix or "").strip() else None, stop=stops or None, job_id=new_job_id(KIND),
     )
 
 
@@ -132,9 +134,9 @@ def restore_form(space: _Workspace) -> tuple[Any, ...]:
     """On page load, show the newest job's settings, so a reload does not pretend defaults are running."""
     config = space.job_config(space.newest_job())
     if config is None:
-        return (gr.skip(),) * 7
+        return (gr.skip(),) * 9
     return (config.model, config.n, config.batch_size, config.temperature, config.top_p,
-            config.max_new_tokens, config.seed)
+            config.max_new_tokens, config.seed, config.prefix or "", "\n".join(config.stop or ()))
 
 
 def show_page(space: _Workspace, search: str, page: float | None) -> tuple[Any, ...]:
@@ -182,6 +184,12 @@ def build_reconstruct_tab(demo: gr.Blocks, workspace: Path) -> None:
                 max_new_tokens = gr.Number(value=_DEFAULTS.max_new_tokens, precision=0,
                                            label="Max new tokens", elem_id="rec-max-new-tokens")
                 seed = gr.Number(value=_DEFAULTS.seed, precision=0, label="Seed", elem_id="rec-seed")
+            with gr.Accordion("Pre-query template override", open=False, elem_id="rec-override"):
+                prefix = gr.Textbox(label="Prefix", lines=3, elem_id="rec-prefix",
+                                    placeholder="empty: derived from the model's chat template "
+                                                "(see `forgetless prequery MODEL`)")
+                stop = gr.Textbox(label="Stop strings, one per line", lines=2, elem_id="rec-stop",
+                                  placeholder="empty: the template's end-of-turn markers")
             with gr.Row():
                 start = gr.Button("Start", variant="primary", elem_id="rec-start")
                 cancel = gr.Button("Cancel", variant="stop", interactive=False, elem_id="rec-cancel")
@@ -205,7 +213,7 @@ def build_reconstruct_tab(demo: gr.Blocks, workspace: Path) -> None:
     seen = gr.State("")  # marker of the store state the table shows; "" forces the first refresh
     timer = gr.Timer(1.0)
 
-    form = [model, n, batch_size, temperature, top_p, max_new_tokens, seed]
+    form = [model, n, batch_size, temperature, top_p, max_new_tokens, seed, prefix, stop]
     refresh_outputs = [status, start, cancel, table, page, page_info, histogram, command, seen]
     quiet = {"show_progress": "hidden"}  # no spinner over the table every second
     refresh_handler = partial(refresh, space)
