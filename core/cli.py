@@ -281,6 +281,24 @@ def build_parser() -> argparse.ArgumentParser:
     pro.add_argument("--job-id")
     pro.set_defaults(handler=cmd_profile)
 
+    from core.eval_cli import add_eval_arguments, cmd_eval
+
+    ev = stage("eval", "measure forgetting: general benchmarks, the domain test and drift of a model or a run")
+    add_eval_arguments(ev)
+    ev.set_defaults(handler=cmd_eval)
+
+    from core.train_cli import add_train_arguments, cmd_train
+
+    tra = stage("train", "fine-tune a model on a frozen mix snapshot (TRL SFT: LoRA or full), resumable")
+    add_train_arguments(tra)
+    tra.set_defaults(handler=cmd_train)
+
+    from core.mix_cli import add_mix_arguments, cmd_mix
+
+    mix = stage("mix", "mix screened general data with domain data at a ratio; freeze it as a dataset snapshot")
+    add_mix_arguments(mix)
+    mix.set_defaults(handler=cmd_mix)
+
     sql = stage("sql", "run one read-only SELECT on the store (no writes, no file access)")
     sql.add_argument("query", help='e.g. "SELECT model, count(*) FROM responses GROUP BY model"')
     sql.add_argument("--max-rows", type=int, default=1000)

@@ -14,7 +14,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,12 +170,14 @@ class JobRecorder:
         return (self.folder / "cancel").exists()
 
 
-def start_background(workspace: Path, kind: str, config: Any, job_id: str) -> Path:
-    """Run ``forgetless <kind> --config`` for this job in a detached process; return the job folder.
+def start_background(workspace: Path, kind: str, config: Any, job_id: str, folder: Path | None = None,
+                     extra_args: Sequence[str] = ()) -> Path:
+    """Run ``forgetless <kind> --config ... [extra_args]`` for this job in a detached process; return the job folder.
 
     The process outlives the app (its own session), so a closed tab or a restarted app re-attaches.
+    ``folder`` overrides ``<workspace>/jobs/<job_id>`` for stages whose output folder is the job folder (train).
     """
-    folder = job_folder(workspace, job_id)
+    folder = folder if folder is not None else job_folder(workspace, job_id)
     if folder.exists() and job_info(folder).active:
         raise ForgetlessError(f"job {job_id} is already running")
     folder.mkdir(parents=True, exist_ok=True)
@@ -184,7 +186,7 @@ def start_background(workspace: Path, kind: str, config: Any, job_id: str) -> Pa
     _write_json(folder / "status.json", {"state": "starting", "kind": kind, "started_at": time.time()})
     (folder / "cancel").unlink(missing_ok=True)
     command = [sys.executable, "-m", "core.cli", kind, "--config", str(config_path),
-               "--workspace", str(workspace)]
+               "--workspace", str(workspace), *extra_args]
     with (folder / "log.txt").open("ab") as log:
         subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,

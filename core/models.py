@@ -183,13 +183,16 @@ def load_tokenizer(spec: str, workspace: Path) -> Any:
     return tokenizer
 
 
-def load_model(spec: str, workspace: Path, device: str | None = None) -> LoadedModel:
-    """Load a model for inference in the dtype its hardware runs best."""
+def load_model(spec: str, workspace: Path, device: str | None = None, dtype: torch.dtype | None = None) -> LoadedModel:
+    """Load a model in ``dtype``, by default the one its hardware runs best.
+
+    Training passes fp32 explicitly for master weights: loading in bf16 and casting up would round them.
+    """
     resolve_model(spec, workspace)  # before the slow imports, so a typo fails fast
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     device = device or choose_device()
-    dtype = choose_dtype(device)
+    dtype = dtype or choose_dtype(device)
     source, folder = local_folder(spec, workspace)
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder)

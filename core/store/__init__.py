@@ -1,13 +1,16 @@
 """The workspace's DuckDB store: one file, typed queries grouped by pipeline stage."""
 
 from core.store.base import STORE_FILE, StoreBase, text_key
+from core.store.evaluation import EvaluationQueries
 from core.store.explore import ExploreFilters, ExploreQueries, ExploreResult
 from core.store.instructions import BatchResult, InstructionQueries, InstructionRow
+from core.store.mix import MixQueries
 from core.store.profile import ProfileQueries
 from core.store.screening import ScreeningQueries
 
 
-class Store(InstructionQueries, ScreeningQueries, ProfileQueries, ExploreQueries, StoreBase):
+class Store(InstructionQueries, ScreeningQueries, ProfileQueries, ExploreQueries, EvaluationQueries, MixQueries,
+            StoreBase):
     """The store of one workspace: every method opens the file, works in one transaction, closes it."""
 
 

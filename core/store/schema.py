@@ -1,6 +1,6 @@
 """Table definitions. New tables are added with CREATE IF NOT EXISTS; SCHEMA_VERSION counts changes."""
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)""",
@@ -80,4 +80,29 @@ SCHEMA = [
         instruction_id VARCHAR PRIMARY KEY, model VARCHAR NOT NULL, vector FLOAT[] NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS selections (
         name VARCHAR PRIMARY KEY, filters_json VARCHAR NOT NULL, created_at TIMESTAMPTZ NOT NULL)""",
+    # -- evaluation (schema 3) --
+    """CREATE TABLE IF NOT EXISTS eval_items (
+        job_id VARCHAR NOT NULL,             -- the evaluation (same model, base, limit, seed: same id, resumes)
+        task VARCHAR NOT NULL,               -- arc_easy | piqa | hellaswag | sciq | medmcqa | drift
+        item_id VARCHAR NOT NULL,
+        gold INTEGER,                        -- index of the right option (NULL for drift)
+        pred INTEGER,                        -- option with the highest log-likelihood (domain: letter probability)
+        pred_norm INTEGER,                   -- ... per character of the option
+        scores DOUBLE[],                     -- per option: summed log-likelihood (domain: letter probability)
+        extra_json VARCHAR,                  -- task-specific numbers (drift: token count, KL and NLL sums)
+        created_at TIMESTAMPTZ NOT NULL,
+        PRIMARY KEY (job_id, task, item_id))""",
+    """CREATE TABLE IF NOT EXISTS eval_results (
+        job_id VARCHAR NOT NULL,
+        task VARCHAR NOT NULL,
+        suite VARCHAR NOT NULL,              -- general | domain | drift
+        model VARCHAR NOT NULL,              -- the MODEL spec or run folder evaluated
+        run_dir VARCHAR,                     -- the training run folder (NULL for a plain model)
+        base_model VARCHAR,                  -- the run's base, or --base (drift's reference)
+        acc DOUBLE, acc_norm DOUBLE, stderr DOUBLE, n INTEGER NOT NULL,
+        extra_json VARCHAR NOT NULL,         -- every other metric (drift: kl, ppl_base, ppl_tuned, ...)
+        item_limit INTEGER,                  -- --limit (NULL: all items)
+        seed BIGINT NOT NULL,
+        created_at TIMESTAMPTZ NOT NULL,
+        PRIMARY KEY (job_id, task))""",
 ]

@@ -1,0 +1,66 @@
+"""`forgetless eval`: its flags and handler (kept out of core/cli.py, which only registers them)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+
+def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="an EvalConfig YAML (flags override its fields)")
+    parser.add_argument("--model", help="MODEL spec, or a training run folder (config.yaml + adapter/ or model/)")
+    parser.add_argument("--suite", help="comma-separated: general, domain, drift (or tasks: arc_easy, piqa, "
+                                        "hellaswag, sciq, medmcqa); default general,domain")
+    parser.add_argument("--limit", type=int, help="items per task, a seeded subsample (default: all; HellaSwag 1000)")
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--base", help="drift's reference MODEL (default: the run's base model)")
+    parser.add_argument("--hellaswag-n", type=int, help="HellaSwag's fixed subsample size (default 1000)")
+    parser.add_argument("--drift-n", type=int, help="held-out general texts for drift (default 200)")
+    parser.add_argument("--job-id")
+
+
+def json_results(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The headline numbers per task for ``--json`` (everything else stays in the store)."""
+    keys = {"drift": ("kl", "ppl_base", "ppl_tuned", "kl_stderr", "n", "tokens"),
+            "medmcqa": ("acc", "stderr", "n", "top_letter", "top_letter_share", "majority_letter_baseline")}
+    return {task: {k: metrics.get(k) for k in keys.get(task, ("acc", "acc_norm", "stderr", "n"))}
+            for task, metrics in results.items()}
+
+
+def results_table(results: dict[str, dict[str, Any]]) -> str:
+    def cell(value: Any) -> str:
+        return "-" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
+
+    lines = [f"{'task':<10} {'acc':>8} {'acc_norm':>8} {'stderr':>8} {'n':>6}  notes"]
+    for task, m in results.items():
+        if task == "drift":
+            notes = f"kl={cell(m.get('kl'))} ppl base={cell(m.get('ppl_base'))} tuned={cell(m.get('ppl_tuned'))}"
+            lines.append(f"{task:<10} {'-':>8} {'-':>8} {cell(m.get('kl_stderr')):>8} {m['n']:>6}  {notes}")
+            continue
+        notes = (f"top letter {m['top_letter']} {cell(m['top_letter_share'])}, majority-letter baseline "
+                 f"{cell(m['majority_letter_baseline'])}") if task == "medmcqa" else ""
+        lines.append(f"{task:<10} {cell(m.get('acc')):>8} {cell(m.get('acc_norm')):>8} {cell(m.get('stderr')):>8} "
+                     f"{m['n']:>6}  {notes}")
+    return "\n".join(lines)
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from core.cli import _config, _emit, _loader, _run_job
+    from core.evaluate import EvalConfig, run_evaluation
+    from core.store import Store
+
+    config = _config(args, EvalConfig, {
+        "model": args.model, "suite": tuple(args.suite.split(",")) if args.suite is not None else None,
+        "limit": args.limit, "seed": args.seed, "batch_size": args.batch_size, "base": args.base,
+        "hellaswag_n": args.hellaswag_n, "drift_n": args.drift_n, "job_id": args.job_id,
+    })
+    store = Store.for_workspace(args.workspace)
+    summary = _run_job(args, "eval", config,
+                       lambda **hooks: run_evaluation(config, store, _loader(args.workspace), **hooks))
+    summary = {**summary, "results": json_results(summary["results"])}
+    state = "cancelled" if summary["cancelled"] else "done"
+    human = (f"{results_table(summary['results'])}\n{state}: {summary['items_scored']} items scored for "
+             f"{summary['model']} (job {summary['job_id']}, {summary['seconds']} s) in {summary['db']}")
+    _emit(summary, args.json, human)
