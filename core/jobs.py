@@ -100,7 +100,10 @@ def job_info(folder: Path) -> JobInfo:
     # A starting job gets a grace period before its missing lock means its process is gone.
     stale = state == "running" or time.time() - status.get("started_at", 0) > 60
     if state in ACTIVE_STATES and stale and not _is_locked(folder):
-        state = "interrupted"
+        # The process may have finished between the two reads: its final state wins over "interrupted".
+        status = _read_json(folder / "status.json")
+        state = status.get("state", "starting")
+        state = "interrupted" if state in ACTIVE_STATES else state
     return JobInfo(
         job_id=folder.name, kind=status.get("kind", "?"), state=state, folder=folder,
         progress=last_progress(folder), error=status.get("error"), summary=status.get("summary"),
@@ -122,6 +125,17 @@ def request_cancel(folder: Path) -> None:
     (folder / "cancel").touch()
 
 
+def _drop_stale_cancel(folder: Path) -> None:
+    """Forget a cancel left by an earlier run, but keep one pressed while this background job was starting."""
+    cancel, status = folder / "cancel", _read_json(folder / "status.json")
+    try:
+        pressed_at = cancel.stat().st_mtime
+    except FileNotFoundError:
+        return
+    if not (status.get("state") == "starting" and pressed_at >= status.get("started_at", float("inf"))):
+        cancel.unlink(missing_ok=True)
+
+
 @contextmanager
 def job_session(folder: Path, kind: str, config: Any) -> Iterator[JobRecorder]:
     """Own a job folder while it runs: lock it, record status and progress, leave a final state."""
@@ -133,7 +147,7 @@ def job_session(folder: Path, kind: str, config: Any) -> Iterator[JobRecorder]:
     except BlockingIOError:
         lock.close()
         raise ForgetlessError(f"job {folder.name} is already running in another process") from None
-    (folder / "cancel").unlink(missing_ok=True)
+    _drop_stale_cancel(folder)
     recorder = JobRecorder(folder, kind)
     recorder.set_state("running")
     try:

@@ -56,3 +56,21 @@ def test_job_session_records_failure_and_refuses_a_second_owner(tmp_path: Path):
         raise RuntimeError("model exploded")
     info = job_info(tmp_path / "j")
     assert info.state == "failed" and info.error == "model exploded"
+
+
+def test_cancel_pressed_while_starting_is_kept_but_a_stale_one_is_dropped(tmp_path: Path):
+    import time
+
+    starting = tmp_path / "starting"
+    starting.mkdir()
+    (starting / "status.json").write_text(json.dumps({"state": "starting", "started_at": time.time() - 1}))
+    request_cancel(starting)  # pressed after the app spawned the job, before the job took its lock
+    with job_session(starting, "reconstruct", ReconstructConfig(model="m", n=1)) as recorder:
+        assert recorder.cancel_requested()
+
+    rerun = tmp_path / "rerun"
+    rerun.mkdir()
+    request_cancel(rerun)  # left over from an earlier, cancelled run of the same job
+    (rerun / "status.json").write_text(json.dumps({"state": "cancelled", "started_at": time.time()}))
+    with job_session(rerun, "reconstruct", ReconstructConfig(model="m", n=1)) as recorder:
+        assert not recorder.cancel_requested()
