@@ -248,9 +248,9 @@ def ratio_points(history: pd.DataFrame, fallback_base: str | None = None) -> pd.
     general = [(task, metric) for task, metric in HEADLINE if task != DOMAIN_TASK]
     domain = [(task, metric) for task, metric in HEADLINE if task == DOMAIN_TASK]
     rows = []
+    evaluated = set(latest["model"])
     for run_dir, group in latest[latest["run_dir"].notna()].groupby("run_dir", sort=False):
         model = str(group["model"].iloc[-1])
-        evaluated = set(latest["model"])
         base = next((b for b in group["base_model"].dropna() if b in evaluated and b != model), fallback_base)
         if not base:
             continue

@@ -14,6 +14,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -53,11 +54,13 @@ def _serving(url: str) -> bool:
         return False
 
 
-@pytest.fixture
-def app_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    """`python launch.py` on a free port with an empty workspace; stopped (with any job it ran) afterwards."""
-    workspace, port = tmp_path / "workspace", _free_port()
-    log_path = tmp_path / "server.log"
+@contextmanager
+def serve_app(workspace: Path, tmp_path: Path) -> Iterator[str]:
+    """`python launch.py` on a free port over ``workspace`` (prepared by the caller, or empty); yields its URL.
+
+    Stops the server afterwards; background jobs it started are the caller's to stop (they outlive the app).
+    """
+    port, log_path = _free_port(), tmp_path / "server.log"
     env = {**os.environ, "PYTHONPATH": str(REPO), "GRADIO_ANALYTICS_ENABLED": "False",
            "FORGETLESS_NO_PROGRESS": "1", "HF_HUB_OFFLINE": "1"}
     with log_path.open("wb") as log:
@@ -69,16 +72,26 @@ def app_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     try:
         _wait_until(lambda: _serving(url) or server.poll() is not None, 90, "the app to serve")
         assert server.poll() is None, f"launch.py exited:\n{log_path.read_text()}"
-        yield url, workspace
+        yield url
     finally:
         server.terminate()
         try:
             server.wait(timeout=15)
         except subprocess.TimeoutExpired:
             server.kill()
-        _stop_jobs(workspace)
         if server.returncode not in (0, -15, None):
             print(log_path.read_text())
+
+
+@pytest.fixture
+def app_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """The app over an empty workspace; stopped (with any job it ran) afterwards."""
+    workspace = tmp_path / "workspace"
+    try:
+        with serve_app(workspace, tmp_path) as url:
+            yield url, workspace
+    finally:
+        _stop_jobs(workspace)
 
 
 def _stop_jobs(workspace: Path) -> None:

@@ -7,10 +7,12 @@ from typing import Any
 
 import gradio as gr
 
-from ui.coming_tabs import build_coming_tabs
+from ui.evaluate_tab import build_evaluate_tab
 from ui.explore_tab import build_explore_tab
+from ui.mix_tab import build_mix_tab
 from ui.reconstruct_tab import build_reconstruct_tab
 from ui.screen_tab import build_screen_tab
+from ui.train_tab import build_train_tab
 
 CSS_PATH = Path(__file__).resolve().parent.parent / "assets" / "app.css"
 
@@ -38,7 +40,12 @@ def build_app(workspace: Path) -> gr.Blocks:
                 build_screen_tab(demo, workspace)
             with gr.Tab("3 · Explore", elem_id="tab-explore"):
                 build_explore_tab(demo, workspace)
-            build_coming_tabs()
+            with gr.Tab("4 · Mix", elem_id="tab-mix"):
+                build_mix_tab(demo, workspace)
+            with gr.Tab("5 · Train", elem_id="tab-train"):
+                build_train_tab(demo, workspace)
+            with gr.Tab("6 · Evaluate", elem_id="tab-evaluate"):
+                build_evaluate_tab(demo, workspace)
     return demo
 
 

@@ -1,0 +1,104 @@
+"""The Evaluate tab in a real browser: evaluate the tiny model and a run of it, reload, compare them.
+
+Reuses the app fixture and helpers of tests/test_ui_browser.py (launch.py on a free port, Debian chromium).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.test_ui_browser import CHROMIUM, CHROMIUM_ARGS, _set_number, _wait_until, app_server, sync_api
+
+__all__ = ["app_server"]  # the fixture, imported so pytest finds it here
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium is not installed (make browser)"),
+]
+JOB_TIMEOUT_S = 120
+
+
+def _status(page) -> str:
+    return page.locator("#eval-status [data-testid='markdown']").inner_text().strip()
+
+
+def _message(page) -> str:
+    return page.locator("#eval-message [data-testid='markdown']").inner_text().strip()
+
+
+def _tuned_run(workspace: Path, base: Path) -> Path:
+    """A finished full fine-tune as the train stage leaves it (its model is a copy of the base)."""
+    run = workspace / "runs" / "20250101-000000-tuned"
+    mix = workspace / "mix-snapshot"
+    mix.mkdir(parents=True)
+    (mix / "manifest.yaml").write_text(yaml.safe_dump({"ratio": 0.5}))
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump({"data": str(mix), "out": str(run), "model": str(base),
+                                                     "method": "full"}))
+    (run / "status.json").write_text('{"state": "done", "kind": "train", "started_at": 1}')
+    shutil.copytree(base, run / "model")
+    return run
+
+
+def _open_evaluate(browser, url: str):
+    page = browser.new_page(viewport={"width": 1400, "height": 1100})
+    page.goto(url)
+    page.get_by_role("tab", name="6 · Evaluate").click()
+    page.wait_for_selector("#eval-start")
+    _wait_until(lambda: _status(page) not in ("", "Reading jobs…"), 30, "the first status line")
+    return page
+
+
+def test_evaluate_base_and_run_in_the_browser(app_server, tiny_model_dir):
+    url, workspace = app_server
+    _tuned_run(workspace, tiny_model_dir)
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = _open_evaluate(browser, url)
+            assert _status(page).startswith("No evaluation yet")
+
+            # Bad input is a visible message and a toast, not a job.
+            for suite in ("general", "domain"):
+                page.locator("#eval-suites label").filter(has_text=suite).click()
+            page.click("#eval-start")
+            _wait_until(lambda: "Not started" in _message(page), 15, "the validation message")
+            assert "at least one suite" in _message(page)
+            assert page.locator(".toast-body").filter(has_text="at least one suite").count() >= 1
+            assert _status(page).startswith("No evaluation yet")
+
+            base = page.locator("#eval-base input")
+            base.fill(str(tiny_model_dir))
+            base.press("Enter")
+            page.locator("#eval-runs input").click()
+            page.get_by_role("option", name=re.compile("20250101-000000-tuned")).click()
+            page.locator("#eval-suites label").filter(has_text="general").click()
+            _set_number(page, "eval-limit", 3)
+            page.click("#eval-start")
+            _wait_until(lambda: re.match(r"(starting|running|done) · eval-queue-", _status(page)) is not None, 20,
+                        "the plan to start")
+            job_id = re.search(r"eval-queue-[\w-]+", _status(page)).group(0)
+
+            # A reload re-attaches to the plan and shows its settings.
+            page.reload()
+            page.get_by_role("tab", name="6 · Evaluate").click()
+            _wait_until(lambda: job_id in _status(page), 20, "the reloaded page to re-attach")
+            assert page.locator("#eval-limit input").input_value() == "3"
+            assert base.input_value() == str(tiny_model_dir)
+
+            _wait_until(lambda: _status(page).startswith(("done", "failed", "cancelled", "interrupted")),
+                        JOB_TIMEOUT_S, "the plan to finish")
+            assert _status(page).startswith(f"done · {job_id} · 2 of 2 evaluated"), _status(page)
+            headers = page.locator("#eval-table thead th")
+            _wait_until(lambda: "20250101-000000-tuned" in " ".join(headers.all_inner_texts()), 20, "the table")
+            assert page.locator("#eval-table").get_by_text("arc_easy").count() >= 1
+            assert page.locator("#eval-deltas .js-plotly-plot").count() == 1
+            assert page.locator("#eval-history .js-plotly-plot").count() == 1
+            assert page.inner_text("#eval-command").count("forgetless eval") == 2
+            assert page.locator("#eval-start").is_enabled() and not page.locator("#eval-cancel").is_enabled()
+        finally:
+            browser.close()

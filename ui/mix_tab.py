@@ -1,0 +1,227 @@
+"""Mix tab: pick domain data and the general selection, set the ratio, watch the counts, freeze a snapshot.
+
+Every form change re-plans the mix (``plan_mix``, nothing written): the domain data and the tokenizer are
+loaded once per process (``MixCache``), so an update is a store query and cached token counts. The map
+is its own event, so embedding the domain rows for it (a child process, once per domain) never holds up
+the counts. "Freeze mix" writes ``<workspace>/mixes/<name>``, the folder the Train tab reads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from core.dashboard import LazyStore
+from core.errors import ForgetlessError
+from core.mix import BALANCE_CHOICES, BY_CHOICES, DEFAULT_TOKENIZER, freeze_mix, plan_mix
+from core.mix_snapshot import list_snapshots
+from core.mix_views import (
+    ALL_SCREENED,
+    PREVIEW_HEADERS,
+    RATIO_MAX,
+    RATIO_STEP,
+    SNAPSHOT_HEADERS,
+    UPLOAD_TYPES,
+    MixCache,
+    composition_figure,
+    counts_markdown,
+    domain_choices,
+    freeze_message,
+    import_report_markdown,
+    keep_upload,
+    map_unavailable,
+    mix_config,
+    preview_rows,
+    read_map,
+    selection_choices,
+    snapshot_folder,
+    snapshot_names,
+    snapshot_rows,
+    suggest_snapshot_name,
+)
+from core.models import ALIASES
+from core.screen_views import empty_figure
+from ui.job_controls import QUIET
+
+_FAILURES = (ForgetlessError, OSError, ValueError)  # shown as a message; anything else is a bug
+# A burst of changes plans once, with the last values; a small spinner says a (first, slow) plan is under way.
+_LATEST = {"show_progress": "minimal", "trigger_mode": "always_last"}
+_NO_DOMAIN = "Pick domain data above to see the mix."
+_NO_COMPOSITION, _NO_MAP = "Composition (no domain data yet)", "pick domain data to overlay it"
+
+
+def _failed(error: Exception, width: int) -> tuple[Any, ...]:
+    """A refused action: a toast and the message line say why; the other outputs keep their state."""
+    gr.Warning(str(error))
+    return (f"⚠️ {error}", *(gr.skip(),) * width)
+
+
+def load_domain_view(cache: MixCache, spec: str | None) -> tuple[Any, ...]:
+    """message, import report, preview, and the spec that loaded (the plan and map read that state)."""
+    empty = {"headers": PREVIEW_HEADERS, "data": []}
+    if not (spec or "").strip():
+        return "", _NO_DOMAIN, empty, None
+    try:
+        data = cache.domain(spec)
+    except _FAILURES as error:
+        gr.Warning(str(error))
+        return f"⚠️ {error}", f"**Import failed:** {error}", empty, None
+    return "", import_report_markdown(data.report, data), {"headers": PREVIEW_HEADERS, "data": preview_rows(data)}, spec
+
+
+def update_plan(cache: MixCache, store: LazyStore, spec: str | None, group_by: str, *form: Any) -> tuple[Any, ...]:
+    """message, counts, composition chart and the suggested snapshot name of the form's mix."""
+    if not spec:  # the message line keeps the import failure, if that is why
+        return gr.skip(), _NO_DOMAIN, empty_figure(_NO_COMPOSITION), gr.skip()
+    started = time.perf_counter()
+    try:
+        config = mix_config(spec, *form)
+        data = cache.domain(config.domain)
+        plan = plan_mix(config, store.get(), cache.workspace, domain=data, counter=cache.counter(config))
+    except _FAILURES as error:
+        gr.Warning(str(error))
+        return f"⚠️ {error}", f"**No mix:** {error}", empty_figure("Composition (no mix)"), gr.skip()
+    seconds = time.perf_counter() - started
+    name = suggest_snapshot_name(config, data.name, snapshot_names(cache.workspace))
+    return ("", counts_markdown(plan, seconds), composition_figure(plan.composition(group_by), group_by, config.by),
+            gr.update(placeholder=name))
+
+
+def update_map(cache: MixCache, store: LazyStore, spec: str | None, selection: str | None) -> Iterator[Any]:
+    if not spec:
+        yield map_unavailable(_NO_MAP)
+        return
+    try:
+        data = cache.domain(spec)
+        yield from read_map(store.get(), selection, data, cache.workspace)
+    except _FAILURES as error:
+        yield map_unavailable(str(error))
+
+
+def freeze(cache: MixCache, store: LazyStore, spec: str | None, name: str | None, *form: Any) -> tuple[Any, ...]:
+    """Write the form's mix as ``<workspace>/mixes/<name>``: message, snapshot table, name box."""
+    try:
+        if not spec:
+            raise ForgetlessError("pick domain data before freezing a mix")
+        config = mix_config(spec, *form)
+        data = cache.domain(config.domain)
+        suggested = suggest_snapshot_name(config, data.name, snapshot_names(cache.workspace))
+        config = dataclasses.replace(config, out=str(snapshot_folder(cache.workspace, name, suggested)))
+        summary = freeze_mix(config, store.get(), cache.workspace, domain=data, counter=cache.counter(config))
+    except _FAILURES as error:
+        return _failed(error, 2)
+    gr.Info(f"Froze mix {Path(summary['out']).name}")
+    following = suggest_snapshot_name(config, data.name, snapshot_names(cache.workspace))
+    return (freeze_message(summary), _snapshot_table(cache.workspace),
+            gr.update(value="", placeholder=following))
+
+
+def _snapshot_table(workspace: Path) -> dict[str, Any]:
+    return {"headers": SNAPSHOT_HEADERS, "data": snapshot_rows(list_snapshots(workspace))}
+
+
+def refresh(store: LazyStore, workspace: Path) -> tuple[Any, ...]:
+    """Page load or ↻: the saved selections, the uploaded files and the snapshots, read again."""
+    try:
+        names = [str(name) for name in store.get().list_selections()["name"]]
+        selections = gr.update(choices=selection_choices(names))
+    except ForgetlessError:  # a writer held the store past the lock wait: keep the old choices
+        selections = gr.skip()
+    return selections, gr.update(choices=domain_choices(workspace)), _snapshot_table(workspace)
+
+
+def uploaded(workspace: Path, path: str | None) -> tuple[Any, ...]:
+    """Keep an uploaded file in the workspace and pick it (the domain's change event loads it); the upload
+    box empties, ready for the next file (this one is listed in the dropdown from now on)."""
+    if not path:
+        return gr.skip(), gr.skip(), gr.skip()
+    try:
+        kept = keep_upload(path, workspace)
+    except OSError as error:
+        return _failed(error, 2)
+    return gr.skip(), gr.update(choices=domain_choices(workspace), value=str(kept)), None
+
+
+def build_mix_tab(demo: gr.Blocks, workspace: Path) -> None:
+    """Render the tab's components inside ``demo`` and wire their events, including the page load."""
+    workspace = Path(workspace)
+    store, cache = LazyStore(workspace), MixCache(workspace)
+    gr.Markdown("Mix your domain data with the screened general data: the ratio is the share of general "
+                "(reconstructed) data in the result. Counts and token totals follow every change; **Freeze mix** "
+                "writes the training snapshot (`train.parquet`, `manifest.yaml`, a dataset card) that the Train "
+                "tab reads.")
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=1, min_width=300):
+            domain = gr.Dropdown(domain_choices(workspace), value=None, allow_custom_value=True, label="Domain data",
+                                 info="builtin:medmcqa, an uploaded file, or type a file/folder path and press Enter",
+                                 elem_id="mix-domain")
+            upload = gr.File(label="Upload domain data (JSONL, JSON, CSV, Parquet)", file_types=UPLOAD_TYPES,
+                             type="filepath", height=120, elem_id="mix-upload")
+            report = gr.Markdown(_NO_DOMAIN, elem_id="mix-report")
+        with gr.Column(scale=2, min_width=400):
+            preview = gr.Dataframe(value={"headers": PREVIEW_HEADERS, "data": []}, interactive=False, wrap=True,
+                                   max_height=330, column_widths=["45%", "47%", "8%"], label="Preview (train rows)",
+                                   elem_id="mix-preview")
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=1, min_width=300, elem_id="mix-form"):
+            with gr.Row(equal_height=False, elem_id="mix-selection-row"):
+                selection = gr.Dropdown(selection_choices([]), value=ALL_SCREENED, label="General data", scale=4,
+                                        info="a saved Explore selection, or every judged instruction",
+                                        elem_id="mix-selection")
+                reload = gr.Button("↻", scale=0, min_width=50, elem_id="mix-refresh")
+            ratio = gr.Slider(0.0, RATIO_MAX, value=0.5, step=RATIO_STEP, label="Ratio: share of general data",
+                              elem_id="mix-ratio")
+            by = gr.Radio(list(BY_CHOICES), value="examples", label="Ratio counts", elem_id="mix-by")
+            balance = gr.Radio(list(BALANCE_CHOICES), value="proportional", label="Balance the general rows by",
+                               elem_id="mix-balance")
+            with gr.Row():
+                seed = gr.Number(0, precision=0, minimum=0, label="Seed", min_width=90, elem_id="mix-seed")
+                tokenizer = gr.Dropdown(list(ALIASES), value=DEFAULT_TOKENIZER, allow_custom_value=True, scale=3,
+                                        label="Tokenizer (the model to tune)", elem_id="mix-tokenizer")
+            with gr.Row(equal_height=False, elem_id="mix-freeze-row"):
+                name = gr.Textbox(label="Snapshot name", placeholder="(suggested from the settings)", scale=3,
+                                  elem_id="mix-name")
+                freeze_button = gr.Button("Freeze mix", variant="primary", scale=1, min_width=110,
+                                          elem_id="mix-freeze")
+        with gr.Column(scale=2, min_width=480):
+            counts = gr.Markdown(_NO_DOMAIN, elem_id="mix-counts", elem_classes=["status-line"])
+            message = gr.Markdown("", elem_id="mix-message")
+            with gr.Row(equal_height=True):
+                with gr.Column(min_width=300):
+                    composition = gr.Plot(empty_figure(_NO_COMPOSITION), show_label=False,
+                                          elem_id="mix-composition")
+                    group_by = gr.Radio(["category", "cluster"], value="category", label="General rows grouped by",
+                                        elem_id="mix-composition-by")
+                semantic_map = gr.Plot(map_unavailable(_NO_MAP), show_label=False, elem_id="mix-map")
+    gr.Markdown("#### Frozen mixes")
+    snapshots = gr.Dataframe(value={"headers": SNAPSHOT_HEADERS, "data": []}, interactive=False, wrap=True,
+                             max_height=300, elem_id="mix-snapshots")
+    loaded = gr.State(None)  # the domain spec that loaded cleanly: what the plan and the map use
+
+    form = [selection, ratio, by, balance, seed, tokenizer]
+    plan_event = {"fn": partial(update_plan, cache, store), "inputs": [loaded, group_by, *form],
+                  "outputs": [message, counts, composition, name], **_LATEST}
+    map_event = {"fn": partial(update_map, cache, store), "inputs": [loaded, selection], "outputs": semantic_map,
+                 **_LATEST}
+
+    domain.change(partial(load_domain_view, cache), domain, [message, report, preview, loaded], **QUIET).then(
+        **plan_event).then(**map_event)
+    upload.upload(partial(uploaded, workspace), upload, [message, domain, upload], **QUIET)
+    ratio.release(**plan_event)
+    for choice in (by, balance, group_by):
+        choice.input(**plan_event)
+    tokenizer.change(**plan_event)  # a picked alias or a typed model folder, once committed
+    seed.submit(**plan_event)
+    seed.blur(**plan_event)
+    selection.input(**plan_event).then(**map_event)
+
+    refresh_event = {"fn": partial(refresh, store, workspace), "outputs": [selection, domain, snapshots], **QUIET}
+    demo.load(**refresh_event)
+    reload.click(**refresh_event)
+    freeze_button.click(partial(freeze, cache, store), [loaded, name, *form], [message, snapshots, name], **QUIET)
