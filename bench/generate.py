@@ -103,10 +103,10 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from core.models import load_model
+    from core.models import generation_dtype, load_model
     from core.prequery import derive_prequery, stop_token_ids
 
-    lm = load_model(MODEL, args.workspace)
+    lm = load_model(MODEL, args.workspace, dtype=generation_dtype("cpu"))  # what reconstruct uses
     query = derive_prequery(lm.tokenizer)
     stops = stop_token_ids(lm.tokenizer, query.stop)
     prefix = lm.tokenizer(query.prefix, add_special_tokens=False).input_ids

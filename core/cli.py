@@ -101,10 +101,12 @@ def _progress_bar(total: int, description: str) -> Any:
                 disable=os.environ.get("FORGETLESS_NO_PROGRESS") == "1")
 
 
-def _loader(workspace: Path) -> Callable[[str], Any]:
-    from core.models import load_model
+def _loader(workspace: Path, sampling: bool = False) -> Callable[[str], Any]:
+    """Loads MODEL specs; ``sampling`` stages (reconstruct, respond) get the dtype that decodes fastest."""
+    from core.models import choose_device, generation_dtype, load_model
 
-    return lambda spec: load_model(spec, workspace)
+    dtype = generation_dtype(choose_device()) if sampling else None
+    return lambda spec: load_model(spec, workspace, dtype=dtype)
 
 
 def cmd_reconstruct(args: argparse.Namespace) -> None:
@@ -119,7 +121,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> None:
     store = Store.for_workspace(args.workspace)
 
     def work(**hooks: Any) -> dict[str, Any]:
-        return run_reconstruction(config, store, _loader(args.workspace)(config.model), **hooks)
+        return run_reconstruction(config, store, _loader(args.workspace, sampling=True)(config.model), **hooks)
 
     summary = _run_job(args, "reconstruct", config, work, unit_key="stored")
     state = "cancelled" if summary["cancelled"] else "done"
@@ -144,7 +146,7 @@ def cmd_respond(args: argparse.Namespace) -> None:
     })
     store = Store.for_workspace(args.workspace)
     summary = _run_job(args, "respond", config,
-                       lambda **hooks: run_responses(config, store, _loader(args.workspace), **hooks))
+                       lambda **hooks: run_responses(config, store, _loader(args.workspace, sampling=True), **hooks))
     state = "cancelled" if summary["cancelled"] else "done"
     human = (f"{state}: {summary['responses']} responses from {', '.join(summary['models'])} "
              f"({summary['tokens_per_s']} tok/s, {summary['seconds']} s) in {summary['db']}")

@@ -75,3 +75,8 @@ def test_smollm2_gguf_converts_once_then_loads_fast(real_workspace: Path):
     again = load_model("smollm2-135m-instruct", real_workspace)
     assert time.monotonic() - started <= 5.0
     assert torch.equal(again.model.model.embed_tokens.weight, first.model.model.embed_tokens.weight)
+
+
+def test_sampling_decodes_in_fp32_on_any_cpu(monkeypatch):
+    monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: True)
+    assert models.generation_dtype("cpu") == torch.float32 and choose_dtype("cpu") == torch.bfloat16
