@@ -1,0 +1,1 @@
+"""Experiments that run the Forgetless pipeline end to end, headless (see experiments/forgetting.py)."""

@@ -1,0 +1,223 @@
+"""The forgetting experiment's outputs: per-item scores read back from the store, results JSON, the
+markdown report (tables, commands, sample counts, seeds, the computed reading) and a Plotly figure."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from experiments.forgetting_stats import DOMAIN, GENERAL, NOISE_SIGMAS, verdict
+
+TASKS = (*GENERAL, DOMAIN)
+FIGURE_FILE = "results_forgetting.html"
+
+
+def per_item(workspace: Path, jobs: Mapping[str, str], tasks: Sequence[str] = TASKS) -> dict[str, Any]:
+    """``correct[model][task][item_id]`` (1.0/0.0) and ``drift[model]`` (DriftScore dicts) from the store."""
+    from core.store import Store
+
+    store = Store.for_workspace(workspace)
+    correct: dict[str, dict[str, dict[str, float]]] = {}
+    drift: dict[str, list[dict[str, Any]]] = {}
+    for model, job_id in jobs.items():
+        correct[model] = {task: {row.item_id: float(row.pred == row.gold) for row in store.eval_items(job_id, task)}
+                          for task in tasks}
+        rows = store.eval_items(job_id, "drift")
+        if rows:
+            drift[model] = [row.extra for row in rows if row.extra]
+    return {"correct": correct, "drift": drift}
+
+
+def _acc(task: Mapping[str, Any] | None) -> str:
+    if not task or task.get("acc") is None:
+        return "-"
+    se = task.get("stderr")
+    return f"{task['acc']:.3f} ± {se:.3f}" if se is not None else f"{task['acc']:.3f}"
+
+
+def _delta(entry: Mapping[str, Any] | None) -> str:
+    if not entry or entry.get("diff") is None:
+        return "-"
+    mark = {"gain": " ▲", "loss": " ▼"}.get(verdict(entry["diff"], entry["se"]), "")
+    return f"{entry['diff'] * 100:+.1f} ± {(entry['se'] or 0) * 100:.1f}{mark}"
+
+
+def _num(value: Any, digits: int = 4) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _sig(value: Any) -> str:
+    return "-" if value is None else f"{value:.3g}"
+
+
+def markdown(results: Mapping[str, Any]) -> str:
+    s, models, arms = results["settings"], results["models"], results["arms"]
+    names = results["arm_names"]
+    head = "| model | " + " | ".join(TASKS) + " |\n|---|" + "---|" * len(TASKS)
+    acc_rows = [f"| {label} | " + " | ".join(_acc(models[m]["tasks"].get(t)) for t in TASKS) + " |"
+                for m, label in [("base", "base"), *((a, f"({a}) {names[a]}") for a in arms)]]
+    delta_head = "| arm | " + " | ".join(TASKS) + " | general mean |\n|---|" + "---|" * (len(TASKS) + 1)
+    delta_rows = [f"| ({a}) {names[a]} | " + " | ".join(_delta(results["deltas"][a].get(t)) for t in TASKS) +
+                  f" | {_delta(results['deltas'][a]['general_mean'])} |" for a in arms]
+    contrast_rows = []
+    for key, entry in results["contrasts"].items():
+        cells = " | ".join(_delta(entry.get(t)) for t in TASKS)
+        kl = entry.get("kl", {})
+        kl_cell = f"{kl['diff']:+.2e} ± {(kl.get('se') or 0):.2e}" if kl.get("diff") is not None else "-"
+        label = key.replace("_vs_", " − ")
+        contrast_rows.append(f"| {label} | {cells} | {_delta(entry['general_mean'])} | {kl_cell} |")
+    drift = results["drift_common"]
+    drift_rows = [f"| ({a}) {names[a]} | {_sig(drift['arms'][a]['kl'])} ± {_sig(drift['arms'][a]['kl_stderr'])} | "
+                  f"{_num(drift['arms'][a]['ppl_base'], 3)} | {_num(drift['arms'][a]['ppl_tuned'], 3)} | "
+                  f"{_sig(models[a].get('drift_own', {}).get('kl'))} (n={models[a].get('drift_own', {}).get('n')}) |"
+                  for a in arms if a in drift["arms"]]
+    data_rows = [f"| ({a}) {names[a]} | {d['counts']['domain']} | {d['counts']['general']} | {d['tokens']['domain']} | "
+                 f"{d['tokens']['general']} | {_num(d.get('ratio_achieved'), 3)} | `{d['snapshot']}` |"
+                 for a, d in results["data"]["arms"].items()]
+    train_rows = [f"| ({a}) {names[a]} | {t.get('steps')} | {_num(t.get('train_loss'), 3)} | "
+                  f"{_num(t.get('final_loss'), 3)} | {t.get('seconds')} |"
+                  for a, t in ((a, models[a].get("train", {})) for a in arms)]
+    general = results["data"]["general"]
+    public = results["data"].get("public", {})
+    threads = f"# every stage ran with OMP_NUM_THREADS={s['threads']}\n" if s.get("threads") else ""
+    commands = f"# the whole experiment:\n{results.get('invocation', '')}\n{threads}" + "\n".join(results["commands"])
+    timings = ", ".join(f"{k} {v:.0f}s" for k, v in results["timings"].items())
+    reading = "\n".join(f"- {line}" for line in results["reading"])
+    figure, image = results.get("figure"), results.get("figure_image")
+    picture = f"![change vs base]({image})\n\n" if image else ""
+    figure_line = (f"[{figure}]({figure}) (interactive Plotly; loads plotly.js from its CDN)" if figure else "none")
+    figure_line += (f"; static image {image}" if image else
+                    "; no static image (neither kaleido nor matplotlib is installed): the tables hold the same numbers")
+    return f"""# Forgetting experiment{' (quick run: too small to read anything into)' if s['quick'] else ''}
+
+Does mixing **reconstructed, screened general data** (ours, arm c) into domain fine-tuning forget less than
+tuning on the **domain only** (arm a) or mixing **public SFT data** (ShareGPT, arm b) at the same ratio?
+Model `{s['model']}`, domain `{s['domain']}` (train split; its held-out test split is the domain benchmark),
+ratio {s['ratio']} (general share of the examples), generated by `experiments/forgetting.py` on
+{results['created']}.
+
+{picture}## Reading (computed from the numbers below)
+
+{reading}
+
+Noise rule: a change counts only when it exceeds {NOISE_SIGMAS:g} × its **paired** standard error (every model
+is scored on the same seeded items, so differences are taken item by item). ▲/▼ mark changes beyond that.
+
+## Accuracy (acc ± stderr; n = {s['limit']} items per task)
+
+{head}
+{chr(10).join(acc_rows)}
+
+## Change vs the base (accuracy points, ± paired stderr)
+
+{delta_head}
+{chr(10).join(delta_rows)}
+
+## Arm vs arm (accuracy points, ± paired stderr; last column: drift KL difference, nats/token)
+
+| contrast | {' | '.join(TASKS)} | general mean | KL |
+|---|{'---|' * (len(TASKS) + 2)}
+{chr(10).join(contrast_rows)}
+
+## Drift on {drift['n_texts']} held-out general texts scored for every arm ({drift.get('tokens', 0)} tokens)
+
+| arm | KL(base ‖ tuned) ± stderr | ppl base | ppl tuned | KL on the arm's own held-out set |
+|---|---|---|---|---|
+{chr(10).join(drift_rows)}
+
+## Data and training (same steps, seed and LoRA settings for every arm)
+
+| arm | domain rows | general rows | domain tokens | general tokens | general share | snapshot |
+|---|---|---|---|---|---|---|
+{chr(10).join(data_rows)}
+
+| arm | steps | mean train loss | final loss | seconds |
+|---|---|---|---|---|
+{chr(10).join(train_rows)}
+
+- General data (ours): {general.get('reconstructed')} instructions reconstructed from `{s['model']}`'s pre-query
+  template, {s['k']} response(s) each, judged by `{s['model']}` (probs); {general.get('with_best')} have a best
+  response; screening kept those scoring ≥ {_num(general.get('min_score'), 4)} (the {s['screen_quantile']:.0%}
+  quantile of best-response scores): {general.get('candidates')} candidates.
+- Public data: {public.get('source', '-')}: {public.get('records', '-')} complete records read
+  (the packaged file is {'complete' if public.get('file_complete') else 'cut off mid-record; records before the cut'}),
+  {public.get('eligible', '-')} English 1–2-exchange conversations of ≤ {public.get('max_chars', '-')} characters,
+  {public.get('written', '-')} sampled (seed {s['seed']}).
+- Training: LoRA r={s['lora_r']} α={s['lora_alpha']} dropout {s['lora_dropout']}, all-linear, lr {s['lr']}, batch
+  {s['batch_size']}, max length {s['max_length']}, {s['steps']} steps, seed {s['seed']}.
+- Evaluation: ARC-Easy, PIQA, HellaSwag, SciQ (log-likelihood multiple choice, `acc`) and MedMCQA test
+  (answer-letter likelihood), each a seeded subsample of {s['limit']} items (seed {s['seed']}); drift on every
+  held-out screened general text.
+- Figure: {figure_line}.
+- Stage timings: {timings}.
+
+## Exact commands
+
+```
+{commands}
+```
+"""
+
+
+def figure_html(results: Mapping[str, Any], path: Path) -> Any:
+    """Grouped bars: each arm's change vs the base per task, error bars = NOISE_SIGMAS paired stderr."""
+    import plotly.graph_objects as go
+
+    tasks = [*TASKS, "general_mean"]
+    fig = go.Figure()
+    for arm in results["arms"]:
+        entries = [results["deltas"][arm].get(t, {}) for t in tasks]
+        fig.add_bar(name=f"({arm}) {results['arm_names'][arm]}", x=tasks,
+                    y=[(e.get("diff") or 0.0) * 100 for e in entries],
+                    error_y={"type": "data", "array": [NOISE_SIGMAS * (e.get("se") or 0.0) * 100 for e in entries]})
+    fig.add_hline(y=0, line_color="black", line_width=1)
+    fig.update_layout(barmode="group", title=f"Change vs base (accuracy points, ±{NOISE_SIGMAS:g} paired stderr)",
+                      yaxis_title="Δ accuracy (points)", template="plotly_white")
+    fig.write_html(str(path), include_plotlyjs="cdn", full_html=True)
+    return fig
+
+
+def figure_image(results: Mapping[str, Any], html_figure: Any, path: Path) -> bool:
+    """A static PNG when kaleido (Plotly's exporter) or an already installed matplotlib can make one."""
+    import importlib.util
+
+    if importlib.util.find_spec("kaleido") is not None:
+        html_figure.write_image(str(path))
+        return True
+    if importlib.util.find_spec("matplotlib") is None:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = [*TASKS, "general_mean"]
+    fig, ax = plt.subplots(figsize=(9, 4))
+    width = 0.8 / max(1, len(results["arms"]))
+    for index, arm in enumerate(results["arms"]):
+        entries = [results["deltas"][arm].get(t, {}) for t in tasks]
+        ax.bar([i + index * width for i in range(len(tasks))], [(e.get("diff") or 0.0) * 100 for e in entries],
+               width, yerr=[NOISE_SIGMAS * (e.get("se") or 0.0) * 100 for e in entries], label=f"({arm})")
+    ax.axhline(0, color="black", linewidth=1)
+    ax.set_xticks([i + width * (len(results["arms"]) - 1) / 2 for i in range(len(tasks))], tasks)
+    ax.set_ylabel("Δ accuracy (points)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def write_outputs(results: dict[str, Any], out_dir: Path) -> dict[str, str]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    figure = out_dir / FIGURE_FILE
+    plotly_figure = figure_html(results, figure)
+    results["figure"] = figure.name
+    image = figure.with_suffix(".png")
+    results["figure_image"] = image.name if figure_image(results, plotly_figure, image) else None
+    json_path, md_path = out_dir / "results.json", out_dir / "results.md"
+    json_path.write_text(json.dumps(results, indent=1, default=str) + "\n", encoding="utf-8")
+    md_path.write_text(markdown(results), encoding="utf-8")
+    return {"json": str(json_path), "markdown": str(md_path), "figure": str(figure)}

@@ -1,0 +1,130 @@
+"""Run `forgetless <stage>` as a subprocess, the way a user would, and remember what finished.
+
+Each call is logged to ``<state_dir>/logs/<name>.log`` (the stage's progress bars and messages), its
+``--json`` summary (the last stdout line) is returned and recorded in ``<state_dir>/stages.json`` under
+a key that includes every argument, so a rerun of the experiment skips stages that already finished
+with the same arguments. The CLI stages also resume themselves (job ids derived from their settings),
+so a stage interrupted halfway continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+_LOG_TAIL_LINES = 15
+
+
+class StageError(RuntimeError):
+    """A stage exited non-zero; the message holds its command and the tail of its log."""
+
+
+def _readable(argv: Sequence[str]) -> str:
+    return shlex.join(["forgetless", *argv])
+
+
+class StageRunner:
+    """Runs CLI stages (or in-process steps) once per distinct argument list, with progress lines."""
+
+    def __init__(self, state_dir: Path, threads: int = 0, echo: bool = True) -> None:
+        self.state_dir = Path(state_dir)
+        self.logs = self.state_dir / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.state_path = self.state_dir / "stages.json"
+        self.state: dict[str, Any] = (json.loads(self.state_path.read_text(encoding="utf-8"))
+                                      if self.state_path.exists() else {})
+        self.threads = threads
+        self.echo = echo
+        self.commands: list[str] = []  # every command of this experiment, in order, run or skipped
+        self.timings: dict[str, float] = {}  # seconds per stage name (as recorded when it ran)
+        self.started = time.monotonic()
+
+    def say(self, message: str) -> None:
+        if self.echo:
+            print(f"[forgetting {time.monotonic() - self.started:7.1f}s] {message}", flush=True)
+
+    def _save(self) -> None:
+        tmp = self.state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.state, indent=1, default=str), encoding="utf-8")
+        tmp.replace(self.state_path)
+
+    def _env(self) -> dict[str, str]:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
+        if self.threads:
+            # On shared cores, torch's thread pool waits on descheduled workers at every op (see bench/train.py):
+            # fewer threads can be several times faster. Only the children get this setting.
+            env.update(OMP_NUM_THREADS=str(self.threads), MKL_NUM_THREADS=str(self.threads))
+        return env
+
+    def cli(self, name: str, argv: Sequence[str], *, resume_key: str | None = None, always: bool = False,
+            existing: Callable[[], dict[str, Any] | None] | None = None) -> dict[str, Any]:
+        """Run ``forgetless <argv> --json`` unless ``name`` already finished with the same arguments.
+
+        ``always``: run even then (cheap queries whose answer may change). ``existing()``: the summary of an
+        output already on disk that this record does not know about (a lost stages.json), or None.
+        """
+        argv = [str(part) for part in argv]
+        command = _readable(argv)
+        self.commands.append(command)
+        key = resume_key or command
+        entry = self.state.get(name)
+        if entry and entry.get("key") == key and not always:
+            self.timings[name] = entry.get("seconds", 0.0)
+            self.say(f"{name}: done before, skipped ({entry.get('seconds', 0)} s then)")
+            return entry["summary"]
+        found = existing() if existing is not None else None
+        if found is not None:
+            self.state[name] = {"key": key, "summary": found, "command": command, "seconds": 0.0}
+            self._save()
+            self.timings[name] = 0.0
+            self.say(f"{name}: output already on disk, reused")
+            return found
+        self.say(f"{name}: {command}")
+        log = self.logs / f"{name}.log"
+        start = time.monotonic()
+        with log.open("w", encoding="utf-8") as handle:
+            handle.write(f"$ {command}\n")
+            handle.flush()
+            result = subprocess.run([sys.executable, "-m", "core.cli", *argv, "--json"], cwd=REPO_ROOT,
+                                    env=self._env(), stdout=subprocess.PIPE, stderr=handle, text=True)
+            handle.write(result.stdout)
+        seconds = time.monotonic() - start
+        if result.returncode != 0:
+            tail = "\n".join(log.read_text(encoding="utf-8", errors="replace").splitlines()[-_LOG_TAIL_LINES:])
+            raise StageError(f"{name} failed (exit {result.returncode}): {command}\n--- {log} (tail) ---\n{tail}")
+        lines = [line for line in result.stdout.splitlines() if line.strip()]
+        summary = json.loads(lines[-1]) if lines else {}
+        self.state[name] = {"key": key, "summary": summary, "command": command, "seconds": round(seconds, 1)}
+        self._save()
+        self.timings[name] = round(seconds, 1)
+        self.say(f"{name}: finished in {seconds:.1f} s")
+        return summary
+
+    def step(self, name: str, description: str, output: Path, work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """An in-process step (``work()`` writes ``output`` and returns its summary), skipped when it was done
+        before for the same output and that output is still there."""
+        self.commands.append(f"# {description}")
+        entry = self.state.get(name)
+        key = str(output)
+        if entry and entry.get("key") == key and Path(output).exists():
+            self.timings[name] = entry.get("seconds", 0.0)
+            self.say(f"{name}: done before, skipped")
+            return entry["summary"]
+        self.say(f"{name}: {description}")
+        start = time.monotonic()
+        summary = work()
+        seconds = time.monotonic() - start
+        self.state[name] = {"key": key, "summary": summary, "command": f"# {description}",
+                            "seconds": round(seconds, 1)}
+        self._save()
+        self.timings[name] = round(seconds, 1)
+        self.say(f"{name}: finished in {seconds:.1f} s")
+        return summary

@@ -1,0 +1,98 @@
+"""The forgetting experiment: its statistics and data helpers (fast), and `--quick` end to end (integration)."""
+
+import json
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from experiments.forgetting_stats import all_finite, compare, drift_summary, items_needed, paired_difference, verdict
+from experiments.public_sft import looks_english, read_records, to_messages
+
+ROOT = Path(__file__).resolve().parent.parent
+TASKS = ("arc_easy", "piqa", "hellaswag", "sciq", "medmcqa")
+
+
+def test_paired_difference_uses_common_items_and_paired_stderr():
+    base = {"1": 1.0, "2": 0.0, "3": 1.0, "4": 0.0, "extra": 1.0}
+    arm = {"1": 1.0, "2": 1.0, "3": 1.0, "4": 0.0}
+    result = paired_difference(arm, base)
+    assert result["n"] == 4 and result["diff"] == pytest.approx(0.25)
+    assert result["se"] == pytest.approx(0.25)  # differences 0,1,0,0: sd 0.5, / sqrt(4)
+    assert paired_difference(base, base) == {"diff": 0.0, "se": 0.0, "n": 5}
+
+
+def test_verdict_needs_two_standard_errors():
+    assert verdict(0.05, 0.03) == "within noise"
+    assert verdict(0.07, 0.03) == "gain" and verdict(-0.07, 0.03) == "loss"
+    assert verdict(0.0, 0.0) == "no difference" and verdict(None, None) == "not measured"
+    assert items_needed(0.05, 0.05, 100) == 400
+
+
+def test_drift_is_compared_on_texts_every_arm_scored():
+    row = {"tokens": 10, "nll_base": 10.0, "nll_tuned": 12.0}
+    per_text = {"a": [{"item_id": "x", "kl_sum": 1.0, **row}, {"item_id": "y", "kl_sum": 3.0, **row}],
+                "c": [{"item_id": "y", "kl_sum": 2.0, **row}]}
+    drift = drift_summary(per_text)
+    assert drift["n_texts"] == 1 and drift["tokens"] == 10
+    assert drift["arms"]["a"]["kl"] == pytest.approx(0.3) and drift["arms"]["c"]["kl"] == pytest.approx(0.2)
+    assert drift["arms"]["a"]["ppl_tuned"] == pytest.approx(math.exp(1.2))
+    correct = {m: {t: {"1": 1.0, "2": 0.0} for t in TASKS} for m in ("base", "a", "c")}
+    result = compare(correct, ["a", "c"], drift)
+    assert result["deltas"]["a"]["general_mean"]["diff"] == 0.0
+    assert result["contrasts"]["c_vs_a"]["kl"]["diff"] == pytest.approx(-0.1)
+    assert all_finite(result) and not all_finite({"x": [1.0, float("nan")]})
+
+
+def test_sharegpt_rows_are_filtered_to_english_one_or_two_exchanges():
+    turn = [{"from": "human", "value": "What is the capital of France and why is it famous?"},
+            {"from": "gpt", "value": "The capital of France is Paris, and it is famous for its art and food."}]
+    assert to_messages(turn) == [{"role": "user", "content": turn[0]["value"]},
+                                 {"role": "assistant", "content": turn[1]["value"]}]
+    assert to_messages(turn * 2) is not None and to_messages(turn * 3) is None  # at most two exchanges
+    assert to_messages(turn[:1]) is None and to_messages(turn[::-1]) is None
+    assert to_messages(turn, max_chars=50) is None
+    assert not looks_english("¿Cuál es la capital de Francia? Es París, una ciudad muy bonita.")
+    assert not looks_english("Der Hund läuft schnell über die Straße und bellt laut.")
+
+
+def test_truncated_json_array_keeps_the_complete_records():
+    records, complete = read_records('[{"id": 1}, {"id": 2},\n {"id": 3, "conv')
+    assert records == [{"id": 1}, {"id": 2}] and complete is False
+    assert read_records('[{"id": 1}]') == ([{"id": 1}], True)
+
+
+@pytest.mark.integration
+def test_quick_experiment_runs_end_to_end_and_resumes(tmp_path: Path):
+    workspace, out = tmp_path / "ws", tmp_path / "report"
+    command = [sys.executable, str(ROOT / "experiments" / "forgetting.py"), "--quick", "--workspace", str(workspace),
+               "--out", str(out), "--threads", "1"]
+    first = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=1200)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    assert results["arms"] == ["a", "b", "c"] and set(results["models"]) == {"base", "a", "b", "c"}
+    for model in results["models"].values():
+        assert set(model["tasks"]) == set(TASKS)
+        assert all(0.0 <= task["acc"] <= 1.0 and task["n"] == 8 for task in model["tasks"].values())
+    for arm in ("a", "b", "c"):
+        assert math.isfinite(results["deltas"][arm]["general_mean"]["diff"])
+        assert math.isfinite(results["deltas"][arm]["medmcqa"]["diff"])
+        assert math.isfinite(results["drift_common"]["arms"][arm]["kl"])
+        assert results["models"][arm]["train"]["steps"] == 4
+    assert results["drift_common"]["n_texts"] >= 1 and results["finite"] is True and results["reading"]
+    arms = results["data"]["arms"]
+    assert arms["a"]["counts"]["domain"] == arms["b"]["counts"]["domain"] == arms["c"]["counts"]["domain"]
+    assert arms["a"]["counts"]["general"] == 0 and arms["b"]["counts"]["general"] == arms["c"]["counts"]["general"]
+    import pandas as pd
+
+    public = pd.read_parquet(Path(arms["b"]["snapshot"]) / "train.parquet")
+    assert set(public.loc[public["source"] == "general", "origin_id"].str[:9]) == {"sharegpt:"}
+    assert "| (c) domain + reconstructed (ours) |" in (out / "results.md").read_text(encoding="utf-8")
+
+    start = time.monotonic()  # a rerun skips every finished stage
+    second = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "train-c: done before, skipped" in second.stdout and time.monotonic() - start < 120
