@@ -44,7 +44,8 @@ def check_out_free(out: Path) -> None:
                               "never overwritten)")
 
 
-def _sha256_file(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """The hex SHA-256 of a file's bytes, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -57,12 +58,12 @@ def input_sha256(spec: str) -> str | None:
     path order); None for a builtin set (its rows' hash identifies it)."""
     path = Path(spec).expanduser()
     if path.is_file():
-        return _sha256_file(path)
+        return file_sha256(path)
     if not path.is_dir():
         return None
     digest = hashlib.sha256()
     for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        digest.update(str(file.relative_to(path)).encode() + b"\0" + _sha256_file(file).encode())
+        digest.update(str(file.relative_to(path)).encode() + b"\0" + file_sha256(file).encode())
     return digest.hexdigest()
 
 
@@ -160,7 +161,7 @@ def write_snapshot(plan: Any, out: Path) -> dict[str, Any]:
                 "selection": plan.config.selection, "filters": json.loads(plan.filters.to_json()),
                 "candidates": plan.candidates, "instruction_ids": plan.general_ids(),
             },
-            "files": {TRAIN_FILE: {"sha256": _sha256_file(staging / TRAIN_FILE), "rows": len(plan.rows)}},
+            "files": {TRAIN_FILE: {"sha256": file_sha256(staging / TRAIN_FILE), "rows": len(plan.rows)}},
         }
         (staging / MANIFEST_FILE).write_text(yaml.safe_dump(manifest, sort_keys=False, allow_unicode=True),
                                              encoding="utf-8")

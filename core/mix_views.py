@@ -9,7 +9,6 @@ which read the store or the workspace.
 
 from __future__ import annotations
 
-import hashlib
 import re
 import shutil
 import threading
@@ -25,7 +24,7 @@ from core.domain import BUILTIN_MEDMCQA, DomainData, ImportReport, load_domain, 
 from core.errors import ForgetlessError
 from core.mix import DEFAULT_TOKENIZER, MixConfig, MixPlan, TokenCounter, first_user_text, load_counter
 from core.mix_map import map_overlay, subprocess_embedder_loader
-from core.mix_snapshot import mixes_dir
+from core.mix_snapshot import file_sha256, mixes_dir
 from core.screen_views import empty_figure, short_model, shorten
 from core.store.explore import ExploreFilters
 
@@ -88,19 +87,11 @@ def keep_upload(path: str | Path, workspace: Path) -> Path:
     folder = Path(workspace) / UPLOADS_DIR
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / source.name
-    if target.exists() and _sha256(target) != _sha256(source):
-        target = folder / f"{source.stem}-{_sha256(source)[:8]}{source.suffix}"
+    if target.exists() and file_sha256(target) != file_sha256(source):
+        target = folder / f"{source.stem}-{file_sha256(source)[:8]}{source.suffix}"
     if not target.exists():
         shutil.copyfile(source, target)
     return target
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # -- the domain data ------------------------------------------------------------------------------------

@@ -27,8 +27,9 @@ from typing import Any
 from core.config import load_yaml
 from core.errors import ForgetlessError
 from core.jobs import job_session
+from core.mix_snapshot import file_sha256
 from core.models import DEFAULT_MODEL
-from core.train_data import file_sha256, read_conversations, require_chat_template, snapshot_file, to_prompt_completion
+from core.train_data import read_conversations, require_chat_template, snapshot_file, to_prompt_completion
 from core.train_progress import first_progress_with
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")

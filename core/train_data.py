@@ -12,7 +12,6 @@ SmolLM2's lack.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -30,14 +29,6 @@ def snapshot_file(data_dir: str | Path) -> Path:
     if not path.is_file():
         raise ForgetlessError(f"{folder} holds no {SNAPSHOT_FILE}; give a frozen mix snapshot folder from `mix --out`")
     return path
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _check_conversation(row: int, messages: Any) -> list[dict[str, str]]:
