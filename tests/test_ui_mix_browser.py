@@ -108,15 +108,18 @@ def test_mix_freeze_and_train_in_the_browser(mix_server, tiny_model_dir, monkeyp
             assert page.locator("#mix-name input, #mix-name textarea").first.get_attribute("placeholder") == \
                 f"{name}-2"
 
+            if os.environ.get("FORGETLESS_SCREENSHOT") == "1":  # the README's picture: no toasts over it
+                for close in page.locator(".toast-close").all():
+                    close.click()
+                page.wait_for_timeout(800)  # let plotly finish drawing
+                page.screenshot(path=str(REPO / "assets" / "mix.png"), full_page=True)
+
             # The same name again is refused visibly; the table keeps one snapshot.
             page.locator("#mix-name input, #mix-name textarea").first.fill(name)
             page.click("#mix-freeze")
             _wait_until(lambda: "already exists" in _text(page, "mix-message"), 15, "the refusal of a taken name")
             assert _table_rows(page, "mix-snapshots") == [name]
 
-            if os.environ.get("FORGETLESS_SCREENSHOT") == "1":
-                page.wait_for_timeout(500)  # let plotly finish drawing
-                page.screenshot(path=str(REPO / "assets" / "mix.png"), full_page=True)
 
             # The frozen snapshot is what the Train tab trains on: one LoRA step of the tiny model.
             page.get_by_role("tab", name="5 · Train").click()
