@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ACCEPTED_COLUMNS", "BUILTIN_MEDMCQA", "BadRow", "DomainData", "ImportReport", "McqItem", "Messages",
-    "load_domain", "mcq_prompt", "medmcqa_items", "preview_frame", "render_mcq",
+    "content_digest", "load_domain", "mcq_prompt", "medmcqa_items", "preview_frame", "render_mcq",
 ]
 
 BUILTIN_MEDMCQA = "builtin:medmcqa"
@@ -142,7 +142,7 @@ def split_by_content(rows: list[Messages], test_fraction: float) -> tuple[list[M
     """
     if test_fraction <= 0:
         return list(rows), []
-    digests = [hashlib.sha1(json.dumps(row, sort_keys=True, ensure_ascii=False).encode()).hexdigest() for row in rows]
+    digests = [content_digest(row) for row in rows]
     counts: dict[str, int] = {}
     for digest in digests:
         counts[digest] = counts.get(digest, 0) + 1
@@ -159,6 +159,11 @@ def split_by_content(rows: list[Messages], test_fraction: float) -> tuple[list[M
     train = [row for row, digest in zip(rows, digests, strict=True) if digest not in test_digests]
     test = [row for row, digest in zip(rows, digests, strict=True) if digest in test_digests]
     return train, test
+
+
+def content_digest(messages: Messages) -> str:
+    """The sha1 of a conversation's canonical JSON: what split_by_content ranks rows by."""
+    return hashlib.sha1(json.dumps(messages, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
 # ---------------------------------------------------------------- MedMCQA

@@ -11,20 +11,27 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, help="an EvalConfig YAML (flags override its fields)")
     parser.add_argument("--model", help="MODEL spec, or a training run folder (config.yaml + adapter/ or model/)")
     parser.add_argument("--suite", help="comma-separated: general, domain, drift (or tasks: arc_easy, piqa, "
-                                        "hellaswag, sciq, medmcqa); default general,domain")
+                                        "hellaswag, sciq, medmcqa, domain_ppl); default general,domain")
     parser.add_argument("--limit", type=int, help="items per task, a seeded subsample (default: all; HellaSwag 1000)")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--base", help="drift's reference MODEL (default: the run's base model)")
     parser.add_argument("--hellaswag-n", type=int, help="HellaSwag's fixed subsample size (default 1000)")
     parser.add_argument("--drift-n", type=int, help="held-out general texts for drift (default 200)")
+    parser.add_argument("--domain", help="the domain suite's data: builtin:medmcqa (default, letter accuracy) or a "
+                                         "user's FILE/DIR, whose held-out rows are scored by answer perplexity "
+                                         "(domain_ppl)")
+    parser.add_argument("--domain-test-fraction", type=float,
+                        help="user domain data: the held-out share to score, the same rows as `mix "
+                             "--domain-test-fraction` with this value leaves out (default 0.2)")
     parser.add_argument("--job-id")
 
 
 def json_results(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """The headline numbers per task for ``--json`` (everything else stays in the store)."""
     keys = {"drift": ("kl", "ppl_base", "ppl_tuned", "kl_stderr", "n", "tokens"),
-            "medmcqa": ("acc", "stderr", "n", "top_letter", "top_letter_share", "majority_letter_baseline")}
+            "medmcqa": ("acc", "stderr", "n", "top_letter", "top_letter_share", "majority_letter_baseline"),
+            "domain_ppl": ("nll", "ppl", "nll_stderr", "n", "tokens", "domain", "domain_test_fraction")}
     return {task: {k: metrics.get(k) for k in keys.get(task, ("acc", "acc_norm", "stderr", "n"))}
             for task, metrics in results.items()}
 
@@ -38,6 +45,10 @@ def results_table(results: dict[str, dict[str, Any]]) -> str:
         if task == "drift":
             notes = f"kl={cell(m.get('kl'))} ppl base={cell(m.get('ppl_base'))} tuned={cell(m.get('ppl_tuned'))}"
             lines.append(f"{task:<10} {'-':>8} {'-':>8} {cell(m.get('kl_stderr')):>8} {m['n']:>6}  {notes}")
+            continue
+        if task == "domain_ppl":
+            notes = f"nll/token={cell(m.get('nll'))} ppl={cell(m.get('ppl'))} (lower is better)"
+            lines.append(f"{task:<10} {'-':>8} {'-':>8} {cell(m.get('nll_stderr')):>8} {m['n']:>6}  {notes}")
             continue
         notes = (f"top letter {m['top_letter']} {cell(m['top_letter_share'])}, majority-letter baseline "
                  f"{cell(m['majority_letter_baseline'])}") if task == "medmcqa" else ""
@@ -54,7 +65,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
     config = _config(args, EvalConfig, {
         "model": args.model, "suite": tuple(args.suite.split(",")) if args.suite is not None else None,
         "limit": args.limit, "seed": args.seed, "batch_size": args.batch_size, "base": args.base,
-        "hellaswag_n": args.hellaswag_n, "drift_n": args.drift_n, "job_id": args.job_id,
+        "hellaswag_n": args.hellaswag_n, "drift_n": args.drift_n, "job_id": args.job_id, "domain": args.domain,
+        "domain_test_fraction": args.domain_test_fraction,
     })
     store = Store.for_workspace(args.workspace)
     summary = _run_job(args, "eval", config,

@@ -2,7 +2,9 @@
 
 A run folder (written by the train stage) holds ``config.yaml`` (its ``model`` is the base spec, its
 ``data`` the mix snapshot) and either ``adapter/`` (PEFT, applied on the base and merged) or ``model/``
-(a full fine-tune). Every scored item is committed with its batch, keyed by the evaluation's job id
+(a full fine-tune). The domain suite scores MedMCQA's test split (``medmcqa``, letter accuracy) or, with a
+user's ``domain`` data, its held-out rows (``domain_ppl``, answer perplexity; core/eval_domain_ppl.py).
+Every scored item is committed with its batch, keyed by the evaluation's job id
 (model, base, limit, seed and sizes: not the suite or batch size), so a rerun resumes and a wider
 suite reuses what is done. Each finished task's metrics go to ``eval_results``.
 """
@@ -18,6 +20,7 @@ from typing import Any
 import yaml
 
 from core.config import fingerprint, to_yaml
+from core.domain import BUILTIN_MEDMCQA
 from core.errors import ForgetlessError
 from core.eval_tasks import GENERAL_TASKS, HELLASWAG_DEFAULT_N, length_buckets, subsample
 from core.models import DEFAULT_MODEL
@@ -25,7 +28,9 @@ from core.progress import Progress
 from core.store import Store
 from core.store.evaluation import EvalItemRow, EvalResultRow
 
-SUITES: dict[str, tuple[str, ...]] = {"general": tuple(GENERAL_TASKS), "domain": ("medmcqa",), "drift": ("drift",)}
+# The domain suite runs medmcqa for builtin:medmcqa and domain_ppl for a user's domain data (EvalConfig.tasks).
+SUITES: dict[str, tuple[str, ...]] = {"general": tuple(GENERAL_TASKS), "domain": ("medmcqa", "domain_ppl"),
+                                      "drift": ("drift",)}
 TASK_SUITE = {task: suite for suite, tasks in SUITES.items() for task in tasks}
 
 
@@ -43,10 +48,14 @@ class EvalConfig:
     drift_n: int = 200  # held-out general texts for drift
     drift_max_tokens: int = 384  # each drift text (prompt + response) is cut to this many tokens
     job_id: str | None = None
+    domain: str = BUILTIN_MEDMCQA  # the domain suite's data: builtin:medmcqa, or a user's FILE | DIR (domain_ppl)
+    domain_test_fraction: float = 0.2  # user data: the held-out share (as `mix --domain-test-fraction`) scored
 
     def __post_init__(self) -> None:
         self.model = _normalised_path(str(self.model or "").strip())
         self.base = _normalised_path(self.base.strip()) if self.base and self.base.strip() else None
+        self.domain = _normalised_path(str(self.domain or "").strip()) or BUILTIN_MEDMCQA
+        self.domain_test_fraction = float(self.domain_test_fraction)
         if isinstance(self.suite, str):
             self.suite = tuple(self.suite.split(","))
         self.suite = tuple(dict.fromkeys(part.strip().lower() for part in self.suite if part.strip()))
@@ -62,6 +71,9 @@ class EvalConfig:
             (self.hellaswag_n >= 1, "hellaswag_n must be at least 1"),
             (self.drift_n >= 1, "drift_n must be at least 1"),
             (self.drift_max_tokens >= 8, "drift_max_tokens must be at least 8"),
+            (0.0 <= self.domain_test_fraction < 1.0, "domain test fraction must be in [0, 1)"),
+            (self.builtin_domain or self.domain_test_fraction > 0,
+             "a user's domain data needs a domain test fraction above 0 (the held-out share to score)"),
         ]
         for ok, message in checks:
             if not ok:
@@ -72,11 +84,19 @@ class EvalConfig:
 
     def tasks(self) -> tuple[str, ...]:
         """The suite expanded into tasks, in a fixed order."""
-        chosen = {task for part in self.suite for task in SUITES.get(part, (part,))}
+        domain = ("medmcqa",) if self.builtin_domain else ("domain_ppl",)
+        chosen = {task for part in self.suite for task in (domain if part == "domain" else SUITES.get(part, (part,)))}
         return tuple(task for task in TASK_SUITE if task in chosen)
 
+    @property
+    def builtin_domain(self) -> bool:
+        return self.domain == BUILTIN_MEDMCQA
+
     def resolved_job_id(self) -> str:
-        return self.job_id or "eval-" + fingerprint(self, exclude=("job_id", "batch_size", "suite"))
+        # The domain fields count only for user data, so builtin:medmcqa jobs keep the ids they had before them.
+        exclude = ("job_id", "batch_size", "suite", *(("domain", "domain_test_fraction") if self.builtin_domain
+                                                       else ()))
+        return self.job_id or "eval-" + fingerprint(self, exclude=exclude)
 
 
 def _normalised_path(spec: str) -> str:
@@ -143,6 +163,16 @@ def _domain_source() -> tuple[list[Any], Callable[[Any], str]]:
     return list(medmcqa_items("test")), mcq_prompt
 
 
+def _domain_rows(config: EvalConfig) -> list[tuple[str, Any]]:
+    """(item id, conversation) of the held-out domain rows: a user's split_by_content test side at the
+    configured fraction (the rows a mix with that fraction left out), or MedMCQA's fixed test split."""
+    from core.domain import load_domain
+    from core.eval_domain_ppl import item_ids
+
+    data = load_domain(config.domain, test_fraction=0.0 if config.builtin_domain else config.domain_test_fraction)
+    return list(zip(item_ids(data.test), data.test, strict=True))
+
+
 def _seeded_pick(items: Sequence[Any], limit: int | None, seed: int) -> list[Any]:
     return [items[i] for i in subsample(len(items), limit, seed)]
 
@@ -175,6 +205,7 @@ def run_evaluation(
     tasks = config.tasks()
     if "drift" in tasks and not target.base:
         raise ForgetlessError("drift needs a base model: give --base or a training run folder")
+    conversations = _domain_rows(config) if "domain_ppl" in tasks else []  # bad domain data fails before loading
     store.register_job(job_id, "eval", to_yaml(config))
     lm = load_target(target, load)
     todo: dict[str, list[Any]] = {}
@@ -185,6 +216,11 @@ def run_evaluation(
         elif task == "medmcqa":
             items, domain_prompt = _domain_source()
             todo[task] = _seeded_pick(items, config.limit, config.seed)
+        elif task == "domain_ppl":
+            from core.eval_domain_ppl import conversation_text
+
+            todo[task] = [conversation_text(lm.tokenizer, item_id, messages)
+                          for item_id, messages in _seeded_pick(conversations, config.limit, config.seed)]
         else:
             todo[task] = _held_out_texts(config, store, target, lm.tokenizer)
     key = {task: (lambda item: str(item.item_id)) if task != "medmcqa" else (lambda item: str(item.id))
@@ -212,6 +248,9 @@ def run_evaluation(
         wanted = {key[task](item) for item in todo[task]}
         stored = [row for row in store.eval_items(job_id, task) if row.item_id in wanted]
         metrics = task_metrics(task, stored)
+        if task == "domain_ppl":
+            metrics.update(domain=config.domain, domain_test_fraction=None if config.builtin_domain
+                           else config.domain_test_fraction)
         store.save_eval_result(EvalResultRow(
             job_id, task, TASK_SUITE[task], target.model, target.run_dir, target.base, metrics.get("acc"),
             metrics.get("acc_norm"), metrics.get("stderr"), metrics["n"],
@@ -228,7 +267,7 @@ def run_evaluation(
 def _batches(task: str, items: Sequence[Any], batch_size: int) -> list[list[Any]]:
     if task in GENERAL_TASKS:  # similar context lengths together: little padding
         return length_buckets(items, lambda item: len(item.context), batch_size)
-    if task == "drift":
+    if task in ("drift", "domain_ppl"):
         return length_buckets(items, lambda text: len(text.prompt_ids) + len(text.response_ids), batch_size)
     return [list(items[start : start + batch_size]) for start in range(0, len(items), batch_size)]
 
@@ -252,6 +291,10 @@ def _score_batch(task: str, batch: list[Any], lm: Any, base_lm: Any,
     from core.eval_drift import drift_scores
 
     pad = lm.tokenizer.pad_token_id or 0
+    if task == "domain_ppl":  # the model against itself: only its own NLL sums are kept
+        own = drift_scores(lm.model, lm.model, batch, pad_id=pad)
+        rows = [EvalItemRow(s.item_id, None, None, None, None, {"tokens": s.tokens, "nll": s.nll_tuned}) for s in own]
+        return rows, sum(len(t.prompt_ids) + len(t.response_ids) for t in batch)
     drift = drift_scores(base_lm.model, lm.model, batch, pad_id=pad)
     rows = [EvalItemRow(s.item_id, None, None, None, None, dataclasses.asdict(s)) for s in drift]
     return rows, sum(len(t.prompt_ids) + len(t.response_ids) for t in batch)
@@ -268,4 +311,9 @@ def task_metrics(task: str, rows: Sequence[EvalItemRow]) -> dict[str, Any]:
                            for r in rows])
     if task == "medmcqa":
         return letter_metrics([LetterScore(r.item_id, r.gold, tuple(r.scores or ())) for r in rows])
+    if task == "domain_ppl":
+        from core.eval_domain_ppl import ppl_metrics
+
+        return ppl_metrics([DriftScore(r.item_id, (r.extra or {})["tokens"], 0.0, 0.0, (r.extra or {})["nll"])
+                            for r in rows])
     return drift_metrics([DriftScore(**(r.extra or {})) for r in rows])

@@ -21,10 +21,16 @@ value form one more group), so every prefix holds equal shares per group and a g
 leaves its quota to the others. All randomness comes from ``numpy.random.default_rng((seed, stream))``
 with one stream per decision, so changing the balance does not reshuffle the domain sample; the final
 mix is shuffled with its own stream. The same config, store and domain data give the same rows.
+
+``domain_test_fraction`` holds out that share of a user's domain rows before anything is sampled
+(``core.domain.split_by_content``: by content hash, independent of the seed and the row order), so the mix
+never trains on them and ``forgetless eval --domain <same data> --domain-test-fraction <same F>`` scores
+exactly them. builtin:medmcqa has a fixed test split already (never mixed), so a fraction is rejected for it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Callable, Hashable, Sequence
@@ -78,6 +84,7 @@ class MixConfig:
     out: str | None = None  # the snapshot folder to write (freeze only)
     tokenizer_model: str = DEFAULT_TOKENIZER  # MODEL spec whose tokenizer counts tokens (the model to tune)
     max_domain: int | None = None  # use at most this many domain train rows (a seeded sample)
+    domain_test_fraction: float = 0.0  # user data: hold out this share (by content hash) for evaluation
 
     def __post_init__(self) -> None:
         self.domain = str(self.domain or "").strip()
@@ -87,6 +94,7 @@ class MixConfig:
         self.tokenizer_model = str(self.tokenizer_model or "").strip()
         try:
             self.ratio = float(self.ratio)
+            self.domain_test_fraction = float(self.domain_test_fraction or 0.0)
             self.seed = int(self.seed)
             self.max_domain = None if self.max_domain in (None, "", 0) else int(self.max_domain)
         except (TypeError, ValueError) as error:
@@ -98,6 +106,9 @@ class MixConfig:
             (self.balance in BALANCE_CHOICES, f"balance must be one of {', '.join(BALANCE_CHOICES)}"),
             (self.seed >= 0, "seed must be >= 0"),
             (self.max_domain is None or self.max_domain >= 1, "max_domain must be at least 1"),
+            (0.0 <= self.domain_test_fraction < 1.0, "domain test fraction must be in [0, 1)"),
+            (not (self.domain.startswith("builtin:") and self.domain_test_fraction > 0),
+             "builtin:medmcqa has a fixed test split: a domain test fraction applies to your own data only"),
             (bool(self.tokenizer_model), "give a tokenizer model"),
             (not (self.selection and self.filters), "give a saved selection or filters, not both"),
         ]
@@ -269,6 +280,20 @@ class MixPlan:
         }
 
 
+def hold_out(domain: Any, fraction: float) -> Any:
+    """User domain data with ``fraction`` of its rows moved to ``test`` by content hash; unchanged at 0.
+
+    The split runs on all rows (train + test), so it gives the same sides whatever fraction the data was
+    loaded with: those of ``load_domain(spec, test_fraction=fraction)``, which is what evaluation scores.
+    """
+    if fraction <= 0:
+        return domain
+    from core.domain import split_by_content
+
+    train, test = split_by_content([*domain.train, *domain.test], fraction)
+    return dataclasses.replace(domain, train=train, test=test)
+
+
 MIX_COLUMNS = ("messages", "source", "origin_id", "cluster", "cluster_label", "category", "consensus", "difficulty",
                "n_tokens")
 
@@ -282,6 +307,7 @@ def plan_mix(config: MixConfig, store: Any, workspace: Path, *, domain: Any = No
         from core.domain import load_domain
 
         domain = load_domain(config.domain)
+    domain = hold_out(domain, config.domain_test_fraction)
     if not domain.train:
         raise ForgetlessError(f"domain data {config.domain} has no training rows")
     filters = config.general_filters(store)
@@ -293,6 +319,9 @@ def plan_mix(config: MixConfig, store: Any, workspace: Path, *, domain: Any = No
     notes: list[str] = []
     r = config.ratio
 
+    if domain.test and config.domain_test_fraction > 0:
+        notes.append(f"{len(domain.test)} domain rows held out for evaluation (domain test fraction "
+                     f"{config.domain_test_fraction:g}), never mixed")
     domain_order = _rng(config.seed, _STREAM_DOMAIN).permutation(len(domain.train))
     if config.max_domain is not None and config.max_domain < len(domain_order):
         domain_order = domain_order[:config.max_domain]

@@ -30,6 +30,9 @@ def add_mix_arguments(parser: argparse.ArgumentParser) -> None:
                         help="how general rows are picked (default proportional)")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--max-domain", type=int, help="use at most this many domain rows (a seeded sample)")
+    parser.add_argument("--domain-test-fraction", type=float,
+                        help="hold out this share of your own domain rows (by content hash) and never train on "
+                             "them; `eval --domain` with the same fraction scores them (not for builtin:medmcqa)")
     parser.add_argument("--tokenizer-model", help="MODEL whose tokenizer counts tokens (default smollm2-135m-instruct)")
     parser.add_argument("--out", type=Path, help="the snapshot folder to write (must not exist or be empty)")
 
@@ -58,7 +61,8 @@ def mix_config(args: argparse.Namespace) -> Any:
     overrides = {
         "domain": args.domain, "ratio": args.ratio, "selection": args.selection, "filters": _filter_flags(args) or None,
         "by": args.by, "balance": args.balance, "seed": args.seed, "max_domain": args.max_domain,
-        "tokenizer_model": args.tokenizer_model, "out": str(args.out) if args.out else None,
+        "tokenizer_model": args.tokenizer_model,
+        "domain_test_fraction": args.domain_test_fraction, "out": str(args.out) if args.out else None,
     }
     values.update({key: value for key, value in overrides.items() if value is not None})
     if not values.get("domain"):

@@ -156,6 +156,10 @@ def write_snapshot(plan: Any, out: Path) -> dict[str, Any]:
                 "bad_rows": len(report.bad_rows), "train_rows": plan.domain_available,
                 "max_domain": plan.config.max_domain, "input_sha256": input_sha256(plan.config.domain),
                 "rows_sha256": rows_sha256(plan.domain.train),
+                # only when rows were held out, so manifests of other mixes stay as they were
+                **({"test_fraction": plan.config.domain_test_fraction, "held_out_rows": len(plan.domain.test),
+                    "held_out_sha256": rows_sha256(plan.domain.test)} if plan.config.domain_test_fraction > 0
+                   else {}),
             },
             "general": {
                 "selection": plan.config.selection, "filters": json.loads(plan.filters.to_json()),
