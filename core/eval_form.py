@@ -13,12 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from core.dashboard import required_int
+from core.domain import BUILTIN_MEDMCQA
 from core.errors import ForgetlessError
 from core.evaluate import EvalConfig, resolve_target
 from core.models import DEFAULT_MODEL
 from core.train_runs import list_runs
 
 UI_SUITES = ("general", "domain", "drift")  # the checkbox choices; single tasks stay a CLI feature
+DEFAULT_TEST_FRACTION = 0.2  # EvalConfig's default held-out share of a user's domain data
 
 
 @dataclass
@@ -32,9 +34,15 @@ class EvalPlan:
     seed: int = 0
     batch_size: int = 16
     job_id: str | None = None  # the plan's own job (eval-queue-...); each target's eval job has its own id
+    domain: str = BUILTIN_MEDMCQA  # the domain suite's data: builtin:medmcqa, or a user's file/folder (domain_ppl)
+    domain_test_fraction: float = DEFAULT_TEST_FRACTION  # user data: the held-out share scored (as mixed with)
 
     def __post_init__(self) -> None:
         self.base = str(self.base or "").strip()
+        self.domain = normalised_spec(str(self.domain or "")) or BUILTIN_MEDMCQA
+        # builtin:medmcqa has its fixed split: the share is ignored there (kept at the default, as the CLI does).
+        self.domain_test_fraction = (DEFAULT_TEST_FRACTION if self.domain == BUILTIN_MEDMCQA
+                                     else float(self.domain_test_fraction or 0.0))
         if isinstance(self.runs, str):
             self.runs = (self.runs,)
         self.runs = tuple(dict.fromkeys(normalised_spec(str(run)) for run in self.runs if str(run).strip()))
@@ -47,11 +55,15 @@ class EvalPlan:
             raise ForgetlessError("pick at least one suite: general, domain or drift")
         if self.suite == ("drift",) and not self.runs:
             raise ForgetlessError("drift compares a tuned run with its base: pick at least one run")
+        if "domain" in self.suite and self.domain != BUILTIN_MEDMCQA and not Path(self.domain).exists():
+            raise ForgetlessError(f"no domain data at {self.domain}: pick builtin:medmcqa or an existing file")
         self.configs()  # every target validated now, so a bad run folder is a message, not a failed job
 
     def configs(self) -> list[EvalConfig]:
         """One EvalConfig per target: the base (without drift, which needs a tuned model), then each run."""
-        shared = {"limit": self.limit, "seed": self.seed, "batch_size": self.batch_size}
+        shared: dict[str, Any] = {"limit": self.limit, "seed": self.seed, "batch_size": self.batch_size}
+        if "domain" in self.suite:  # otherwise the data is unused: left out, so the job ids stay the CLI's default
+            shared.update(domain=self.domain, domain_test_fraction=self.domain_test_fraction)
         configs = []
         base_suite = tuple(part for part in self.suite if part != "drift")
         if base_suite:
@@ -73,17 +85,19 @@ def normalised_spec(spec: str) -> str:
 
 
 def plan_from_form(base: str | None, runs: list[str] | None, suites: list[str] | None, limit: float | None,
-                   seed: float | None, batch_size: float | None) -> EvalPlan:
-    """The widgets' values as a validated plan (an empty limit means every item)."""
+                   seed: float | None, batch_size: float | None, domain: str | None = BUILTIN_MEDMCQA,
+                   domain_test_fraction: float | None = DEFAULT_TEST_FRACTION) -> EvalPlan:
+    """The widgets' values as a validated plan (an empty limit means every item; an empty domain, MedMCQA)."""
     return EvalPlan(base=base or "", runs=tuple(runs or ()), suite=tuple(suites or ()),
                     limit=None if limit is None else int(limit), seed=required_int(seed, "Seed"),
-                    batch_size=required_int(batch_size, "Batch size"))
+                    batch_size=required_int(batch_size, "Batch size"), domain=domain or BUILTIN_MEDMCQA,
+                    domain_test_fraction=0.0 if domain_test_fraction is None else float(domain_test_fraction))
 
 
 def plan_form(plan: EvalPlan) -> tuple[Any, ...]:
     """A plan back as widget values, in ``plan_from_form``'s order (the page shows what a job runs with)."""
-    return plan.base, list(plan.runs), [part for part in plan.suite if part in UI_SUITES], plan.limit, plan.seed, \
-        plan.batch_size
+    return (plan.base, list(plan.runs), [part for part in plan.suite if part in UI_SUITES], plan.limit, plan.seed,
+            plan.batch_size, plan.domain, plan.domain_test_fraction)
 
 
 def target_label(spec: str) -> str:

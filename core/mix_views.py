@@ -30,6 +30,7 @@ from core.store.explore import ExploreFilters
 
 ALL_SCREENED = "all screened data"  # the selection dropdown's entry for every judged instruction
 RATIO_MAX, RATIO_STEP = 0.95, 0.05
+TEST_FRACTION_MAX, TEST_FRACTION_STEP = 0.9, 0.05  # the held-out share of a user's domain rows
 UPLOADS_DIR = "domain-data"  # uploads are copied here, so a snapshot's config.yaml names a lasting file
 MAP_CACHE_DIR = Path("cache") / "mix-map"  # domain embeddings, by content
 UPLOAD_TYPES = [".jsonl", ".ndjson", ".json", ".csv", ".tsv", ".parquet"]
@@ -52,16 +53,21 @@ def selection_choices(names: Iterable[str]) -> list[str]:
 
 
 def mix_config(domain: str | None, selection: str | None, ratio: float | None, by: str, balance: str,
-               seed: float | None, tokenizer_model: str | None) -> MixConfig:
-    """The form as a MixConfig (ForgetlessError on a bad value)."""
+               seed: float | None, tokenizer_model: str | None, test_fraction: float | None = 0.0) -> MixConfig:
+    """The form as a MixConfig (ForgetlessError on a bad value). ``test_fraction`` is the share of a user's
+    domain rows held out for evaluation; builtin:medmcqa has its own fixed split, so it is sent as 0 there."""
     if not (domain or "").strip():
         raise ForgetlessError("pick domain data: builtin:medmcqa, an uploaded file or a path")
     if seed is None or float(seed) != int(seed):
         raise ForgetlessError("seed must be a whole number")
     if ratio is None or not 0.0 <= float(ratio) <= RATIO_MAX:
         raise ForgetlessError(f"ratio must be between 0 and {RATIO_MAX}")
+    fraction = 0.0 if str(domain).strip().startswith("builtin:") else float(test_fraction or 0.0)
+    if not 0.0 <= fraction <= TEST_FRACTION_MAX:
+        raise ForgetlessError(f"the held-out share must be between 0 and {TEST_FRACTION_MAX}")
     return MixConfig(domain=str(domain), ratio=round(float(ratio), 4), selection=_selection(selection), by=by,
-                     balance=balance, seed=int(seed), tokenizer_model=tokenizer_model or DEFAULT_TOKENIZER)
+                     balance=balance, seed=int(seed), tokenizer_model=tokenizer_model or DEFAULT_TOKENIZER,
+                     domain_test_fraction=round(fraction, 4))
 
 
 def _md(text: Any) -> str:

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from core.domain import BUILTIN_MEDMCQA
 from core.errors import ForgetlessError
 from core.eval_charts import CHANGE_COLORS, delta_figure, history_figure
 from core.eval_form import EvalPlan, plan_form, plan_from_form, run_choices
@@ -108,7 +109,44 @@ def test_plan_round_trips_through_yaml_and_back_into_the_form(tmp_path: Path):
     plan = plan_from_form(BASE, [str(run)], ["domain", "general"], 10, 1, 4)
     (tmp_path / "plan.yaml").write_text(to_yaml(plan))
     assert load_yaml(EvalPlan, tmp_path / "plan.yaml") == plan
-    assert plan_form(plan) == (BASE, [str(run.resolve())], ["domain", "general"], 10, 1, 4)
+    assert plan_form(plan) == (BASE, [str(run.resolve())], ["domain", "general"], 10, 1, 4, BUILTIN_MEDMCQA, 0.2)
+
+
+def test_plan_passes_the_domain_data_and_its_held_out_share(tmp_path: Path):
+    from types import SimpleNamespace
+
+    from core.config import load_yaml, to_yaml
+    from ui.job_controls import start_job
+
+    data = tmp_path / "health.jsonl"
+    data.write_text('{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}\n')
+    run = make_run(tmp_path / "runs" / "r1")
+    plan = plan_from_form(BASE, [str(run)], ["general", "domain"], 5, 0, 16, str(data), 0.3)
+    configs = plan.configs()
+    assert all(c.domain == str(data.resolve()) and c.domain_test_fraction == 0.3 for c in configs)
+    assert all(c.tasks()[-1] == "domain_ppl" for c in configs)
+    same = EvalConfig(model=BASE, suite=("general", "domain"), limit=5, domain=str(data), domain_test_fraction=0.3)
+    assert configs[0].job_id == same.resolved_job_id()  # what `forgetless eval --domain ...` resumes
+    (tmp_path / "plan.yaml").write_text(to_yaml(plan))
+    assert plan_form(load_yaml(EvalPlan, tmp_path / "plan.yaml"))[-2:] == (str(data.resolve()), 0.3)
+
+    # builtin:medmcqa has its fixed split: the share is ignored, so the job ids are the CLI's defaults.
+    builtin = plan_from_form(BASE, [], ["domain"], 5, 0, 16, BUILTIN_MEDMCQA, 0.0).configs()
+    assert builtin[0].tasks() == ("medmcqa",) and builtin[0].domain_test_fraction == 0.2
+    assert builtin[0].job_id == EvalConfig(model=BASE, suite=("domain",), limit=5).resolved_job_id()
+    assert plan_from_form(BASE, [], ["domain"], 5, 0, 16, "", None).domain == BUILTIN_MEDMCQA
+    # Without the domain suite the data is unused (a user file with 0 is no error then).
+    assert plan_from_form(BASE, [], ["general"], 5, 0, 16, str(data), 0).configs()[0].domain == BUILTIN_MEDMCQA
+
+    # A user file with nothing held out, or a missing file, is refused with a visible message.
+    for domain, share, fragment in ((str(data), 0, "test fraction above 0"), (str(data), None, "above 0"),
+                                    (str(tmp_path / "missing.jsonl"), 0.2, "no domain data at")):
+        with pytest.raises(ForgetlessError, match=fragment):
+            plan_from_form(BASE, [], ["domain"], 5, 0, 16, domain, share)
+    never = SimpleNamespace(start=lambda plan: pytest.fail(f"started {plan}"))
+    with pytest.warns(UserWarning, match="above 0"):  # gr.Warning's toast, outside an event
+        message = start_job(never, plan_from_form, BASE, [], ["domain"], 5, 0, 16, str(data), 0)
+    assert message.startswith("Not started:") and "test fraction above 0" in message
 
 
 @pytest.mark.parametrize(("form", "fragment"), [

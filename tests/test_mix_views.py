@@ -72,8 +72,9 @@ def cache(workspace: Path) -> MixCache:
 def form(tokenizer: Path, **values):
     """mix_config's arguments after the domain, in the tab's widget order."""
     merged = {"selection": ALL_SCREENED, "ratio": 0.5, "by": "examples", "balance": "proportional", "seed": 0,
-              "tokenizer_model": str(tokenizer), **values}
-    return [merged[key] for key in ("selection", "ratio", "by", "balance", "seed", "tokenizer_model")]
+              "tokenizer_model": str(tokenizer), "test_fraction": 0, **values}
+    return [merged[key] for key in ("selection", "ratio", "by", "balance", "seed", "tokenizer_model",
+                                    "test_fraction")]
 
 
 def fake_loader():
@@ -92,6 +93,21 @@ def test_mix_config_from_the_form(tiny_model_dir):
                                   ("d", {"balance": "x"}, "balance must be")):
         with pytest.raises(ForgetlessError, match=match):
             mix_config(domain, *form(tiny_model_dir, **values))
+
+
+def test_held_out_share_leaves_the_mix(cache, store, workspace, domain_file, tiny_model_dir):
+    config = mix_config(str(domain_file), *form(tiny_model_dir, ratio=0.25, test_fraction=0.25))
+    assert config.domain_test_fraction == 0.25
+    plan = plan_mix(config, store, workspace, domain=cache.domain(str(domain_file)), counter=cache.counter(config))
+    held_out = len(plan.domain.test)
+    assert held_out == 10 and plan.counts["domain"] == N_DOMAIN - held_out  # the held-out rows are not mixed
+    text = counts_markdown(plan)
+    assert f"| domain (health) | {N_DOMAIN - held_out} |" in text and f"{held_out} domain rows held out" in text
+    # MedMCQA keeps its fixed split: the box is ignored, not refused.
+    assert mix_config(BUILTIN_MEDMCQA, *form(tiny_model_dir, test_fraction=0.3)).domain_test_fraction == 0.0
+    assert mix_config("d.jsonl", *form(tiny_model_dir, test_fraction=None)).domain_test_fraction == 0.0
+    with pytest.raises(ForgetlessError, match="held-out share"):
+        mix_config("d.jsonl", *form(tiny_model_dir, test_fraction=0.95))
 
 
 def test_selection_choices_start_with_all_screened():

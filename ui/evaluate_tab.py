@@ -18,6 +18,7 @@ from core.errors import ForgetlessError
 from core.eval_form import UI_SUITES, EvalPlan, plan_form, plan_from_form, run_choices
 from core.eval_queue import IDLE, EvalJobs, plan_marker, plan_status_line
 from core.eval_views import TABLE_LEGEND, read_eval_views
+from core.mix_views import TEST_FRACTION_MAX, TEST_FRACTION_STEP, domain_choices
 from core.models import ALIASES
 from ui.job_controls import QUIET, job_controls, start_job
 
@@ -28,7 +29,7 @@ INTRO = ("Measure forgetting: score the base model and each tuned run on the gen
          "in the background; scored items are kept, so a rerun or a wider suite resumes.")
 
 
-def _form() -> list[Any]:
+def _form(workspace: Path) -> list[Any]:
     base = gr.Dropdown(choices=list(ALIASES), value=_PLAN.base, allow_custom_value=True, label="Base model",
                        elem_id="eval-base", info="What the runs are compared with: an alias, or type a model "
                                                  "folder / .gguf path and press Enter.")
@@ -38,14 +39,23 @@ def _form() -> list[Any]:
                            info="Finished training runs of this workspace (or type a run folder and press Enter).")
         refresh = gr.Button("↻ Runs", size="sm", scale=0, min_width=90, elem_id="eval-refresh-runs")
     suites = gr.CheckboxGroup(list(UI_SUITES), value=list(_PLAN.suite), label="Suites", elem_id="eval-suites",
-                              info="general: 4 benchmarks · domain: MedMCQA test · drift: KL and perplexity vs "
-                                   "the run's base (runs only).")
+                              info="general: 4 benchmarks · domain: MedMCQA test (or your held-out rows) · "
+                                   "drift: KL and perplexity vs the run's base (runs only).")
+    with gr.Row(equal_height=False):
+        domain = gr.Dropdown(domain_choices(workspace), value=_PLAN.domain, allow_custom_value=True, scale=3,
+                             label="Domain data", elem_id="eval-domain",
+                             info="What the domain suite scores: builtin:medmcqa (its test split), or your file "
+                                  "from the Mix tab (type a path and press Enter): its held-out rows.")
+        test_fraction = gr.Number(value=_PLAN.domain_test_fraction, minimum=0, maximum=TEST_FRACTION_MAX,
+                                  step=TEST_FRACTION_STEP, label="Held-out share", min_width=120,
+                                  elem_id="eval-domain-test-fraction",
+                                  info="Your file only: the share held out when mixing. Ignored for MedMCQA.")
     with gr.Row():
         limit = gr.Number(value=_PLAN.limit, precision=0, label="Items per task", elem_id="eval-limit",
                           info="A seeded subsample; empty: every item.")
         seed = gr.Number(value=_PLAN.seed, precision=0, label="Seed", elem_id="eval-seed")
         batch_size = gr.Number(value=_PLAN.batch_size, precision=0, label="Batch size", elem_id="eval-batch-size")
-    return [base, runs, suites, limit, seed, batch_size, refresh]
+    return [base, runs, suites, limit, seed, batch_size, domain, test_fraction, refresh]
 
 
 def _run_picker(workspace: Path, value: Any = None) -> Any:
@@ -59,12 +69,14 @@ def _run_picker(workspace: Path, value: Any = None) -> Any:
 
 
 def _on_load(jobs: EvalJobs, workspace: Path) -> tuple[Any, ...]:
-    """Fresh run choices, and the newest plan's settings so a reload shows what is running."""
+    """Fresh run and domain choices, and the newest plan's settings so a reload shows what is running."""
     plan = jobs.config(jobs.newest())
     if plan is None:
-        return (gr.skip(), _run_picker(workspace), *(gr.skip(),) * 4)
-    base, runs, suites, limit, seed, batch_size = plan_form(plan)
-    return base, _run_picker(workspace, runs), suites, limit, seed, batch_size
+        return (gr.skip(), _run_picker(workspace), *(gr.skip(),) * 4, gr.update(choices=domain_choices(workspace)),
+                gr.skip())
+    base, runs, suites, limit, seed, batch_size, domain, test_fraction = plan_form(plan)
+    return (base, _run_picker(workspace, runs), suites, limit, seed, batch_size,
+            gr.update(choices=domain_choices(workspace), value=domain), test_fraction)
 
 
 def _poll(jobs: EvalJobs) -> tuple[Any, ...]:
@@ -91,7 +103,7 @@ def build_evaluate_tab(demo: gr.Blocks, workspace: Path) -> None:
     store, jobs = LazyStore(workspace), EvalJobs(workspace)
     gr.Markdown(INTRO)
     with gr.Column(elem_classes=["launcher"]):
-        *form, refresh = _form()
+        *form, refresh = _form(workspace)
         controls = job_controls("eval", jobs, "items", IDLE)
     note = gr.Markdown(TABLE_LEGEND, elem_id="eval-note")
     table = gr.Dataframe(value={"headers": ["benchmark"], "data": []}, interactive=False, wrap=True,

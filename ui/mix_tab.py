@@ -27,6 +27,8 @@ from core.mix_views import (
     RATIO_MAX,
     RATIO_STEP,
     SNAPSHOT_HEADERS,
+    TEST_FRACTION_MAX,
+    TEST_FRACTION_STEP,
     UPLOAD_TYPES,
     MixCache,
     composition_figure,
@@ -180,6 +182,11 @@ def build_mix_tab(demo: gr.Blocks, workspace: Path) -> None:
             by = gr.Radio(list(BY_CHOICES), value="examples", label="Ratio counts", elem_id="mix-by")
             balance = gr.Radio(list(BALANCE_CHOICES), value="proportional", label="Balance the general rows by",
                                elem_id="mix-balance")
+            test_fraction = gr.Number(0, minimum=0, maximum=TEST_FRACTION_MAX, step=TEST_FRACTION_STEP,
+                                      label="Hold out for testing (share of your domain rows)",
+                                      info="Never mixed; `forgetless eval --domain` scores them. Ignored for "
+                                           "builtin:medmcqa: MedMCQA has its fixed 80/20 split.",
+                                      elem_id="mix-test-fraction")
             with gr.Row():
                 seed = gr.Number(0, precision=0, minimum=0, label="Seed", min_width=90, elem_id="mix-seed")
                 tokenizer = gr.Dropdown(list(ALIASES), value=DEFAULT_TOKENIZER, allow_custom_value=True, scale=3,
@@ -204,7 +211,7 @@ def build_mix_tab(demo: gr.Blocks, workspace: Path) -> None:
                              max_height=300, elem_id="mix-snapshots")
     loaded = gr.State(None)  # the domain spec that loaded cleanly: what the plan and the map use
 
-    form = [selection, ratio, by, balance, seed, tokenizer]
+    form = [selection, ratio, by, balance, seed, tokenizer, test_fraction]
     plan_event = {"fn": partial(update_plan, cache, store), "inputs": [loaded, group_by, *form],
                   "outputs": [message, counts, composition, name], **_LATEST}
     map_event = {"fn": partial(update_map, cache, store), "inputs": [loaded, selection], "outputs": semantic_map,
@@ -217,8 +224,9 @@ def build_mix_tab(demo: gr.Blocks, workspace: Path) -> None:
     for choice in (by, balance, group_by):
         choice.input(**plan_event)
     tokenizer.change(**plan_event)  # a picked alias or a typed model folder, once committed
-    seed.submit(**plan_event)
-    seed.blur(**plan_event)
+    for number in (seed, test_fraction):
+        number.submit(**plan_event)
+        number.blur(**plan_event)
     selection.input(**plan_event).then(**map_event)
 
     refresh_event = {"fn": partial(refresh, store, workspace), "outputs": [selection, domain, snapshots], **QUIET}
