@@ -89,7 +89,7 @@ def markdown(results: Mapping[str, Any]) -> str:
     picture = f"![change vs base]({image})\n\n" if image else ""
     figure_line = (f"[{figure}]({figure}) (interactive Plotly; loads plotly.js from its CDN)" if figure else "none")
     figure_line += (f"; static image {image}" if image else
-                    "; no static image (neither kaleido nor matplotlib is installed): the tables hold the same numbers")
+                    "; no static image (neither kaleido nor Debian chromium is available): the tables hold the same numbers")
     return f"""# Forgetting experiment{' (quick run: too small to read anything into)' if s['quick'] else ''}
 
 Does mixing **reconstructed, screened general data** (ours, arm c) into domain fine-tuning forget less than
@@ -179,34 +179,37 @@ def figure_html(results: Mapping[str, Any], path: Path) -> Any:
     return fig
 
 
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's, as the browser tests use
+
+
 def figure_image(results: Mapping[str, Any], html_figure: Any, path: Path) -> bool:
-    """A static PNG when kaleido (Plotly's exporter) or an already installed matplotlib can make one."""
+    """A static PNG for the Markdown page: kaleido when installed, else the figure drawn in headless
+    chromium through Playwright (both already used by the browser tests). False when neither is there."""
     import importlib.util
+    import tempfile
 
     if importlib.util.find_spec("kaleido") is not None:
         html_figure.write_image(str(path))
         return True
-    if importlib.util.find_spec("matplotlib") is None:
+    if not CHROMIUM.exists() or importlib.util.find_spec("playwright") is None:
         return False
-    import matplotlib
+    from playwright.sync_api import sync_playwright
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    tasks = [*TASKS, "general_mean"]
-    fig, ax = plt.subplots(figsize=(9, 4))
-    width = 0.8 / max(1, len(results["arms"]))
-    for index, arm in enumerate(results["arms"]):
-        entries = [results["deltas"][arm].get(t, {}) for t in tasks]
-        ax.bar([i + index * width for i in range(len(tasks))], [(e.get("diff") or 0.0) * 100 for e in entries],
-               width, yerr=[NOISE_SIGMAS * (e.get("se") or 0.0) * 100 for e in entries], label=f"({arm})")
-    ax.axhline(0, color="black", linewidth=1)
-    ax.set_xticks([i + width * (len(results["arms"]) - 1) / 2 for i in range(len(tasks))], tasks)
-    ax.set_ylabel("Δ accuracy (points)")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    with tempfile.TemporaryDirectory() as folder:
+        page_path = Path(folder) / "figure.html"  # plotly.js inline: no network here
+        html_figure.write_html(str(page_path), include_plotlyjs=True, full_html=True,
+                               default_width=900, default_height=450)
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=[
+                "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync"])
+            try:
+                page = browser.new_page(viewport={"width": 940, "height": 490})
+                page.goto(page_path.as_uri())
+                page.wait_for_selector(".js-plotly-plot .main-svg")
+                page.locator(".js-plotly-plot").first.screenshot(path=str(path))
+            finally:
+                browser.close()
     return True
 
 
