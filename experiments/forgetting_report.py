@@ -89,7 +89,7 @@ def markdown(results: Mapping[str, Any]) -> str:
     picture = f"![change vs base]({image})\n\n" if image else ""
     figure_line = (f"[{figure}]({figure}) (interactive Plotly; loads plotly.js from its CDN)" if figure else "none")
     figure_line += (f"; static image {image}" if image else
-                    "; no static image (neither kaleido nor Debian chromium is available): the tables hold the same numbers")
+                    "; no static image (neither kaleido nor Debian chromium is here): the tables hold the numbers")
     return f"""# Forgetting experiment{' (quick run: too small to read anything into)' if s['quick'] else ''}
 
 Does mixing **reconstructed, screened general data** (ours, arm c) into domain fine-tuning forget less than
