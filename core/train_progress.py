@@ -8,6 +8,7 @@ steps between its checkpoint and the kill appear twice; ``read_progress`` keeps 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,3 +47,22 @@ def read_progress(run_dir: Path) -> pd.DataFrame:
         return frame
     frame = frame.drop_duplicates("step", keep="last").sort_values("step")
     return frame.reset_index(drop=True)
+
+
+def last_step(run_dir: Path, tail_bytes: int = 16384) -> dict[str, Any] | None:
+    """The newest step line, read from the file's tail: the run list calls this for every run on every poll."""
+    try:
+        with (Path(run_dir) / "progress.jsonl").open("rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(handle.tell() - tail_bytes, 0))
+            tail = handle.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return None
+    for line in reversed(tail):
+        try:
+            values = json.loads(line)
+        except ValueError:  # a line being written, or one cut by the seek
+            continue
+        if "step" in values and "loss" in values:
+            return values
+    return None

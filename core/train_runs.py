@@ -18,7 +18,7 @@ from core.errors import ForgetlessError
 from core.jobs import job_info, request_cancel, start_background
 from core.train import TrainConfig, last_checkpoint
 from core.train_cli import FLAGS
-from core.train_progress import read_progress
+from core.train_progress import last_step
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -85,8 +85,7 @@ def list_runs(workspace: Path) -> pd.DataFrame:
             config = load_yaml(TrainConfig, folder / "config.yaml")
         except ForgetlessError:
             continue
-        steps = read_progress(folder)
-        last = steps.iloc[-1] if len(steps) else None
+        last = last_step(folder)
         summary = info.summary or {}
         rows.append({
             "name": folder.name, "status": info.state, "model": config.model, "method": config.method,

@@ -268,3 +268,14 @@ def test_smollm2_template_masks_its_default_system_prompt_and_trains(real_worksp
     assert trained == CONVERSATIONS[0][-1]["content"] + "<|im_end|>\n"
     trainer.train()
     assert trainer.state.global_step == 1 and math.isfinite(trainer.state.log_history[0]["loss"])
+
+
+def test_last_step_reads_the_newest_step_line_past_phase_and_partial_lines(tmp_path):
+    from core.train_progress import last_step
+
+    assert last_step(tmp_path) is None
+    lines = [{"phase": "training"}, *({"step": n, "total_steps": 900, "loss": 1.0 / n} for n in range(1, 901)),
+             {"phase": "saving"}]
+    (tmp_path / "progress.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines) + '{"step": 9')
+    assert last_step(tmp_path) == {"step": 900, "total_steps": 900, "loss": 1.0 / 900}
+    assert last_step(tmp_path) == read_progress(tmp_path).iloc[-1][["step", "total_steps", "loss"]].to_dict()
