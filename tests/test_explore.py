@@ -16,12 +16,13 @@ from core.sql_safety import run_readonly_sql
 from core.store.base import StoreBase, text_key
 from core.store.explore import ExploreFilters, ExploreQueries
 from core.store.instructions import InstructionQueries, InstructionRow
+from core.store.screen_tables import ScreenTableQueries
 from core.store.screening import ResponseRow, ScoreRow, ScreeningQueries, response_id
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-class S(ExploreQueries, InstructionQueries, ScreeningQueries, StoreBase):
+class S(ExploreQueries, InstructionQueries, ScreeningQueries, ScreenTableQueries, StoreBase):
     pass
 
 

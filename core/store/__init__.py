@@ -6,11 +6,12 @@ from core.store.explore import ExploreFilters, ExploreQueries, ExploreResult
 from core.store.instructions import BatchResult, InstructionQueries, InstructionRow
 from core.store.mix import MixQueries
 from core.store.profile import ProfileQueries
+from core.store.screen_tables import ScreenTableQueries
 from core.store.screening import ScreeningQueries
 
 
-class Store(InstructionQueries, ScreeningQueries, ProfileQueries, ExploreQueries, EvaluationQueries, MixQueries,
-            StoreBase):
+class Store(InstructionQueries, ScreeningQueries, ScreenTableQueries, ProfileQueries, ExploreQueries,
+            EvaluationQueries, MixQueries, StoreBase):
     """The store of one workspace: every method opens the file, works in one transaction, closes it."""
 
 

@@ -22,11 +22,9 @@ values are bound parameters; column names in ORDER BY come from a fixed list.
 
 from __future__ import annotations
 
-import json
-import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 import duckdb
@@ -34,8 +32,11 @@ import numpy as np
 import pandas as pd
 
 from core.errors import ForgetlessError
-from core.sql_safety import readonly_connection, validate_where
+from core.sql_safety import readonly_connection
 from core.store.base import StoreBase, now
+from core.store.explore_filters import ExploreFilters, filter_parts, filter_sql, order_sql
+
+__all__ = ["ExploreFilters", "ExploreQueries", "ExploreResult"]  # ExploreFilters lives in explore_filters
 
 MAX_CODE_JUDGES = 20  # 9**20 < 2**64: up to 20 judges' bins fit one UBIGINT (score_code)
 EXPLORE_SCHEMA = [
@@ -118,10 +119,6 @@ PAGE_COLUMNS = (
     "n_judges", "n_responses", "difficulty", "ifd", "cluster", "cluster_label", "category", "n_tokens", "n_chars",
     "response_tokens", "dup_group", "is_representative",
 )
-ORDER_COLUMNS = frozenset({
-    "consensus", "std", "margin", "difficulty", "ifd", "n_tokens", "n_chars", "n_responses", "response_tokens",
-    "cluster", "category", "response_model", "created_at", "instruction_id", "n_judges",
-})
 SCATTER_COLUMNS = ("instruction_id", "difficulty", "consensus", "category", "cluster")
 MAP_COLUMNS = ("instruction_id", "x", "y", "cluster", "cluster_label", "consensus", "instruction")
 HIST_BINS = np.arange(1.0, 5.0, 0.5)  # bin starts: [1, 1.5), ..., [4.5, 5]
@@ -129,150 +126,6 @@ SAMPLE_POINTS = 5000
 MAP_TEXT_CHARS = 200
 MAX_PAGE_SIZE = 1000
 WHERE_TIMEOUT_S = 30.0
-
-
-# -- filters ------------------------------------------------------------------------------------------
-def _number(name: str, value: Any) -> float | None:
-    if value is None or value == "":
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError) as error:
-        raise ForgetlessError(f"filter {name} must be a number, got {value!r}") from error
-    if not math.isfinite(number):
-        raise ForgetlessError(f"filter {name} must be finite")
-    return number
-
-
-def _count(name: str, value: Any) -> int | None:
-    number = _number(name, value)
-    if number is None:
-        return None
-    if number < 0 or number != int(number):
-        raise ForgetlessError(f"filter {name} must be a whole number >= 0, got {value!r}")
-    return int(number)
-
-
-@dataclass(frozen=True)
-class ExploreFilters:
-    """What the Explore tab narrows the instructions to; every field optional (None/empty: no filter)."""
-
-    consensus_min: float | None = None  # best response's consensus mean >= this
-    consensus_max: float | None = None
-    max_std: float | None = None  # judges' spread on the best response <= this
-    difficulty_min: float | None = None
-    difficulty_max: float | None = None
-    clusters: tuple[int, ...] = ()  # any of these clusters
-    categories: tuple[str, ...] = ()  # any of these categories
-    length_min: int | None = None  # instruction tokens
-    length_max: int | None = None
-    hide_duplicates: bool = False  # keep only the representative of each near-duplicate group
-    search: str | None = None  # case-insensitive substring of the instruction
-    where: str | None = None  # a read-only SQL condition over explore_rows' columns
-
-    def __post_init__(self) -> None:
-        set_ = object.__setattr__
-        for name in ("consensus_min", "consensus_max", "max_std", "difficulty_min", "difficulty_max"):
-            set_(self, name, _number(name, getattr(self, name)))
-        for name in ("length_min", "length_max"):
-            set_(self, name, _count(name, getattr(self, name)))
-        for low, high in (("consensus_min", "consensus_max"), ("difficulty_min", "difficulty_max"),
-                          ("length_min", "length_max")):
-            a, b = getattr(self, low), getattr(self, high)
-            if a is not None and b is not None and a > b:
-                raise ForgetlessError(f"filter {low} ({a:g}) is above {high} ({b:g})")
-        if self.max_std is not None and self.max_std < 0:
-            raise ForgetlessError("filter max_std must be >= 0")
-        clusters = self.clusters if isinstance(self.clusters, Iterable) else [self.clusters]
-        set_(self, "clusters", tuple(sorted({_count("clusters", c) for c in clusters if c is not None})))
-        categories = [self.categories] if isinstance(self.categories, str) else self.categories
-        set_(self, "categories", tuple(sorted({str(c) for c in categories if c is not None and str(c) != ""})))
-        set_(self, "hide_duplicates", bool(self.hide_duplicates))
-        search = (self.search or "").strip()
-        set_(self, "search", search or None)
-        where = (self.where or "").strip()
-        set_(self, "where", validate_where(where) if where else None)
-
-    def to_json(self) -> str:
-        """The fields that are set, as JSON (a saved selection)."""
-        values = {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(self).items()
-                  if not (value is None or value is False or value == ())}
-        return json.dumps(values, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> ExploreFilters:
-        try:
-            values = json.loads(text) if text and text.strip() else {}
-        except json.JSONDecodeError as error:
-            raise ForgetlessError(f"filters are not valid JSON: {error.msg}") from error
-        if not isinstance(values, dict):
-            raise ForgetlessError("filters must be a JSON object")
-        unknown = sorted(set(values) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ForgetlessError(f"unknown filter field(s): {', '.join(unknown)}")
-        return cls(**values)
-
-    def is_empty(self) -> bool:
-        return self == ExploreFilters()
-
-
-def _filter_parts(filters: ExploreFilters) -> tuple[list[str], list[Any], list[str], list[Any]]:
-    """Cheap conditions (numbers, lists) and costly ones (text search, the user's SQL), each with its
-    bound parameters; only the validated WHERE clause is inlined."""
-    clauses: list[str] = []
-    params: list[Any] = []
-    for column, op, value in (
-        ("consensus", ">=", filters.consensus_min), ("consensus", "<=", filters.consensus_max),
-        ("std", "<=", filters.max_std), ("difficulty", ">=", filters.difficulty_min),
-        ("difficulty", "<=", filters.difficulty_max), ("n_tokens", ">=", filters.length_min),
-        ("n_tokens", "<=", filters.length_max),
-    ):
-        if value is not None:
-            clauses.append(f"{column} {op} ?")
-            params.append(value)
-    # = ANY(list) is evaluated inside the scan; IN (a, b) becomes a filter after it (slower here).
-    if filters.clusters:
-        clauses.append("cluster = ANY(?::INTEGER[])")
-        params.append(list(filters.clusters))
-    if filters.categories:
-        clauses.append("category = ANY(?::VARCHAR[])")
-        params.append(list(filters.categories))
-    if filters.hide_duplicates:
-        clauses.append("is_representative")
-    heavy: list[str] = []
-    heavy_params: list[Any] = []
-    if filters.search:
-        heavy.append("contains(instruction_lc, lower(?))")
-        heavy_params.append(filters.search)
-    if filters.where:
-        heavy.append(f"({filters.where})")
-    return clauses, params, heavy, heavy_params
-
-
-def _filter_sql(filters: ExploreFilters) -> tuple[str, list[Any]]:
-    """``WHERE ...`` over explore_rows and its bound parameters."""
-    clauses, params, heavy, heavy_params = _filter_parts(filters)
-    clauses += heavy
-    return ("WHERE " + " AND ".join(clauses) if clauses else ""), params + heavy_params
-
-
-def _order_parts(order_by: str | None) -> tuple[str, str]:
-    """``consensus DESC`` style (one column of ORDER_COLUMNS, optional ASC/DESC) → (column, direction)."""
-    parts = (order_by or "consensus DESC").split()
-    column = parts[0].lower() if parts else "consensus"
-    direction = parts[1].upper() if len(parts) > 1 else "ASC"
-    if column.startswith("-"):
-        column, direction = column[1:], "DESC"
-    if column not in ORDER_COLUMNS or direction not in ("ASC", "DESC") or len(parts) > 2:
-        raise ForgetlessError(f"cannot order by {order_by!r}: use one of {', '.join(sorted(ORDER_COLUMNS))} "
-                              "with ASC or DESC")
-    return column, direction
-
-
-def _order_sql(order_by: str | None) -> str:
-    """A safe ORDER BY: the column, NULLs last, ties in row_id (= the stable sample) order."""
-    column, direction = _order_parts(order_by)
-    return f"ORDER BY {column} {direction} NULLS LAST, row_id"
 
 
 @dataclass
@@ -361,7 +214,7 @@ class ExploreQueries(StoreBase):
     def _matching(self, con: duckdb.DuckDBPyConnection, filters: ExploreFilters) -> Iterator[tuple[str, list[Any]]]:
         """The WHERE of one filter setting for several queries: a text search or the user's SQL is
         evaluated once into a temporary list of row ids, the cheap conditions are repeated."""
-        clauses, params, heavy, heavy_params = _filter_parts(filters)
+        clauses, params, heavy, heavy_params = filter_parts(filters)
         if not heavy:
             yield ("WHERE " + " AND ".join(clauses) if clauses else ""), params
             return
@@ -385,7 +238,7 @@ class ExploreQueries(StoreBase):
         if page < 1 or not 1 <= page_size <= MAX_PAGE_SIZE:
             raise ForgetlessError(f"page must be >= 1 and page_size between 1 and {MAX_PAGE_SIZE}")
         ids = [row_id for (row_id,) in con.execute(
-            f"SELECT row_id FROM explore_rows {where} {_order_sql(order_by)} LIMIT ? OFFSET ?",
+            f"SELECT row_id FROM explore_rows {where} {order_sql(order_by)} LIMIT ? OFFSET ?",
             [*params, page_size, (page - 1) * page_size],
         ).fetchall()]
         if not ids:
@@ -455,7 +308,7 @@ class ExploreQueries(StoreBase):
         """Count, one page and the charts of one filter setting on one read connection: what a filter
         change in the app runs (see :meth:`explore_charts` for the charts)."""
         filters = filters or ExploreFilters()
-        _order_sql(order_by)  # refuse a bad order before opening anything
+        order_sql(order_by)  # refuse a bad order before opening anything
         with self._explore_read(filters) as con:
             judges = self._judges(con)
             if judges is None:
@@ -468,7 +321,7 @@ class ExploreQueries(StoreBase):
 
     def explore_count(self, filters: ExploreFilters | None = None) -> int:
         filters = filters or ExploreFilters()
-        where, params = _filter_sql(filters)
+        where, params = filter_sql(filters)
         with self._explore_read(filters) as con:
             return self._count(con, where, params) if self._judges(con) is not None else 0
 
@@ -477,8 +330,8 @@ class ExploreQueries(StoreBase):
         """One page of matching instructions with their best response; ``order_by`` is a column of
         ORDER_COLUMNS with optional ASC/DESC (NULLs last; ties in sample order)."""
         filters = filters or ExploreFilters()
-        where, params = _filter_sql(filters)
-        _order_sql(order_by)
+        where, params = filter_sql(filters)
+        order_sql(order_by)
         with self._explore_read(filters) as con:
             if self._judges(con) is None:
                 return _empty_page()
@@ -502,7 +355,7 @@ class ExploreQueries(StoreBase):
     def explore_ids(self, filters: ExploreFilters | None = None) -> list[str]:
         """The ids of every matching instruction, in instruction order (for mixing a saved selection)."""
         filters = filters or ExploreFilters()
-        where, params = _filter_sql(filters)
+        where, params = filter_sql(filters)
         with self._explore_read(filters) as con:
             if self._judges(con) is None:
                 return []
@@ -546,75 +399,3 @@ class ExploreQueries(StoreBase):
             found = con.execute("SELECT count(*) FROM selections WHERE name = ?", [name]).fetchone()[0]
             con.execute("DELETE FROM selections WHERE name = ?", [name])
         return bool(found)
-
-    # -- screening views -------------------------------------------------------------------------------
-    def consensus_table(self, page: int = 1, page_size: int = 20) -> pd.DataFrame:
-        """Instructions (in order, those with responses) with every response side by side and every
-        judge's score: one row per (response, judge), long format; a response no judge scored has one
-        row with judge NULL. is_best marks the kept response."""
-        if page < 1 or not 1 <= page_size <= MAX_PAGE_SIZE:
-            raise ForgetlessError(f"page must be >= 1 and page_size between 1 and {MAX_PAGE_SIZE}")
-        with self.read() as con:
-            return con.execute(
-                """WITH page AS (
-                       SELECT i.id, i.text, i.created_at FROM instructions i
-                       WHERE EXISTS (SELECT 1 FROM responses r WHERE r.instruction_id = i.id)
-                       ORDER BY i.created_at, i.id LIMIT ? OFFSET ?)
-                   SELECT p.id AS instruction_id, p.text AS instruction, r.id AS response_id, r.model,
-                          r.sample_index, r.text AS response, c.mean, c.std, c.n_judges,
-                          coalesce(b.response_id = r.id, false) AS is_best, s.judge, s.method, s.score
-                   FROM page p JOIN responses r ON r.instruction_id = p.id
-                   LEFT JOIN consensus c ON c.response_id = r.id
-                   LEFT JOIN best_responses b ON b.instruction_id = p.id
-                   LEFT JOIN scores s ON s.response_id = r.id AND NOT s.failed
-                        AND (c.method IS NULL OR s.method = c.method)
-                   ORDER BY p.created_at, p.id, r.model, r.sample_index, s.judge""",
-                [page_size, (page - 1) * page_size],
-            ).df()
-
-    def count_screened_instructions(self) -> int:
-        """How many instructions have responses (the pages of :meth:`consensus_table`)."""
-        with self.read() as con:
-            return con.execute("SELECT count(DISTINCT instruction_id) FROM responses").fetchone()[0]
-
-    def most_disputed(self, limit: int = 20) -> pd.DataFrame:
-        """The responses the judges disagree on most (highest consensus std), with their instruction."""
-        with self.read() as con:
-            return con.execute(
-                """SELECT c.response_id, c.instruction_id, i.text AS instruction, r.model, r.text AS response,
-                          c.mean, c.median, c.std, c.min, c.max, c.n_judges
-                   FROM consensus c JOIN responses r ON r.id = c.response_id
-                   JOIN instructions i ON i.id = c.instruction_id
-                   WHERE c.std IS NOT NULL AND NOT isnan(c.std)
-                   ORDER BY c.std DESC, c.mean DESC, c.response_id LIMIT ?""",
-                [max(int(limit), 0)],
-            ).df()
-
-    def judge_score_matrix(self, limit: int = 50) -> pd.DataFrame:
-        """Responses × judges for a heatmap: a stable sample of ``limit`` scored responses (hash order),
-        sorted by consensus mean; columns response_id, model, mean, then one score column per judge."""
-        with self.read() as con:
-            long = con.execute(
-                """WITH picked AS (
-                       SELECT response_id, method, mean FROM consensus WHERE n_judges > 0
-                       ORDER BY hash(response_id), response_id LIMIT ?)
-                   SELECT p.response_id, r.model, p.mean, s.judge, s.score
-                   FROM picked p JOIN responses r ON r.id = p.response_id
-                   JOIN scores s ON s.response_id = p.response_id AND s.method = p.method AND NOT s.failed
-                        AND s.score IS NOT NULL""",
-                [max(int(limit), 0)],
-            ).df()
-        if not len(long):
-            return pd.DataFrame({"response_id": [], "model": [], "mean": []})
-        wide = long.pivot_table(index=["response_id", "model", "mean"], columns="judge", values="score",
-                                aggfunc="first").reset_index()
-        wide.columns.name = None
-        return wide.sort_values(["mean", "response_id"], ascending=[False, True]).reset_index(drop=True)
-
-    def agreement_frame(self) -> pd.DataFrame:
-        """Pairwise judge agreement (rank correlations) from the last consensus run."""
-        with self.read() as con:
-            return con.execute(
-                "SELECT judge_a, judge_b, method, n, spearman, kendall FROM judge_agreement "
-                "ORDER BY method, judge_a, judge_b"
-            ).df()
