@@ -76,17 +76,9 @@ def drift_scores(base: Any, tuned: Any, texts: Sequence[DriftText], pad_id: int 
 def _drift_pass(base: Any, tuned: Any, texts: list[DriftText], pad_id: int) -> list[DriftScore]:
     import torch
 
-    sequences = [list(t.prompt_ids) + list(t.response_ids) for t in texts]
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(texts), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(texts), width), dtype=torch.long)
-    keep = torch.zeros((len(texts), width), dtype=torch.bool)
-    targets = []
-    for row, (text, sequence) in enumerate(zip(texts, sequences, strict=True)):
-        ids[row, : len(sequence)] = torch.tensor(sequence, dtype=torch.long)
-        mask[row, : len(sequence)] = 1
-        keep[row, len(text.prompt_ids) - 1 : len(sequence) - 1] = True  # logits at j predict token j + 1
-        targets.extend(text.response_ids)
+    from core.profile_loglik import pack_continuations
+
+    ids, mask, keep, targets = pack_continuations([(t.prompt_ids, t.response_ids) for t in texts], pad_id)
 
     def log_probs(model: Any) -> Any:
         device = getattr(model, "device", "cpu")

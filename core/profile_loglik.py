@@ -25,6 +25,28 @@ def _special_prefix(tokenizer: Any) -> list[int]:
     return []
 
 
+def pack_continuations(pairs: Sequence[tuple[Sequence[int], Sequence[int]]], pad_id: int,
+                       padding_side: str = "right") -> tuple[Any, Any, Any, list[int]]:
+    """One padded batch of (context ids, continuation ids): input ids, attention mask, the positions whose
+    logits predict a continuation token (for ``logits_to_keep``), and those continuation tokens in order."""
+    import torch
+
+    sequences = [list(context) + list(continuation) for context, continuation in pairs]
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(pairs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(pairs), width), dtype=torch.long)
+    keep = torch.zeros((len(pairs), width), dtype=torch.bool)
+    targets: list[int] = []
+    for row, ((context, continuation), sequence) in enumerate(zip(pairs, sequences, strict=True)):
+        offset = width - len(sequence) if padding_side == "left" else 0
+        ids[row, offset : offset + len(sequence)] = torch.tensor(sequence, dtype=torch.long)
+        mask[row, offset : offset + len(sequence)] = 1
+        # The logit at position j predicts token j + 1: positions len(context)-1 .. len-2 predict the continuation.
+        keep[row, offset + len(context) - 1 : offset + len(sequence) - 1] = True
+        targets.extend(continuation)
+    return ids, mask, keep, targets
+
+
 def token_logprobs(
     model: Any, pairs: Sequence[tuple[Sequence[int], Sequence[int]]], *, pad_id: int = 0, batch_size: int = 16,
     padding_side: str = "right", max_scored_tokens: int = MAX_SCORED_TOKENS,
@@ -57,20 +79,7 @@ def token_logprobs(
             batches.append([i])
     device = getattr(model, "device", "cpu")
     for batch in batches:
-        sequences = [list(pairs[i][0]) + list(pairs[i][1]) for i in batch]
-        width = max(len(s) for s in sequences)
-        ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        keep = torch.zeros((len(batch), width), dtype=torch.bool)
-        targets = []
-        for row, (i, sequence) in enumerate(zip(batch, sequences, strict=True)):
-            offset = width - len(sequence) if padding_side == "left" else 0
-            ids[row, offset : offset + len(sequence)] = torch.tensor(sequence, dtype=torch.long)
-            mask[row, offset : offset + len(sequence)] = 1
-            context_len = len(pairs[i][0])
-            # The logit at position j predicts token j + 1: positions context_len-1 .. len-2 predict the continuation.
-            keep[row, offset + context_len - 1 : offset + len(sequence) - 1] = True
-            targets.extend(pairs[i][1])
+        ids, mask, keep, targets = pack_continuations([pairs[i] for i in batch], pad_id, padding_side)
         positions = (mask.cumsum(-1) - 1).clamp_(min=0)
         ids, mask, positions, keep = (t.to(device) for t in (ids, mask, positions, keep))
         with torch.inference_mode():
