@@ -18,13 +18,13 @@ from pathlib import Path
 
 import pytest
 
-from core.jobs import job_info, wait_for
+from core.jobs import job_info
 from core.store import STORE_FILE
 from core.train_runs import runs_root
 from tests.test_mix import N_GENERAL, build_store, write_domain
 from tests.test_ui_browser import CHROMIUM, CHROMIUM_ARGS, REPO, _set_number, _wait_until, serve_app
 from tests.test_ui_explore_browser import _choose, _set_slider, _table_rows, _text
-from tests.test_ui_train_browser import _start
+from tests.test_ui_train_browser import _start, _stop_runs
 
 sync_api = pytest.importorskip("playwright.sync_api")
 pytestmark = [
@@ -136,7 +136,4 @@ def test_mix_freeze_and_train_in_the_browser(mix_server, tiny_model_dir, monkeyp
             assert (workspace / "mixes" / name).resolve().as_posix() in (folder / "config.yaml").read_text()
         finally:
             browser.close()
-            for folder in runs_root(workspace).iterdir() if runs_root(workspace).exists() else []:
-                if job_info(folder).active:
-                    (folder / "cancel").touch()
-                    wait_for(folder, 30, lambda job: not job.active)
+            _stop_runs(workspace)

@@ -20,6 +20,7 @@ from core.jobs import job_info, wait_for
 from core.train_runs import cancel_run, runs_root
 from tests.test_train import write_snapshot
 from tests.test_ui_browser import CHROMIUM, CHROMIUM_ARGS, _set_number, _wait_until, serve_app
+from tests.test_ui_explore_browser import _choose, _text
 
 sync_api = pytest.importorskip("playwright.sync_api")
 pytestmark = [
@@ -48,20 +49,6 @@ def _stop_runs(workspace: Path) -> None:
         cancel_run(folder)
     for folder in folders:
         wait_for(folder, 30, lambda job: not job.active)
-
-
-def _text(page, elem_id: str) -> str:
-    # The markdown body only: a component's hidden progress tracker also holds text such as "0.1s".
-    return page.locator(f"#{elem_id} [data-testid='markdown']").inner_text().strip()
-
-
-def _choose(page, elem_id: str, value: str) -> None:
-    """Type into a dropdown (an option's text, or a custom value) and press Enter."""
-    field = page.locator(f"#{elem_id} input").first
-    field.click()
-    field.fill(value)
-    field.press("Enter")
-    page.locator("body").click(position={"x": 5, "y": 5})  # close the option list
 
 
 def _step(page) -> int | None:
