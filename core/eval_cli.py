@@ -11,7 +11,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, help="an EvalConfig YAML (flags override its fields)")
     parser.add_argument("--model", help="MODEL spec, or a training run folder (config.yaml + adapter/ or model/)")
     parser.add_argument("--suite", help="comma-separated: general, domain, drift (or tasks: arc_easy, piqa, "
-                                        "hellaswag, sciq, medmcqa, domain_ppl); default general,domain")
+                                        "hellaswag, sciq, medmcqa, domain_mcq, domain_ppl); default general,domain")
     parser.add_argument("--limit", type=int, help="items per task, a seeded subsample (default: all; HellaSwag 1000)")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--batch-size", type=int)
@@ -20,7 +20,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--drift-n", type=int, help="held-out general texts for drift (default 200)")
     parser.add_argument("--domain", help="the domain suite's data: builtin:medmcqa (default, letter accuracy) or a "
                                          "user's FILE/DIR, whose held-out rows are scored by answer perplexity "
-                                         "(domain_ppl)")
+                                         "(domain_ppl) and, when multiple choice, by letter accuracy (domain_mcq)")
     parser.add_argument("--domain-test-fraction", type=float,
                         help="user domain data: the held-out share to score, the same rows as `mix "
                              "--domain-test-fraction` with this value leaves out (default 0.2)")
@@ -31,6 +31,8 @@ def json_results(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]
     """The headline numbers per task for ``--json`` (everything else stays in the store)."""
     keys = {"drift": ("kl", "ppl_base", "ppl_tuned", "kl_stderr", "n", "tokens"),
             "medmcqa": ("acc", "stderr", "n", "top_letter", "top_letter_share", "majority_letter_baseline"),
+            "domain_mcq": ("acc", "stderr", "n", "top_letter", "top_letter_share", "majority_letter_baseline",
+                           "domain", "domain_test_fraction"),
             "domain_ppl": ("nll", "ppl", "nll_stderr", "n", "tokens", "domain", "domain_test_fraction")}
     return {task: {k: metrics.get(k) for k in keys.get(task, ("acc", "acc_norm", "stderr", "n"))}
             for task, metrics in results.items()}
@@ -51,7 +53,7 @@ def results_table(results: dict[str, dict[str, Any]]) -> str:
             lines.append(f"{task:<10} {'-':>8} {'-':>8} {cell(m.get('nll_stderr')):>8} {m['n']:>6}  {notes}")
             continue
         notes = (f"top letter {m['top_letter']} {cell(m['top_letter_share'])}, majority-letter baseline "
-                 f"{cell(m['majority_letter_baseline'])}") if task == "medmcqa" else ""
+                 f"{cell(m['majority_letter_baseline'])}") if task in ("medmcqa", "domain_mcq") else ""
         lines.append(f"{task:<10} {cell(m.get('acc')):>8} {cell(m.get('acc_norm')):>8} {cell(m.get('stderr')):>8} "
                      f"{m['n']:>6}  {notes}")
     return "\n".join(lines)

@@ -26,6 +26,7 @@ METRICS: tuple[tuple[str, str, bool], ...] = (
     ("arc_easy", "acc", True), ("arc_easy", "acc_norm", True), ("piqa", "acc", True), ("piqa", "acc_norm", True),
     ("hellaswag", "acc", True), ("hellaswag", "acc_norm", True), ("sciq", "acc", True), ("sciq", "acc_norm", True),
     ("medmcqa", "acc", True), ("medmcqa", "top_letter_share", False),
+    ("domain_mcq", "acc", True), ("domain_mcq", "top_letter_share", False),
     ("domain_ppl", "nll", False), ("domain_ppl", "ppl", False), ("drift", "kl", False), ("drift", "ppl_tuned", False),
 )
 # domain_ppl (a user's held-out rows, lower is better) is in the table only: the charts plot HEADLINE accuracies.
@@ -144,8 +145,9 @@ def _mix_ratio(run_dir: str) -> float | None:
 # (lm-evaluation-harness's convention for these tasks), plain accuracy for the one-letter domain answers.
 HEADLINE: tuple[tuple[str, str], ...] = (
     ("arc_easy", "acc_norm"), ("piqa", "acc_norm"), ("hellaswag", "acc_norm"), ("sciq", "acc_norm"), ("medmcqa", "acc"),
+    ("domain_mcq", "acc"),
 )
-DOMAIN_TASK = "medmcqa"
+DOMAIN_TASKS = ("medmcqa", "domain_mcq")  # builtin:medmcqa's test split; a user's multiple-choice held-out rows
 PERCENT_METRICS = frozenset({"acc", "acc_norm", "top_letter_share"})
 METRIC_LABELS = {"acc": "acc %", "acc_norm": "acc_norm %", "top_letter_share": "top letter share %",
                  "kl": "KL per token (vs base)", "ppl_tuned": "perplexity (base → tuned)",
@@ -248,8 +250,8 @@ def ratio_points(history: pd.DataFrame, fallback_base: str | None = None) -> pd.
     latest = latest_results(history)
     if latest.empty or "run_dir" not in latest:
         return pd.DataFrame(columns=POINT_COLUMNS)
-    general = [(task, metric) for task, metric in HEADLINE if task != DOMAIN_TASK]
-    domain = [(task, metric) for task, metric in HEADLINE if task == DOMAIN_TASK]
+    general = [(task, metric) for task, metric in HEADLINE if task not in DOMAIN_TASKS]
+    domain = [(task, metric) for task, metric in HEADLINE if task in DOMAIN_TASKS]
     rows = []
     evaluated = set(latest["model"])
     for run_dir, group in latest[latest["run_dir"].notna()].groupby("run_dir", sort=False):

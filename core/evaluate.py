@@ -3,7 +3,8 @@
 A run folder (written by the train stage) holds ``config.yaml`` (its ``model`` is the base spec, its
 ``data`` the mix snapshot) and either ``adapter/`` (PEFT, applied on the base and merged) or ``model/``
 (a full fine-tune). The domain suite scores MedMCQA's test split (``medmcqa``, letter accuracy) or, with a
-user's ``domain`` data, its held-out rows (``domain_ppl``, answer perplexity; core/eval_domain_ppl.py).
+user's ``domain`` data, its held-out rows: answer perplexity for every row (``domain_ppl``,
+core/eval_domain_ppl.py) and letter accuracy for the multiple-choice ones (``domain_mcq``, core/eval_domain.py).
 Every scored item is committed with its batch, keyed by the evaluation's job id
 (model, base, limit, seed and sizes: not the suite or batch size), so a rerun resumes and a wider
 suite reuses what is done. Each finished task's metrics go to ``eval_results``.
@@ -28,9 +29,11 @@ from core.progress import Progress
 from core.store import Store
 from core.store.evaluation import EvalItemRow, EvalResultRow
 
-# The domain suite runs medmcqa for builtin:medmcqa and domain_ppl for a user's domain data (EvalConfig.tasks).
-SUITES: dict[str, tuple[str, ...]] = {"general": tuple(GENERAL_TASKS), "domain": ("medmcqa", "domain_ppl"),
-                                      "drift": ("drift",)}
+# The domain suite runs medmcqa for builtin:medmcqa; for a user's domain data, domain_mcq (when some held-out
+# rows are multiple choice) and domain_ppl (EvalConfig.tasks).
+SUITES: dict[str, tuple[str, ...]] = {"general": tuple(GENERAL_TASKS),
+                                      "domain": ("medmcqa", "domain_mcq", "domain_ppl"), "drift": ("drift",)}
+LETTER_TASKS = ("medmcqa", "domain_mcq")  # scored by answer-letter likelihood
 TASK_SUITE = {task: suite for suite, tasks in SUITES.items() for task in tasks}
 
 
@@ -84,7 +87,7 @@ class EvalConfig:
 
     def tasks(self) -> tuple[str, ...]:
         """The suite expanded into tasks, in a fixed order."""
-        domain = ("medmcqa",) if self.builtin_domain else ("domain_ppl",)
+        domain = ("medmcqa",) if self.builtin_domain else ("domain_mcq", "domain_ppl")
         chosen = {task for part in self.suite for task in (domain if part == "domain" else SUITES.get(part, (part,)))}
         return tuple(task for task in TASK_SUITE if task in chosen)
 
@@ -173,6 +176,13 @@ def _domain_rows(config: EvalConfig) -> list[tuple[str, Any]]:
     return list(zip(item_ids(data.test), data.test, strict=True))
 
 
+def _domain_questions(conversations: Sequence[tuple[str, Any]]) -> list[Any]:
+    """The held-out rows that are multiple-choice questions, as letter-scored items."""
+    from core.eval_domain import chat_mcq
+
+    return [q for q in (chat_mcq(item_id, messages) for item_id, messages in conversations) if q is not None]
+
+
 def _seeded_pick(items: Sequence[Any], limit: int | None, seed: int) -> list[Any]:
     return [items[i] for i in subsample(len(items), limit, seed)]
 
@@ -205,17 +215,26 @@ def run_evaluation(
     tasks = config.tasks()
     if "drift" in tasks and not target.base:
         raise ForgetlessError("drift needs a base model: give --base or a training run folder")
-    conversations = _domain_rows(config) if "domain_ppl" in tasks else []  # bad domain data fails before loading
+    # Bad domain data fails before the model loads.
+    conversations = _domain_rows(config) if {"domain_ppl", "domain_mcq"} & set(tasks) else []
+    questions = _domain_questions(conversations) if "domain_mcq" in tasks else []
+    if "domain_mcq" in tasks and not questions:
+        if "domain_mcq" in config.suite:
+            raise ForgetlessError(f"none of the held-out rows of {config.domain} is multiple choice (a user turn "
+                                  "listing options 'A. ...', 'B. ...' and a reply starting with the letter)")
+        tasks = tuple(task for task in tasks if task != "domain_mcq")  # perplexity still measures the domain
     store.register_job(job_id, "eval", to_yaml(config))
     lm = load_target(target, load)
     todo: dict[str, list[Any]] = {}
-    domain_prompt: Callable[[Any], str] | None = None
+    prompts: dict[str, Callable[[Any], Any]] = {}
     for task in tasks:
         if task in GENERAL_TASKS:
             todo[task] = load_general_items(task, config.limit, config.seed, config.hellaswag_n)
         elif task == "medmcqa":
-            items, domain_prompt = _domain_source()
+            items, prompts[task] = _domain_source()
             todo[task] = _seeded_pick(items, config.limit, config.seed)
+        elif task == "domain_mcq":
+            todo[task], prompts[task] = _seeded_pick(questions, config.limit, config.seed), lambda item: item.turns
         elif task == "domain_ppl":
             from core.eval_domain_ppl import conversation_text
 
@@ -223,7 +242,7 @@ def run_evaluation(
                           for item_id, messages in _seeded_pick(conversations, config.limit, config.seed)]
         else:
             todo[task] = _held_out_texts(config, store, target, lm.tokenizer)
-    key = {task: (lambda item: str(item.item_id)) if task != "medmcqa" else (lambda item: str(item.id))
+    key = {task: (lambda item: str(item.item_id)) if task not in LETTER_TASKS else (lambda item: str(item.id))
            for task in tasks}
     pending = {task: _pending(todo[task], key[task], {r.item_id for r in store.eval_items(job_id, task)})
                for task in tasks}
@@ -240,7 +259,7 @@ def run_evaluation(
             if progress.stop_requested():
                 cancelled = True
                 break
-            rows, tokens = _score_batch(task, batch, lm, base_lm, domain_prompt)
+            rows, tokens = _score_batch(task, batch, lm, base_lm, prompts.get(task))
             store.add_eval_items(job_id, task, rows)
             progress.batch_done(len(rows), tokens)
         if cancelled:
@@ -248,7 +267,7 @@ def run_evaluation(
         wanted = {key[task](item) for item in todo[task]}
         stored = [row for row in store.eval_items(job_id, task) if row.item_id in wanted]
         metrics = task_metrics(task, stored)
-        if task == "domain_ppl":
+        if task in ("domain_ppl", "domain_mcq"):
             metrics.update(domain=config.domain, domain_test_fraction=None if config.builtin_domain
                            else config.domain_test_fraction)
         store.save_eval_result(EvalResultRow(
@@ -273,7 +292,7 @@ def _batches(task: str, items: Sequence[Any], batch_size: int) -> list[list[Any]
 
 
 def _score_batch(task: str, batch: list[Any], lm: Any, base_lm: Any,
-                 domain_prompt: Callable[[Any], str] | None) -> tuple[list[EvalItemRow], int]:
+                 domain_prompt: Callable[[Any], Any] | None) -> tuple[list[EvalItemRow], int]:
     """Score one batch; the rows to store and roughly how many tokens went through the model."""
     if task in GENERAL_TASKS:
         from core.eval_tasks import score_multiple_choice
@@ -282,7 +301,7 @@ def _score_batch(task: str, batch: list[Any], lm: Any, base_lm: Any,
         rows = [EvalItemRow(s.item_id, s.gold, s.pred, s.pred_norm, list(s.logprobs), {"lengths": list(s.lengths)})
                 for s in scores]
         return rows, sum(len(lm.tokenizer(item.context + "".join(item.options))["input_ids"]) for item in batch)
-    if task == "medmcqa":
+    if task in LETTER_TASKS:
         from core.eval_domain import letter_prompt, score_letters
 
         letters = score_letters(lm.model, lm.tokenizer, batch, domain_prompt)
@@ -309,7 +328,7 @@ def task_metrics(task: str, rows: Sequence[EvalItemRow]) -> dict[str, Any]:
     if task in GENERAL_TASKS:
         return mc_metrics([McScore(r.item_id, r.gold, tuple(r.scores or ()), tuple((r.extra or {})["lengths"]))
                            for r in rows])
-    if task == "medmcqa":
+    if task in LETTER_TASKS:
         return letter_metrics([LetterScore(r.item_id, r.gold, tuple(r.scores or ())) for r in rows])
     if task == "domain_ppl":
         from core.eval_domain_ppl import ppl_metrics

@@ -45,7 +45,8 @@ def _form(workspace: Path) -> list[Any]:
         domain = gr.Dropdown(domain_choices(workspace), value=_PLAN.domain, allow_custom_value=True, scale=3,
                              label="Domain data", elem_id="eval-domain",
                              info="What the domain suite scores: builtin:medmcqa (its test split), or your file "
-                                  "from the Mix tab (type a path and press Enter): its held-out rows.")
+                                  "from the Mix tab (type a path and press Enter): its held-out rows (perplexity; "
+                                  "letter accuracy too when they are multiple choice).")
         test_fraction = gr.Number(value=_PLAN.domain_test_fraction, minimum=0, maximum=TEST_FRACTION_MAX,
                                   step=TEST_FRACTION_STEP, label="Held-out share", min_width=120,
                                   elem_id="eval-domain-test-fraction",
