@@ -11,7 +11,8 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, help="an EvalConfig YAML (flags override its fields)")
     parser.add_argument("--model", help="MODEL spec, or a training run folder (config.yaml + adapter/ or model/)")
     parser.add_argument("--suite", help="comma-separated: general, domain, drift (or tasks: arc_easy, piqa, "
-                                        "hellaswag, sciq, medmcqa, domain_mcq, domain_ppl); default general,domain")
+                                        "hellaswag, sciq, medmcqa, domain_mcq, domain_ppl) and ifeval (slow: it "
+                                        "generates a reply per prompt); default general,domain")
     parser.add_argument("--limit", type=int, help="items per task, a seeded subsample (default: all; HellaSwag 1000)")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--batch-size", type=int)
@@ -24,6 +25,8 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--domain-test-fraction", type=float,
                         help="user domain data: the held-out share to score, the same rows as `mix "
                              "--domain-test-fraction` with this value leaves out (default 0.2)")
+    parser.add_argument("--ifeval-max-new-tokens", type=int,
+                        help="ifeval: reply budget per prompt (default 512; fewer is faster, long essays get cut)")
     parser.add_argument("--job-id")
 
 
@@ -33,7 +36,9 @@ def json_results(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]
             "medmcqa": ("acc", "stderr", "n", "top_letter", "top_letter_share", "majority_letter_baseline"),
             "domain_mcq": ("acc", "stderr", "n", "top_letter", "top_letter_share", "majority_letter_baseline",
                            "domain", "domain_test_fraction"),
-            "domain_ppl": ("nll", "ppl", "nll_stderr", "n", "tokens", "domain", "domain_test_fraction")}
+            "domain_ppl": ("nll", "ppl", "nll_stderr", "n", "tokens", "domain", "domain_test_fraction"),
+            "ifeval": ("acc", "stderr", "n", "prompt_strict", "instruction_strict", "prompt_loose",
+                       "instruction_loose", "instructions")}
     return {task: {k: metrics.get(k) for k in keys.get(task, ("acc", "acc_norm", "stderr", "n"))}
             for task, metrics in results.items()}
 
@@ -52,6 +57,11 @@ def results_table(results: dict[str, dict[str, Any]]) -> str:
             notes = f"nll/token={cell(m.get('nll'))} ppl={cell(m.get('ppl'))} (lower is better)"
             lines.append(f"{task:<10} {'-':>8} {'-':>8} {cell(m.get('nll_stderr')):>8} {m['n']:>6}  {notes}")
             continue
+        if task == "ifeval":
+            notes = (f"prompt-level strict; instruction-level strict={cell(m.get('instruction_strict'))} "
+                     f"loose: prompt={cell(m.get('prompt_loose'))} instruction={cell(m.get('instruction_loose'))}")
+            lines.append(f"{task:<10} {cell(m.get('acc')):>8} {'-':>8} {cell(m.get('stderr')):>8} {m['n']:>6}  {notes}")
+            continue
         notes = (f"top letter {m['top_letter']} {cell(m['top_letter_share'])}, majority-letter baseline "
                  f"{cell(m['majority_letter_baseline'])}") if task in ("medmcqa", "domain_mcq") else ""
         lines.append(f"{task:<10} {cell(m.get('acc')):>8} {cell(m.get('acc_norm')):>8} {cell(m.get('stderr')):>8} "
@@ -68,7 +78,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
         "model": args.model, "suite": tuple(args.suite.split(",")) if args.suite is not None else None,
         "limit": args.limit, "seed": args.seed, "batch_size": args.batch_size, "base": args.base,
         "hellaswag_n": args.hellaswag_n, "drift_n": args.drift_n, "job_id": args.job_id, "domain": args.domain,
-        "domain_test_fraction": args.domain_test_fraction,
+        "domain_test_fraction": args.domain_test_fraction, "ifeval_max_new_tokens": args.ifeval_max_new_tokens,
     })
     store = Store.for_workspace(args.workspace)
     summary = _run_job(args, "eval", config,

@@ -19,7 +19,7 @@ from core.evaluate import EvalConfig, resolve_target
 from core.models import DEFAULT_MODEL
 from core.train_runs import list_runs
 
-UI_SUITES = ("general", "domain", "drift")  # the checkbox choices; single tasks stay a CLI feature
+UI_SUITES = ("general", "domain", "drift", "ifeval")  # the checkbox choices; single tasks stay a CLI feature
 DEFAULT_TEST_FRACTION = 0.2  # EvalConfig's default held-out share of a user's domain data
 
 
@@ -52,7 +52,7 @@ class EvalPlan:
         if not self.base:
             raise ForgetlessError("pick a base model to compare the runs with")
         if not self.suite:
-            raise ForgetlessError("pick at least one suite: general, domain or drift")
+            raise ForgetlessError("pick at least one suite: general, domain, drift or ifeval")
         if self.suite == ("drift",) and not self.runs:
             raise ForgetlessError("drift compares a tuned run with its base: pick at least one run")
         if "domain" in self.suite and self.domain != BUILTIN_MEDMCQA and not Path(self.domain).exists():

@@ -27,12 +27,14 @@ METRICS: tuple[tuple[str, str, bool], ...] = (
     ("hellaswag", "acc", True), ("hellaswag", "acc_norm", True), ("sciq", "acc", True), ("sciq", "acc_norm", True),
     ("medmcqa", "acc", True), ("medmcqa", "top_letter_share", False),
     ("domain_mcq", "acc", True), ("domain_mcq", "top_letter_share", False),
+    ("ifeval", "prompt_strict", True), ("ifeval", "instruction_strict", True), ("ifeval", "prompt_loose", True),
     ("domain_ppl", "nll", False), ("domain_ppl", "ppl", False), ("drift", "kl", False), ("drift", "ppl_tuned", False),
 )
 # domain_ppl (a user's held-out rows, lower is better) is in the table only: the charts plot HEADLINE accuracies.
 _NOISE_Z = 2.0  # a delta beyond this many combined standard errors is called a gain or a loss
 # metric -> its standard error
-STDERR_OF = {"acc": "stderr", "acc_norm": "acc_norm_stderr", "kl": "kl_stderr", "nll": "nll_stderr"}
+STDERR_OF = {"acc": "stderr", "acc_norm": "acc_norm_stderr", "kl": "kl_stderr", "nll": "nll_stderr",
+             "prompt_strict": "prompt_strict_stderr", "prompt_loose": "prompt_loose_stderr"}
 DELTA_COLUMNS = ["task", "metric", "base", "tuned", "delta", "stderr", "change"]
 
 
@@ -145,13 +147,15 @@ def _mix_ratio(run_dir: str) -> float | None:
 # (lm-evaluation-harness's convention for these tasks), plain accuracy for the one-letter domain answers.
 HEADLINE: tuple[tuple[str, str], ...] = (
     ("arc_easy", "acc_norm"), ("piqa", "acc_norm"), ("hellaswag", "acc_norm"), ("sciq", "acc_norm"), ("medmcqa", "acc"),
-    ("domain_mcq", "acc"),
+    ("ifeval", "prompt_strict"), ("domain_mcq", "acc"),
 )
 DOMAIN_TASKS = ("medmcqa", "domain_mcq")  # builtin:medmcqa's test split; a user's multiple-choice held-out rows
-PERCENT_METRICS = frozenset({"acc", "acc_norm", "top_letter_share"})
+PERCENT_METRICS = frozenset({"acc", "acc_norm", "top_letter_share", "prompt_strict", "instruction_strict",
+                             "prompt_loose"})
 METRIC_LABELS = {"acc": "acc %", "acc_norm": "acc_norm %", "top_letter_share": "top letter share %",
                  "kl": "KL per token (vs base)", "ppl_tuned": "perplexity (base → tuned)",
-                 "nll": "NLL per answer token", "ppl": "answer perplexity"}
+                 "nll": "NLL per answer token", "ppl": "answer perplexity", "prompt_strict": "prompt-level strict %",
+                 "instruction_strict": "instruction-level strict %", "prompt_loose": "prompt-level loose %"}
 CHANGE_SYMBOLS = {"gain": "▲", "loss": "▼", "within noise": "≈"}
 TABLE_LEGEND = ("Accuracies in %, ± one standard error. In a run's column, (Δ vs the base): ▲ gain, ▼ loss, "
                 "≈ within noise (2 standard errors). n: items per task (several when the columns differ).")

@@ -5,6 +5,8 @@ A run folder (written by the train stage) holds ``config.yaml`` (its ``model`` i
 (a full fine-tune). The domain suite scores MedMCQA's test split (``medmcqa``, letter accuracy) or, with a
 user's ``domain`` data, its held-out rows: answer perplexity for every row (``domain_ppl``,
 core/eval_domain_ppl.py) and letter accuracy for the multiple-choice ones (``domain_mcq``, core/eval_domain.py).
+The optional ``ifeval`` suite generates a greedy reply to each IFEval prompt and checks its instructions by
+rule (core/eval_ifeval.py); it is slow on a CPU, so it is never part of the default suites.
 Every scored item is committed with its batch, keyed by the evaluation's job id
 (model, base, limit, seed and sizes: not the suite or batch size), so a rerun resumes and a wider
 suite reuses what is done. Each finished task's metrics go to ``eval_results``.
@@ -25,14 +27,15 @@ from core.domain import BUILTIN_MEDMCQA
 from core.errors import ForgetlessError
 from core.eval_tasks import GENERAL_TASKS, HELLASWAG_DEFAULT_N, length_buckets, subsample
 from core.models import DEFAULT_MODEL
-from core.progress import Progress
+from core.progress import Cancelled, Progress
 from core.store import Store
 from core.store.evaluation import EvalItemRow, EvalResultRow
 
 # The domain suite runs medmcqa for builtin:medmcqa; for a user's domain data, domain_mcq (when some held-out
 # rows are multiple choice) and domain_ppl (EvalConfig.tasks).
 SUITES: dict[str, tuple[str, ...]] = {"general": tuple(GENERAL_TASKS),
-                                      "domain": ("medmcqa", "domain_mcq", "domain_ppl"), "drift": ("drift",)}
+                                      "domain": ("medmcqa", "domain_mcq", "domain_ppl"), "drift": ("drift",),
+                                      "ifeval": ("ifeval",)}
 LETTER_TASKS = ("medmcqa", "domain_mcq")  # scored by answer-letter likelihood
 TASK_SUITE = {task: suite for suite, tasks in SUITES.items() for task in tasks}
 
@@ -53,6 +56,7 @@ class EvalConfig:
     job_id: str | None = None
     domain: str = BUILTIN_MEDMCQA  # the domain suite's data: builtin:medmcqa, or a user's FILE | DIR (domain_ppl)
     domain_test_fraction: float = 0.2  # user data: the held-out share (as `mix --domain-test-fraction`) scored
+    ifeval_max_new_tokens: int = 512  # reply budget per IFEval prompt (part of each reply's item id)
 
     def __post_init__(self) -> None:
         self.model = _normalised_path(str(self.model or "").strip())
@@ -67,13 +71,13 @@ class EvalConfig:
         checks = [
             (bool(self.model), "give a model or a training run folder"),
             (bool(self.suite), "give at least one suite"),
-            ("ifeval" not in self.suite, "the ifeval suite is not available yet; use general, domain or drift"),
             (not unknown, f"unknown suite '{','.join(unknown)}'; choose from {', '.join(known)}"),
             (self.limit is None or self.limit >= 1, "limit must be at least 1"),
             (self.batch_size >= 1, "batch size must be at least 1"),
             (self.hellaswag_n >= 1, "hellaswag_n must be at least 1"),
             (self.drift_n >= 1, "drift_n must be at least 1"),
             (self.drift_max_tokens >= 8, "drift_max_tokens must be at least 8"),
+            (self.ifeval_max_new_tokens >= 1, "ifeval max new tokens must be at least 1"),
             (0.0 <= self.domain_test_fraction < 1.0, "domain test fraction must be in [0, 1)"),
             (self.builtin_domain or self.domain_test_fraction > 0,
              "a user's domain data needs a domain test fraction above 0 (the held-out share to score)"),
@@ -97,7 +101,7 @@ class EvalConfig:
 
     def resolved_job_id(self) -> str:
         # The domain fields count only for user data, so builtin:medmcqa jobs keep the ids they had before them.
-        exclude = ("job_id", "batch_size", "suite", *(("domain", "domain_test_fraction") if self.builtin_domain
+        exclude = ("job_id", "batch_size", "suite", "ifeval_max_new_tokens", *(("domain", "domain_test_fraction") if self.builtin_domain
                                                        else ()))
         return self.job_id or "eval-" + fingerprint(self, exclude=exclude)
 
@@ -240,6 +244,11 @@ def run_evaluation(
 
             todo[task] = [conversation_text(lm.tokenizer, item_id, messages)
                           for item_id, messages in _seeded_pick(conversations, config.limit, config.seed)]
+        elif task == "ifeval":
+            from core.eval_ifeval import checker, load_ifeval_items
+
+            checker()  # a missing checker dependency fails before any reply is generated
+            todo[task] = load_ifeval_items(config.limit, config.seed, config.ifeval_max_new_tokens)
         else:
             todo[task] = _held_out_texts(config, store, target, lm.tokenizer)
     key = {task: (lambda item: str(item.item_id)) if task not in LETTER_TASKS else (lambda item: str(item.id))
@@ -259,7 +268,11 @@ def run_evaluation(
             if progress.stop_requested():
                 cancelled = True
                 break
-            rows, tokens = _score_batch(task, batch, lm, base_lm, prompts.get(task))
+            try:
+                rows, tokens = _score_batch(task, batch, lm, base_lm, prompts.get(task), progress)
+            except Cancelled:  # raised mid-generation by progress.on_token
+                cancelled = True
+                break
             store.add_eval_items(job_id, task, rows)
             progress.batch_done(len(rows), tokens)
         if cancelled:
@@ -288,12 +301,24 @@ def _batches(task: str, items: Sequence[Any], batch_size: int) -> list[list[Any]
         return length_buckets(items, lambda item: len(item.context), batch_size)
     if task in ("drift", "domain_ppl"):
         return length_buckets(items, lambda text: len(text.prompt_ids) + len(text.response_ids), batch_size)
+    if task == "ifeval":
+        return length_buckets(items, lambda item: len(item.prompt), batch_size)
     return [list(items[start : start + batch_size]) for start in range(0, len(items), batch_size)]
 
 
 def _score_batch(task: str, batch: list[Any], lm: Any, base_lm: Any,
-                 domain_prompt: Callable[[Any], Any] | None) -> tuple[list[EvalItemRow], int]:
+                 domain_prompt: Callable[[Any], Any] | None, progress: Progress) -> tuple[list[EvalItemRow], int]:
     """Score one batch; the rows to store and roughly how many tokens went through the model."""
+    if task == "ifeval":
+        from core.eval_ifeval import check_reply, generate_replies
+
+        replies = generate_replies(lm, batch, on_token=progress.on_token)
+        rows = []
+        for item, (reply, generated) in zip(batch, replies, strict=True):
+            checks = check_reply(item, reply)
+            rows.append(EvalItemRow(item.item_id, None, int(all(checks["strict"])), None, None,
+                                    {"reply": reply, "tokens": generated, **checks}))
+        return rows, sum(generated for _, generated in replies)
     if task in GENERAL_TASKS:
         from core.eval_tasks import score_multiple_choice
 
@@ -328,6 +353,10 @@ def task_metrics(task: str, rows: Sequence[EvalItemRow]) -> dict[str, Any]:
     if task in GENERAL_TASKS:
         return mc_metrics([McScore(r.item_id, r.gold, tuple(r.scores or ()), tuple((r.extra or {})["lengths"]))
                            for r in rows])
+    if task == "ifeval":
+        from core.eval_ifeval import ifeval_metrics
+
+        return ifeval_metrics([r.extra or {} for r in rows])
     if task in LETTER_TASKS:
         return letter_metrics([LetterScore(r.item_id, r.gold, tuple(r.scores or ())) for r in rows])
     if task == "domain_ppl":

@@ -87,21 +87,21 @@ def drift_summary(per_text: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[s
 
 
 def compare(correct: Mapping[str, Mapping[str, Mapping[str, float]]], arms: Sequence[str],
-            drift: Mapping[str, Any]) -> dict[str, Any]:
+            drift: Mapping[str, Any], domain_task: str = DOMAIN) -> dict[str, Any]:
     """Deltas of every arm vs the base and the arm-vs-arm contrasts, from per-item correctness.
 
     ``correct[model][task][item_id]`` is 1.0 or 0.0 for model in ("base", *arms)."""
     deltas: dict[str, Any] = {}
     for arm in arms:
         per_task = {task: paired_difference(correct[arm][task], correct["base"][task])
-                    for task in (*GENERAL, DOMAIN) if task in correct[arm]}
+                    for task in (*GENERAL, domain_task) if task in correct[arm]}
         deltas[arm] = {**per_task, "general_mean": combine_tasks([per_task[t] for t in GENERAL if t in per_task])}
     contrasts: dict[str, Any] = {}
     for x, y in (("c", "a"), ("b", "a"), ("c", "b")):
         if x not in arms or y not in arms:
             continue
         per_task = {task: paired_difference(correct[x][task], correct[y][task])
-                    for task in (*GENERAL, DOMAIN) if task in correct[x] and task in correct[y]}
+                    for task in (*GENERAL, domain_task) if task in correct[x] and task in correct[y]}
         entry = {**per_task, "general_mean": combine_tasks([per_task[t] for t in GENERAL if t in per_task])}
         kl = drift.get("per_text_kl", {})
         if x in kl and y in kl:
@@ -124,12 +124,14 @@ def reading(results: Mapping[str, Any]) -> list[str]:
     deltas, contrasts = results["deltas"], results["contrasts"]
     names = results["arm_names"]
     lines: list[str] = []
-    base_domain = results["models"]["base"]["tasks"].get(DOMAIN, {})
-    if "a" in deltas and DOMAIN in deltas["a"]:
-        d = deltas["a"][DOMAIN]
+    domain = results.get("domain_task", DOMAIN)
+    label = {"medmcqa": "MedMCQA"}.get(results.get("domain_label", "medmcqa"), results.get("domain_label"))
+    base_domain = results["models"]["base"]["tasks"].get(domain, {})
+    if "a" in deltas and domain in deltas["a"]:
+        d = deltas["a"][domain]
         v = verdict(d["diff"], d["se"])
-        acc_a = results["models"]["a"]["tasks"][DOMAIN]["acc"]
-        line = (f"Domain: arm (a) moves MedMCQA accuracy from {base_domain.get('acc', 0):.3f} to {acc_a:.3f} "
+        acc_a = results["models"]["a"]["tasks"][domain]["acc"]
+        line = (f"Domain: arm (a) moves {label} accuracy from {base_domain.get('acc', 0):.3f} to {acc_a:.3f} "
                 f"({_pm(d)} paired stderr, n={d['n']}): {v}.")
         if v == "within noise":
             need = items_needed(d["diff"], d["se"], d["n"])
@@ -141,6 +143,12 @@ def reading(results: Mapping[str, Any]) -> list[str]:
                      f"model answers '{base_domain.get('top_letter')}' on {base_domain.get('top_letter_share', 0):.0%}"
                      " of questions.")
         lines.append(line)
+    ppl = {model: results["models"][model]["tasks"].get("domain_ppl") for model in ("base", *deltas)}
+    if all(ppl.values()) and ppl["base"].get("nll") is not None:
+        arms_ppl = ", ".join(f"({arm}) {ppl[arm]['ppl']:.3f}" for arm in deltas)
+        lines.append(f"Domain answer perplexity on the held-out {label} rows (n={ppl['base']['n']}, lower is "
+                     f"better): base {ppl['base']['ppl']:.3f}, {arms_ppl}; NLL/token stderr "
+                     f"≈ {ppl['base'].get('nll_stderr') or 0:.3f}.")
     for arm in deltas:
         g = deltas[arm]["general_mean"]
         lines.append(f"General ability, arm ({arm}) {names[arm]}: mean change over {', '.join(GENERAL)} "

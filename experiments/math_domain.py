@@ -1,19 +1,20 @@
 """A second domain for the forgetting experiment: arithmetic questions from the `mathematics-dataset` package.
 
-Not wired into experiments/forgetting.py yet: `forgetless eval --suite domain` scores MedMCQA's test split
-only, so a math test set needs either that suite to accept a user's test file (core/evaluate.py) or an
-in-process scorer (core.eval_domain.score_letters on these McqItems). What this module does:
+MedMCQA is too hard for a 135M model to gain on measurably in a short run, so the experiment can also use
+arithmetic (``experiments/forgetting.py --domain arithmetic``). This module
 
 * makes the package importable with the installed sympy: `mathematics_dataset.sample.polynomials` imports
   ``base_solution_linear`` from ``sympy.solvers.diophantine``, which moved to
   ``sympy.solvers.diophantine.diophantine`` (the function itself is unchanged);
 * generates arithmetic questions (add/subtract, several terms, multiply, divide; the package's "train-easy"
-  entropy) as 4-option multiple choice (the gold answer and three nearby wrong numbers), so they are scored
-  like MedMCQA, by answer-letter likelihood;
-* writes ``train.jsonl`` (chat ``messages``, the same rendering as the built-in MedMCQA: a ``forgetless mix
-  --domain`` input) and ``test.jsonl`` (question, options, answer index), split so no question text is in both.
+  entropy) as 4-option multiple choice (the gold answer and three nearby wrong numbers);
+* writes them as one chat file (``messages``: the question with lettered options, then "B. <answer>", as the
+  built-in MedMCQA is rendered), an ordinary user domain file: ``forgetless mix --domain-test-fraction F``
+  holds out a share by content and ``forgetless eval --domain FILE --domain-test-fraction F`` scores exactly
+  that share (letter accuracy, ``domain_mcq``, and answer perplexity, ``domain_ppl``). Questions are
+  distinct, so no question is on both sides.
 
-    python -m experiments.math_domain --out workspace/math --train 2000 --test 400
+    python -m experiments.math_domain --out workspace/arithmetic.jsonl --n 2500
 """
 
 from __future__ import annotations
@@ -89,26 +90,25 @@ def generate_items(n: int, seed: int) -> list[dict[str, Any]]:
     return items
 
 
-def write_split(out: Path, n_train: int, n_test: int, seed: int = 0) -> dict[str, Any]:
+def write_file(path: Path, n: int, seed: int = 0) -> dict[str, Any]:
+    """``n`` questions as chat rows in a JSONL file (written whole, then moved into place)."""
     from core.domain import McqItem, render_mcq
 
-    items = generate_items(n_train + n_test, seed)
-    order = random.Random(seed).sample(range(len(items)), len(items))
-    test, train = [items[i] for i in order[:n_test]], [items[i] for i in order[n_test:]]
-    out.mkdir(parents=True, exist_ok=True)
-    with (out / "train.jsonl").open("w", encoding="utf-8") as handle:
-        for item in train:
-            mcq = McqItem(item["id"], item["question"], tuple(item["options"]), item["answer"], None, "arithmetic")
-            handle.write(json.dumps({"messages": render_mcq(mcq)}) + "\n")
-    (out / "test.jsonl").write_text("".join(json.dumps(item) + "\n" for item in test), encoding="utf-8")
-    return {"out": str(out), "train": len(train), "test": len(test), "seed": seed, "modules": list(MODULES)}
+    rows = []
+    for item in generate_items(n, seed):
+        mcq = McqItem(item["id"], item["question"], tuple(item["options"]), item["answer"], None, "arithmetic")
+        rows.append(json.dumps({"messages": render_mcq(mcq)}) + "\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial")
+    partial.write_text("".join(rows), encoding="utf-8")
+    partial.replace(path)
+    return {"path": str(path), "questions": n, "seed": seed, "modules": list(MODULES)}
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description="arithmetic multiple-choice train/test files")
+    parser = argparse.ArgumentParser(description="arithmetic multiple-choice questions as a chat JSONL file")
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--train", type=int, default=2000)
-    parser.add_argument("--test", type=int, default=400)
+    parser.add_argument("--n", type=int, default=2500)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    print(json.dumps(write_split(args.out, args.train, args.test, args.seed)))
+    print(json.dumps(write_file(args.out, args.n, args.seed)))

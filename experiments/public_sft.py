@@ -110,7 +110,8 @@ def write_public_subset(out: Path, pool: int, seed: int, max_chars: int = 2000) 
 
 
 def build_public_mix(workspace: Path, out: Path, public_jsonl: Path, *, domain: str, ratio: float,
-                     domain_rows: int, general_rows: int, seed: int, tokenizer_model: str) -> dict[str, Any]:
+                     domain_rows: int, general_rows: int, seed: int, tokenizer_model: str,
+                     domain_test_fraction: float = 0.0) -> dict[str, Any]:
     """Freeze arm (b): the seeded ``domain_rows`` domain rows of ``forgetless mix --max-domain`` plus
     ``general_rows`` public conversations; same snapshot format as ``forgetless mix``."""
     import numpy as np
@@ -125,10 +126,10 @@ def build_public_mix(workspace: Path, out: Path, public_jsonl: Path, *, domain: 
     if len(public) < general_rows:
         raise RuntimeError(f"only {len(public)} public conversations in {public_jsonl}, {general_rows} needed")
     config = MixConfig(domain=domain, ratio=ratio, seed=seed, max_domain=domain_rows, out=str(out),
-                       tokenizer_model=tokenizer_model)
+                       tokenizer_model=tokenizer_model, domain_test_fraction=domain_test_fraction)
     counter = load_counter(config, workspace)
     domain_only = MixConfig(domain=domain, ratio=0.0, seed=seed, max_domain=domain_rows,
-                            tokenizer_model=tokenizer_model)
+                            tokenizer_model=tokenizer_model, domain_test_fraction=domain_test_fraction)
     domain_plan = plan_mix(domain_only, Store.for_workspace(workspace), workspace, counter=counter)
     picked = [public[int(i)] for i in np.random.default_rng((seed, _STREAM_GENERAL)).permutation(len(public))
               [:general_rows]]

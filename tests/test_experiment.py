@@ -72,7 +72,7 @@ def test_quick_experiment_runs_end_to_end_and_resumes(tmp_path: Path):
                "--out", str(out), "--threads", "1"]
     first = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=1200)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    results = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    results = json.loads((out / "results_medmcqa.json").read_text(encoding="utf-8"))
     assert results["arms"] == ["a", "b", "c"] and set(results["models"]) == {"base", "a", "b", "c"}
     for model in results["models"].values():
         assert set(model["tasks"]) == set(TASKS)
@@ -90,9 +90,25 @@ def test_quick_experiment_runs_end_to_end_and_resumes(tmp_path: Path):
 
     public = pd.read_parquet(Path(arms["b"]["snapshot"]) / "train.parquet")
     assert set(public.loc[public["source"] == "general", "origin_id"].str[:9]) == {"sharegpt:"}
-    assert "| (c) domain + reconstructed (ours) |" in (out / "results.md").read_text(encoding="utf-8")
+    assert "| (c) domain + reconstructed (ours) |" in (out / "results_medmcqa.md").read_text(encoding="utf-8")
 
     start = time.monotonic()  # a rerun skips every finished stage
     second = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "train-c: done before, skipped" in second.stdout and time.monotonic() - start < 120
+
+    # The second domain in the same workspace: generated arithmetic, a held-out share scored by letter accuracy
+    # and answer perplexity; the general data is reused, the MedMCQA report left as it was.
+    third = subprocess.run([*command, "--domain", "arithmetic"], capture_output=True, text=True, cwd=ROOT,
+                           timeout=1200)
+    assert third.returncode == 0, third.stdout[-3000:] + third.stderr[-3000:]
+    arithmetic = json.loads((out / "results_arithmetic.json").read_text(encoding="utf-8"))
+    assert arithmetic["domain_task"] == "domain_mcq" and Path(arithmetic["domain_data"]).is_file()
+    for model in arithmetic["models"].values():
+        assert set(model["tasks"]) == {*TASKS[:-1], "domain_mcq", "domain_ppl"}
+        assert model["tasks"]["domain_mcq"]["n"] == model["tasks"]["domain_ppl"]["n"] == 8
+    assert arithmetic["data"]["general"]["reconstructed"] == results["data"]["general"]["reconstructed"]
+    manifest = (Path(arithmetic["data"]["arms"]["a"]["snapshot"]) / "manifest.yaml").read_text(encoding="utf-8")
+    assert "test_fraction: 0.2" in manifest
+    assert arithmetic["deltas"]["a"]["domain_mcq"]["n"] == 8 and "perplexity" in " ".join(arithmetic["reading"])
+    assert json.loads((out / "results_medmcqa.json").read_text(encoding="utf-8")) == results

@@ -40,7 +40,8 @@ def _form(workspace: Path) -> list[Any]:
         refresh = gr.Button("↻ Runs", size="sm", scale=0, min_width=90, elem_id="eval-refresh-runs")
     suites = gr.CheckboxGroup(list(UI_SUITES), value=list(_PLAN.suite), label="Suites", elem_id="eval-suites",
                               info="general: 4 benchmarks · domain: MedMCQA test (or your held-out rows) · "
-                                   "drift: KL and perplexity vs the run's base (runs only).")
+                                   "drift: KL and perplexity vs the run's base (runs only) · ifeval: 541 "
+                                   "instruction prompts answered and rule-checked (slow: set a limit).")
     with gr.Row(equal_height=False):
         domain = gr.Dropdown(domain_choices(workspace), value=_PLAN.domain, allow_custom_value=True, scale=3,
                              label="Domain data", elem_id="eval-domain",

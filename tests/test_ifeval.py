@@ -1,0 +1,83 @@
+"""The ifeval suite: IFEval's prompts and rule checks, offline (regex sentences, no punkt), generated and stored."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from core.cli import main
+from core.eval_ifeval import IfevalItem, check_reply, ifeval_metrics, load_ifeval_items
+from core.store import Store
+
+
+def item(instruction: str, **kwargs) -> IfevalItem:
+    return IfevalItem("t@512", "Write something.", (instruction,), (kwargs,))
+
+
+@pytest.mark.parametrize(("instruction", "kwargs", "reply", "strict", "loose"), [
+    ("punctuation:no_comma", {}, "no commas in here", True, True),
+    ("punctuation:no_comma", {}, "one, two", False, False),
+    # Loose also tries the reply without its first line (a model's "Sure, ..." preamble).
+    ("punctuation:no_comma", {}, "Sure, here it is:\nno commas in here", False, True),
+    ("change_case:english_lowercase", {}, "all of this is lower case english text.", True, True),
+    ("change_case:english_lowercase", {}, "This Has Capitals.", False, False),
+    # Sentence counts go through the regex splitter (NLTK's punkt model is not available offline).
+    ("length_constraints:number_sentences", {"relation": "less than", "num_sentences": 3},
+     "Dr. Smith came. He left.", True, True),
+    ("length_constraints:number_sentences", {"relation": "less than", "num_sentences": 3},
+     "One. Two. Three. Four.", False, False),
+    # Capital words are counted with NLTK's tokenizer on the whole text (no punkt either).
+    ("change_case:capital_word_frequency", {"capital_relation": "at least", "capital_frequency": 2},
+     "HELLO BIG world", True, True),
+    ("change_case:capital_word_frequency", {"capital_relation": "at least", "capital_frequency": 2},
+     "Hello BIG world", False, False),
+    ("language:response_language", {"language": "en"},
+     "This answer is written in plain English for every reader.", True, True),
+    ("language:response_language", {"language": "en"},
+     "Cette réponse est écrite en français pour tous les lecteurs.", False, False),
+])
+def test_rule_checks_strict_and_loose(instruction, kwargs, reply, strict, loose):
+    assert check_reply(item(instruction, **kwargs), reply) == {"strict": [strict], "loose": [loose]}
+
+
+def test_every_packaged_prompt_loads_and_checks():
+    items = load_ifeval_items(None, 0)
+    assert len(items) == 541 and len({i.item_id for i in items}) == 541
+    assert all(i.item_id.endswith("@512") and len(i.instruction_ids) == len(i.kwargs) >= 1 for i in items)
+    for entry in items:  # no instruction type raises on an ordinary reply
+        checks = check_reply(entry, "Hello there. THIS is a reply, with a comma.\n\n* one\n* two")
+        assert len(checks["strict"]) == len(checks["loose"]) == len(entry.instruction_ids)
+        assert all(s <= loose for s, loose in zip(checks["strict"], checks["loose"], strict=True))
+    picked = load_ifeval_items(20, 3)
+    assert picked == load_ifeval_items(20, 3) and picked != load_ifeval_items(20, 4) and len(picked) == 20
+    assert load_ifeval_items(5, 0, max_new_tokens=64)[0].item_id.endswith("@64")
+
+
+def test_prompt_level_needs_every_instruction():
+    checks = [{"strict": [True, True], "loose": [True, True]}, {"strict": [True, False], "loose": [True, True]},
+              {"strict": [False], "loose": [False]}, {"strict": [True], "loose": [True]}]
+    metrics = ifeval_metrics(checks)
+    assert metrics["n"] == 4 and metrics["instructions"] == 6
+    assert metrics["prompt_strict"] == metrics["acc"] == 0.5 and metrics["prompt_loose"] == 0.75
+    assert metrics["instruction_strict"] == pytest.approx(4 / 6) and metrics["instruction_loose"] == pytest.approx(5 / 6)
+    assert metrics["stderr"] == pytest.approx(metrics["prompt_strict_stderr"]) and metrics["stderr"] > 0
+
+
+def test_cli_generates_checks_stores_and_resumes(capsys, tiny_model_dir: Path, tmp_path: Path):
+    args = ["eval", "--model", str(tiny_model_dir), "--suite", "ifeval", "--limit", "3", "--batch-size", "2",
+            "--ifeval-max-new-tokens", "24", "--workspace", str(tmp_path / "ws"), "--json"]
+    assert main(args) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    ifeval = summary["results"]["ifeval"]
+    assert ifeval["n"] == 3 and 0.0 <= ifeval["acc"] <= ifeval["prompt_loose"] <= 1.0
+    rows = Store.for_workspace(tmp_path / "ws").eval_items(summary["job_id"], "ifeval")
+    prompts = {i.item_id: i for i in load_ifeval_items(3, 0, max_new_tokens=24)}
+    assert {r.item_id for r in rows} == set(prompts)
+    for row in rows:  # each stored reply re-checks to the stored verdicts
+        assert check_reply(prompts[row.item_id], row.extra["reply"]) == {k: row.extra[k] for k in ("strict", "loose")}
+        assert row.pred == int(all(row.extra["strict"])) and 0 <= row.extra["tokens"] <= 24
+    assert main(args) == 0  # a rerun finds every reply stored
+    again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert again["items_scored"] == 0 and again["results"] == summary["results"]
