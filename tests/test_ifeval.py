@@ -81,3 +81,21 @@ def test_cli_generates_checks_stores_and_resumes(capsys, tiny_model_dir: Path, t
     assert main(args) == 0  # a rerun finds every reply stored
     again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert again["items_scored"] == 0 and again["results"] == summary["results"]
+
+
+@pytest.mark.integration
+def test_smollm2_replies_are_real_text_and_checked(capsys, real_workspace: Path, tmp_path: Path):
+    import os
+
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    (real_workspace / "models").mkdir(parents=True, exist_ok=True)
+    os.symlink(real_workspace / "models", workspace / "models")  # convert the GGUF once per session
+    assert main(["eval", "--model", "smollm2-135m-instruct", "--suite", "ifeval", "--limit", "4",
+                 "--ifeval-max-new-tokens", "48", "--workspace", str(workspace), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["results"]["ifeval"]["n"] == 4
+    rows = Store.for_workspace(workspace).eval_items(summary["job_id"], "ifeval")
+    words = [row.extra["reply"].split() for row in rows]
+    assert all(len(w) >= 5 for w in words)  # the instruct model answers in words, not empty or special tokens
+    assert all("<|im_end|>" not in row.extra["reply"] and row.extra["tokens"] <= 48 for row in rows)
