@@ -100,9 +100,10 @@ class EvalConfig:
         return self.domain == BUILTIN_MEDMCQA
 
     def resolved_job_id(self) -> str:
-        # The domain fields count only for user data, so builtin:medmcqa jobs keep the ids they had before them.
-        exclude = ("job_id", "batch_size", "suite", "ifeval_max_new_tokens", *(("domain", "domain_test_fraction") if self.builtin_domain
-                                                       else ()))
+        # The domain fields count only for user data, so builtin:medmcqa jobs keep the ids they had before them;
+        # the ifeval budget is part of each reply's item id instead.
+        exclude = ("job_id", "batch_size", "suite", "ifeval_max_new_tokens",
+                   *(("domain", "domain_test_fraction") if self.builtin_domain else ()))
         return self.job_id or "eval-" + fingerprint(self, exclude=exclude)
 
 

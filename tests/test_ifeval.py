@@ -61,7 +61,8 @@ def test_prompt_level_needs_every_instruction():
     metrics = ifeval_metrics(checks)
     assert metrics["n"] == 4 and metrics["instructions"] == 6
     assert metrics["prompt_strict"] == metrics["acc"] == 0.5 and metrics["prompt_loose"] == 0.75
-    assert metrics["instruction_strict"] == pytest.approx(4 / 6) and metrics["instruction_loose"] == pytest.approx(5 / 6)
+    assert metrics["instruction_strict"] == pytest.approx(4 / 6)
+    assert metrics["instruction_loose"] == pytest.approx(5 / 6)
     assert metrics["stderr"] == pytest.approx(metrics["prompt_strict_stderr"]) and metrics["stderr"] > 0
 
 
@@ -99,3 +100,23 @@ def test_smollm2_replies_are_real_text_and_checked(capsys, real_workspace: Path,
     words = [row.extra["reply"].split() for row in rows]
     assert all(len(w) >= 5 for w in words)  # the instruct model answers in words, not empty or special tokens
     assert all("<|im_end|>" not in row.extra["reply"] and row.extra["tokens"] <= 48 for row in rows)
+
+
+def test_results_reach_the_evaluate_tab_table_and_delta_chart(tmp_path: Path):
+    from core.eval_views import eval_deltas, eval_history, headline_deltas, latest_results, side_by_side
+    from core.store.evaluation import EvalResultRow
+
+    store = Store.for_workspace(tmp_path / "ws")
+    for model, strict, run_dir in (("base", 0.40, None), ("tuned", 0.20, "tuned")):
+        metrics = ifeval_metrics([{"strict": [i < strict * 100], "loose": [True]} for i in range(100)])
+        assert metrics["prompt_strict"] == pytest.approx(strict)
+        store.save_eval_result(EvalResultRow(
+            f"eval-{model}", "ifeval", "ifeval", model, run_dir, None, metrics["acc"], None, metrics["stderr"],
+            metrics["n"], {k: v for k, v in metrics.items() if k not in ("acc", "acc_norm", "stderr", "n")}, 100, 0))
+    _, rows = side_by_side(latest_results(eval_history(store)), "base", ["tuned"])
+    by_metric = {row[1]: row for row in rows if row[0] == "ifeval"}
+    assert by_metric["prompt-level strict %"][3] == "40.0 ± 4.9"
+    assert by_metric["prompt-level strict %"][4] == "20.0 ± 4.0 (−20.0 ▼)"  # beyond 2 combined stderr (12.7)
+    assert by_metric["prompt-level loose %"][3:] == ["100.0 ± 0.0", "100.0 ± 0.0 (+0.0 ≈)"]
+    chart = headline_deltas(eval_deltas(store, "base", "tuned"))
+    assert list(zip(chart["task"], chart["metric"], strict=True)) == [("ifeval", "prompt_strict")]
