@@ -228,6 +228,10 @@ def run_evaluation(
             raise ForgetlessError(f"none of the held-out rows of {config.domain} is multiple choice (a user turn "
                                   "listing options 'A. ...', 'B. ...' and a reply starting with the letter)")
         tasks = tuple(task for task in tasks if task != "domain_mcq")  # perplexity still measures the domain
+    if "ifeval" in tasks:
+        from core.eval_ifeval import checker
+
+        checker()  # a missing checker dependency fails before the model loads
     store.register_job(job_id, "eval", to_yaml(config))
     lm = load_target(target, load)
     todo: dict[str, list[Any]] = {}
@@ -246,9 +250,8 @@ def run_evaluation(
             todo[task] = [conversation_text(lm.tokenizer, item_id, messages)
                           for item_id, messages in _seeded_pick(conversations, config.limit, config.seed)]
         elif task == "ifeval":
-            from core.eval_ifeval import checker, load_ifeval_items
+            from core.eval_ifeval import load_ifeval_items
 
-            checker()  # a missing checker dependency fails before any reply is generated
             todo[task] = load_ifeval_items(config.limit, config.seed, config.ifeval_max_new_tokens)
         else:
             todo[task] = _held_out_texts(config, store, target, lm.tokenizer)

@@ -35,7 +35,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from experiments.forgetting_report import per_item, write_outputs  # noqa: E402
-from experiments.forgetting_stats import GENERAL, all_finite, compare, drift_summary, reading  # noqa: E402
+from experiments.forgetting_stats import GENERAL, IFEVAL, all_finite, compare, drift_summary, reading  # noqa: E402
 from experiments.math_domain import write_file as write_arithmetic  # noqa: E402
 from experiments.public_sft import build_public_mix, write_public_subset  # noqa: E402
 from experiments.stage_runner import REPO_ROOT, StageRunner  # noqa: E402
@@ -68,6 +68,8 @@ class Settings:
     lora_dropout: float = 0.05
     domain_rows: int | None = None  # default: steps x batch x (1 - ratio), so arm (c) sees its mix about once
     limit: int = 100  # items per benchmark (a seeded subsample, the same for every model)
+    ifeval_limit: int = 0  # IFEval prompts per model (a seeded subsample; 0: skip, it generates replies: slow)
+    ifeval_tokens: int = 256  # reply budget per IFEval prompt
     seed: int = 0
     # OMP threads per stage; 0: torch's default. On this shared 2-core CPU one thread trained 4x faster than two
     # (17 s vs 74 s per step of 8 conversations): torch's workers wait on each other when another process runs.
@@ -99,7 +101,7 @@ class Settings:
 
 
 QUICK = {"n_general": 8, "k": 1, "respond_tokens": 48, "steps": 4, "batch_size": 2, "max_length": 256,
-         "limit": 8, "domain_rows": 4, "arithmetic_questions": 60}
+         "limit": 8, "domain_rows": 4, "arithmetic_questions": 60, "ifeval_limit": 2, "ifeval_tokens": 16}
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[Settings, Path, Path]:
@@ -120,7 +122,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, Path, Path]:
                              ("threads", int, "OMP threads per stage (default 1; 0: torch's default)"),
                              ("domain", str, f"{DOMAIN} (default), {ARITHMETIC} (generated), or a domain FILE"),
                              ("domain_test_fraction", float, "held-out share of arithmetic or a FILE (default 0.2)"),
-                             ("arithmetic_questions", int, "questions generated for --domain arithmetic")):
+                             ("arithmetic_questions", int, "questions generated for --domain arithmetic"),
+                             ("ifeval_limit", int, "IFEval prompts per model (default 0: skip; slow)"),
+                             ("ifeval_tokens", int, "reply budget per IFEval prompt (default 256)")):
         parser.add_argument(f"--{flag.replace('_', '-')}", dest=flag, type=kind, help=text)
     args = parser.parse_args(argv)
     values = {**(QUICK if args.quick else {}),
@@ -254,6 +258,18 @@ def evaluate(run: StageRunner, s: Settings, ws: Path, runs: dict[str, Any], drif
     return models
 
 
+def evaluate_ifeval(run: StageRunner, s: Settings, ws: Path, runs: dict[str, Any]) -> dict[str, Any]:
+    """IFEval for the base and every arm (its own jobs: no domain arguments, so the base's replies are shared
+    by every domain run in the workspace)."""
+    if not s.ifeval_limit:
+        return {}
+    args = ["--suite", "ifeval", "--limit", s.ifeval_limit, "--seed", s.seed, "--ifeval-max-new-tokens",
+            s.ifeval_tokens, "--batch-size", 32]
+    targets = {"base": s.model, **{arm: info["run"] for arm, info in runs.items()}}
+    return {name: run.cli(f"ifeval-{name}", ["eval", "--workspace", ws, "--model", model, *args])
+            for name, model in targets.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     s, ws, out = parse_args(argv)
     ws.mkdir(parents=True, exist_ok=True)
@@ -267,12 +283,19 @@ def main(argv: list[str] | None = None) -> int:
     # Drift scores every held-out pair (a number above the pool): the arms' pools differ only by what (c)
     # trained on, and the report compares arms on the texts all of them scored.
     evals = evaluate(run, s, ws, runs, drift_n=max(1, int(general["with_best"])), domain=domain)
+    ifevals = evaluate_ifeval(run, s, ws, runs)
     run.say("reading per-item scores back from the store")
     scores = per_item(ws, {model: summary["job_id"] for model, summary in evals.items()}, (*GENERAL, s.domain_task))
+    if ifevals:
+        replies = per_item(ws, {model: summary["job_id"] for model, summary in ifevals.items()}, (IFEVAL,))
+        for model, tasks in replies["correct"].items():
+            scores["correct"][model].update(tasks)
     drift = drift_summary({arm: scores["drift"].get(arm, []) for arm in runs})
     models: dict[str, Any] = {}
     for model, summary in evals.items():
         tasks = {t: v for t, v in summary["results"].items() if t != "drift"}
+        if model in ifevals:
+            tasks[IFEVAL] = ifevals[model]["results"][IFEVAL]
         models[model] = {"job_id": summary["job_id"], "model": summary["model"], "tasks": tasks,
                          "drift_own": summary["results"].get("drift"), "train": runs.get(model)}
     results: dict[str, Any] = {

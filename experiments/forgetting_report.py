@@ -8,14 +8,16 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from experiments.forgetting_stats import DOMAIN, GENERAL, NOISE_SIGMAS, verdict
+from experiments.forgetting_stats import DOMAIN, GENERAL, IFEVAL, NOISE_SIGMAS, verdict
 
 TASKS = (*GENERAL, DOMAIN)
 
 
 def report_tasks(results: Mapping[str, Any]) -> tuple[str, ...]:
-    """The general benchmarks and the task grading the domain (medmcqa, or domain_mcq for a domain file)."""
-    return (*GENERAL, results.get("domain_task", DOMAIN))
+    """The general benchmarks, the task grading the domain (medmcqa, or domain_mcq for a domain file) and
+    IFEval when it ran."""
+    ifeval = (IFEVAL,) if results.get("settings", {}).get("ifeval_limit") else ()
+    return (*GENERAL, results.get("domain_task", DOMAIN), *ifeval)
 
 
 def report_name(results: Mapping[str, Any]) -> str:
@@ -31,8 +33,9 @@ def per_item(workspace: Path, jobs: Mapping[str, str], tasks: Sequence[str] = TA
     correct: dict[str, dict[str, dict[str, float]]] = {}
     drift: dict[str, list[dict[str, Any]]] = {}
     for model, job_id in jobs.items():
-        correct[model] = {task: {row.item_id: float(row.pred == row.gold) for row in store.eval_items(job_id, task)}
-                          for task in tasks}
+        # An IFEval reply is right when it followed every instruction (pred 1); it has no gold answer.
+        correct[model] = {task: {row.item_id: float(row.pred == row.gold if task != IFEVAL else row.pred)
+                                 for row in store.eval_items(job_id, task)} for task in tasks}
         rows = store.eval_items(job_id, "drift")
         if rows:
             drift[model] = [row.extra for row in rows if row.extra]
@@ -90,6 +93,9 @@ def markdown(results: Mapping[str, Any]) -> str:
                   f"{_num(t.get('final_loss'), 3)} | {t.get('seconds')} |"
                   for a, t in ((a, models[a].get("train", {})) for a in arms)]
     general = results["data"]["general"]
+    ifeval_note = (f"\n- IFEval: {s['ifeval_limit']} seeded prompts (seed {s['seed']}), greedy replies of up to "
+                   f"{s['ifeval_tokens']} tokens, prompt-level strict accuracy (a reply cut at the budget is checked "
+                   "as cut, for every model alike)." if s.get("ifeval_limit") else "")
     if s["domain"] == "builtin:medmcqa":
         held_out = "train split; its fixed held-out test split is the domain benchmark"
         ppl_note = ""
@@ -172,8 +178,8 @@ is scored on the same seeded items, so differences are taken item by item). ▲/
 - Training: LoRA r={s['lora_r']} α={s['lora_alpha']} dropout {s['lora_dropout']}, all-linear, lr {s['lr']}, batch
   {s['batch_size']}, max length {s['max_length']}, {s['steps']} steps, seed {s['seed']}.
 - Evaluation: ARC-Easy, PIQA, HellaSwag, SciQ (log-likelihood multiple choice, `acc`) and the domain test
-  (`{tasks[-1]}`, answer-letter likelihood{ppl_note}), each a seeded subsample of {s['limit']} items (seed
-  {s['seed']}); drift on every held-out screened general text.
+  (`{results.get('domain_task', DOMAIN)}`, answer-letter likelihood{ppl_note}), each a seeded subsample of
+  {s['limit']} items (seed {s['seed']}); drift on every held-out screened general text.{ifeval_note}
 - Figure: {figure_line}.
 - Stage timings: {timings}.
 

@@ -17,6 +17,7 @@ from typing import Any
 
 GENERAL = ("arc_easy", "piqa", "hellaswag", "sciq")
 DOMAIN = "medmcqa"
+IFEVAL = "ifeval"  # instruction following (prompt-level strict), when the experiment ran it
 NOISE_SIGMAS = 2.0
 
 
@@ -92,16 +93,17 @@ def compare(correct: Mapping[str, Mapping[str, Mapping[str, float]]], arms: Sequ
 
     ``correct[model][task][item_id]`` is 1.0 or 0.0 for model in ("base", *arms)."""
     deltas: dict[str, Any] = {}
+    tasks = (*GENERAL, domain_task, IFEVAL)
     for arm in arms:
         per_task = {task: paired_difference(correct[arm][task], correct["base"][task])
-                    for task in (*GENERAL, domain_task) if task in correct[arm]}
+                    for task in tasks if task in correct[arm] and task in correct["base"]}
         deltas[arm] = {**per_task, "general_mean": combine_tasks([per_task[t] for t in GENERAL if t in per_task])}
     contrasts: dict[str, Any] = {}
     for x, y in (("c", "a"), ("b", "a"), ("c", "b")):
         if x not in arms or y not in arms:
             continue
         per_task = {task: paired_difference(correct[x][task], correct[y][task])
-                    for task in (*GENERAL, domain_task) if task in correct[x] and task in correct[y]}
+                    for task in tasks if task in correct[x] and task in correct[y]}
         entry = {**per_task, "general_mean": combine_tasks([per_task[t] for t in GENERAL if t in per_task])}
         kl = drift.get("per_text_kl", {})
         if x in kl and y in kl:
@@ -153,6 +155,11 @@ def reading(results: Mapping[str, Any]) -> list[str]:
         g = deltas[arm]["general_mean"]
         lines.append(f"General ability, arm ({arm}) {names[arm]}: mean change over {', '.join(GENERAL)} "
                      f"{_pm(g)} vs the base: {verdict(g['diff'], g['se'])}.")
+    for arm in deltas:
+        if IFEVAL in deltas[arm]:
+            d = deltas[arm][IFEVAL]
+            lines.append(f"Instruction following, arm ({arm}) {names[arm]}: IFEval prompt-level strict accuracy "
+                         f"{_pm(d)} vs the base (n={d['n']}): {verdict(d['diff'], d['se'])}.")
     for key, label in (("c_vs_a", "(c) ours vs (a) domain only"), ("c_vs_b", "(c) ours vs (b) public SFT"),
                        ("b_vs_a", "(b) public SFT vs (a) domain only")):
         if key not in contrasts:
@@ -169,6 +176,8 @@ def reading(results: Mapping[str, Any]) -> list[str]:
             need = items_needed(g["diff"], g["se"], g["n"] // max(1, len(GENERAL)))
             if need:
                 line += f" Resolving a difference this size would take about {need} items per task."
+        if IFEVAL in entry:
+            line += f" IFEval {_pm(entry[IFEVAL])}: {verdict(entry[IFEVAL]['diff'], entry[IFEVAL]['se'])}."
         if "kl" in entry and entry["kl"]["diff"] is not None:
             k = entry["kl"]
             kv = verdict(-k["diff"], k["se"])  # lower KL is better: flip the sign for the verdict's wording

@@ -75,8 +75,9 @@ def test_quick_experiment_runs_end_to_end_and_resumes(tmp_path: Path):
     results = json.loads((out / "results_medmcqa.json").read_text(encoding="utf-8"))
     assert results["arms"] == ["a", "b", "c"] and set(results["models"]) == {"base", "a", "b", "c"}
     for model in results["models"].values():
-        assert set(model["tasks"]) == set(TASKS)
-        assert all(0.0 <= task["acc"] <= 1.0 and task["n"] == 8 for task in model["tasks"].values())
+        assert set(model["tasks"]) == {*TASKS, "ifeval"}
+        assert all(0.0 <= task["acc"] <= 1.0 and task["n"] == (2 if name == "ifeval" else 8)
+                   for name, task in model["tasks"].items())
     for arm in ("a", "b", "c"):
         assert math.isfinite(results["deltas"][arm]["general_mean"]["diff"])
         assert math.isfinite(results["deltas"][arm]["medmcqa"]["diff"])
@@ -96,6 +97,7 @@ def test_quick_experiment_runs_end_to_end_and_resumes(tmp_path: Path):
     second = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "train-c: done before, skipped" in second.stdout and time.monotonic() - start < 120
+    assert results["deltas"]["c"]["ifeval"]["n"] == 2 and "IFEval" in (out / "results_medmcqa.md").read_text()
 
     # The second domain in the same workspace: generated arithmetic, a held-out share scored by letter accuracy
     # and answer perplexity; the general data is reused, the MedMCQA report left as it was.
@@ -105,7 +107,7 @@ def test_quick_experiment_runs_end_to_end_and_resumes(tmp_path: Path):
     arithmetic = json.loads((out / "results_arithmetic.json").read_text(encoding="utf-8"))
     assert arithmetic["domain_task"] == "domain_mcq" and Path(arithmetic["domain_data"]).is_file()
     for model in arithmetic["models"].values():
-        assert set(model["tasks"]) == {*TASKS[:-1], "domain_mcq", "domain_ppl"}
+        assert set(model["tasks"]) == {*TASKS[:-1], "domain_mcq", "domain_ppl", "ifeval"}
         assert model["tasks"]["domain_mcq"]["n"] == model["tasks"]["domain_ppl"]["n"] == 8
     assert arithmetic["data"]["general"]["reconstructed"] == results["data"]["general"]["reconstructed"]
     manifest = (Path(arithmetic["data"]["arms"]["a"]["snapshot"]) / "manifest.yaml").read_text(encoding="utf-8")
