@@ -115,3 +115,26 @@ def test_quick_experiment_runs_end_to_end_and_resumes(tmp_path: Path):
     assert "test_fraction: 0.2" in manifest
     assert arithmetic["deltas"]["a"]["domain_mcq"]["n"] == 8 and "perplexity" in " ".join(arithmetic["reading"])
     assert (out / "results_medmcqa.json").read_text(encoding="utf-8") == medmcqa_report
+
+
+def test_summary_table_marks_changes_beyond_noise_per_arm_and_contrast():
+    from experiments.forgetting_summary import summary_table
+
+    def entry(diff, se):
+        return {"diff": diff, "se": se, "n": 100}
+
+    results = {
+        "settings": {"lr": 1e-3, "steps": 30}, "domain_label": "arithmetic", "domain_task": "domain_mcq",
+        "arms": ["a", "c"], "arm_names": {"a": "domain only", "c": "ours"},
+        "models": {"base": {"tasks": {"domain_ppl": {"ppl": 1.5}}}, "a": {"tasks": {"domain_ppl": {"ppl": 1.2}}},
+                   "c": {"tasks": {}}},
+        "deltas": {"a": {"general_mean": entry(-0.05, 0.01), "domain_mcq": entry(0.02, 0.02)},
+                   "c": {"general_mean": entry(-0.01, 0.01), "domain_mcq": entry(0.03, 0.01),
+                         "ifeval": entry(0.0, 0.02)}},
+        "contrasts": {"c_vs_a": {"general_mean": entry(0.04, 0.01)}},
+    }
+    rows = summary_table([results]).splitlines()[2:]
+    assert rows[0] == ("| arithmetic, lr 0.001, 30 steps | (a) domain only | -5.0 ± 1.0 ▼ | +2.0 ± 2.0 | "
+                       "1.500 → 1.200 | – |")
+    assert rows[1].split(" | ")[2:] == ["-1.0 ± 1.0", "+3.0 ± 1.0 ▲", "–", "+0.0 ± 2.0 |"]
+    assert rows[2].startswith("| arithmetic, lr 0.001, 30 steps | c − a | +4.0 ± 1.0 ▲ |") and len(rows) == 3
