@@ -120,3 +120,30 @@ def test_results_reach_the_evaluate_tab_table_and_delta_chart(tmp_path: Path):
     assert by_metric["prompt-level loose %"][3:] == ["100.0 ± 0.0", "100.0 ± 0.0 (+0.0 ≈)"]
     chart = headline_deltas(eval_deltas(store, "base", "tuned"))
     assert list(zip(chart["task"], chart["metric"], strict=True)) == [("ifeval", "prompt_strict")]
+
+
+def test_a_cancel_during_generation_stores_nothing_half_done_and_a_rerun_finishes(tiny_model_dir: Path,
+                                                                                  tmp_path: Path):
+    from core.evaluate import EvalConfig, run_evaluation
+    from core.models import load_model
+
+    store = Store.for_workspace(tmp_path / "ws")
+    config = EvalConfig(model=str(tiny_model_dir), suite=("ifeval",), limit=4, batch_size=2,
+                        ifeval_max_new_tokens=12)
+    asked_after_first_batch = {"n": 0}
+
+    def stop_mid_second_batch() -> bool:  # asked between batches, then at every generated token
+        if len(store.eval_items(config.resolved_job_id(), "ifeval")) < 2:
+            return False
+        asked_after_first_batch["n"] += 1
+        return asked_after_first_batch["n"] > 1  # the between-batches check passes, the first token stops
+
+    def load(spec: str):
+        return load_model(spec, tmp_path)
+
+    partial = run_evaluation(config, store, load, should_stop=stop_mid_second_batch)
+    stored = store.eval_items(partial["job_id"], "ifeval")
+    assert partial["cancelled"] and "ifeval" not in partial["results"]
+    assert len(stored) == partial["items_scored"] == 2  # the first batch only: the interrupted one left no rows
+    summary = run_evaluation(config, store, load)
+    assert not summary["cancelled"] and summary["items_scored"] == 2 and summary["results"]["ifeval"]["n"] == 4
