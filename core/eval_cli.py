@@ -32,10 +32,9 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
 
 def json_results(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """The headline numbers per task for ``--json`` (everything else stays in the store)."""
-    keys = {"drift": ("kl", "ppl_base", "ppl_tuned", "kl_stderr", "n", "tokens"),
-            "medmcqa": ("acc", "stderr", "n", "top_letter", "top_letter_share", "majority_letter_baseline"),
-            "domain_mcq": ("acc", "stderr", "n", "top_letter", "top_letter_share", "majority_letter_baseline",
-                           "domain", "domain_test_fraction"),
+    letters = ("acc", "stderr", "n", "top_letter", "top_letter_share", "majority_letter_baseline")
+    keys = {"drift": ("kl", "ppl_base", "ppl_tuned", "kl_stderr", "n", "tokens"), "medmcqa": letters,
+            "domain_mcq": (*letters, "domain", "domain_test_fraction"),
             "domain_ppl": ("nll", "ppl", "nll_stderr", "n", "tokens", "domain", "domain_test_fraction"),
             "ifeval": ("acc", "stderr", "n", "prompt_strict", "instruction_strict", "prompt_loose",
                        "instruction_loose", "instructions")}

@@ -144,10 +144,8 @@ def ifeval_metrics(checks: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Prompt-level (all instructions followed) and instruction-level accuracy, strict and loose."""
     out: dict[str, Any] = {"n": len(checks)}
     for mode in ("strict", "loose"):
-        prompt_acc, prompt_se = accuracy_stats([all(c[mode]) for c in checks])
-        inst_acc, _ = accuracy_stats([x for c in checks for x in c[mode]])
-        out[f"prompt_{mode}"], out[f"prompt_{mode}_stderr"], out[f"instruction_{mode}"] = prompt_acc, prompt_se, \
-            inst_acc
+        out[f"prompt_{mode}"], out[f"prompt_{mode}_stderr"] = accuracy_stats([all(c[mode]) for c in checks])
+        out[f"instruction_{mode}"] = accuracy_stats([x for c in checks for x in c[mode]])[0]
     out["acc"], out["stderr"], out["acc_norm"] = out["prompt_strict"], out["prompt_strict_stderr"], None
     out["instructions"] = sum(len(c["strict"]) for c in checks)
     return out

@@ -158,8 +158,10 @@ def score_one_at_a_time(model: Any, tokenizer: Any, items: Sequence[McItem]) -> 
     return scores
 
 
-def accuracy_stats(correct: Sequence[bool | int]) -> tuple[float | None, float | None]:
-    """Mean and its standard error (sample standard deviation / sqrt(n), as lm-evaluation-harness)."""
+def accuracy_stats(correct: Sequence[float]) -> tuple[float | None, float | None]:
+    """Mean and its standard error (sample standard deviation / sqrt(n), as lm-evaluation-harness).
+
+    Used for 0/1 correctness and for any per-item numbers (paired differences, per-text KL)."""
     n = len(correct)
     if not n:
         return None, None

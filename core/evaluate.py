@@ -172,12 +172,12 @@ def _domain_source() -> tuple[list[Any], Callable[[Any], str]]:
 
 
 def _domain_rows(config: EvalConfig) -> list[tuple[str, Any]]:
-    """(item id, conversation) of the held-out domain rows: a user's split_by_content test side at the
-    configured fraction (the rows a mix with that fraction left out), or MedMCQA's fixed test split."""
+    """(item id, conversation) of a user's held-out domain rows: the split_by_content test side at the
+    configured fraction (the rows a mix with that fraction left out)."""
     from core.domain import load_domain
     from core.eval_domain_ppl import item_ids
 
-    data = load_domain(config.domain, test_fraction=0.0 if config.builtin_domain else config.domain_test_fraction)
+    data = load_domain(config.domain, test_fraction=config.domain_test_fraction)
     return list(zip(item_ids(data.test), data.test, strict=True))
 
 
@@ -285,8 +285,7 @@ def run_evaluation(
         stored = [row for row in store.eval_items(job_id, task) if row.item_id in wanted]
         metrics = task_metrics(task, stored)
         if task in ("domain_ppl", "domain_mcq"):
-            metrics.update(domain=config.domain, domain_test_fraction=None if config.builtin_domain
-                           else config.domain_test_fraction)
+            metrics.update(domain=config.domain, domain_test_fraction=config.domain_test_fraction)
         store.save_eval_result(EvalResultRow(
             job_id, task, TASK_SUITE[task], target.model, target.run_dir, target.base, metrics.get("acc"),
             metrics.get("acc_norm"), metrics.get("stderr"), metrics["n"],

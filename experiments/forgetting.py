@@ -153,18 +153,24 @@ def general_data(run: StageRunner, s: Settings, ws: str) -> dict[str, Any]:
             "reconstruct_job": rec.get("job_id")}
 
 
-def domain_source(run: StageRunner, s: Settings, ws: Path) -> list[Any]:
-    """The ``--domain`` arguments of mix and eval: builtin:medmcqa, or a file and its held-out share (for
-    arithmetic, generated into the workspace first)."""
+def domain_source(run: StageRunner, s: Settings, ws: Path) -> tuple[str, float]:
+    """The domain data for mix and eval and its held-out share: builtin:medmcqa (its own fixed split: 0), or
+    a file (for arithmetic, generated into the workspace first)."""
     if s.domain == DOMAIN:
-        return ["--domain", DOMAIN]
+        return DOMAIN, 0.0
     path = Path(s.domain).expanduser().resolve()
     if s.domain == ARITHMETIC:
         path = ws / "domain" / f"arithmetic-n{s.arithmetic_questions}-seed{s.seed}.jsonl"
         run.step("arithmetic", f"write {s.arithmetic_questions} arithmetic questions to {path} "
                                "(experiments/math_domain.py)",
                  path, lambda: write_arithmetic(path, s.arithmetic_questions, s.seed))
-    return ["--domain", path, "--domain-test-fraction", s.domain_test_fraction]
+    return str(path), s.domain_test_fraction
+
+
+def domain_args(domain: tuple[str, float]) -> list[Any]:
+    """``--domain SPEC`` and, for a file, ``--domain-test-fraction F`` (what mix holds out and eval scores)."""
+    spec, fraction = domain
+    return ["--domain", spec, *(["--domain-test-fraction", fraction] if fraction else [])]
 
 
 def _on_disk_snapshot(folder: Path) -> Any:
@@ -192,7 +198,7 @@ def _snapshot_summary(folder: Path, summary: dict[str, Any]) -> dict[str, Any]:
             "notes": summary.get("notes", []), "snapshot": str(folder)}
 
 
-def build_mixes(run: StageRunner, s: Settings, ws: Path, general: dict[str, Any], domain: list[Any]
+def build_mixes(run: StageRunner, s: Settings, ws: Path, general: dict[str, Any], domain: tuple[str, float]
                 ) -> dict[str, Any]:
     """Arm (c) first (the general candidates may limit it), then (a) and (b) with exactly its domain rows."""
     fields = ("model", "domain", "ratio", "domain_rows", "seed", "n_general", "k", "screen_quantile", "respond_tokens")
@@ -201,12 +207,12 @@ def build_mixes(run: StageRunner, s: Settings, ws: Path, general: dict[str, Any]
     mixes = ws / "mixes"
     screen = ["--min-score", general["min_score"]] if general["min_score"] is not None else []
     c_out = mixes / f"arm-c-{tag}"
-    c = run.cli("mix-c", ["mix", "--workspace", ws, *domain, "--ratio", s.ratio, "--max-domain",
+    c = run.cli("mix-c", ["mix", "--workspace", ws, *domain_args(domain), "--ratio", s.ratio, "--max-domain",
                           s.domain_rows, "--seed", s.seed, *screen, "--tokenizer-model", s.model, "--out", c_out],
                 existing=_on_disk_snapshot(c_out))
     domain_rows, general_rows = c["counts"]["domain"], c["counts"]["general"]
     a_out = mixes / f"arm-a-{tag}"
-    a = run.cli("mix-a", ["mix", "--workspace", ws, *domain, "--ratio", 0, "--max-domain", domain_rows,
+    a = run.cli("mix-a", ["mix", "--workspace", ws, *domain_args(domain), "--ratio", 0, "--max-domain", domain_rows,
                           "--seed", s.seed, "--tokenizer-model", s.model, "--out", a_out],
                 existing=_on_disk_snapshot(a_out))
     public_path = ws / "public" / f"sharegpt-en-1-2-seed{s.seed}.jsonl"
@@ -216,8 +222,7 @@ def build_mixes(run: StageRunner, s: Settings, ws: Path, general: dict[str, Any]
     b = run.step("mix-b", f"freeze arm (b) at {b_out}: the {domain_rows} domain rows of mix-a + {general_rows} "
                           "ShareGPT rows (core.mix.plan_mix + core.mix_snapshot.write_snapshot)",
                  b_out / "manifest.yaml",
-                 lambda: build_public_mix(ws, b_out, public_path, domain=str(domain[1]),
-                                          domain_test_fraction=float(domain[3]) if len(domain) > 2 else 0.0,
+                 lambda: build_public_mix(ws, b_out, public_path, domain=domain[0], domain_test_fraction=domain[1],
                                           ratio=s.ratio,
                                           domain_rows=domain_rows, general_rows=general_rows, seed=s.seed,
                                           tokenizer_model=s.model))
@@ -247,9 +252,10 @@ def train_arms(run: StageRunner, s: Settings, ws: Path, snapshots: dict[str, Any
     return runs
 
 
-def evaluate(run: StageRunner, s: Settings, ws: Path, runs: dict[str, Any], drift_n: int, domain: list[Any]
-             ) -> dict[str, Any]:
-    common = ["--limit", s.limit, "--seed", s.seed, *(domain if s.domain != DOMAIN else ())]
+def evaluate(run: StageRunner, s: Settings, ws: Path, runs: dict[str, Any], drift_n: int,
+             domain: tuple[str, float]) -> dict[str, Any]:
+    # builtin:medmcqa is eval's default domain: left out, so these commands stay as they were before files.
+    common = ["--limit", s.limit, "--seed", s.seed, *(domain_args(domain) if s.domain != DOMAIN else ())]
     models = {"base": run.cli("eval-base", ["eval", "--workspace", ws, "--model", s.model, "--suite", "general,domain",
                                             *common])}
     for arm, info in runs.items():
@@ -301,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {
         "experiment": "forgetting", "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "settings": asdict(s), "domain_label": s.domain_label, "domain_task": s.domain_task,
-        "domain_data": str(domain[1]), "arms": list(runs), "arm_names": ARM_NAMES, "models": models,
+        "domain_data": domain[0], "arms": list(runs), "arm_names": ARM_NAMES, "models": models,
         "data": {"general": general, "public": mixes["public"], "arms": mixes["arms"]},
         **compare(scores["correct"], list(runs), drift, s.domain_task),
         "drift_common": {k: v for k, v in drift.items() if k != "per_text_kl"},

@@ -49,9 +49,10 @@ def _acc(task: Mapping[str, Any] | None) -> str:
     return f"{task['acc']:.3f} ± {se:.3f}" if se is not None else f"{task['acc']:.3f}"
 
 
-def _delta(entry: Mapping[str, Any] | None) -> str:
+def delta_cell(entry: Mapping[str, Any] | None, missing: str = "-") -> str:
+    """A change in accuracy points ± its paired stderr, marked ▲/▼ beyond NOISE_SIGMAS of them."""
     if not entry or entry.get("diff") is None:
-        return "-"
+        return missing
     mark = {"gain": " ▲", "loss": " ▼"}.get(verdict(entry["diff"], entry["se"]), "")
     return f"{entry['diff'] * 100:+.1f} ± {(entry['se'] or 0) * 100:.1f}{mark}"
 
@@ -72,15 +73,15 @@ def markdown(results: Mapping[str, Any]) -> str:
     acc_rows = [f"| {label} | " + " | ".join(_acc(models[m]["tasks"].get(t)) for t in tasks) + " |"
                 for m, label in [("base", "base"), *((a, f"({a}) {names[a]}") for a in arms)]]
     delta_head = "| arm | " + " | ".join(tasks) + " | general mean |\n|---|" + "---|" * (len(tasks) + 1)
-    delta_rows = [f"| ({a}) {names[a]} | " + " | ".join(_delta(results["deltas"][a].get(t)) for t in tasks) +
-                  f" | {_delta(results['deltas'][a]['general_mean'])} |" for a in arms]
+    delta_rows = [f"| ({a}) {names[a]} | " + " | ".join(delta_cell(results["deltas"][a].get(t)) for t in tasks) +
+                  f" | {delta_cell(results['deltas'][a]['general_mean'])} |" for a in arms]
     contrast_rows = []
     for key, entry in results["contrasts"].items():
-        cells = " | ".join(_delta(entry.get(t)) for t in tasks)
+        cells = " | ".join(delta_cell(entry.get(t)) for t in tasks)
         kl = entry.get("kl", {})
         kl_cell = f"{kl['diff']:+.2e} ± {(kl.get('se') or 0):.2e}" if kl.get("diff") is not None else "-"
         label = key.replace("_vs_", " − ")
-        contrast_rows.append(f"| {label} | {cells} | {_delta(entry['general_mean'])} | {kl_cell} |")
+        contrast_rows.append(f"| {label} | {cells} | {delta_cell(entry['general_mean'])} | {kl_cell} |")
     drift = results["drift_common"]
     drift_rows = [f"| ({a}) {names[a]} | {_sig(drift['arms'][a]['kl'])} ± {_sig(drift['arms'][a]['kl_stderr'])} | "
                   f"{_num(drift['arms'][a]['ppl_base'], 3)} | {_num(drift['arms'][a]['ppl_tuned'], 3)} | "

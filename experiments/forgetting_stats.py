@@ -15,26 +15,18 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from core.eval_tasks import accuracy_stats  # mean and its standard error, for any numbers
+
 GENERAL = ("arc_easy", "piqa", "hellaswag", "sciq")
 DOMAIN = "medmcqa"
 IFEVAL = "ifeval"  # instruction following (prompt-level strict), when the experiment ran it
 NOISE_SIGMAS = 2.0
 
 
-def _mean_se(values: Sequence[float]) -> tuple[float | None, float | None]:
-    n = len(values)
-    if not n:
-        return None, None
-    mean = sum(values) / n
-    if n < 2:
-        return mean, None
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n)
-
-
 def paired_difference(x: Mapping[str, float], y: Mapping[str, float]) -> dict[str, Any]:
     """mean(x_i - y_i) over the items both scored, its paired standard error, and the count."""
     common = sorted(set(x) & set(y))
-    diff, se = _mean_se([x[item] - y[item] for item in common])
+    diff, se = accuracy_stats([x[item] - y[item] for item in common])
     return {"diff": diff, "se": se, "n": len(common)}
 
 
@@ -76,7 +68,7 @@ def drift_summary(per_text: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[s
         chosen = [rows[item] for item in common]
         tokens = sum(r["tokens"] for r in chosen)
         per_kl = {r["item_id"]: r["kl_sum"] / r["tokens"] for r in chosen if r["tokens"]}
-        _, kl_se = _mean_se(list(per_kl.values()))
+        _, kl_se = accuracy_stats(list(per_kl.values()))
         out["tokens"] = tokens
         out["per_text_kl"][arm] = per_kl
         out["arms"][arm] = {

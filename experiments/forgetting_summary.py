@@ -16,16 +16,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from experiments.forgetting_stats import DOMAIN, IFEVAL, verdict
-
-MARKS = {"gain": " ▲", "loss": " ▼"}
+from experiments.forgetting_report import delta_cell
+from experiments.forgetting_stats import DOMAIN, IFEVAL
 
 
 def cell(entry: Mapping[str, Any] | None) -> str:
-    if not entry or entry.get("diff") is None:
-        return "–"
-    se = entry.get("se") or 0.0
-    return f"{entry['diff'] * 100:+.1f} ± {se * 100:.1f}{MARKS.get(verdict(entry['diff'], entry['se']), '')}"
+    return delta_cell(entry, missing="–")
 
 
 def run_label(results: Mapping[str, Any]) -> str:
