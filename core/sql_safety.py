@@ -2,15 +2,31 @@
 
 Two independent layers, so that a gap in one is covered by the other:
 
-1. **Static checks** before anything touches the store: DuckDB's own parser must see exactly one
-   statement of type SELECT (no INSERT/UPDATE/DELETE/CREATE/DROP, ATTACH, INSTALL/LOAD, COPY, PRAGMA,
-   SET, EXPORT, CALL ...), and its syntax tree (``json_serialize_sql``) must not name a function that
-   reads files or runs SQL from a string (``read_csv``, ``glob``, ``query`` ...) nor a file as a table
-   (``FROM 'file.csv'``).
+1. **An allow-list over DuckDB's own syntax tree**, before anything touches the store. The parser must see
+   exactly one statement of type SELECT (no INSERT/UPDATE/DELETE/CREATE/DROP, ATTACH, INSTALL/LOAD, COPY,
+   PRAGMA, SET, EXPORT, CALL ...). Its tree (``json_serialize_sql``, which only parses) is then walked
+   node by node, and every node must be of a kind listed in :mod:`core.sql_allowed`:
+
+   * every function, operator, aggregate and window function is a named pure computation (string,
+     regexp, math, date/time, list/struct/map, JSON extraction ...); nothing that reads or lists files,
+     runs SQL given as data (``json_execute_serialized_sql``, ``query``), reveals settings or the
+     environment (``current_setting``, ``getenv``, ``duckdb_settings``) or changes state;
+   * FROM names only the store's own tables and views (asked of the attached store itself; for a WHERE
+     clause, the tables the store's schema defines) or a CTE visible at that point of the query, with
+     no catalog or schema other than the store's ``main``; so no ``FROM 'file.csv'``, no ``system.``,
+     ``temp.``, ``information_schema``, ``pg_catalog`` views. The only table functions are the row
+     generators ``range``, ``generate_series`` and ``unnest``; ``SHOW TABLES``, ``DESCRIBE``/``SUMMARIZE``
+     of an allowed query, PIVOT/UNPIVOT, VALUES and subqueries are fine, their parts checked the same way;
+   * a node of a kind not listed (a new expression class, a new FROM item, a qualified function name,
+     a parameter, an ``AT (...)`` clause) is refused too.
+
+   A refusal is one line: ``SQL refused: function read_text() is not allowed (user SQL may call only
+   built-in computations over the store's tables)``.
 2. **A sandboxed connection**: the store is attached READ_ONLY to an in-memory DuckDB whose external
-   (file and network) access is disabled except for the store file itself, and whose configuration
-   is locked, so no statement can write, read another file, attach a database, load an extension or
-   switch those settings back on; a timer interrupts a query that runs too long.
+   (file and network) access is disabled except for the store file itself (no temp directory either,
+   which DuckDB would otherwise leave readable), that loads no extension and no Python object, and whose
+   configuration is locked, so no statement can write, read another file, attach a database or switch
+   those settings back on; a timer interrupts a query that runs too long.
 
 A WHERE clause (:func:`validate_where`) is additionally checked on its own tokens (no comments, no
 semicolons, balanced parentheses that never close the surrounding ``WHERE (...)``) and then embedded in
@@ -20,7 +36,9 @@ one plain SELECT (no UNION, no ORDER BY/LIMIT, no CTE).
 
 from __future__ import annotations
 
+import functools
 import json
+import re
 import threading
 import time
 import warnings
@@ -34,24 +52,19 @@ import duckdb
 import pandas as pd
 
 from core.errors import ForgetlessError
+from core.sql_allowed import TableName, check_tree, refuse
 
-# The parser's in-memory database: no file access, settings frozen.
-SANDBOX_CONFIG = {"enable_external_access": False, "lock_configuration": True}
+# The parser's in-memory database: no file access (not even a temp directory), no extension, settings frozen.
+SANDBOX_CONFIG = {"enable_external_access": False, "temp_directory": "", "autoinstall_known_extensions": False,
+                  "autoload_known_extensions": False, "python_enable_replacements": False,
+                  "lock_configuration": True}
 WHERE_TABLE = "explore_rows"
+STORE_ALIAS = "store"
 MAX_SQL_CHARS = 20_000
 MAX_WHERE_CHARS = 2_000
 _LOCK_WAIT_S = 30.0
-
-# Functions that read files / URLs or execute SQL given as a string. External access is disabled
-# anyway; refusing them up front gives a clear message and a second line of defence.
-_DENIED_FUNCTIONS = frozenset({
-    "glob", "query", "query_table", "sniff_csv", "getenv", "load_extension", "install_extension",
-    "checkpoint", "force_checkpoint", "ducklake_snapshots",
-})
-_DENIED_PREFIXES = ("read_", "parquet_", "iceberg_", "delta_", "sqlite_", "postgres_", "mysql_", "httpfs_",
-                    "s3_", "azure_", "lance_", "excel_", "ducklake_")
-_DENIED_SUFFIXES = ("_scan",)
-_FILE_LIKE = ("/", "\\", ".", ":", "*", "?", "~")
+# How a FROM may qualify a store table: not at all, main.t, store.t, store.main.t.
+_STORE_QUALIFIERS = frozenset({("", ""), ("", "main"), ("", STORE_ALIAS), (STORE_ALIAS, "main")})
 
 
 def _one_line(error: BaseException) -> str:
@@ -77,47 +90,26 @@ def _parse_tree(sql: str) -> dict[str, Any]:
             text = _parser.execute("SELECT json_serialize_sql(?)", [sql]).fetchone()[0]
         except duckdb.Error as error:
             raise ForgetlessError(f"SQL refused: {_one_line(error)}") from error
-    tree = json.loads(text)
+    try:
+        tree = json.loads(text)
+    except RecursionError:
+        raise ForgetlessError("SQL refused: nested too deeply") from None
     if tree.get("error"):
         raise ForgetlessError(f"SQL refused: {tree.get('error_message') or 'cannot be parsed as a SELECT'}")
     return tree
 
 
-def _walk(node: Any) -> Iterator[dict[str, Any]]:
-    stack = [node]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, dict):
-            yield item
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
+def check_select(sql: str, tables: frozenset[str] | None = None) -> str:
+    """Return ``sql`` stripped if it is exactly one SELECT made only of allowed parts that reads only
+    ``tables`` (default: those the store schema defines); else raise a one-line :class:`ForgetlessError`.
+    Nothing is executed."""
+    sql, _, names = _checked(sql)
+    _check_tables(names, schema_tables() if tables is None else tables)
+    return sql
 
 
-def _denied_function(name: str) -> bool:
-    name = name.lower()
-    return name in _DENIED_FUNCTIONS or name.startswith(_DENIED_PREFIXES) or name.endswith(_DENIED_SUFFIXES)
-
-
-def _check_tree(tree: dict[str, Any]) -> None:
-    for node in _walk(tree):
-        if node.get("class") == "FUNCTION" or node.get("type") == "FUNCTION":
-            name = str(node.get("function_name", ""))
-            if _denied_function(name):
-                raise ForgetlessError(f"SQL refused: function {name}() reads files or runs SQL; not allowed here")
-        if node.get("type") == "BASE_TABLE":
-            name = str(node.get("table_name", ""))
-            if any(mark in name for mark in _FILE_LIKE):
-                raise ForgetlessError(f"SQL refused: reading files is not allowed ({name!r} is not a table)")
-
-
-def check_select(sql: str) -> str:
-    """Return ``sql`` stripped if it is exactly one SELECT that names no file-reading function; else raise
-    a one-line :class:`ForgetlessError`. Nothing is executed."""
-    return _checked(sql)[0]
-
-
-def _checked(sql: str) -> tuple[str, dict[str, Any]]:
+def _checked(sql: str) -> tuple[str, dict[str, Any], list[TableName]]:
+    """One SELECT whose tree passes the allow-lists: (stripped sql, tree, tables it reads)."""
     if not isinstance(sql, str) or not sql.strip():
         raise ForgetlessError("SQL refused: empty query")
     sql = sql.strip()
@@ -133,8 +125,34 @@ def _checked(sql: str) -> tuple[str, dict[str, Any]]:
     if kind != duckdb.StatementType.SELECT:
         raise ForgetlessError(f"SQL refused: only SELECT queries are allowed (this is {kind.name})")
     tree = _parse_tree(sql)
-    _check_tree(tree)
-    return sql, tree
+    return sql, tree, check_tree(tree)
+
+
+def _check_tables(names: list[TableName], tables: frozenset[str]) -> None:
+    """Every table read must be one of ``tables`` (lower case), unqualified or in the store's main schema."""
+    for catalog, schema, name in names:
+        if (catalog.lower(), schema.lower()) not in _STORE_QUALIFIERS or name.lower() not in tables:
+            refuse(f"table {'.'.join(filter(None, (catalog, schema, name)))!r}")
+
+
+@functools.cache
+def schema_tables() -> frozenset[str]:
+    """The tables a store has, from the schema definitions (for checks made without a store at hand)."""
+    from core.store.explore import EXPLORE_SCHEMA  # lazy: core.store imports this module
+    from core.store.schema import SCHEMA
+
+    pattern = re.compile(r"CREATE\s+(?:OR\s+REPLACE\s+)?(?:TABLE|VIEW)\s+(?:IF\s+NOT\s+EXISTS\s+)?(\w+)", re.I)
+    return frozenset(match.lower() for statement in (*SCHEMA, *EXPLORE_SCHEMA) for match in pattern.findall(statement))
+
+
+def _store_tables(con: duckdb.DuckDBPyConnection) -> frozenset[str]:
+    """The attached store's own tables and views (a trusted query, on the sandbox)."""
+    rows = con.execute(
+        "SELECT table_name FROM duckdb_tables() WHERE database_name = $db AND schema_name = 'main' "
+        "AND NOT internal AND NOT temporary UNION ALL "
+        "SELECT view_name FROM duckdb_views() WHERE database_name = $db AND schema_name = 'main' "
+        "AND NOT internal AND NOT temporary", {"db": STORE_ALIAS}).fetchall()
+    return frozenset(str(name).lower() for (name,) in rows)
 
 
 def _check_where_tokens(clause: str) -> None:
@@ -168,17 +186,19 @@ def validate_where(clause: str) -> str:
     """Check a user's WHERE clause for ``SELECT ... FROM explore_rows WHERE (<clause>)``; return it stripped.
 
     Raises a one-line :class:`ForgetlessError` for anything but a boolean condition: comments, semicolons,
-    a ``)`` that escapes the parentheses (``1=1) UNION SELECT ...``), file-reading functions, or a clause
-    that turns the query into something other than one plain SELECT over explore_rows. Column names are
-    checked when the query runs (in the sandboxed connection)."""
+    a ``)`` that escapes the parentheses (``1=1) UNION SELECT ...``), anything the allow-lists do not name
+    (a subquery may read the store's tables only), or a clause that turns the query into something other
+    than one plain SELECT over explore_rows. Column names are checked when the query runs (in the
+    sandboxed connection)."""
     if not isinstance(clause, str) or not clause.strip():
         raise ForgetlessError("SQL WHERE refused: empty clause")
     clause = clause.strip()
     if len(clause) > MAX_WHERE_CHARS:
         raise ForgetlessError(f"SQL WHERE refused: longer than {MAX_WHERE_CHARS} characters")
     _check_where_tokens(clause)
-    sql = where_query(clause)
-    node = _checked(sql)[1]["statements"][0]["node"]
+    _, tree, names = _checked(where_query(clause))
+    _check_tables(names, schema_tables())
+    node = tree["statements"][0]["node"]
     source = node.get("from_table") or {}
     plain = (
         node.get("type") == "SELECT_NODE"
@@ -200,14 +220,16 @@ def validate_where(clause: str) -> str:
 
 
 # -- the sandboxed connection -----------------------------------------------------------------------
-STORE_ALIAS = "store"
 _MAX_SANDBOXES = 4
 _sandboxes: OrderedDict[str, duckdb.DuckDBPyConnection] = OrderedDict()
 
 
 def _new_sandbox(path: str) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB whose only reachable files are this store and its WAL, locked that way."""
-    con = duckdb.connect(":memory:")
+    """An in-memory DuckDB whose only reachable files are this store and its WAL, locked that way.
+
+    No temp directory from the start: DuckDB allows its temp directory (``<cwd>/.tmp/`` by default) even
+    with external access disabled. Python objects are not scanned as tables either."""
+    con = duckdb.connect(":memory:", config={"temp_directory": "", "python_enable_replacements": False})
     try:
         con.execute("SET allowed_paths = ?", [[path, path + ".wal"]])
         con.execute("SET autoinstall_known_extensions = false")
@@ -279,6 +301,8 @@ def readonly_connection(db_path: str | Path, *, timeout_s: float | None = None) 
         finally:
             if timer:
                 timer.cancel()
+                if timer.ident is not None:  # a timer thread still alive at exit would hold the
+                    timer.join()  # connection and make nanobind report leaks
             try:
                 con.execute("USE memory")
                 con.execute(f"DETACH {STORE_ALIAS}")
@@ -292,8 +316,9 @@ def run_readonly_sql(db_path: str | Path, sql: str, *, max_rows: int = 1000, tim
     :class:`ForgetlessError` and leaves the store untouched."""
     if max_rows < 1:
         raise ForgetlessError("max_rows must be at least 1")
-    sql = check_select(sql)
+    sql, _, names = _checked(sql)
     with readonly_connection(db_path, timeout_s=timeout_s) as con:
+        _check_tables(names, _store_tables(con))
         try:
             relation = con.sql(sql)
             if relation is None:  # not a query after all (cannot happen after check_select)

@@ -4,15 +4,20 @@ one line and leaves the store byte-for-byte unchanged."""
 from __future__ import annotations
 
 import hashlib
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import duckdb
 import pytest
 
+import core.sql_safety as sql_safety
+from core.cli import main
 from core.errors import ForgetlessError
 from core.sql_safety import check_select, readonly_connection, run_readonly_sql, validate_where
 from core.store.explore import ExploreFilters
-from tests.test_explore import build_store
+from tests.test_explore import ROOT, build_store
 
 TABLES = ("instructions", "responses", "scores", "consensus", "best_responses", "instruction_profile",
           "selections", "explore_rows", "explore_scores")
@@ -22,7 +27,9 @@ TABLES = ("instructions", "responses", "scores", "consensus", "best_responses", 
 def db(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("sql")
     (folder / "secret.csv").write_text("a,b\n1,2\n")
-    return build_store(folder / "forgetless.duckdb").path
+    store = build_store(folder / "forgetless.duckdb")
+    store.save_selection("picked", ExploreFilters(consensus_min=3, categories=["coding"]))
+    return store.path
 
 
 def digest(path: Path) -> str:
@@ -242,3 +249,233 @@ def test_where_clauses_refused(db: Path, clause: str):
         validate_where(clause)
     assert "\n" not in str(caught.value)
     assert digest(db) == before
+
+
+
+# -- the hostile-input campaign: every way in that was tried, each refused in one line --------------------
+SECRET = "SECRET-d41c7e"  # the content of <cwd>/.tmp/secret.txt; must never come back in any form
+SECRET_FILE = ".tmp/secret.txt"
+
+
+@pytest.fixture
+def secret_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A working directory holding DuckDB's default temp folder with a secret in it."""
+    (tmp_path / ".tmp").mkdir()
+    (tmp_path / SECRET_FILE).write_text(SECRET + "\n")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+READ_SECRET = f"SELECT content FROM read_text('{SECRET_FILE}')"
+CAMPAIGN = [
+    f"SELECT * FROM json_execute_serialized_sql(json_serialize_sql('{READ_SECRET.replace(chr(39), chr(39) * 2)}'))",
+    "SELECT * FROM json_execute_serialized_sql(json_serialize_sql('SELECT 42'))",
+    READ_SECRET,
+    f"SELECT * FROM read_text('{SECRET_FILE}')",
+    f"SELECT * FROM read_csv('{SECRET_FILE}', header := false)",
+    f"SELECT * FROM read_blob('{SECRET_FILE}')",
+    f"SELECT * FROM sniff_csv('{SECRET_FILE}')",
+    f"SELECT * FROM parquet_metadata('{SECRET_FILE}')",
+    "SELECT * FROM glob('.tmp/*')",
+    "SELECT * FROM glob('*')",
+    "SELECT * FROM query('SELECT 1')",
+    f"SELECT * FROM query('{READ_SECRET.replace(chr(39), chr(39) * 2)}')",
+    "SELECT * FROM query_table('instructions')",
+    f"SELECT * FROM '{SECRET_FILE}'",
+    f"FROM '{SECRET_FILE}'",
+    f"SELECT * FROM \"{SECRET_FILE}\"",
+    f"COPY instructions TO '{SECRET_FILE}'",
+    f"COPY selections FROM '{SECRET_FILE}'",
+    "ATTACH ':memory:' AS other",
+    "INSTALL json",
+    "LOAD json",
+    "PRAGMA database_list",
+    "SET temp_directory = '.tmp'",
+    "SELECT getenv('HOME')",
+    "SELECT current_setting('allowed_directories')",
+    "SELECT current_setting('temp_directory')",
+    "SELECT * FROM duckdb_settings()",
+    "SELECT * FROM duckdb_settings",
+    "SELECT * FROM pg_settings",
+    "SELECT * FROM information_schema.tables",
+    "SELECT * FROM sqlite_master",
+    "SELECT * FROM system.main.duckdb_tables",
+    "SELECT * FROM temp.main.explore_match",
+    "SELECT * FROM memory.main.instructions",
+    "SHOW databases",
+    "SHOW ALL TABLES",
+    f"SELECT CAST(({READ_SECRET}) AS INTEGER)",
+    f"SELECT count(*) FROM instructions WHERE text = ({READ_SECRET})",
+    f"SELECT 1; {READ_SECRET}",
+    f"SELECT 1 /* ; */; {READ_SECRET}",
+    f"SELECT 1 -- ;\n; {READ_SECRET}",
+    f"SELECT * FROM read_text/* */('{SECRET_FILE}')",
+    f"WITH x AS ({READ_SECRET}) SELECT * FROM x",
+    "WITH duckdb_settings AS (SELECT * FROM duckdb_settings) SELECT * FROM duckdb_settings",  # not recursive
+    "WITH a AS (SELECT * FROM pg_settings), pg_settings AS (SELECT 1) SELECT * FROM a",  # defined later
+    "SELECT (WITH pg_settings AS (SELECT 1) SELECT 1), (SELECT count(*) FROM pg_settings)",  # out of scope
+    f"SELECT list_transform([1], lambda x: ({READ_SECRET}))",
+    f"SELECT * FROM unnest(({READ_SECRET.replace('content', 'list(content)')}))",
+    f"DESCRIBE {READ_SECRET}",
+    f"SUMMARIZE {READ_SECRET}",
+    "SELECT main.lower('a')",
+    f"SELECT system.main.read_text('{SECRET_FILE}')",
+    "SELECT json_serialize_sql('SELECT 1')",
+    "SELECT * FROM instructions AT (VERSION => 1)",
+    "SELECT $1",
+    "SELECT nextval('s')",
+    "SELECT sleep_ms(10)",
+    "SELECT * FROM test_all_types()",
+    "SELECT " + "[" * 900 + "]" * 900,  # nested deeper than Python's JSON decoder goes: one line, no crash
+    "SELECT 1" + " + 1" * 900,
+]
+
+
+def assert_one_line_without_secret(message: str) -> None:
+    assert message and "\n" not in message and SECRET not in message
+
+
+@pytest.mark.parametrize("sql", CAMPAIGN)
+def test_campaign_is_refused_in_one_line(db: Path, secret_cwd: Path, sql: str):
+    before_hash, before_counts = digest(db), row_counts(db)
+    with pytest.raises(ForgetlessError) as caught:
+        run_readonly_sql(db, sql)
+    assert_one_line_without_secret(str(caught.value))
+    assert str(caught.value).startswith(("SQL refused", "SQL syntax error"))  # by the checks, before running
+    assert digest(db) == before_hash and row_counts(db) == before_counts
+
+
+def test_refusal_names_what_is_not_allowed(db: Path):
+    with pytest.raises(ForgetlessError) as caught:
+        run_readonly_sql(db, "SELECT * FROM read_text('x')")
+    assert str(caught.value) == ("SQL refused: table function read_text() is not allowed (user SQL may call only "
+                                 "built-in computations over the store's tables)")
+    with pytest.raises(ForgetlessError, match=r"function current_setting\(\) is not allowed"):
+        check_select("SELECT current_setting('threads')")
+    with pytest.raises(ForgetlessError, match="table 'secret.csv' is not allowed"):
+        check_select("SELECT * FROM 'secret.csv'")
+
+
+@pytest.mark.parametrize("sql", [
+    f"SELECT * FROM json_execute_serialized_sql(json_serialize_sql('{READ_SECRET.replace(chr(39), chr(39) * 2)}'))",
+    "SELECT * FROM glob('.tmp/*')",
+    f"SELECT CAST(({READ_SECRET}) AS INTEGER)",
+    f"COPY instructions TO '{SECRET_FILE}'",
+    f"SELECT 1; {READ_SECRET}",
+])
+def test_campaign_through_the_cli(db: Path, secret_cwd: Path, sql: str, capsys: pytest.CaptureFixture[str]):
+    before = digest(db)
+    assert main(["sql", "--workspace", str(db.parent), sql]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("error: SQL refused") and err.count("\n") == 1
+    assert SECRET not in out + err
+    assert digest(db) == before
+
+
+WHERE_CAMPAIGN = [
+    f"CAST(({READ_SECRET}) AS INTEGER) = 1",
+    f"instruction = ({READ_SECRET})",
+    f"EXISTS (SELECT * FROM json_execute_serialized_sql(json_serialize_sql("
+    f"'{READ_SECRET.replace(chr(39), chr(39) * 2)}')))",
+    "EXISTS (FROM glob('.tmp/*'))",
+    "current_setting('temp_directory') IS NOT NULL",
+    "EXISTS (SELECT * FROM duckdb_settings())",
+    "EXISTS (SELECT * FROM pg_settings)",
+    "row_id IN (SELECT row_id FROM temp.explore_match)",
+    f"1=1 -- {READ_SECRET}",
+    "1=1 /* ; */",
+]
+
+
+@pytest.mark.parametrize("clause", WHERE_CAMPAIGN)
+def test_where_box_campaign_is_refused(db: Path, secret_cwd: Path, clause: str):
+    before = digest(db)
+    for attempt in (lambda: validate_where(clause), lambda: ExploreFilters(where=clause)):
+        with pytest.raises(ForgetlessError) as caught:
+            attempt()
+        assert_one_line_without_secret(str(caught.value))
+    assert digest(db) == before
+
+
+def test_sandbox_has_no_temp_directory(db: Path, secret_cwd: Path):
+    """The second layer on its own, for a sandbox started in a folder that has DuckDB's default temp folder."""
+    sql_safety._discard_sandbox(str(db.resolve()))
+    with readonly_connection(db) as con:
+        assert con.execute("SELECT current_setting('allowed_directories')").fetchone()[0] == []
+        assert con.execute("SELECT current_setting('temp_directory')").fetchone()[0] == ""
+        for sql in (READ_SECRET, "SELECT * FROM glob('.tmp/*')",
+                    f"SELECT * FROM json_execute_serialized_sql(json_serialize_sql("
+                    f"'{READ_SECRET.replace(chr(39), chr(39) * 2)}'))"):
+            with pytest.raises(duckdb.Error) as caught:
+                con.execute(sql).fetchall()
+            assert SECRET not in str(caught.value)
+    sql_safety._parse_tree("SELECT 1")
+    assert sql_safety._parser.execute("SELECT current_setting('allowed_directories')").fetchone()[0] == []
+    with pytest.raises(duckdb.Error):
+        sql_safety._parser.execute(READ_SECRET).fetchall()
+
+
+# -- ordinary analysis still works ------------------------------------------------------------------------
+ORDINARY = [
+    ("SELECT model, count(*) AS n FROM responses GROUP BY model ORDER BY model", [("model-a", 5), ("model-b", 4)]),
+    ("SELECT r.model, count(DISTINCT i.id) FROM instructions i JOIN responses r ON r.instruction_id = i.id "
+     "JOIN scores s ON s.response_id = r.id WHERE s.method = 'probs' AND NOT s.failed GROUP BY ALL ORDER BY 1",
+     [("model-a", 5), ("model-b", 4)]),
+    ("WITH j AS (SELECT judge, avg(score) AS mean FROM scores WHERE method = 'probs' AND NOT failed GROUP BY judge) "
+     "SELECT judge, round(mean, 2) FROM j ORDER BY judge", [("j1", 2.93), ("j2", 3.12)]),
+    ("WITH instructions AS (SELECT 1 AS x) SELECT * FROM instructions", [(1,)]),  # a CTE may shadow a table
+    ("WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r WHERE n < 4) SELECT sum(n) FROM r", [(10,)]),
+    ("SELECT text FROM instructions QUALIFY row_number() OVER (ORDER BY n_tokens DESC, text) <= 2 ORDER BY text",
+     [("Write a Python function to sort a list",), ("Write a python function that sorts a list",)]),
+    ("SELECT max(r), max(d), sum(l), max(t) FROM (SELECT rank() OVER w AS r, dense_rank() OVER w AS d, "
+     "lag(n_tokens, 1, 0) OVER w AS l, ntile(2) OVER w AS t FROM instructions WINDOW w AS (ORDER BY n_tokens))",
+     [(5, 5, 24, 2)]),
+    ("SELECT count(*) FROM instructions WHERE text LIKE 'Write%' AND text ILIKE '%PYTHON%' AND text NOT LIKE '%poem%'",
+     [(2,)]),
+    (r"SELECT regexp_extract(text, '(\w+)$', 1), regexp_replace(text, '\s+', '_', 'g') FROM instructions "
+     "WHERE regexp_matches(text, '^Plan') AND text SIMILAR TO 'Plan.*'", [("Paris", "Plan_a_trip_to_Paris")]),
+    ("SELECT name, filters_json ->> '$.categories[0]', json_extract(filters_json, '$.consensus_min')::DOUBLE "
+     "FROM selections", [("picked", "coding", 3.0)]),
+    ("SELECT len(list(DISTINCT judge)), list_sort(list(DISTINCT judge))[1], list_contains(list(judge), 'j3') "
+     "FROM scores", [(3, "j1", True)]),
+    ("SELECT len(string_split(text, ' ')), list_transform(string_split(text, ' '), lambda w: upper(w))[2], "
+     "[w FOR w IN string_split(text, ' ') IF len(w) > 4][-1] FROM instructions WHERE text = 'Explain the tides'",
+     [(3, "THE", "tides")]),
+    ("SELECT CASE WHEN n_tokens >= 6 THEN 'long' WHEN n_tokens >= 3 THEN 'mid' ELSE 'short' END AS size, count(*) "
+     "FROM instructions GROUP BY size ORDER BY size", [("long", 3), ("mid", 2), ("short", 1)]),
+    ("SELECT count(*) FROM instructions WHERE created_at <= now() AND created_at > now() - INTERVAL 1 DAY "
+     "AND date_trunc('day', created_at) <= now() AND strftime(created_at, '%Y') = CAST(year(created_at) AS VARCHAR) "
+     "AND EXTRACT(month FROM created_at) BETWEEN 1 AND 12 AND date_diff('day', created_at, now()) <= 1", [(6,)]),
+    ("SELECT category, count(*) FROM explore_rows WHERE category IS NOT NULL GROUP BY ALL ORDER BY ALL",
+     [("advice", 1), ("coding", 2), ("knowledge", 1)]),
+    ("SELECT count(*) FROM explore_rows WHERE coalesce(difficulty, 0) BETWEEN 1 AND 3 "
+     "AND category IN ('coding', 'advice') AND nullif(category, 'x') IS NOT NULL", [(3,)]),
+    ("SELECT count(*) FROM store.instructions, store.main.responses", [(54,)]),
+    ("SELECT 1 /* ; */", [(1,)]),  # a comment is a comment: nothing after it runs
+]
+
+
+@pytest.mark.parametrize(("sql", "rows"), ORDINARY)
+def test_ordinary_queries_run(db: Path, sql: str, rows: list[tuple]):
+    before = digest(db)
+    frame = run_readonly_sql(db, sql)
+    assert [tuple(row) for row in frame.itertuples(index=False)] == rows
+    assert digest(db) == before
+
+
+# -- no leaked duckdb objects at exit (nanobind reports them on stderr) ----------------------------------
+def test_no_timer_thread_outlives_a_query(db: Path):
+    """The timeout timer holds the connection; alive at interpreter exit, it made nanobind print ~40 lines."""
+    run_readonly_sql(db, "SELECT count(*) FROM instructions", timeout_s=30)
+    with pytest.raises(ForgetlessError):
+        run_readonly_sql(db, "SELECT no_such_column FROM instructions", timeout_s=30)
+    assert not [thread for thread in threading.enumerate() if isinstance(thread, threading.Timer)]
+
+
+def test_cli_sql_prints_no_nanobind_leaks(db: Path):
+    for index in range(6):
+        sql = "SELECT model, count(*) FROM responses GROUP BY model" if index % 2 else "SELECT nope FROM scores"
+        done = subprocess.run([sys.executable, "-m", "core.cli", "sql", "--workspace", str(db.parent), sql],
+                              cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert done.returncode == (0 if index % 2 else 2), done.stderr
+        assert "nanobind" not in done.stderr
