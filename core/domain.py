@@ -6,8 +6,11 @@ Files: JSONL (``.jsonl``/``.ndjson``), JSON (a list of records, or an object hol
 ``train``; a ``.json`` file with one object per line is read as JSONL), CSV/TSV (turn lists may be JSON text
 in a cell), Parquet. Folders: a ``datasets`` ``save_to_disk`` folder (a DatasetDict gives its ``train``
 split), or a folder holding ``train.parquet``/``.jsonl``/``.json``/``.csv`` (such as a ``forgetless mix`` output).
+Every format but a JSON document is streamed: rows are validated one at a time and kept in a spool file
+(``core.domain_rows``), so importing a file of any size holds an index of its rows, not the rows; a JSON
+document (read whole) is limited to 256 MB.
 
-The format is detected from the columns, first match wins:
+The format is detected from the columns (for JSON lines, those of the first 1,000 objects), first match wins:
   - ``messages``: TRL/OpenAI chat, a list of ``{"role", "content"}`` turns;
   - ``conversations``: ShareGPT, ``{"from", "value"}`` turns with roles human/gpt/system;
   - ``instruction`` + ``output`` (+ optional ``input``, appended to the instruction when non-empty): Alpaca;
@@ -30,11 +33,13 @@ import gzip
 import hashlib
 import importlib.util
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from core.domain_formats import ACCEPTED_COLUMNS, Messages, RowError, detect_format, read_table, row_to_messages
+from core.domain_rows import SpoolWriter, canonical_json, row_digests, take_rows
 from core.errors import ForgetlessError
 
 if TYPE_CHECKING:
@@ -50,6 +55,7 @@ OPTION_LETTERS = "ABCDEFGHIJ"
 MCQ_INSTRUCTION = "Answer with the letter of the correct option."
 _MEDMCQA_FILE = ("oe_eval_tasks", "medmcqa", "mc_5shot", "requests.jsonl.gz")
 _REPORTED_REASONS = 5  # reasons spelled out in summary_line; the counts always cover every skipped row
+MAX_BAD_ROWS = 1000  # bad rows kept with their reason (a broken file can have millions); all are counted
 
 
 @dataclass(frozen=True)
@@ -64,16 +70,20 @@ class ImportReport:
     format: str  # "messages" | "sharegpt" | "alpaca" | "prompt_completion" | "medmcqa"
     rows_read: int
     rows_kept: int
-    bad_rows: tuple[BadRow, ...]
+    bad_rows: tuple[BadRow, ...]  # the first MAX_BAD_ROWS skipped rows with their reason
     unit: str = "line"  # what BadRow.line counts: "line" or "record"
 
+    @property
+    def skipped(self) -> int:
+        return self.rows_read - self.rows_kept
+
     def summary_line(self) -> str:
-        skipped = self.rows_read - self.rows_kept
+        skipped = self.skipped
         text = (f"{Path(self.source).name if not self.source.startswith('builtin:') else self.source}: "
                 f"{self.format}, {self.rows_read} rows read, {self.rows_kept} kept, {skipped} skipped")
         if self.bad_rows:
             shown = "; ".join(f"{self.unit} {bad.line}: {bad.reason}" for bad in self.bad_rows[:_REPORTED_REASONS])
-            more = len(self.bad_rows) - _REPORTED_REASONS
+            more = skipped - min(len(self.bad_rows), _REPORTED_REASONS)
             text += f" ({shown}{f'; and {more} more' if more > 0 else ''})"
         return text
 
@@ -95,14 +105,18 @@ class McqItem:
 @dataclass(frozen=True)
 class DomainData:
     name: str  # "medmcqa" or the file/folder stem
-    train: list[Messages]
-    test: list[Messages]  # empty for user data unless test_fraction > 0
+    train: Sequence[Messages]  # a list (built-in data) or SpooledRows (a user's file, read on demand)
+    test: Sequence[Messages]  # empty for user data unless test_fraction > 0
     report: ImportReport
     test_items: list[McqItem] = field(default_factory=list)  # builtin:medmcqa only, same order as `test`
 
 
-def load_domain(spec: str | Path, *, test_fraction: float = 0.0, max_bytes: int = 2 * 1024**3) -> DomainData:
-    """Import domain data from a file, a folder or ``builtin:medmcqa``; whole-file problems raise ForgetlessError."""
+def load_domain(spec: str | Path, *, test_fraction: float = 0.0, max_bytes: int = 2 * 1024**3,
+                spool_dir: str | Path | None = None) -> DomainData:
+    """Import domain data from a file, a folder or ``builtin:medmcqa``; whole-file problems raise ForgetlessError.
+
+    A user's rows are streamed: each is validated and written to a spool file (``core.domain_rows``, in
+    ``spool_dir`` or the system's temporary folder), so memory holds an index of the rows, not the rows."""
     if not 0.0 <= test_fraction < 1.0:
         raise ForgetlessError("test fraction must be in [0, 1)")
     text = str(spec).strip()
@@ -114,35 +128,43 @@ def load_domain(spec: str | Path, *, test_fraction: float = 0.0, max_bytes: int 
         raise ForgetlessError(f"domain data must be a file, a folder or {BUILTIN_MEDMCQA}")
     path = Path(text).expanduser()
     table = read_table(path, max_bytes)
-    if not table.records:
-        raise ForgetlessError(f"{path} holds no records")
     format_name = detect_format(table.columns)
     if format_name is None:
         found = ", ".join(table.columns) or "none"
         raise ForgetlessError(f"{path}: no recognised columns (found: {found}; accepted: {ACCEPTED_COLUMNS})")
-    kept: list[Messages] = []
+    spool = SpoolWriter(spool_dir)
     bad: list[BadRow] = []
-    for position, row in table.records:
-        try:
-            kept.append(row_to_messages(row, format_name))
-        except RowError as error:
-            bad.append(BadRow(position, str(error)))
-    report = ImportReport(str(path), format_name, len(table.records), len(kept), tuple(bad), table.unit)
+    rows_read = 0
+    try:
+        for position, row in table.records:
+            rows_read += 1
+            try:
+                spool.append(row_to_messages(row, format_name))
+            except RowError as error:
+                if len(bad) < MAX_BAD_ROWS:
+                    bad.append(BadRow(position, str(error)))
+    except BaseException:
+        spool.abort()
+        raise
+    kept = spool.finish()
+    if not rows_read:
+        raise ForgetlessError(f"{path} holds no records")
+    report = ImportReport(str(path), format_name, rows_read, len(kept), tuple(bad), table.unit)
     if not kept:
         raise ForgetlessError(f"{path}: no usable rows ({report.summary_line()})")
     train, test = split_by_content(kept, test_fraction)
     return DomainData(name=path.stem, train=train, test=test, report=report)
 
 
-def split_by_content(rows: list[Messages], test_fraction: float) -> tuple[list[Messages], list[Messages]]:
+def split_by_content(rows: Sequence[Messages], test_fraction: float) -> tuple[Sequence[Messages], Sequence[Messages]]:
     """Deterministic train/test split that ignores row order and keeps identical rows on the same side.
 
     Distinct contents are ranked by their sha1; the lowest-ranked go to test until it holds at least
     round(fraction * n) rows (at least one when the fraction is positive). Both sides keep the input order.
-    """
+    Spooled rows stay spooled (only their index is split)."""
     if test_fraction <= 0:
-        return list(rows), []
-    digests = [content_digest(row) for row in rows]
+        return rows, take_rows(rows, [])
+    digests = row_digests(rows)
     counts: dict[str, int] = {}
     for digest in digests:
         counts[digest] = counts.get(digest, 0) + 1
@@ -156,14 +178,15 @@ def split_by_content(rows: list[Messages], test_fraction: float) -> tuple[list[M
         taken += counts[digest]
     if len(test_digests) == len(counts):
         raise ForgetlessError(f"test fraction {test_fraction} leaves no training rows out of {len(rows)}")
-    train = [row for row, digest in zip(rows, digests, strict=True) if digest not in test_digests]
-    test = [row for row, digest in zip(rows, digests, strict=True) if digest in test_digests]
+    in_test = [digest in test_digests for digest in digests]
+    train = take_rows(rows, [index for index, test in enumerate(in_test) if not test])
+    test = take_rows(rows, [index for index, test in enumerate(in_test) if test])
     return train, test
 
 
 def content_digest(messages: Messages) -> str:
     """The sha1 of a conversation's canonical JSON: what split_by_content ranks rows by."""
-    return hashlib.sha1(json.dumps(messages, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+    return hashlib.sha1(canonical_json(messages).encode()).hexdigest()
 
 
 # ---------------------------------------------------------------- MedMCQA

@@ -7,8 +7,9 @@ message becomes that row's reason in the import report.
 from __future__ import annotations
 
 import csv
+import itertools
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,18 +37,30 @@ class RowError(ValueError):
 
 @dataclass
 class RawTable:
-    """What a file holds before format detection: its rows, their column names and how rows are numbered."""
+    """What a file holds before format detection: its rows, their column names and how rows are numbered.
 
-    records: list[Record]
+    ``records`` is read lazily, once: a file is streamed as its records are consumed, so importing holds one
+    row at a time (a JSON document, which cannot be streamed, is the exception: see JSON_DOCUMENT_MAX_BYTES).
+    """
+
+    records: Iterable[Record]
     columns: list[str]
-    unit: str  # "line" for JSONL/CSV, "record" for JSON/Parquet/datasets folders
+    unit: str  # "line" for JSONL/CSV, "record" for JSON/Parquet/datasets
+
+
+# A JSON document is parsed whole (~10x its size in memory): larger data must come as JSON lines.
+JSON_DOCUMENT_MAX_BYTES = 256 * 1024**2
+MAX_LINE_BYTES = 32 * 1024**2  # longer lines are not a conversation but a broken or binary file
+DETECT_RECORDS = 1000  # JSON lines: the columns of the first this many objects name the format
+_DETECT_LINES = 10_000  # ... looked for in at most this many lines
 
 
 # ---------------------------------------------------------------- reading
 
 
 def read_table(path: Path, max_bytes: int) -> RawTable:
-    """Read a file or folder into numbered records; raises ForgetlessError for whole-file problems."""
+    """Open a file or folder as numbered records; raises ForgetlessError for whole-file problems (also while the
+    records are read, e.g. a non-UTF-8 byte or NUL bytes on a later line)."""
     if not path.exists():
         raise ForgetlessError(f"domain data not found: {path}")
     size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
@@ -78,10 +91,17 @@ def _read_folder(path: Path, max_bytes: int) -> RawTable:
                           f"state.json) and holds none of {', '.join(FOLDER_DATA_FILES)}")
 
 
-def _utf8_lines(path: Path) -> Iterator[str]:
-    """Decoded lines (endings kept); a byte that is not UTF-8 is one error naming its line and column."""
+def _utf8_lines(path: Path, kind: str) -> Iterator[str]:
+    """Decoded lines (endings kept), one in memory at a time. A byte that is not UTF-8, a NUL byte (binary data)
+    or a line over MAX_LINE_BYTES is one error naming the line; ``kind`` names what the file should be."""
     with path.open("rb") as handle:
-        for number, raw in enumerate(handle, start=1):
+        for number, raw in enumerate(iter(lambda: handle.readline(MAX_LINE_BYTES + 1), b""), start=1):
+            if b"\0" in raw:
+                raise ForgetlessError(f"{path} is not valid {kind}: line {number} holds NUL bytes (binary data, "
+                                      "not text)")
+            if len(raw) > MAX_LINE_BYTES:
+                raise ForgetlessError(f"{path} is not valid {kind}: line {number} is longer than "
+                                      f"{_human_bytes(MAX_LINE_BYTES)}")
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as error:
@@ -91,22 +111,39 @@ def _utf8_lines(path: Path) -> Iterator[str]:
             yield line.removeprefix("\ufeff") if number == 1 else line
 
 
-def _read_jsonl(path: Path) -> RawTable:
-    records: list[Record] = []
-    for number, line in enumerate(_utf8_lines(path), start=1):
+def _jsonl_records(path: Path) -> Iterator[Record]:
+    for number, line in enumerate(_utf8_lines(path, "JSON lines"), start=1):
         if not line.strip():
             continue
         try:
-            records.append((number, json.loads(line)))
+            yield number, json.loads(line)
         except json.JSONDecodeError as error:
-            records.append((number, RowError(f"invalid JSON ({error.msg} at column {error.colno})")))
-    if not records:
+            yield number, RowError(f"invalid JSON ({error.msg} at column {error.colno})")
+
+
+def _read_jsonl(path: Path) -> RawTable:
+    """JSON lines, streamed: the format is named by the columns of the first DETECT_RECORDS objects."""
+    records = _jsonl_records(path)
+    head: list[Record] = []
+    objects = 0
+    for record in records:
+        head.append(record)
+        objects += isinstance(record[1], dict)
+        if objects >= DETECT_RECORDS or len(head) >= _DETECT_LINES:
+            break
+    if not head:
         raise ForgetlessError(f"{path} is empty (only blank lines)")
-    return RawTable(records, _keys_in_order(value for _, value in records), "line")
+    first_error = next((record for record in head if isinstance(record[1], RowError)), None)
+    if first_error is not None and all(isinstance(value, RowError) for _, value in head):
+        raise ForgetlessError(f"{path} is not valid JSON lines: line {first_error[0]}: {first_error[1]}")
+    return RawTable(itertools.chain(head, records), _keys_in_order(value for _, value in head), "line")
 
 
 def _read_json(path: Path) -> RawTable:
-    text = "".join(_utf8_lines(path))
+    if path.stat().st_size > JSON_DOCUMENT_MAX_BYTES:
+        raise ForgetlessError(f"{path} is a JSON document over {_human_bytes(JSON_DOCUMENT_MAX_BYTES)}, which would be "
+                              "read whole: save it as JSON lines (.jsonl, one record per line), which is streamed")
+    text = "".join(_utf8_lines(path, "JSON"))
     if not text.strip():
         raise ForgetlessError(f"{path} is empty (only whitespace)")
     try:
@@ -116,6 +153,7 @@ def _read_json(path: Path) -> RawTable:
             return _read_jsonl(path)
         raise ForgetlessError(f"{path} is not valid JSON: {error.msg} at line {error.lineno}, "
                               f"column {error.colno}") from None
+    del text
     if isinstance(document, dict):
         key = next((key for key in ("data", "train") if isinstance(document.get(key), list)), None)
         if key is None:
@@ -125,28 +163,32 @@ def _read_json(path: Path) -> RawTable:
     if not isinstance(document, list):
         raise ForgetlessError(f"{path}: JSON must be a list of records or an object with a 'data'/'train' list, "
                               f"not {type(document).__name__}")
-    records = list(enumerate(document, start=1))
-    return RawTable(records, _keys_in_order(document), "record")
+    return RawTable(enumerate(document, start=1), _keys_in_order(document), "record")
 
 
 def _read_csv(path: Path) -> RawTable:
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
     csv.field_size_limit(2**31 - 1)  # the default 128 KiB per cell is too small for long conversations
+    reader = csv.reader(_utf8_lines(path, "CSV"), delimiter=delimiter, strict=True)
     try:
-        reader = csv.reader(_utf8_lines(path), delimiter=delimiter, strict=True)
         header = next(reader, None)
-        if header is None or not any(name.strip() for name in header):
-            raise ForgetlessError(f"{path} is empty (no header row)")
-        columns = [name.strip() for name in header]
-        records: list[Record] = []
-        first_line = reader.line_num + 1
-        for values in reader:
-            if any(value.strip() for value in values):
-                records.append((first_line, _csv_row(columns, values)))
-            first_line = reader.line_num + 1
     except csv.Error as error:
         raise ForgetlessError(f"{path} is not valid CSV at line {reader.line_num}: {error}") from None
-    return RawTable(records, columns, "line")
+    if header is None or not any(name.strip() for name in header):
+        raise ForgetlessError(f"{path} is empty (no header row)")
+    columns = [name.strip() for name in header]
+
+    def records() -> Iterator[Record]:
+        first_line = reader.line_num + 1
+        try:
+            for values in reader:
+                if any(value.strip() for value in values):
+                    yield first_line, _csv_row(columns, values)
+                first_line = reader.line_num + 1
+        except csv.Error as error:
+            raise ForgetlessError(f"{path} is not valid CSV at line {reader.line_num}: {error}") from None
+
+    return RawTable(records(), columns, "line")
 
 
 def _csv_row(columns: list[str], values: list[str]) -> dict[str, str] | RowError:
@@ -159,11 +201,25 @@ def _read_parquet(path: Path) -> RawTable:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    def unreadable(error: BaseException) -> ForgetlessError:
+        return ForgetlessError(f"{path} is not a readable Parquet file: {str(error).splitlines()[0]}")
+
     try:
-        table = pq.read_table(path)
+        parquet = pq.ParquetFile(path)
     except (pa.ArrowException, OSError) as error:
-        raise ForgetlessError(f"{path} is not a readable Parquet file: {str(error).splitlines()[0]}") from None
-    return RawTable(list(enumerate(table.to_pylist(), start=1)), list(table.column_names), "record")
+        raise unreadable(error) from None
+
+    def records() -> Iterator[Record]:
+        number = 0
+        try:
+            for batch in parquet.iter_batches(batch_size=1024):
+                for row in batch.to_pylist():
+                    number += 1
+                    yield number, row
+        except (pa.ArrowException, OSError) as error:
+            raise unreadable(error) from None
+
+    return RawTable(records(), list(parquet.schema_arrow.names), "record")
 
 
 def _read_saved_dataset(path: Path) -> RawTable:
@@ -178,7 +234,7 @@ def _read_saved_dataset(path: Path) -> RawTable:
         if "train" not in dataset and len(splits) != 1:
             raise ForgetlessError(f"{path}: the dataset has no 'train' split (splits: {', '.join(splits)})")
         dataset = dataset["train" if "train" in dataset else splits[0]]
-    return RawTable(list(enumerate(dataset, start=1)), list(dataset.column_names), "record")
+    return RawTable(enumerate(dataset, start=1), list(dataset.column_names), "record")
 
 
 def _keys_in_order(rows: Any) -> list[str]:

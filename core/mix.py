@@ -33,7 +33,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence, Sized
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from core.domain_rows import join_rows, take_rows
 from core.errors import ForgetlessError
 from core.store.explore import ExploreFilters
 
@@ -141,20 +142,33 @@ class TokenCounter:
             return self.tokenizer.apply_chat_template(messages, tokenize=False)
         return "\n\n".join(message["content"] for message in messages)
 
-    def count(self, conversations: Sequence[Messages],
+    def count(self, conversations: Iterable[Messages],
               on_progress: Callable[[int, int], None] | None = None) -> np.ndarray:
-        """Token count per conversation; ``on_progress(done, total)`` after each chunk of new ones."""
-        keys = [hashlib.blake2b(json.dumps(m, sort_keys=True).encode(), digest_size=16).digest()
-                for m in conversations]
-        missing = list(dict.fromkeys(i for i, key in enumerate(keys) if key not in self._cache))
-        for start in range(0, len(missing), _TOKENIZE_CHUNK):
-            chunk = missing[start:start + _TOKENIZE_CHUNK]
-            encoded = self.tokenizer([self._text(conversations[i]) for i in chunk], add_special_tokens=False)
-            for i, ids in zip(chunk, encoded["input_ids"], strict=True):
-                self._cache[keys[i]] = len(ids)
+        """Token count per conversation, in one pass over ``conversations`` (spooled rows are read once);
+        ``on_progress(done, total)`` after each chunk tokenized."""
+        total = len(conversations) if isinstance(conversations, Sized) else 0
+        keys: list[bytes] = []
+        pending: dict[bytes, str] = {}
+        for messages in conversations:
+            key = hashlib.blake2b(json.dumps(messages, sort_keys=True).encode(), digest_size=16).digest()
+            keys.append(key)
+            if key not in self._cache and key not in pending:
+                pending[key] = self._text(messages)
+                if len(pending) >= _TOKENIZE_CHUNK:
+                    self._encode(pending)
+                    if on_progress is not None:
+                        on_progress(len(keys), max(total, len(keys)))
+        if pending:
+            self._encode(pending)
             if on_progress is not None:
-                on_progress(min(start + _TOKENIZE_CHUNK, len(missing)), len(missing))
+                on_progress(len(keys), max(total, len(keys)))
         return np.array([self._cache[key] for key in keys], dtype=np.int64)
+
+    def _encode(self, pending: dict[bytes, str]) -> None:
+        encoded = self.tokenizer(list(pending.values()), add_special_tokens=False)
+        for key, ids in zip(pending, encoded["input_ids"], strict=True):
+            self._cache[key] = len(ids)
+        pending.clear()
 
 
 def load_counter(config: MixConfig, workspace: Path) -> TokenCounter:
@@ -217,7 +231,11 @@ def first_user_text(messages: Messages) -> str:
 
 @dataclass
 class MixPlan:
-    """What a mix would hold, computed without writing anything (the Mix tab's live view)."""
+    """What a mix would hold, computed without writing anything (the Mix tab's live view).
+
+    ``rows`` holds each row's provenance and token count, not its text: a row's conversation is
+    ``general_conversations[side_index]`` or ``domain_rows[side_index]`` (spooled for a user's file), read by
+    :meth:`conversation_batches` when a snapshot is written, so a mix of a large file is never all in memory."""
 
     config: MixConfig
     filters: ExploreFilters  # the filters the general candidates were read with (a selection's, resolved)
@@ -228,6 +246,22 @@ class MixPlan:
     notes: list[str]
     tokenizer: str
     domain: Any  # the DomainData the rows came from
+    general_conversations: Sequence[Messages] = ()  # the general rows' conversations, by side_index
+    domain_rows: Sequence[Messages] = ()  # the domain rows' conversations, by side_index
+
+    def conversation_batches(self, size: int = 1024) -> Iterator[list[Messages]]:
+        """The conversations in row order, ``size`` rows at a time (one spool read per batch)."""
+        for start in range(0, len(self.rows), size):
+            part = self.rows.iloc[start:start + size]
+            is_general = (part["source"] == "general").to_numpy()
+            index = part["side_index"].to_numpy()
+            domain = iter(take_rows(self.domain_rows, index[~is_general]))
+            yield [self.general_conversations[i] if general else next(domain)
+                   for i, general in zip(index, is_general, strict=True)]
+
+    def messages(self) -> list[Messages]:
+        """Every conversation of the mix in row order (small mixes and tests)."""
+        return [conversation for batch in self.conversation_batches() for conversation in batch]
 
     def _side(self, source: str) -> pd.DataFrame:
         return self.rows[self.rows["source"] == source]
@@ -290,11 +324,11 @@ def hold_out(domain: Any, fraction: float) -> Any:
         return domain
     from core.domain import split_by_content
 
-    train, test = split_by_content([*domain.train, *domain.test], fraction)
+    train, test = split_by_content(join_rows(domain.train, domain.test), fraction)
     return dataclasses.replace(domain, train=train, test=test)
 
 
-MIX_COLUMNS = ("messages", "source", "origin_id", "cluster", "cluster_label", "category", "consensus", "difficulty",
+MIX_COLUMNS = ("source", "origin_id", "side_index", "cluster", "cluster_label", "category", "consensus", "difficulty",
                "n_tokens")
 
 
@@ -327,9 +361,9 @@ def plan_mix(config: MixConfig, store: Any, workspace: Path, *, domain: Any = No
         domain_order = domain_order[:config.max_domain]
         notes.append(f"domain capped at {config.max_domain} of {len(domain.train)} rows (max_domain)")
     order = general_order(general, config.balance, config.seed)
-    domain_messages = [domain.train[i] for i in domain_order]
     general_conversations = [general_messages(general["instruction"].iat[i], general["response"].iat[i])
                              for i in order]
+    domain_tokens = None
     limited_by = None
     if config.by == "examples":
         n_domain = len(domain_order)
@@ -338,7 +372,7 @@ def plan_mix(config: MixConfig, store: Any, workspace: Path, *, domain: Any = No
             n_general, limited_by = len(order), "general"
             n_domain = round(n_general * (1 - r) / r)
     else:
-        domain_tokens = counter.count(domain_messages, on_progress)
+        domain_tokens = counter.count(take_rows(domain.train, domain_order), on_progress)
         general_tokens = counter.count(general_conversations, on_progress)
         budget = round(int(domain_tokens.sum()) * r / (1 - r))
         n_domain = len(domain_order)
@@ -353,27 +387,31 @@ def plan_mix(config: MixConfig, store: Any, workspace: Path, *, domain: Any = No
         notes.append(f"general-limited: only {len(order)} general candidates, so the domain side was "
                      f"downsampled to {n_domain} of {len(domain_order)} rows to keep ratio {r:g}")
 
+    general_conversations = general_conversations[:n_general]
+    domain_rows = take_rows(domain.train, domain_order[:n_domain])
     chosen = general.iloc[order[:n_general]]
     general_rows = pd.DataFrame({
-        "messages": general_conversations[:n_general], "source": "general",
-        "origin_id": chosen["instruction_id"].astype(str).to_numpy(),
-        "cluster": pd.array(chosen["cluster"].to_numpy(), dtype="Int64"),
+        "source": "general", "origin_id": chosen["instruction_id"].astype(str).to_numpy(),
+        "side_index": np.arange(n_general), "cluster": pd.array(chosen["cluster"].to_numpy(), dtype="Int64"),
         "cluster_label": chosen["cluster_label"].to_numpy(), "category": chosen["category"].to_numpy(),
         "consensus": chosen["consensus"].astype(float).to_numpy(), "difficulty": chosen["difficulty"].astype(float)
         .to_numpy(),
+        "n_tokens": counter.count(general_conversations, on_progress),
     })
-    domain_rows = pd.DataFrame({
-        "messages": domain_messages[:n_domain], "source": "domain",
-        "origin_id": [f"{domain.name}:{i}" for i in domain_order[:n_domain]],
+    domain_rows_frame = pd.DataFrame({
+        "source": "domain", "origin_id": [f"{domain.name}:{i}" for i in domain_order[:n_domain]],
+        "side_index": np.arange(n_domain),
+        "n_tokens": domain_tokens[:n_domain] if domain_tokens is not None else counter.count(domain_rows, on_progress),
     })
-    rows = pd.concat([general_rows, domain_rows], ignore_index=True)
-    rows["n_tokens"] = counter.count(list(rows["messages"]), on_progress)
+    rows = pd.concat([general_rows, domain_rows_frame], ignore_index=True)
     rows = rows.iloc[_rng(config.seed, _STREAM_SHUFFLE).permutation(len(rows))].reset_index(drop=True)
     rows["cluster"] = rows["cluster"].astype("Int64")
+    rows["side_index"] = rows["side_index"].astype(np.int64)
+    rows["n_tokens"] = rows["n_tokens"].astype(np.int64)
     for column in ("cluster_label", "category"):
         rows[column] = rows[column].astype(object).where(rows[column].notna(), None)
     return MixPlan(config, filters, rows[list(MIX_COLUMNS)], len(general), len(domain.train), limited_by, notes,
-                   counter.name, domain)
+                   counter.name, domain, general_conversations, domain_rows)
 
 
 def freeze_mix(config: MixConfig, store: Any, workspace: Path, *, domain: Any = None,

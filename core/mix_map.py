@@ -94,19 +94,19 @@ def map_overlay(store: Any, domain_texts: Sequence[str], embedder_loader: Callab
         "cluster": pd.array([texts.at[i, "cluster"] if i in texts.index else None for i in shown_ids],
                             dtype="Int64"),
     })
-    domain_texts = list(domain_texts)
     picked = np.sort(rng.permutation(len(domain_texts))[:MAX_DOMAIN_POINTS])
     if not len(picked):
         return general
+    picked_texts = [domain_texts[i] for i in picked]  # only these are read (a lazy sequence stays unread)
     encode = (embedder_loader or packaged_embedder_loader(embedder))()
-    vectors = np.asarray(encode([domain_texts[i] for i in picked]), dtype=np.float64)
+    vectors = np.asarray(encode(picked_texts), dtype=np.float64)
     if vectors.shape[1] != matrix.shape[1]:
         raise ForgetlessError(f"domain embeddings have {vectors.shape[1]} dimensions, the stored general "
                               f"ones {matrix.shape[1]}: use the embedder profiling used ({embedder})")
     domain_xy = pca.transform(vectors)
     domain = pd.DataFrame({
         "x": domain_xy[:, 0], "y": domain_xy[:, 1], "source": "domain",
-        "label": [domain_texts[i][:LABEL_CHARS] for i in picked], "cluster": pd.array([None] * len(picked),
+        "label": [text[:LABEL_CHARS] for text in picked_texts], "cluster": pd.array([None] * len(picked),
                                                                                         dtype="Int64"),
     })
     return pd.concat([general, domain], ignore_index=True)

@@ -22,6 +22,7 @@ import yaml
 
 from core import __version__
 from core.config import to_yaml
+from core.domain_rows import rows_sha256
 from core.errors import ForgetlessError
 
 MIXES_DIR = "mixes"
@@ -67,28 +68,43 @@ def input_sha256(spec: str) -> str | None:
     return digest.hexdigest()
 
 
-def rows_sha256(rows: list[list[dict[str, str]]]) -> str:
-    """sha256 of conversations as canonical JSON: the imported content, whatever file format it came in."""
-    return hashlib.sha256(json.dumps(rows, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+_SCHEMA_COLUMNS = ("source", "origin_id", "cluster", "cluster_label", "category", "consensus", "difficulty")
+WRITE_BATCH_ROWS = 1024  # rows materialised at a time while writing train.parquet
 
 
-def _train_table(rows: pd.DataFrame) -> Any:
+def _train_schema() -> Any:
     import pyarrow as pa
 
     message = pa.struct([("role", pa.string()), ("content", pa.string())])
-    schema = pa.schema([
+    return pa.schema([
         ("messages", pa.list_(message)), ("source", pa.string()), ("origin_id", pa.string()),
         ("cluster", pa.int64()), ("cluster_label", pa.string()), ("category", pa.string()),
         ("consensus", pa.float64()), ("difficulty", pa.float64()),
     ])
-    messages = [[{"role": m["role"], "content": m["content"]} for m in conversation]
-                for conversation in rows["messages"]]
+
+
+def _train_batch(rows: pd.DataFrame, conversations: list[list[dict[str, str]]], schema: Any) -> Any:
+    import pyarrow as pa
+
+    messages = [[{"role": m["role"], "content": m["content"]} for m in conversation] for conversation in conversations]
 
     def column(name: str) -> list[Any]:
         return [None if pd.isna(value) else value for value in rows[name]]
 
-    return pa.table({"messages": messages, "source": list(rows["source"]), "origin_id": list(rows["origin_id"]),
-                     **{name: column(name) for name in schema.names[3:]}}, schema=schema)
+    return pa.table({"messages": messages, **{name: column(name) for name in _SCHEMA_COLUMNS}}, schema=schema)
+
+
+def write_train_file(plan: Any, path: Path) -> None:
+    """``train.parquet`` of a plan, written a batch of rows at a time (domain rows read from their spool)."""
+    import pyarrow.parquet as pq
+
+    schema = _train_schema()
+    with pq.ParquetWriter(path, schema) as writer:
+        start = 0
+        for conversations in plan.conversation_batches(WRITE_BATCH_ROWS):
+            rows = plan.rows.iloc[start:start + len(conversations)]
+            writer.write_table(_train_batch(rows, conversations, schema))
+            start += len(conversations)
 
 
 def _card(name: str, manifest: dict[str, Any]) -> str:
@@ -134,15 +150,13 @@ Made by Forgetless {__version__} on {manifest['created']}.
 
 def write_snapshot(plan: Any, out: Path) -> dict[str, Any]:
     """Write ``plan`` (a MixPlan) as a snapshot folder at ``out``; return its summary (with ``out``)."""
-    import pyarrow.parquet as pq
-
     out = Path(out)
     check_out_free(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
     staging.mkdir()
     try:
-        pq.write_table(_train_table(plan.rows), staging / TRAIN_FILE)
+        write_train_file(plan, staging / TRAIN_FILE)
         summary = plan.summary()
         report = plan.domain.report
         manifest = {
@@ -153,7 +167,7 @@ def write_snapshot(plan: Any, out: Path) -> dict[str, Any]:
             "domain": {
                 "spec": plan.config.domain, "name": plan.domain.name, "import_report": report.summary_line(),
                 "format": report.format, "rows_read": report.rows_read, "rows_kept": report.rows_kept,
-                "bad_rows": len(report.bad_rows), "train_rows": plan.domain_available,
+                "bad_rows": report.skipped, "train_rows": plan.domain_available,
                 "max_domain": plan.config.max_domain, "input_sha256": input_sha256(plan.config.domain),
                 "rows_sha256": rows_sha256(plan.domain.train),
                 # only when rows were held out, so manifests of other mixes stay as they were

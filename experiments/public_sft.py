@@ -133,13 +133,13 @@ def build_public_mix(workspace: Path, out: Path, public_jsonl: Path, *, domain: 
     domain_plan = plan_mix(domain_only, Store.for_workspace(workspace), workspace, counter=counter)
     picked = [public[int(i)] for i in np.random.default_rng((seed, _STREAM_GENERAL)).permutation(len(public))
               [:general_rows]]
+    conversations = [row["messages"] for row in picked]
     general = pd.DataFrame({
-        "messages": [row["messages"] for row in picked], "source": "general",
-        "origin_id": [f"sharegpt:{row['id']}" for row in picked], "cluster": pd.array([None] * len(picked),
-                                                                                     dtype="Int64"),
+        "source": "general", "origin_id": [f"sharegpt:{row['id']}" for row in picked],
+        "side_index": np.arange(len(picked)), "cluster": pd.array([None] * len(picked), dtype="Int64"),
         "cluster_label": None, "category": None, "consensus": float("nan"), "difficulty": float("nan"),
+        "n_tokens": counter.count(conversations),
     })
-    general["n_tokens"] = counter.count(list(general["messages"]))
     rows = pd.concat([general, domain_plan.rows], ignore_index=True)
     rows = rows.iloc[np.random.default_rng((seed, _STREAM_SHUFFLE)).permutation(len(rows))].reset_index(drop=True)
     rows["cluster"] = rows["cluster"].astype("Int64")
@@ -150,5 +150,5 @@ def build_public_mix(workspace: Path, out: Path, public_jsonl: Path, *, domain: 
              f"exchanges), NOT reconstructed data; built by experiments/public_sft.py with core.mix.plan_mix "
              f"(domain rows) and core.mix_snapshot.write_snapshot"]
     plan = MixPlan(config, ExploreFilters(), rows[list(MIX_COLUMNS)], len(public), domain_plan.domain_available,
-                   None, notes, counter.name, domain_plan.domain)
+                   None, notes, counter.name, domain_plan.domain, conversations, domain_plan.domain_rows)
     return write_snapshot(plan, Path(out))

@@ -133,7 +133,7 @@ def test_counts_by_examples_are_exact(make, ratio, general, domain, limited):
 def test_counts_by_tokens_reach_the_budget_with_the_fewest_rows(make, tiny_model_dir, ratio):
     plan = make(ratio=ratio, by="tokens", seed=2)
     rows = plan.rows
-    counted = independent_tokens(tiny_model_dir, list(rows["messages"]))
+    counted = independent_tokens(tiny_model_dir, plan.messages())
     assert list(rows["n_tokens"]) == counted  # the target tokenizer's counts of the chat-formatted rows
     general = rows[rows["source"] == "general"]["n_tokens"]
     domain = rows[rows["source"] == "domain"]["n_tokens"]
@@ -155,7 +155,7 @@ def test_counts_by_tokens_reach_the_budget_with_the_fewest_rows(make, tiny_model
 
 def test_examples_mode_counts_tokens_too(make, tiny_model_dir):
     plan = make(ratio=0.5)
-    assert plan.tokens["total"] == sum(independent_tokens(tiny_model_dir, list(plan.rows["messages"])))
+    assert plan.tokens["total"] == sum(independent_tokens(tiny_model_dir, plan.messages()))
     assert plan.tokens["tokenizer"] == str(tiny_model_dir)
 
 
@@ -167,10 +167,12 @@ def test_max_domain_caps_the_domain_side(make):
 
 def test_general_rows_are_instruction_and_best_response(make, store):
     plan = make(ratio=0.5)
-    general = plan.rows[plan.rows["source"] == "general"]
+    is_general = plan.rows["source"] == "general"
+    general = plan.rows[is_general]
     frame = store.general_rows(list(general["origin_id"])).set_index("instruction_id")
-    for _, row in general.iterrows():
-        assert row["messages"] == [{"role": "user", "content": frame.at[row["origin_id"], "instruction"]},
+    messages = [m for m, keep in zip(plan.messages(), is_general, strict=True) if keep]
+    for (_, row), conversation in zip(general.iterrows(), messages, strict=True):
+        assert conversation == [{"role": "user", "content": frame.at[row["origin_id"], "instruction"]},
                                    {"role": "assistant", "content": frame.at[row["origin_id"], "response"]}]
         assert row["consensus"] == frame.at[row["origin_id"], "consensus"]
 
@@ -248,7 +250,7 @@ def test_snapshot_round_trips_through_datasets_and_manifest(make, tmp_path, stor
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.yaml", "manifest.yaml", "train.parquet"]
     train = load_dataset("parquet", data_files=str(out / "train.parquet"), cache_dir=str(tmp_path / "c1"))["train"]
     plan = plan_mix(config, store, workspace, counter=counter)
-    assert train["messages"] == list(plan.rows["messages"])
+    assert train["messages"] == plan.messages()
     assert train.column_names == ["messages", "source", "origin_id", "cluster", "cluster_label", "category",
                                   "consensus", "difficulty"]
     assert train["source"].count("general") == summary["counts"]["general"] == N_GENERAL
