@@ -1,4 +1,4 @@
-"""Start the Forgetless app: `python launch.py [--workspace DIR] [--host 127.0.0.1] [--port 7860]`."""
+"""Start the Forgetless app: `python launch.py [--workspace DIR] [--data-dir DIR ...] [--host H] [--port P]`."""
 
 from __future__ import annotations
 
@@ -17,12 +17,19 @@ def main() -> None:
                         help="folder holding the DuckDB store, model cache and jobs (default: ./workspace)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     parser.add_argument("--port", type=int, default=7860, help="port to listen on (default: 7860)")
+    parser.add_argument("--data-dir", type=Path, action="append", default=[],
+                        help="a folder whose files may be named by path in the app (repeatable); the app reads "
+                             "typed paths only there and in the workspace")
     args = parser.parse_args()
 
+    from core.errors import ForgetlessError
     from ui.app import build_app, launch_style
 
     args.workspace.mkdir(parents=True, exist_ok=True)
-    app = build_app(args.workspace)
+    try:
+        app = build_app(args.workspace, args.data_dir)
+    except ForgetlessError as error:
+        parser.exit(2, f"error: {error}\n")
     print(f"Forgetless on http://{args.host}:{args.port} (workspace {args.workspace.resolve()})", flush=True)
     app.launch(server_name=args.host, server_port=args.port, share=False, quiet=True, show_error=True,
                **launch_style())

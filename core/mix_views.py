@@ -9,6 +9,7 @@ which read the store or the workspace.
 
 from __future__ import annotations
 
+import html
 import re
 import shutil
 import threading
@@ -20,6 +21,7 @@ from typing import Any
 import pandas as pd
 import plotly.graph_objects as go
 
+from core.data_paths import ReadableRoots
 from core.domain import BUILTIN_MEDMCQA, DomainData, ImportReport, load_domain, preview_frame
 from core.errors import ForgetlessError
 from core.mix import DEFAULT_TOKENIZER, MixConfig, MixPlan, TokenCounter, first_user_text, load_counter
@@ -43,7 +45,7 @@ CHART_HEIGHT = 380
 GENERAL_COLOUR, DOMAIN_COLOUR = "#4f6bed", "#e4572e"
 _MARKDOWN_ACTIVE = set("\\`*_[]<>|~#")  # what could format a user's file or selection name inside a line
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-_CACHED_DOMAINS = 4  # loaded domain sets kept per process (MedMCQA is ~10 MB of text)
+_CACHED_DOMAINS = 4  # loaded domain sets kept per process: an index in memory, a user's rows in a spool file
 
 
 # -- the form -------------------------------------------------------------------------------------------
@@ -118,8 +120,8 @@ def import_report_markdown(report: ImportReport, data: DomainData | None = None)
         lines.append("")
         lines.extend(f"- {report.unit} {bad.line}: {_md(shorten(bad.reason, 200))}"
                      for bad in report.bad_rows[:REPORTED_BAD_ROWS])
-        if len(report.bad_rows) > REPORTED_BAD_ROWS:
-            lines.append(f"- … and {len(report.bad_rows) - REPORTED_BAD_ROWS:,} more")
+        if report.skipped > REPORTED_BAD_ROWS:
+            lines.append(f"- … and {report.skipped - REPORTED_BAD_ROWS:,} more")
     return "\n".join(lines)
 
 
@@ -201,7 +203,7 @@ def map_figure(points: pd.DataFrame, note: str = "") -> go.Figure:
 
 def map_unavailable(reason: str) -> go.Figure:
     """The map's place when it cannot be drawn; the title says why (and what to run)."""
-    return empty_figure(f"Semantic map<br><sup>{reason}</sup>", CHART_HEIGHT)
+    return empty_figure(f"Semantic map<br><sup>{html.escape(reason)}</sup>", CHART_HEIGHT)
 
 
 def read_map(store: Any, selection: str | None, data: DomainData, workspace: Path,
@@ -219,13 +221,26 @@ def read_map(store: Any, selection: str | None, data: DomainData, workspace: Pat
         general_ids = ids or None  # nothing judged yet: every profiled instruction
         yield map_figure(map_overlay(store, [], general_ids=general_ids), "embedding the domain rows…")
         loader = embedder_loader or subprocess_embedder_loader(Path(workspace) / MAP_CACHE_DIR)
-        texts = [first_user_text(messages) for messages in data.train]
+        texts = _FirstUserTexts(data.train)
         yield map_figure(map_overlay(store, texts, loader, general_ids=general_ids))
     except ForgetlessError as error:
         if "run profile" in str(error):
             yield map_unavailable("needs profiling first: Explore tab → Profile")
         else:
             yield map_unavailable(shorten(str(error), 90))
+
+
+class _FirstUserTexts(Sequence[str]):
+    """The first user turn of each domain row, read only for the rows the map samples."""
+
+    def __init__(self, rows: Sequence[Any]) -> None:
+        self._rows = rows
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __getitem__(self, index: Any) -> Any:
+        return first_user_text(self._rows[index])
 
 
 # -- snapshots ------------------------------------------------------------------------------------------
@@ -294,15 +309,18 @@ class _LockedCounter(TokenCounter):
 class MixCache:
     """Loaded domain data (by spec and file stamp, so an edited file is re-read) and token counters (by
     tokenizer spec), kept for the app process: after the first load an update is one store query and a
-    few cached lookups."""
+    few cached lookups. A typed path is read only under ``roots`` (by default the workspace): see
+    ``core.data_paths``."""
 
-    def __init__(self, workspace: Path) -> None:
+    def __init__(self, workspace: Path, roots: ReadableRoots | None = None) -> None:
         self.workspace = Path(workspace)
+        self.roots = roots or ReadableRoots.for_app(self.workspace)
         self._domains: OrderedDict[tuple[Any, ...], DomainData] = OrderedDict()
         self._counters: dict[str, TokenCounter] = {}
         self._lock = threading.Lock()
 
     def domain(self, spec: str) -> DomainData:
+        spec = self.roots.check(spec)
         key = _stamp(spec)
         with self._lock:
             if key in self._domains:

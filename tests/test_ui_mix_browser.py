@@ -70,6 +70,14 @@ def test_mix_freeze_and_train_in_the_browser(mix_server, tiny_model_dir, monkeyp
             _wait_until(lambda: "⚠️" in _text(page, "mix-message"), 15, "the refusal of a missing file")
             assert "missing.jsonl" in _text(page, "mix-message") and "Import failed" in _text(page, "mix-report")
 
+            # A path out of the workspace (a link to /etc/passwd) is refused unread, its name shown as text.
+            hostile = workspace.parent / "<img src=x id=injected>.csv"
+            hostile.symlink_to("/etc/passwd")
+            _choose(page, "mix-domain", str(hostile))
+            _wait_until(lambda: "outside the folders" in _text(page, "mix-message"), 15, "the refusal of the link")
+            assert "<img src=x id=injected>.csv" in _text(page, "mix-message")
+            assert page.locator("#injected").count() == 0 and "root:x:" not in page.content()
+
             # An upload is kept in the workspace and imported; its bad row is reported with its line.
             upload = write_domain(workspace.parent / "notes.jsonl", 5)
             upload.write_text(upload.read_text() + "{not json\n")

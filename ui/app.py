@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
+from core.data_paths import ReadableRoots
 from ui.evaluate_tab import build_evaluate_tab
 from ui.explore_tab import build_explore_tab
 from ui.mix_tab import build_mix_tab
@@ -27,9 +29,11 @@ of that pipeline; every job runs in the background and can also be run headless 
 CLI."""
 
 
-def build_app(workspace: Path) -> gr.Blocks:
-    """The whole UI for one workspace (DuckDB store, model cache and job folders live under it)."""
+def build_app(workspace: Path, data_dirs: Sequence[Path] = ()) -> gr.Blocks:
+    """The whole UI for one workspace (DuckDB store, model cache and job folders live under it); paths typed
+    into it are read only in the workspace and ``data_dirs``."""
     workspace = Path(workspace).resolve()
+    roots = ReadableRoots.for_app(workspace, data_dirs)
     with gr.Blocks(title="Forgetless") as demo:
         gr.Markdown(INTRO, elem_id="app-intro")
         gr.Markdown(f"Workspace: `{workspace}`", elem_id="app-workspace")
@@ -41,11 +45,11 @@ def build_app(workspace: Path) -> gr.Blocks:
             with gr.Tab("3 · Explore", elem_id="tab-explore"):
                 build_explore_tab(demo, workspace)
             with gr.Tab("4 · Mix", elem_id="tab-mix"):
-                build_mix_tab(demo, workspace)
+                build_mix_tab(demo, workspace, roots)
             with gr.Tab("5 · Train", elem_id="tab-train"):
                 build_train_tab(demo, workspace)
             with gr.Tab("6 · Evaluate", elem_id="tab-evaluate"):
-                build_evaluate_tab(demo, workspace)
+                build_evaluate_tab(demo, workspace, roots)
     return demo
 
 

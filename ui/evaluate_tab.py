@@ -14,6 +14,7 @@ from typing import Any
 import gradio as gr
 
 from core.dashboard import LazyStore
+from core.data_paths import ReadableRoots
 from core.errors import ForgetlessError
 from core.eval_form import UI_SUITES, EvalPlan, plan_form, plan_from_form, run_choices
 from core.eval_queue import IDLE, EvalJobs, plan_marker, plan_status_line
@@ -99,9 +100,19 @@ def _views(store: LazyStore, base: str | None, runs: list[str] | None) -> tuple[
     return {"headers": views.headers, "data": views.rows}, views.deltas, views.history, views.note
 
 
-def build_evaluate_tab(demo: gr.Blocks, workspace: Path) -> None:
-    """Render the tab's components inside ``demo`` and wire their events, including the page load."""
+def _confined_plan(roots: ReadableRoots, *form: Any) -> Any:
+    """The form's plan, refused when its domain data is a path outside the folders the app reads."""
+    plan = plan_from_form(*form)
+    if "domain" in plan.suite:
+        roots.check(plan.domain)
+    return plan
+
+
+def build_evaluate_tab(demo: gr.Blocks, workspace: Path, roots: ReadableRoots | None = None) -> None:
+    """Render the tab's components inside ``demo`` and wire their events, including the page load. Typed domain
+    paths are read only under ``roots`` (by default the workspace)."""
     workspace = Path(workspace)
+    roots = roots or ReadableRoots.for_app(workspace)
     store, jobs = LazyStore(workspace), EvalJobs(workspace)
     gr.Markdown(INTRO)
     with gr.Column(elem_classes=["launcher"]):
@@ -116,7 +127,7 @@ def build_evaluate_tab(demo: gr.Blocks, workspace: Path) -> None:
     timer = gr.Timer(1.0)
     base, runs = form[0], form[1]
 
-    controls.start.click(partial(start_job, jobs, plan_from_form), form, controls.message, **QUIET)
+    controls.start.click(partial(start_job, jobs, partial(_confined_plan, roots)), form, controls.message, **QUIET)
     controls.cancel.click(jobs.cancel, None, controls.message, **QUIET)
     refresh.click(partial(_run_picker, workspace), None, runs, **QUIET)
     demo.load(partial(_on_load, jobs, workspace), None, form, **QUIET)

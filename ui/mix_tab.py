@@ -18,6 +18,7 @@ from typing import Any
 import gradio as gr
 
 from core.dashboard import LazyStore
+from core.data_paths import ReadableRoots
 from core.errors import ForgetlessError
 from core.mix import BALANCE_CHOICES, BY_CHOICES, DEFAULT_TOKENIZER, freeze_mix, plan_mix
 from core.mix_snapshot import list_snapshots
@@ -49,6 +50,7 @@ from core.mix_views import (
 )
 from core.models import ALIASES
 from core.screen_views import empty_figure
+from ui.alerts import warn
 from ui.job_controls import QUIET
 
 _FAILURES = (ForgetlessError, OSError, ValueError)  # shown as a message; anything else is a bug
@@ -60,8 +62,7 @@ _NO_COMPOSITION, _NO_MAP = "Composition (no domain data yet)", "pick domain data
 
 def _failed(error: Exception, width: int) -> tuple[Any, ...]:
     """A refused action: a toast and the message line say why; the other outputs keep their state."""
-    gr.Warning(str(error))
-    return (f"⚠️ {error}", *(gr.skip(),) * width)
+    return (f"⚠️ {warn(error)}", *(gr.skip(),) * width)
 
 
 def load_domain_view(cache: MixCache, spec: str | None) -> tuple[Any, ...]:
@@ -70,10 +71,11 @@ def load_domain_view(cache: MixCache, spec: str | None) -> tuple[Any, ...]:
     if not (spec or "").strip():
         return "", _NO_DOMAIN, empty, None
     try:
+        spec = cache.roots.check(spec)  # the resolved path: the plan, map and snapshot read what was checked
         data = cache.domain(spec)
     except _FAILURES as error:
-        gr.Warning(str(error))
-        return f"⚠️ {error}", f"**Import failed:** {error}", empty, None
+        line = warn(error)
+        return f"⚠️ {line}", f"**Import failed:** {line}", empty, None
     return "", import_report_markdown(data.report, data), {"headers": PREVIEW_HEADERS, "data": preview_rows(data)}, spec
 
 
@@ -87,8 +89,8 @@ def update_plan(cache: MixCache, store: LazyStore, spec: str | None, group_by: s
         data = cache.domain(config.domain)
         plan = plan_mix(config, store.get(), cache.workspace, domain=data, counter=cache.counter(config))
     except _FAILURES as error:
-        gr.Warning(str(error))
-        return f"⚠️ {error}", f"**No mix:** {error}", empty_figure("Composition (no mix)"), gr.skip()
+        line = warn(error)
+        return f"⚠️ {line}", f"**No mix:** {line}", empty_figure("Composition (no mix)"), gr.skip()
     seconds = time.perf_counter() - started
     name = suggest_snapshot_name(config, data.name, snapshot_names(cache.workspace))
     return ("", counts_markdown(plan, seconds), composition_figure(plan.composition(group_by), group_by, config.by),
@@ -150,10 +152,11 @@ def uploaded(workspace: Path, path: str | None) -> tuple[Any, ...]:
     return gr.skip(), gr.update(choices=domain_choices(workspace), value=str(kept)), None
 
 
-def build_mix_tab(demo: gr.Blocks, workspace: Path) -> None:
-    """Render the tab's components inside ``demo`` and wire their events, including the page load."""
+def build_mix_tab(demo: gr.Blocks, workspace: Path, roots: ReadableRoots | None = None) -> None:
+    """Render the tab's components inside ``demo`` and wire their events, including the page load. Typed paths
+    are read only under ``roots`` (the workspace and the app's --data-dir folders)."""
     workspace = Path(workspace)
-    store, cache = LazyStore(workspace), MixCache(workspace)
+    store, cache = LazyStore(workspace), MixCache(workspace, roots)
     gr.Markdown("Mix your domain data with the screened general data: the ratio is the share of general "
                 "(reconstructed) data in the result. Counts and token totals follow every change; **Freeze mix** "
                 "writes the training snapshot (`train.parquet`, `manifest.yaml`, a dataset card) that the Train "
@@ -161,7 +164,8 @@ def build_mix_tab(demo: gr.Blocks, workspace: Path) -> None:
     with gr.Row(equal_height=False):
         with gr.Column(scale=1, min_width=300):
             domain = gr.Dropdown(domain_choices(workspace), value=None, allow_custom_value=True, label="Domain data",
-                                 info="builtin:medmcqa, an uploaded file, or type a file/folder path and press Enter",
+                                 info="builtin:medmcqa, an uploaded file, or type a path (in the workspace "
+                                      "or a --data-dir folder) and press Enter",
                                  elem_id="mix-domain")
             upload = gr.File(label="Upload domain data (JSONL, JSON, CSV, Parquet)", file_types=UPLOAD_TYPES,
                              type="filepath", height=120, elem_id="mix-upload")

@@ -1,0 +1,25 @@
+"""Showing an error in the page: as a toast and as a Markdown line, with its text shown literally.
+
+Error text can carry what a user typed (a path, a name, a query), and Gradio renders a toast's message
+as HTML and a Markdown component's HTML tags, so both are escaped here rather than trusted to Gradio's
+sanitiser.
+"""
+
+from __future__ import annotations
+
+import html
+
+import gradio as gr
+
+_MARKDOWN_ACTIVE = set("\\`*_[]<>|~#&")
+
+
+def markdown_literal(text: object) -> str:
+    """``text`` as a Markdown line that shows every character as typed (no links, tags or emphasis)."""
+    return "".join("\\" + char if char in _MARKDOWN_ACTIVE else char for char in str(text))
+
+
+def warn(error: object) -> str:
+    """Toast ``error`` (escaped) and return it as a literal Markdown line for the tab's message."""
+    gr.Warning(html.escape(str(error)))
+    return markdown_literal(error)
