@@ -11,7 +11,7 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -64,18 +64,30 @@ def _config(args: argparse.Namespace, cls: type, overrides: dict[str, Any]) -> A
     return cls(**values)
 
 
+def _check_models(specs: Sequence[str | None], workspace: Path) -> None:
+    """Resolve every MODEL spec (a typo, a missing file) before a job writes its folder or store row."""
+    from core.models import resolve_model
+
+    for spec in specs:
+        if spec:
+            resolve_model(spec, workspace)
+
+
 def _run_job(args: argparse.Namespace, kind: str, config: Any, work: Callable[..., dict[str, Any]],
-             unit_key: str = "done") -> dict[str, Any]:
+             unit_key: str = "done", models: Sequence[str | None] = ()) -> dict[str, Any]:
     """Run one stage in its job folder: lock, status, progress.jsonl and a progress bar on stderr.
 
-    ``work(on_progress, should_stop, recorder)`` does the stage; SIGTERM asks it to stop after the batch.
+    ``models`` (the specs the stage loads) are checked first, so a bad one leaves no trace. The job waits
+    for the workspace's compute slot (queued) before ``work(on_progress, should_stop, recorder)`` loads a
+    model; SIGTERM asks it to stop (leave the queue, or stop after the batch).
     """
     from core.jobs import job_folder, job_session, request_cancel
 
+    _check_models(models, args.workspace)
     job_id = config.resolved_job_id()
     folder = job_folder(args.workspace, job_id)
-    with job_session(folder, kind, config) as recorder:
-        signal.signal(signal.SIGTERM, lambda *_: request_cancel(folder))
+    signal.signal(signal.SIGTERM, lambda *_: request_cancel(folder) if folder.exists() else None)
+    with job_session(folder, kind, config, compute_slot=args.workspace) as recorder:
         bar = None
 
         def on_progress(values: dict[str, Any]) -> None:
@@ -123,7 +135,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> None:
     def work(**hooks: Any) -> dict[str, Any]:
         return run_reconstruction(config, store, _loader(args.workspace, sampling=True)(config.model), **hooks)
 
-    summary = _run_job(args, "reconstruct", config, work, unit_key="stored")
+    summary = _run_job(args, "reconstruct", config, work, unit_key="stored", models=(config.model,))
     state = "cancelled" if summary["cancelled"] else "done"
     human = (f"{state}: {summary['stored']}/{summary['target']} instructions for job {summary['job_id']} in "
              f"{summary['db']} ({summary['new']} new, dropped {summary['dropped']}, {summary['tokens_per_s']} tok/s, "
@@ -146,7 +158,8 @@ def cmd_respond(args: argparse.Namespace) -> None:
     })
     store = Store.for_workspace(args.workspace)
     summary = _run_job(args, "respond", config,
-                       lambda **hooks: run_responses(config, store, _loader(args.workspace, sampling=True), **hooks))
+                       lambda **hooks: run_responses(config, store, _loader(args.workspace, sampling=True), **hooks),
+                       models=config.models)
     state = "cancelled" if summary["cancelled"] else "done"
     human = (f"{state}: {summary['responses']} responses from {', '.join(summary['models'])} "
              f"({summary['tokens_per_s']} tok/s, {summary['seconds']} s) in {summary['db']}")
@@ -163,7 +176,8 @@ def cmd_judge(args: argparse.Namespace) -> None:
     })
     store = Store.for_workspace(args.workspace)
     summary = _run_job(args, "judge", config,
-                       lambda **hooks: run_judging(config, store, _loader(args.workspace), **hooks))
+                       lambda **hooks: run_judging(config, store, _loader(args.workspace), **hooks),
+                       models=config.judges)
     state = "cancelled" if summary["cancelled"] else "done"
     human = (f"{state}: {summary['scores']} scores by {', '.join(summary['judges'])} ({summary['method']}), "
              f"{summary['failures']} failures; consensus for {summary['responses_with_consensus']} responses, "
@@ -173,6 +187,7 @@ def cmd_judge(args: argparse.Namespace) -> None:
 
 def cmd_profile(args: argparse.Namespace) -> None:
     from core.profile import ProfileConfig, run_profile
+    from core.profile_semantic import resolve_embedder
     from core.store import Store
 
     config = _config(args, ProfileConfig, {
@@ -181,9 +196,11 @@ def cmd_profile(args: argparse.Namespace) -> None:
         "dedup_threshold": args.dedup_threshold, "projection": args.projection,
         "category_calibration": args.category_calibration, "batch_size": args.batch_size,
         "seed": args.seed, "job_id": args.job_id})
+    resolve_embedder(config.embedder)
     store = Store.for_workspace(args.workspace)
     summary = _run_job(args, "profile", config,
-                       lambda **hooks: run_profile(config, store, _loader(args.workspace), **hooks))
+                       lambda **hooks: run_profile(config, store, _loader(args.workspace), **hooks),
+                       models=(config.difficulty_judge, config.category_model, config.target_model))
     state = "cancelled" if summary["cancelled"] else "done"
     human = (f"{state}: profiled {summary['instructions']} instructions: {summary['clusters']} clusters, "
              f"{summary['duplicate_groups']} near-duplicate groups ({summary['hidden_duplicates']} hidden), "

@@ -82,6 +82,9 @@ def job_status_line(job: JobInfo | None, *, unit: str = "stored", noun: str | No
     summary = job.summary or {}
     counts = _job_counts(job, unit, noun)
     head = f"{job.state} · {job.job_id}"
+    if job.state == "queued":  # waiting for the workspace's compute slot
+        holder = progress.get("waiting_for")
+        return f"{head} · waiting for {f'job {holder}' if holder else 'another job'} to finish"
     if job.state == "starting" or (job.state == "running" and unit not in progress):
         return f"{head} · {progress.get('phase', 'starting')}…"
     if job.state == "running":

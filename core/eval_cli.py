@@ -70,7 +70,7 @@ def results_table(results: dict[str, dict[str, Any]]) -> str:
 
 def cmd_eval(args: argparse.Namespace) -> None:
     from core.cli import _config, _emit, _loader, _run_job
-    from core.evaluate import EvalConfig, run_evaluation
+    from core.evaluate import EvalConfig, resolve_target, run_evaluation
     from core.store import Store
 
     config = _config(args, EvalConfig, {
@@ -80,8 +80,10 @@ def cmd_eval(args: argparse.Namespace) -> None:
         "domain_test_fraction": args.domain_test_fraction, "ifeval_max_new_tokens": args.ifeval_max_new_tokens,
     })
     store = Store.for_workspace(args.workspace)
+    target = resolve_target(config)
     summary = _run_job(args, "eval", config,
-                       lambda **hooks: run_evaluation(config, store, _loader(args.workspace), **hooks))
+                       lambda **hooks: run_evaluation(config, store, _loader(args.workspace), **hooks),
+                       models=(target.load_spec, target.base))
     summary = {**summary, "results": json_results(summary["results"])}
     state = "cancelled" if summary["cancelled"] else "done"
     human = (f"{results_table(summary['results'])}\n{state}: {summary['items_scored']} items scored for "

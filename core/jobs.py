@@ -4,6 +4,11 @@ The folder holds ``config.yaml``, ``status.json``, ``progress.jsonl`` and ``log.
 process (the app after a reload or a restart, the CLI, a second browser) can find a job, follow its
 progress and cancel it (by creating a ``cancel`` file the worker polls). A lock file held by the
 running process tells a live job from one whose process died, and keeps two processes off one job.
+
+Model jobs of one workspace run one after another: each takes the compute slot (a lock on
+``<workspace>/jobs/.compute.lock``) before it loads a model and is "queued" while another job holds
+it. Side by side on the same cores, each job's threads spin waiting for the other's: two reconstructions
+on 2 cores ran at ~3 tok/s each against ~30 alone (bench/concurrent_jobs.py), far below half speed.
 """
 
 from __future__ import annotations
@@ -13,24 +18,32 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from core.config import load_yaml, to_yaml
 from core.errors import ForgetlessError
 
-ACTIVE_STATES = ("starting", "running")
+ACTIVE_STATES = ("starting", "queued", "running")
+COMPUTE_LOCK = ".compute.lock"  # under <workspace>/jobs; holds the id of the job that has the slot
+QUEUE_POLL_S = 0.5
+STARTING_GRACE_S = 60  # a starting job's worker may take this long to lock its folder
+
+
+class CancelledWhileQueued(ForgetlessError):
+    """A cancel reached a job waiting for the compute slot: it ends without having loaded a model."""
 
 
 @dataclass(frozen=True)
 class JobInfo:
     job_id: str
     kind: str
-    state: str  # starting | running | done | failed | cancelled | interrupted
+    state: str  # starting | queued | running | done | failed | cancelled | interrupted
     folder: Path
     progress: dict[str, Any]
     error: str | None
@@ -51,7 +64,7 @@ def job_folder(workspace: Path, job_id: str) -> Path:
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    staging = path.with_suffix(".tmp")
+    staging = path.with_name(f"{path.stem}.{os.getpid()}-{threading.get_ident()}.tmp")  # one per writer
     staging.write_text(json.dumps(data, default=str), encoding="utf-8")
     os.replace(staging, path)  # readers never see half a file
 
@@ -94,16 +107,45 @@ def last_progress(folder: Path) -> dict[str, Any]:
     return {}
 
 
+def _stale(status: dict[str, Any]) -> bool:
+    """An active state that a live worker would hold the folder lock for (a starting one after its grace)."""
+    state = status.get("state", "starting")
+    if state not in ACTIVE_STATES:
+        return False
+    return state != "starting" or time.time() - status.get("started_at", 0) > STARTING_GRACE_S
+
+
+def _mark_interrupted(folder: Path) -> dict[str, Any]:
+    """Rewrite a stale active status.json as "interrupted"; return the status to report.
+
+    Done under the folder lock, so no worker writes its state in between: one that took the lock since
+    the check keeps its status, and one that finished wrote its final state before releasing the lock,
+    so the re-read here sees it and that state wins.
+    """
+    try:
+        with (folder / "lock").open("a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:  # a worker took the job over since the check
+                return _read_json(folder / "status.json")
+            try:
+                status = _read_json(folder / "status.json")
+                if _stale(status):
+                    status = {**status, "state": "interrupted", "interrupted_at": time.time()}
+                    _write_json(folder / "status.json", status)
+                return status
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+    except OSError:  # e.g. a read-only copy of a workspace: report it, leave the file
+        status = _read_json(folder / "status.json")
+        return {**status, "state": "interrupted"} if _stale(status) else status
+
+
 def job_info(folder: Path) -> JobInfo:
     status = _read_json(folder / "status.json")
+    if _stale(status) and not _is_locked(folder):
+        status = _mark_interrupted(folder)
     state = status.get("state", "starting")
-    # A starting job gets a grace period before its missing lock means its process is gone.
-    stale = state == "running" or time.time() - status.get("started_at", 0) > 60
-    if state in ACTIVE_STATES and stale and not _is_locked(folder):
-        # The process may have finished between the two reads: its final state wins over "interrupted".
-        status = _read_json(folder / "status.json")
-        state = status.get("state", "starting")
-        state = "interrupted" if state in ACTIVE_STATES else state
     return JobInfo(
         job_id=folder.name, kind=status.get("kind", "?"), state=state, folder=folder,
         progress=last_progress(folder), error=status.get("error"), summary=status.get("summary"),
@@ -136,9 +178,63 @@ def _drop_stale_cancel(folder: Path) -> None:
         cancel.unlink(missing_ok=True)
 
 
+def job_threads() -> int:
+    """Torch threads for a model job: OMP_NUM_THREADS when set (by the user, or `accelerate launch`), else
+    every core this process may run on (its CPU affinity, which a container or taskset narrows)."""
+    explicit = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if explicit.isdigit() and int(explicit) > 0:
+        return int(explicit)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _take_compute_slot(workspace: Path, recorder: JobRecorder) -> IO[str]:
+    """Wait until this job holds the workspace's compute slot and return the held lock file.
+
+    While another job holds it the job is "queued", its progress names the job it waits for and stderr
+    says so once per holder; a cancel request ends the wait with CancelledWhileQueued.
+    """
+    path = jobs_root(workspace) / COMPUTE_LOCK
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = path.open("a+", encoding="utf-8")
+    announced: str | None = None
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            pass
+        if recorder.cancel_requested():
+            handle.close()
+            raise CancelledWhileQueued(f"job {recorder.folder.name} was cancelled while queued (no model was loaded)")
+        holder = path.read_text(encoding="utf-8").strip()  # empty for an instant while the slot changes hands
+        if announced is None or (holder and holder != announced):
+            announced = holder
+            what = f"job {holder}" if holder else "another job"
+            recorder.set_state("queued")
+            recorder.progress({"phase": f"queued: waiting for {what} to finish", "waiting_for": holder or None})
+            print(f"queued: waiting for {what} to finish", file=sys.stderr, flush=True)
+        time.sleep(QUEUE_POLL_S)
+    handle.seek(0)
+    handle.truncate()
+    handle.write(recorder.folder.name)
+    handle.flush()
+    return handle
+
+
+def _release_compute_slot(handle: IO[str]) -> None:
+    handle.seek(0)
+    handle.truncate()  # before unlocking, so no waiter reads this job as the holder after it ended
+    handle.close()
+
+
 @contextmanager
-def job_session(folder: Path, kind: str, config: Any) -> Iterator[JobRecorder]:
-    """Own a job folder while it runs: lock it, record status and progress, leave a final state."""
+def job_session(folder: Path, kind: str, config: Any, compute_slot: Path | None = None) -> Iterator[JobRecorder]:
+    """Own a job folder while it runs: lock it, record status and progress, leave a final state.
+
+    A model job names its workspace as ``compute_slot``: it first waits its turn for that workspace's slot
+    ("queued"), then uses every available core (``job_threads``), so jobs of one workspace run one after
+    another.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.yaml").write_text(to_yaml(config), encoding="utf-8")
     lock = (folder / "lock").open("a")
@@ -149,16 +245,25 @@ def job_session(folder: Path, kind: str, config: Any) -> Iterator[JobRecorder]:
         raise ForgetlessError(f"job {folder.name} is already running in another process") from None
     _drop_stale_cancel(folder)
     recorder = JobRecorder(folder, kind)
-    recorder.set_state("running")
+    slot = None
     try:
+        if compute_slot is not None:
+            slot = _take_compute_slot(compute_slot, recorder)
+            import torch
+
+            torch.set_num_threads(job_threads())
+        recorder.set_state("running")
         yield recorder
     except BaseException as error:
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
-        recorder.set_state("cancelled" if isinstance(error, KeyboardInterrupt) else "failed", error=message)
+        cancelled = isinstance(error, (KeyboardInterrupt, CancelledWhileQueued))
+        recorder.set_state("cancelled" if cancelled else "failed", error=message)
         raise
     else:
         recorder.set_state("cancelled" if recorder.cancel_requested() else "done", summary=recorder.summary)
     finally:
+        if slot is not None:
+            _release_compute_slot(slot)
         lock.close()
 
 

@@ -140,6 +140,11 @@ def _load_error(source: ModelSource, error: Exception) -> ForgetlessError:
     text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     if "does not recognize this architecture" in text or "not supported" in text.lower():
         return ForgetlessError(f"model '{source.spec}' has an unsupported architecture: {text}")
+    if source.gguf_file is not None and not isinstance(error, ImportError):
+        # Reading a damaged GGUF fails deep in the parser or the de-quantiser ("'utf-8' codec can't
+        # decode byte 0xfc", "cannot reshape array"): say which file is bad rather than echo that alone.
+        gguf = Path(source.location) / source.gguf_file
+        return ForgetlessError(f"{gguf} is not a readable GGUF file (corrupt or truncated): {text}")
     return ForgetlessError(f"could not load model '{source.spec}': {text}")
 
 

@@ -257,7 +257,7 @@ def run_training(config: TrainConfig, workspace: Path, *, resume: bool = False,
     out.mkdir(parents=True, exist_ok=True)
     if not is_main_process():
         return _train(config, workspace, checkpoint, recorder=None, on_progress=None)
-    with job_session(out, "train", config) as recorder:
+    with job_session(out, "train", config, compute_slot=Path(workspace)) as recorder:  # queued behind model jobs
         summary = _train(config, workspace, checkpoint, recorder=recorder, on_progress=on_progress)
         recorder.summary = summary
     return summary

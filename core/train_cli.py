@@ -75,6 +75,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 def cmd_train(args: argparse.Namespace) -> None:
     from core.cli import _emit, _progress_bar
     from core.jobs import request_cancel
+    from core.models import resolve_model
     from core.train import run_training
 
     config = config_from_args(args)
@@ -87,6 +88,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         bar.update(values["step"] - bar.n)
         bar.set_postfix(loss=f"{values['loss']:.3f}", tok_s=f"{values['tokens_per_s']:.0f}")
 
+    resolve_model(config.model, args.workspace)  # a bad MODEL fails before the run folder is written
     if is_main_process():
         signal.signal(signal.SIGTERM, lambda *_: request_cancel(Path(config.out)))
     summary = run_training(config, args.workspace, resume=args.resume, on_progress=on_progress)

@@ -106,3 +106,40 @@ def test_resume_after_kill_ends_with_exactly_n_and_no_duplicates(tiny_model_dir:
     rerun = forgetless(*args, workspace=tmp_path)  # a finished job stays finished
     assert json.loads(rerun.stdout.strip().splitlines()[-1])["new"] == 0
     assert store.count_instructions(job_id=job_id) == 100
+
+
+@pytest.mark.parametrize("args", [
+    ["respond", "--models", "no-such-alias", "--k", "1"],
+    ["reconstruct", "--model", "no-such-alias", "--n", "2"],
+    ["judge", "--judges", "smollm2-135m-instruct,no-such-alias"],
+    ["profile", "--target-model", "no-such-alias"],
+    ["eval", "--model", "no-such-alias", "--suite", "general", "--limit", "1"],
+    ["train", "--model", "no-such-alias", "--data", "{ws}/snapshot", "--out", "{ws}/runs/r1"],
+])
+def test_failed_start_leaves_no_job_behind(args: list[str], tmp_path: Path):
+    store = Store.for_workspace(tmp_path)
+    store.register_job("earlier", "reconstruct", "n: 1\n")
+
+    def jobs_table() -> list[tuple]:
+        with store.read() as con:
+            return con.execute("SELECT * FROM jobs ORDER BY job_id").fetchall()
+
+    before = jobs_table()
+    (tmp_path / "jobs" / "earlier").mkdir(parents=True)
+    (tmp_path / "snapshot").mkdir()
+    (tmp_path / "snapshot" / "train.parquet").write_bytes(b"")  # train checks the model before reading it
+    result = forgetless(*[arg.replace("{ws}", str(tmp_path)) for arg in args], workspace=tmp_path)
+    assert result.returncode == 2
+    assert_one_line_error(result, "unknown model 'no-such-alias'")
+    assert jobs_table() == before
+    assert sorted(p.name for p in (tmp_path / "jobs").iterdir()) == ["earlier"]
+    assert not (tmp_path / "runs").exists()
+
+
+def test_damaged_gguf_is_one_line_naming_the_file(tmp_path: Path):
+    from tests.test_models import damaged_ggufs
+
+    for bad in damaged_ggufs(tmp_path):
+        result = forgetless("prequery", str(bad), workspace=tmp_path / "ws")
+        assert result.returncode == 2
+        assert_one_line_error(result, f"{bad} is not a readable GGUF file (corrupt or truncated): ")

@@ -78,3 +78,23 @@ def test_launch_refuses_a_missing_data_dir(tmp_path):
                            "--data-dir", str(tmp_path / "missing")], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [f"error: --data-dir {tmp_path / 'missing'}: not a folder"]
+
+
+def test_model_fields_are_confined_but_aliases_and_hub_ids_pass(layout):
+    from core.respond import RespondConfig
+
+    roots = ReadableRoots.for_app(layout["workspace"], [layout["data"]])
+    for spec in ("smollm2-135m-instruct", "HuggingFaceTB/SmolLM2-135M-Instruct", "none", None, ""):
+        assert roots.check_model(spec) == spec
+    assert roots.check_model(str(layout["data"] / "model.gguf")) == str(layout["data"] / "model.gguf")
+    for spec in (str(layout["outside"]), "/etc/passwd.gguf", str(layout["workspace"] / "escape"), "../outside"):
+        with pytest.raises(ForgetlessError, match="outside the folders this app reads"):
+            roots.check_model(spec)
+
+    def build(*models: str) -> RespondConfig:
+        return RespondConfig(models=models)
+
+    confined = roots.confine(build, "models")
+    assert confined("smollm2-135m-instruct").models == ("smollm2-135m-instruct",)
+    with pytest.raises(ForgetlessError, match="outside the folders"):
+        confined("smollm2-135m-instruct", str(layout["outside"]))

@@ -1,12 +1,24 @@
 import json
 import os
 import signal
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from core.errors import ForgetlessError
-from core.jobs import job_info, job_session, list_jobs, request_cancel, start_background, wait_for
+from core.jobs import (
+    CancelledWhileQueued,
+    job_folder,
+    job_info,
+    job_session,
+    job_threads,
+    list_jobs,
+    request_cancel,
+    start_background,
+    wait_for,
+)
 from core.reconstruct import ReconstructConfig
 from core.store import Store
 
@@ -46,6 +58,9 @@ def test_killed_worker_shows_as_interrupted(tiny_model_dir: Path, tmp_path: Path
     pid = json.loads((folder / "status.json").read_text())["pid"]
     os.kill(pid, signal.SIGKILL)
     assert wait_for(folder, 30, lambda job: job.state == "interrupted").state == "interrupted"
+    # The status file itself is corrected (atomically), not only what job_info reports.
+    status = json.loads((folder / "status.json").read_text())
+    assert status["state"] == "interrupted" and status["pid"] == pid and status["kind"] == "reconstruct"
 
 
 def test_job_session_records_failure_and_refuses_a_second_owner(tmp_path: Path):
@@ -74,3 +89,107 @@ def test_cancel_pressed_while_starting_is_kept_but_a_stale_one_is_dropped(tmp_pa
     (rerun / "status.json").write_text(json.dumps({"state": "cancelled", "started_at": time.time()}))
     with job_session(rerun, "reconstruct", ReconstructConfig(model="m", n=1)) as recorder:
         assert not recorder.cancel_requested()
+
+
+def _progress_lines(folder: Path) -> list[dict]:
+    return [json.loads(line) for line in (folder / "progress.jsonl").read_text().splitlines()]
+
+
+def _hold_slot(workspace: Path, job_id: str = "holder"):
+    """A job session of this test process holding the workspace's compute slot."""
+    return job_session(job_folder(workspace, job_id), "judge", ReconstructConfig(n=1), compute_slot=workspace)
+
+
+def test_second_model_job_queues_until_the_first_ends(tiny_model_dir: Path, tmp_path: Path):
+    with _hold_slot(tmp_path):
+        folder = background(tmp_path, tiny_model_dir, "bg-queued", n=3)
+        info = wait_for(folder, 120, lambda job: job.state != "starting")
+        assert info.state == "queued" and info.active, (folder / "log.txt").read_text()
+        assert info.progress["waiting_for"] == "holder"
+        assert info.progress["phase"] == "queued: waiting for job holder to finish"
+        time.sleep(1.5)  # still queued, and job_info does not call it interrupted
+        assert job_info(folder).state == "queued"
+        assert Store.for_workspace(tmp_path).count_instructions(job_id="bg-queued") == 0
+        released = time.time()
+    info = wait_for(folder, 120, lambda job: not job.active)
+    assert info.state == "done" and info.summary["stored"] == 3, (folder / "log.txt").read_text()
+    loading = [line for line in _progress_lines(folder) if line.get("phase") == "loading model"]
+    assert loading and loading[0]["time"] >= released  # no model was loaded while it waited
+    queued_lines = [line for line in (folder / "log.txt").read_text().splitlines() if line.startswith("queued:")]
+    assert queued_lines == ["queued: waiting for job holder to finish"]
+
+
+def test_cancel_while_queued_ends_cancelled_without_loading_a_model(tiny_model_dir: Path, tmp_path: Path):
+    with _hold_slot(tmp_path):
+        folder = background(tmp_path, tiny_model_dir, "bg-leaves-queue", n=3)
+        assert wait_for(folder, 120, lambda job: job.state != "starting").state == "queued"
+        request_cancel(folder)
+        info = wait_for(folder, 30, lambda job: not job.active)
+        assert info.state == "cancelled" and "cancelled while queued" in info.error
+    assert all(line.get("phase") != "loading model" for line in _progress_lines(folder))
+    assert Store.for_workspace(tmp_path).count_instructions(job_id="bg-leaves-queue") == 0
+    assert "error: job bg-leaves-queue was cancelled while queued" in (folder / "log.txt").read_text()
+
+
+def test_killed_queued_job_is_interrupted(tiny_model_dir: Path, tmp_path: Path):
+    with _hold_slot(tmp_path):
+        folder = background(tmp_path, tiny_model_dir, "bg-queued-kill", n=3)
+        assert wait_for(folder, 120, lambda job: job.state != "starting").state == "queued"
+        os.kill(json.loads((folder / "status.json").read_text())["pid"], signal.SIGKILL)
+        assert wait_for(folder, 30, lambda job: job.state == "interrupted").state == "interrupted"
+        assert json.loads((folder / "status.json").read_text())["state"] == "interrupted"
+
+
+def test_in_process_queue_cancel_and_threads(tmp_path: Path, monkeypatch):
+    import torch
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+
+    with _hold_slot(tmp_path):
+        waiter = job_folder(tmp_path, "waiter")
+        threading.Timer(1.0, request_cancel, [waiter]).start()
+        with pytest.raises(CancelledWhileQueued), \
+                job_session(waiter, "respond", ReconstructConfig(n=1), compute_slot=tmp_path):
+            pytest.fail("the body ran although the slot was held")
+        assert job_info(waiter).state == "cancelled"
+    torch.set_num_threads(1)
+    with job_session(job_folder(tmp_path, "next"), "respond", ReconstructConfig(n=1), compute_slot=tmp_path):
+        assert torch.get_num_threads() == job_threads() == len(os.sched_getaffinity(0))
+        assert (tmp_path / "jobs" / ".compute.lock").read_text() == "next"
+    assert (tmp_path / "jobs" / ".compute.lock").read_text() == ""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # set by the user or by `accelerate launch`: kept
+    with job_session(job_folder(tmp_path, "one"), "respond", ReconstructConfig(n=1), compute_slot=tmp_path):
+        assert torch.get_num_threads() == 1
+
+
+def test_stale_status_is_rewritten_but_a_fresh_start_or_final_state_is_not(tmp_path: Path):
+    def folder_with(name: str, **status) -> Path:
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "status.json").write_text(json.dumps({"kind": "respond", **status}))
+        return folder
+
+    dead = folder_with("dead", state="running", pid=999999, started_at=time.time())
+    assert job_info(dead).state == "interrupted"
+    assert json.loads((dead / "status.json").read_text())["state"] == "interrupted"
+    fresh = folder_with("fresh", state="starting", started_at=time.time())  # within the starting grace
+    assert job_info(fresh).state == "starting"
+    assert json.loads((fresh / "status.json").read_text())["state"] == "starting"
+    old = folder_with("old", state="starting", started_at=time.time() - 3600)
+    assert job_info(old).state == "interrupted"
+    finished = folder_with("finished", state="done", started_at=time.time())
+    assert job_info(finished).state == "done"
+    assert not list(tmp_path.glob("*/*.tmp"))
+
+
+def test_app_status_line_shows_queued():
+    from core.dashboard import job_status_line as status_line
+    from core.jobs import JobInfo
+
+    queued = JobInfo("respond-1", "respond", "queued", Path("/x"),
+                     {"phase": "queued: waiting for job judge-2 to finish", "waiting_for": "judge-2"}, None, None, 1.0)
+    line = status_line(queued, unit="done", noun="responses")
+    assert line == "queued · respond-1 · waiting for job judge-2 to finish"
+    unknown = JobInfo("respond-1", "respond", "queued", Path("/x"), {}, None, None, 1.0)
+    assert "waiting for another job" in status_line(unknown, unit="done")
+    assert "interrupted" not in status_line(queued) and queued.active

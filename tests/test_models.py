@@ -63,6 +63,35 @@ def test_corrupt_gguf_is_one_clear_error(tmp_path: Path):
         load_tokenizer(str(bad), tmp_path)
 
 
+def _packaged_gguf() -> Path:
+    source = resolve_model("smollm2-135m-instruct", Path("unused"))
+    return Path(source.location) / source.gguf_file
+
+
+def damaged_ggufs(folder: Path) -> list[Path]:
+    """A real GGUF v3 header followed by garbage, and the first 2 MB of the packaged SmolLM2 GGUF."""
+    import random
+    import struct
+
+    garbage = folder / "garbage.gguf"
+    garbage.write_bytes(b"GGUF" + struct.pack("<I", 3) + random.Random(0).randbytes(4096))
+    truncated = folder / "truncated.gguf"
+    with _packaged_gguf().open("rb") as real:
+        truncated.write_bytes(real.read(2_000_000))
+    return [garbage, truncated]
+
+
+def test_damaged_gguf_names_the_file(tmp_path: Path):
+    for bad in damaged_ggufs(tmp_path):
+        for load in (load_tokenizer, load_model):
+            with pytest.raises(ForgetlessError) as caught:
+                load(str(bad), tmp_path / "ws")
+            message = str(caught.value)
+            assert message.startswith(f"{bad} is not a readable GGUF file (corrupt or truncated): "), message
+            assert "\n" not in message
+    assert not list((tmp_path / "ws").glob("models/*"))  # no half-converted cache left behind
+
+
 @pytest.mark.integration
 def test_smollm2_gguf_converts_once_then_loads_fast(real_workspace: Path):
     import time

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -55,8 +55,9 @@ def _serving(url: str) -> bool:
 
 
 @contextmanager
-def serve_app(workspace: Path, tmp_path: Path) -> Iterator[str]:
-    """`python launch.py` on a free port over ``workspace`` (prepared by the caller, or empty); yields its URL.
+def serve_app(workspace: Path, tmp_path: Path, data_dirs: Sequence[Path] = ()) -> Iterator[str]:
+    """`python launch.py` on a free port over ``workspace`` (prepared by the caller, or empty) with ``data_dirs``
+    as --data-dir folders (the app reads typed paths only there and in the workspace); yields its URL.
 
     Stops the server afterwards; background jobs it started are the caller's to stop (they outlive the app).
     """
@@ -65,7 +66,8 @@ def serve_app(workspace: Path, tmp_path: Path) -> Iterator[str]:
            "FORGETLESS_NO_PROGRESS": "1", "HF_HUB_OFFLINE": "1"}
     with log_path.open("wb") as log:
         server = subprocess.Popen(
-            [sys.executable, str(REPO / "launch.py"), "--workspace", str(workspace), "--port", str(port)],
+            [sys.executable, str(REPO / "launch.py"), "--workspace", str(workspace), "--port", str(port),
+             *(arg for folder in data_dirs for arg in ("--data-dir", str(folder)))],
             cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
         )
     url = f"http://127.0.0.1:{port}/"
@@ -84,11 +86,12 @@ def serve_app(workspace: Path, tmp_path: Path) -> Iterator[str]:
 
 
 @pytest.fixture
-def app_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    """The app over an empty workspace; stopped (with any job it ran) afterwards."""
+def app_server(tmp_path: Path, tiny_model_dir: Path) -> Iterator[tuple[str, Path]]:
+    """The app over an empty workspace, allowed to read the tiny model's folder; stopped (with any job it ran)
+    afterwards."""
     workspace = tmp_path / "workspace"
     try:
-        with serve_app(workspace, tmp_path) as url:
+        with serve_app(workspace, tmp_path, [tiny_model_dir]) as url:
             yield url, workspace
     finally:
         _stop_jobs(workspace)

@@ -36,12 +36,12 @@ PLAN_TIMEOUT_S = 60  # the first plan loads the tokenizer and tokenizes MedMCQA'
 
 
 @pytest.fixture
-def mix_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+def mix_server(tmp_path: Path, tiny_model_dir: Path) -> Iterator[tuple[str, Path]]:
     """The app over a workspace holding 60 judged, profiled instructions (no profile embeddings of the
     packaged embedder, so the map must say it needs profiling)."""
     workspace = tmp_path / "workspace"
     build_store(workspace / STORE_FILE)
-    with serve_app(workspace, tmp_path) as url:
+    with serve_app(workspace, tmp_path, [tiny_model_dir]) as url:
         yield url, workspace
 
 

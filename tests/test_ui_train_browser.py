@@ -73,7 +73,7 @@ def test_train_tab_runs_a_tiny_training_in_the_browser(tmp_path, tiny_model_dir,
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # tiny matrices: extra threads only wait on busy shared cores
     workspace = tmp_path / "workspace"
     snapshot = _prepare_workspace(workspace)
-    with serve_app(workspace, tmp_path) as url, sync_api.sync_playwright() as playwright:
+    with serve_app(workspace, tmp_path, [tiny_model_dir]) as url, sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1440, "height": 1100})

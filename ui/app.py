@@ -39,15 +39,15 @@ def build_app(workspace: Path, data_dirs: Sequence[Path] = ()) -> gr.Blocks:
         gr.Markdown(f"Workspace: `{workspace}`", elem_id="app-workspace")
         with gr.Tabs(elem_id="stages"):
             with gr.Tab("1 · Reconstruct", elem_id="tab-reconstruct"):
-                build_reconstruct_tab(demo, workspace)
+                build_reconstruct_tab(demo, workspace, roots)
             with gr.Tab("2 · Screen", elem_id="tab-screen"):
-                build_screen_tab(demo, workspace)
+                build_screen_tab(demo, workspace, roots)
             with gr.Tab("3 · Explore", elem_id="tab-explore"):
-                build_explore_tab(demo, workspace)
+                build_explore_tab(demo, workspace, roots)
             with gr.Tab("4 · Mix", elem_id="tab-mix"):
                 build_mix_tab(demo, workspace, roots)
             with gr.Tab("5 · Train", elem_id="tab-train"):
-                build_train_tab(demo, workspace)
+                build_train_tab(demo, workspace, roots)
             with gr.Tab("6 · Evaluate", elem_id="tab-evaluate"):
                 build_evaluate_tab(demo, workspace, roots)
     return demo

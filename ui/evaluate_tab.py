@@ -101,8 +101,8 @@ def _views(store: LazyStore, base: str | None, runs: list[str] | None) -> tuple[
 
 
 def _confined_plan(roots: ReadableRoots, *form: Any) -> Any:
-    """The form's plan, refused when its domain data is a path outside the folders the app reads."""
-    plan = plan_from_form(*form)
+    """The form's plan, refused when a model, run or domain path lies outside the folders the app reads."""
+    plan = roots.confine(plan_from_form, "base", "runs")(*form)
     if "domain" in plan.suite:
         roots.check(plan.domain)
     return plan

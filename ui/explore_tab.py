@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 import gradio as gr
 
 from core.dashboard import LazyStore, StageJobs, job_marker
+from core.data_paths import ReadableRoots
 from core.errors import ForgetlessError
 from core.explore_views import (
     COLOUR_BY,
@@ -204,9 +205,11 @@ def _filter_form() -> FilterWidgets:
                          length_min, length_max, hide_duplicates, search, where)
 
 
-def build_explore_tab(demo: gr.Blocks, workspace: Path) -> None:
-    """Render the tab's components inside ``demo`` and wire their events, including the page load."""
+def build_explore_tab(demo: gr.Blocks, workspace: Path, roots: ReadableRoots | None = None) -> None:
+    """Render the tab's components inside ``demo`` and wire their events, including the page load. Typed model
+    paths are read only under ``roots`` (by default the workspace)."""
     workspace = Path(workspace)
+    roots = roots or ReadableRoots.for_app(workspace)
     store = LazyStore(workspace)
     judges = StageJobs(workspace, "judge", JudgeConfig)
     gr.Markdown("Profile the instructions (difficulty, IFD, task category, topic clusters, a 2-D map, "
@@ -257,7 +260,9 @@ def build_explore_tab(demo: gr.Blocks, workspace: Path) -> None:
     seen = gr.State("")  # profile and judge jobs' markers: a change means new explore rows
     timer = gr.Timer(1.0)
 
-    wire_job(demo, profile, profile_inputs, profile_config, profile_form)
+    wire_job(demo, profile, profile_inputs,
+             roots.confine(profile_config, "difficulty_judge", "category_model", "target_model", "embedder"),
+             profile_form)
 
     def poll() -> tuple[Any, ...]:
         values, marker = profile.poll()

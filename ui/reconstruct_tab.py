@@ -20,6 +20,7 @@ from core.dashboard import (
     new_job_id,
     read_instruction_view,
 )
+from core.data_paths import ReadableRoots
 from core.errors import ForgetlessError
 from core.jobs import JobInfo, list_jobs, load_job_config, request_cancel, start_background
 from core.models import ALIASES, DEFAULT_MODEL
@@ -34,8 +35,9 @@ _NO_JOB = "no-job"
 class _Workspace:
     """The tab's view of one workspace; the store is opened lazily (creating it takes a write lock)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, roots: ReadableRoots | None = None) -> None:
         self.root = root
+        self.roots = roots or ReadableRoots.for_app(root)  # where a typed model path may point
         self._store: Store | None = None
 
     @property
@@ -95,7 +97,7 @@ def start_job(space: _Workspace, *form: Any) -> str:
         running = space.newest_job()
         if running is not None and running.active:
             raise ForgetlessError(f"job {running.job_id} is still {running.state}; cancel it or wait for it")
-        config = _config_from_form(*form)
+        config = space.roots.confine(_config_from_form, "model")(*form)
         start_background(space.root, KIND, config, config.job_id)
     except ForgetlessError as error:
         gr.Warning(str(error))
@@ -155,9 +157,9 @@ def step_page(space: _Workspace, delta: int | None, search: str, page: float | N
     return show_page(space, search, target)
 
 
-def build_reconstruct_tab(demo: gr.Blocks, workspace: Path) -> None:
+def build_reconstruct_tab(demo: gr.Blocks, workspace: Path, roots: ReadableRoots | None = None) -> None:
     """Render the tab's components inside ``demo`` and wire their events, including the page load."""
-    space = _Workspace(Path(workspace))
+    space = _Workspace(Path(workspace), roots)
     gr.Markdown(
         "Prompt the model with only the start of its chat template, up to where a user's message would "
         "begin, and let it write the user's turn. Each cleaned, de-duplicated instruction is stored with its "

@@ -15,6 +15,7 @@ from typing import Any
 import gradio as gr
 
 from core.dashboard import LazyStore, StageJobs
+from core.data_paths import ReadableRoots
 from core.errors import ForgetlessError
 from core.judge import METHODS, JudgeConfig
 from core.models import ALIASES
@@ -92,9 +93,11 @@ def _consensus_page(store: LazyStore, delta: int, page: float | None) -> tuple[A
     return _consensus_value(table), current, label
 
 
-def build_screen_tab(demo: gr.Blocks, workspace: Path) -> None:
-    """Render the tab's components inside ``demo`` and wire their events, including the page load."""
+def build_screen_tab(demo: gr.Blocks, workspace: Path, roots: ReadableRoots | None = None) -> None:
+    """Render the tab's components inside ``demo`` and wire their events, including the page load. Typed model
+    paths are read only under ``roots`` (by default the workspace)."""
     workspace = Path(workspace)
+    roots = roots or ReadableRoots.for_app(workspace)
     store = LazyStore(workspace)
     gr.Markdown("Answer every reconstructed instruction with several models (K samples each), then have "
                 "several judge models score every response 1–5. The consensus of the judges keeps the best "
@@ -128,8 +131,8 @@ def build_screen_tab(demo: gr.Blocks, workspace: Path) -> None:
     seen = gr.State("")  # both jobs' markers; a change redraws the views
     timer = gr.Timer(1.0)
 
-    wire_job(demo, respond, respond_inputs, respond_config, respond_form)
-    wire_job(demo, judge, judge_inputs, judge_config, judge_form)
+    wire_job(demo, respond, respond_inputs, roots.confine(respond_config, "models"), respond_form)
+    wire_job(demo, judge, judge_inputs, roots.confine(judge_config, "judges"), judge_form)
 
     def poll() -> tuple[Any, ...]:
         respond_values, respond_marker = respond.poll()

@@ -14,6 +14,7 @@ from typing import Any
 import gradio as gr
 
 from core.config import load_yaml
+from core.data_paths import ReadableRoots
 from core.errors import ForgetlessError
 from core.mix_snapshot import list_snapshots, mixes_dir
 from core.models import ALIASES, DEFAULT_MODEL
@@ -41,8 +42,9 @@ _DEFAULTS = TrainConfig(data="-", out="-")
 class _Runs:
     """The tab's handlers over one workspace; each reads the run folders afresh (no state kept here)."""
 
-    def __init__(self, workspace: Path) -> None:
+    def __init__(self, workspace: Path, roots: ReadableRoots | None = None) -> None:
         self.root = Path(workspace)
+        self.roots = roots or ReadableRoots.for_app(self.root)  # where typed data and model paths may point
 
     # -- the form ------------------------------------------------------------------------------------------
     def config(self, data: str | None, *form: Any) -> TrainConfig:
@@ -71,7 +73,7 @@ class _Runs:
 
     def start(self, *form: Any) -> tuple[Any, ...]:
         try:
-            config = self.config(*form)
+            config = self.roots.confine(self.config, "data", "model")(*form)
             folder = start_training(config, self.root)
         except ForgetlessError as error:
             gr.Warning(str(error))
@@ -87,7 +89,7 @@ class _Runs:
             state = read_run_view(folder).state
             if state == "starting":  # its worker clears the cancel file as it takes the run over
                 raise ForgetlessError(f"{folder.name} is still starting; Cancel works once it runs (a few seconds)")
-            if state != "running":
+            if state not in ("queued", "running"):
                 raise ForgetlessError(f"{folder.name} is not running ({state})")
             cancel_run(folder)
         except ForgetlessError as error:
@@ -130,10 +132,11 @@ class _Runs:
                     gr.update(interactive=False), gr.skip(), plot_marker, table, gr.skip(), marker)
         view = read_run_view(self.folder(name))
         figure = gr.skip() if view.marker == plot_marker else view.figure
-        # Start waits out "starting" (no double click); Cancel needs "running" (the worker clears earlier requests).
+        # Start waits out "starting" (no double click); Cancel needs "queued" or "running" (the worker clears
+        # earlier requests).
         return (view.line, gr.update(interactive=view.state != "starting"),
-                gr.update(interactive=view.state == "running"), gr.update(interactive=view.resumable), figure,
-                view.marker, table, gr.skip() if same_names else gr.update(choices=names), marker)
+                gr.update(interactive=view.state in ("queued", "running")), gr.update(interactive=view.resumable),
+                figure, view.marker, table, gr.skip() if same_names else gr.update(choices=names), marker)
 
     def on_load(self) -> tuple[Any, ...]:
         """A fresh page: the snapshot list, and the followed run's settings in the form (defaults without one)."""
@@ -202,9 +205,9 @@ def _form() -> list[Any]:
             lora_alpha, lora_dropout, target_modules, seed, save_steps, merge, refresh]
 
 
-def build_train_tab(demo: gr.Blocks, workspace: Path) -> None:
+def build_train_tab(demo: gr.Blocks, workspace: Path, roots: ReadableRoots | None = None) -> None:
     """Render the tab's components inside ``demo`` and wire their events, including the page load."""
-    runs = _Runs(workspace)
+    runs = _Runs(workspace, roots)
     gr.Markdown("Fine-tune the base model on a frozen mix (domain data plus reconstructed general data) with "
                 "TRL's SFT trainer, loss on the assistant's answers only. The run goes on in the background: "
                 "follow its loss here, cancel it (a checkpoint is saved) and resume it later.")
