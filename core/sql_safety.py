@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import functools
 import json
-import re
 import threading
 import time
 import warnings
@@ -99,12 +98,11 @@ def _parse_tree(sql: str) -> dict[str, Any]:
     return tree
 
 
-def check_select(sql: str, tables: frozenset[str] | None = None) -> str:
+def check_select(sql: str, tables: frozenset[str]) -> str:
     """Return ``sql`` stripped if it is exactly one SELECT made only of allowed parts that reads only
-    ``tables`` (default: those the store schema defines); else raise a one-line :class:`ForgetlessError`.
-    Nothing is executed."""
+    ``tables`` (the store's); else raise a one-line :class:`ForgetlessError`. Nothing is executed."""
     sql, _, names = _checked(sql)
-    _check_tables(names, schema_tables() if tables is None else tables)
+    _check_tables(names, tables)
     return sql
 
 
@@ -136,15 +134,6 @@ def _check_tables(names: list[TableName], tables: frozenset[str]) -> None:
 
 
 @functools.cache
-def schema_tables() -> frozenset[str]:
-    """The tables a store has, from the schema definitions (for checks made without a store at hand)."""
-    from core.store.explore import EXPLORE_SCHEMA  # lazy: core.store imports this module
-    from core.store.schema import SCHEMA
-
-    pattern = re.compile(r"CREATE\s+(?:OR\s+REPLACE\s+)?(?:TABLE|VIEW)\s+(?:IF\s+NOT\s+EXISTS\s+)?(\w+)", re.I)
-    return frozenset(match.lower() for statement in (*SCHEMA, *EXPLORE_SCHEMA) for match in pattern.findall(statement))
-
-
 def _store_tables(con: duckdb.DuckDBPyConnection) -> frozenset[str]:
     """The attached store's own tables and views (a trusted query, on the sandbox)."""
     rows = con.execute(
@@ -182,12 +171,12 @@ def where_query(clause: str) -> str:
     return f"SELECT * FROM {WHERE_TABLE} WHERE ({clause})"
 
 
-def validate_where(clause: str) -> str:
+def validate_where(clause: str, tables: frozenset[str]) -> str:
     """Check a user's WHERE clause for ``SELECT ... FROM explore_rows WHERE (<clause>)``; return it stripped.
 
     Raises a one-line :class:`ForgetlessError` for anything but a boolean condition: comments, semicolons,
     a ``)`` that escapes the parentheses (``1=1) UNION SELECT ...``), anything the allow-lists do not name
-    (a subquery may read the store's tables only), or a clause that turns the query into something other
+    (a subquery may read only ``tables``, the store's), or a clause that turns the query into something other
     than one plain SELECT over explore_rows. Column names are checked when the query runs (in the
     sandboxed connection)."""
     if not isinstance(clause, str) or not clause.strip():
@@ -197,7 +186,7 @@ def validate_where(clause: str) -> str:
         raise ForgetlessError(f"SQL WHERE refused: longer than {MAX_WHERE_CHARS} characters")
     _check_where_tokens(clause)
     _, tree, names = _checked(where_query(clause))
-    _check_tables(names, schema_tables())
+    _check_tables(names, tables)
     node = tree["statements"][0]["node"]
     source = node.get("from_table") or {}
     plain = (

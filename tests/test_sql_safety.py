@@ -17,6 +17,7 @@ from core.cli import main
 from core.errors import ForgetlessError
 from core.sql_safety import check_select, readonly_connection, run_readonly_sql, validate_where
 from core.store.explore import ExploreFilters
+from core.store.schema import table_names
 from tests.test_explore import ROOT, build_store
 
 TABLES = ("instructions", "responses", "scores", "consensus", "best_responses", "instruction_profile",
@@ -44,6 +45,7 @@ def row_counts(path: Path) -> dict[str, int]:
         con.close()
 
 
+STORE_TABLES = table_names()
 REFUSED = [
     "INSERT INTO selections VALUES ('x', '{}', now())",
     "UPDATE instructions SET text = 'x'",
@@ -200,12 +202,12 @@ def test_store_writes_work_after_sandboxed_reads(tmp_path: Path):
 
 
 def test_check_select_uses_the_parser_not_keywords():
-    assert check_select("  SELECT 'delete from x' AS s  ") == "SELECT 'delete from x' AS s"
-    assert check_select("SELECT 1 AS \"drop\"")
+    assert check_select("  SELECT 'delete from x' AS s  ", STORE_TABLES) == "SELECT 'delete from x' AS s"
+    assert check_select("SELECT 1 AS \"drop\"", STORE_TABLES)
     with pytest.raises(ForgetlessError, match="DELETE"):
-        check_select("delete from x")
+        check_select("delete from x", STORE_TABLES)
     with pytest.raises(ForgetlessError, match="exactly one"):
-        check_select("SELECT 1; SELECT 2")
+        check_select("SELECT 1; SELECT 2", STORE_TABLES)
 
 
 WHERE_OK = [
@@ -238,7 +240,7 @@ WHERE_REFUSED = [
 
 @pytest.mark.parametrize("clause", WHERE_OK)
 def test_where_clauses_allowed(db: Path, clause: str):
-    assert validate_where(f"  {clause} ") == clause
+    assert validate_where(f"  {clause} ", STORE_TABLES) == clause
     run_readonly_sql(db, f"SELECT count(*) FROM explore_rows WHERE ({clause})")
 
 
@@ -246,7 +248,7 @@ def test_where_clauses_allowed(db: Path, clause: str):
 def test_where_clauses_refused(db: Path, clause: str):
     before = digest(db)
     with pytest.raises(ForgetlessError) as caught:
-        validate_where(clause)
+        validate_where(clause, STORE_TABLES)
     assert "\n" not in str(caught.value)
     assert digest(db) == before
 
@@ -351,9 +353,9 @@ def test_refusal_names_what_is_not_allowed(db: Path):
     assert str(caught.value) == ("SQL refused: table function read_text() is not allowed (user SQL may call only "
                                  "built-in computations over the store's tables)")
     with pytest.raises(ForgetlessError, match=r"function current_setting\(\) is not allowed"):
-        check_select("SELECT current_setting('threads')")
+        check_select("SELECT current_setting('threads')", STORE_TABLES)
     with pytest.raises(ForgetlessError, match="table 'secret.csv' is not allowed"):
-        check_select("SELECT * FROM 'secret.csv'")
+        check_select("SELECT * FROM 'secret.csv'", STORE_TABLES)
 
 
 @pytest.mark.parametrize("sql", [
@@ -390,7 +392,7 @@ WHERE_CAMPAIGN = [
 @pytest.mark.parametrize("clause", WHERE_CAMPAIGN)
 def test_where_box_campaign_is_refused(db: Path, secret_cwd: Path, clause: str):
     before = digest(db)
-    for attempt in (lambda: validate_where(clause), lambda: ExploreFilters(where=clause)):
+    for attempt in (lambda: validate_where(clause, STORE_TABLES), lambda: ExploreFilters(where=clause)):
         with pytest.raises(ForgetlessError) as caught:
             attempt()
         assert_one_line_without_secret(str(caught.value))

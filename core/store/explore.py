@@ -35,49 +35,11 @@ from core.errors import ForgetlessError
 from core.sql_safety import readonly_connection
 from core.store.base import StoreBase, now
 from core.store.explore_filters import ExploreFilters, filter_parts, filter_sql, order_sql
+from core.store.schema import EXPLORE_SCHEMA
 
 __all__ = ["ExploreFilters", "ExploreQueries", "ExploreResult"]  # ExploreFilters lives in explore_filters
 
 MAX_CODE_JUDGES = 20  # 9**20 < 2**64: up to 20 judges' bins fit one UBIGINT (score_code)
-EXPLORE_SCHEMA = [
-    """CREATE TABLE explore_judges (
-        position INTEGER NOT NULL,           -- digit of score_code (judges in name order)
-        judge VARCHAR NOT NULL,
-        weight UBIGINT)                      -- 9 ** position; NULL beyond MAX_CODE_JUDGES judges""",
-    """CREATE TABLE explore_rows (
-        row_id INTEGER NOT NULL,             -- dense 0..n-1 in sample order (hash of the id) = storage order,
-                                             -- so the first rows that match a filter are a stable random sample
-        instruction_id VARCHAR NOT NULL USING COMPRESSION uncompressed,  -- random hex: compresses badly anyway
-        instruction VARCHAR NOT NULL USING COMPRESSION uncompressed,  -- plot hover text: no decompression
-        instruction_lc VARCHAR NOT NULL USING COMPRESSION uncompressed,  -- lower(instruction), for search
-        n_tokens INTEGER NOT NULL,           -- of the instruction
-        n_chars INTEGER NOT NULL,
-        created_at TIMESTAMPTZ NOT NULL,
-        n_responses INTEGER NOT NULL,
-        response_id VARCHAR,                 -- the best response (NULL until judged)
-        response VARCHAR,
-        response_model VARCHAR,
-        response_tokens INTEGER,
-        consensus DOUBLE,                    -- the best response's consensus mean
-        std DOUBLE,                          -- its judges' spread
-        margin DOUBLE,                       -- best mean minus the runner-up's
-        n_judges INTEGER,
-        score_code UBIGINT,                  -- each judge's 0.5-wide score bin (1-8, 0: none) as base-9 digits
-        difficulty DOUBLE,                   -- NULL until profiled
-        ifd DOUBLE,
-        cluster INTEGER,
-        cluster_label VARCHAR,
-        category VARCHAR,
-        x DOUBLE,
-        y DOUBLE,
-        dup_group INTEGER,
-        is_representative BOOLEAN NOT NULL,  -- true when unprofiled or not a dropped near-duplicate
-        sample_key UBIGINT NOT NULL)         -- hash(instruction_id)""",
-    """CREATE TABLE explore_scores (
-        row_id INTEGER NOT NULL,             -- explore_rows.row_id
-        judge VARCHAR NOT NULL,
-        score DOUBLE NOT NULL)               -- the judge's score of the best response (its consensus method)""",
-]
 EXPLORE_TABLES = ("explore_scores", "explore_rows", "explore_judges")
 
 # Every judge's score of every kept response, with the method its consensus used.

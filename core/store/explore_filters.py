@@ -15,6 +15,7 @@ from typing import Any
 
 from core.errors import ForgetlessError
 from core.sql_safety import validate_where
+from core.store.schema import table_names
 
 ORDER_COLUMNS = frozenset({
     "consensus", "std", "margin", "difficulty", "ifd", "n_tokens", "n_chars", "n_responses", "response_tokens",
@@ -82,7 +83,7 @@ class ExploreFilters:
         search = (self.search or "").strip()
         set_(self, "search", search or None)
         where = (self.where or "").strip()
-        set_(self, "where", validate_where(where) if where else None)
+        set_(self, "where", validate_where(where, table_names()) if where else None)
 
     def to_json(self) -> str:
         """The fields that are set, as JSON (a saved selection)."""
