@@ -98,3 +98,21 @@ def test_model_fields_are_confined_but_aliases_and_hub_ids_pass(layout):
     assert confined("smollm2-135m-instruct").models == ("smollm2-135m-instruct",)
     with pytest.raises(ForgetlessError, match="outside the folders"):
         confined("smollm2-135m-instruct", str(layout["outside"]))
+
+
+def test_a_refused_job_start_is_shown_literally(layout, monkeypatch):
+    import gradio as gr
+
+    from core.dashboard import StageJobs
+    from core.respond import RespondConfig
+    from ui.job_controls import start_job
+
+    toasts: list[str] = []
+    monkeypatch.setattr(gr, "Warning", toasts.append)
+    roots = ReadableRoots.for_app(layout["workspace"])
+    hostile = str(layout["outside"] / "<b>model</b>")
+    message = start_job(StageJobs(layout["workspace"], "respond", RespondConfig),
+                        roots.confine(lambda models: RespondConfig(models=(models,)), "models"), hostile)
+    assert message.startswith("Not started: ") and "\\<b\\>model\\</b\\>" in message
+    assert "&lt;b&gt;model&lt;/b&gt;" in toasts[0] and "<b>" not in toasts[0]
+    assert not (layout["workspace"] / "jobs").exists()

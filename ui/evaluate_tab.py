@@ -21,6 +21,7 @@ from core.eval_queue import IDLE, EvalJobs, plan_marker, plan_status_line
 from core.eval_views import TABLE_LEGEND, read_eval_views
 from core.mix_views import TEST_FRACTION_MAX, TEST_FRACTION_STEP, domain_choices
 from core.models import ALIASES
+from ui.alerts import markdown_literal, warn
 from ui.job_controls import QUIET, job_controls, start_job
 
 _PLAN = EvalPlan()
@@ -66,7 +67,7 @@ def _run_picker(workspace: Path, value: Any = None) -> Any:
     try:
         choices = run_choices(workspace)
     except (ForgetlessError, OSError) as error:  # e.g. a run folder removed while listing
-        gr.Warning(f"Could not list the runs: {error}")
+        warn(f"Could not list the runs: {error}")
         return gr.skip()
     return gr.update(choices=choices) if value is None else gr.update(choices=choices, value=value)
 
@@ -96,7 +97,7 @@ def _views(store: LazyStore, base: str | None, runs: list[str] | None) -> tuple[
     try:
         views = read_eval_views(store.get(), base, runs)
     except ForgetlessError as error:  # e.g. a writer held the file longer than the lock wait
-        return gr.skip(), gr.skip(), gr.skip(), f"(store busy: {error})"
+        return gr.skip(), gr.skip(), gr.skip(), f"(store busy: {markdown_literal(error)})"
     return {"headers": views.headers, "data": views.rows}, views.deltas, views.history, views.note
 
 

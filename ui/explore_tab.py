@@ -46,6 +46,7 @@ from core.judge import JudgeConfig
 from core.models import ALIASES
 from core.profile import CATEGORIES, PROJECTIONS, ProfileConfig
 from core.store import ExploreFilters
+from ui.alerts import warn
 from ui.job_controls import QUIET, job_controls, wire_job
 
 _PROFILE = ProfileConfig()
@@ -55,8 +56,7 @@ _TABLE_WIDTHS = ["19%", "19%", "9%", "8%", "5%", "7%", "5%", "8%", "8%", "6%", "
 
 def _refused(error: ForgetlessError, width: int) -> tuple[Any, ...]:
     """A filter the store refused: say why, visibly, and leave every other output as it was."""
-    gr.Warning(str(error))
-    return (f"⚠️ Not applied: {error}", *(gr.skip(),) * width)
+    return (f"⚠️ Not applied: {warn(error)}", *(gr.skip(),) * width)
 
 
 def apply_filters(store: LazyStore, order: str, colour_by: str, *form: Any) -> tuple[Any, ...]:

@@ -11,6 +11,7 @@ import gradio as gr
 
 from core.dashboard import StageJobs, job_marker, job_status_line
 from core.errors import ForgetlessError
+from ui.alerts import warn
 
 QUIET = {"show_progress": "hidden"}  # no spinner over the views on every timer tick
 
@@ -60,8 +61,7 @@ def start_job(jobs: StageJobs, build_config: Callable[..., Any], *form: Any) -> 
     try:
         return jobs.start(build_config(*form))
     except ForgetlessError as error:
-        gr.Warning(str(error))
-        return f"Not started: {error}"
+        return f"Not started: {warn(error)}"
 
 
 def restore_form(jobs: StageJobs, to_form: Callable[[Any], tuple[Any, ...]], width: int) -> tuple[Any, ...]:

@@ -26,6 +26,7 @@ from core.jobs import JobInfo, list_jobs, load_job_config, request_cancel, start
 from core.models import ALIASES, DEFAULT_MODEL
 from core.reconstruct import ReconstructConfig
 from core.store import Store
+from ui.alerts import markdown_literal, warn
 
 KIND = "reconstruct"
 _DEFAULTS = ReconstructConfig()
@@ -100,8 +101,7 @@ def start_job(space: _Workspace, *form: Any) -> str:
         config = space.roots.confine(_config_from_form, "model")(*form)
         start_background(space.root, KIND, config, config.job_id)
     except ForgetlessError as error:
-        gr.Warning(str(error))
-        return f"Not started: {error}"
+        return f"Not started: {warn(error)}"
     return f"Started {config.job_id}."
 
 
@@ -125,7 +125,7 @@ def refresh(space: _Workspace, search: str, page: float | None, seen: str) -> tu
     try:
         view = read_instruction_view(space.store, search, page)
     except ForgetlessError as error:  # e.g. a writer held the file longer than the lock wait
-        return (f"{head[0]} · (store busy: {error})", *head[1:], *unchanged, seen)
+        return (f"{head[0]} · (store busy: {markdown_literal(error)})", *head[1:], *unchanged, seen)
     config = space.job_config(job)
     command = cli_command(KIND, config, space.root) if config else gr.skip()
     return (*head, _table_value(view.rows), view.page, view.label, length_histogram(view.lengths), command,
@@ -146,7 +146,7 @@ def show_page(space: _Workspace, search: str, page: float | None) -> tuple[Any, 
     try:
         view = read_instruction_view(space.store, search, page)
     except ForgetlessError as error:
-        gr.Warning(str(error))
+        warn(error)
         return gr.skip(), gr.skip(), gr.skip()
     return _table_value(view.rows), view.page, view.label
 

@@ -30,6 +30,7 @@ from core.screen_views import (
     respond_config,
     respond_form,
 )
+from ui.alerts import markdown_literal, warn
 from ui.job_controls import QUIET, job_controls, wire_job
 
 _RESPOND, _JUDGE = RespondConfig(), JudgeConfig()
@@ -78,7 +79,7 @@ def _view_values(store: LazyStore, page: float | None) -> tuple[Any, ...]:
     try:
         views = read_screen_views(store.get(), page)
     except ForgetlessError as error:  # e.g. a writer held the file longer than the lock wait
-        return (gr.skip(),) * 6 + (f"(store busy: {error})",)
+        return (gr.skip(),) * 6 + (f"(store busy: {markdown_literal(error)})",)
     table = _consensus_value(views.consensus)
     return (views.heatmap, table, views.page, views.page_label, {"headers": DISPUTED_HEADERS, "data": views.disputed},
             views.agreement, "")
@@ -88,7 +89,7 @@ def _consensus_page(store: LazyStore, delta: int, page: float | None) -> tuple[A
     try:
         table, current, label = read_consensus_page(store.get(), (page or 1) + delta)
     except ForgetlessError as error:
-        gr.Warning(str(error))
+        warn(error)
         return gr.skip(), gr.skip(), gr.skip()
     return _consensus_value(table), current, label
 

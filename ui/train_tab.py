@@ -34,6 +34,7 @@ from core.train_views import (
     snapshot_choices,
     train_config,
 )
+from ui.alerts import markdown_literal, warn
 from ui.job_controls import QUIET
 
 _DEFAULTS = TrainConfig(data="-", out="-")
@@ -62,8 +63,7 @@ class _Runs:
         try:
             return gr.update(value=run_command(self.config(*form), self.root), visible=True), ""
         except ForgetlessError as error:
-            gr.Warning(str(error))
-            return gr.skip(), f"No command: {error}"
+            return gr.skip(), f"No command: {warn(error)}"
 
     # -- runs ----------------------------------------------------------------------------------------------
     def folder(self, name: str | None) -> Path:
@@ -76,8 +76,7 @@ class _Runs:
             config = self.roots.confine(self.config, "data", "model")(*form)
             folder = start_training(config, self.root)
         except ForgetlessError as error:
-            gr.Warning(str(error))
-            return f"Not started: {error}", gr.skip(), gr.skip(), gr.skip()
+            return f"Not started: {warn(error)}", gr.skip(), gr.skip(), gr.skip()
         names = list(list_runs(self.root)["name"])
         return (f"Started **{folder.name}** in the background: loading the model takes a few seconds.",
                 gr.update(choices=names, value=folder.name), gr.update(interactive=False),
@@ -93,16 +92,14 @@ class _Runs:
                 raise ForgetlessError(f"{folder.name} is not running ({state})")
             cancel_run(folder)
         except ForgetlessError as error:
-            gr.Warning(str(error))
-            return f"Not cancelled: {error}"
+            return f"Not cancelled: {warn(error)}"
         return f"Cancel requested for **{folder.name}**: it saves a checkpoint after the current step and stops."
 
     def resume(self, name: str | None) -> str:
         try:
             folder = resume_training(self.folder(name), self.root)
         except ForgetlessError as error:
-            gr.Warning(str(error))
-            return f"Not resumed: {error}"
+            return f"Not resumed: {warn(error)}"
         return f"Resuming **{folder.name}** from its last checkpoint."
 
     def poll(self, name: str | None, plot_marker: str, runs_marker: str) -> tuple[Any, ...]:
@@ -114,7 +111,7 @@ class _Runs:
         try:
             return self._poll(name, plot_marker, runs_marker)
         except (ForgetlessError, OSError) as error:  # e.g. a run folder deleted while it was read
-            return (f"Cannot read the runs: {error}", *(gr.skip(),) * 8)
+            return (f"Cannot read the runs: {markdown_literal(error)}", *(gr.skip(),) * 8)
 
     def _poll(self, name: str | None, plot_marker: str, runs_marker: str) -> tuple[Any, ...]:
         runs = list_runs(self.root)
