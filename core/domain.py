@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from core.domain_formats import ACCEPTED_COLUMNS, Messages, RowError, detect_format, read_table, row_to_messages
-from core.domain_rows import SpoolWriter, canonical_json, row_digests, take_rows
+from core.domain_rows import SpoolWriter, content_digest, row_digests, take_rows
 from core.errors import ForgetlessError
 
 if TYPE_CHECKING:
@@ -182,11 +182,6 @@ def split_by_content(rows: Sequence[Messages], test_fraction: float) -> tuple[Se
     train = take_rows(rows, [index for index, test in enumerate(in_test) if not test])
     test = take_rows(rows, [index for index, test in enumerate(in_test) if test])
     return train, test
-
-
-def content_digest(messages: Messages) -> str:
-    """The sha1 of a conversation's canonical JSON: what split_by_content ranks rows by."""
-    return hashlib.sha1(canonical_json(messages).encode()).hexdigest()
 
 
 # ---------------------------------------------------------------- MedMCQA

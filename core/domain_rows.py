@@ -34,6 +34,11 @@ def canonical_json(messages: Messages) -> str:
     return json.dumps(messages, sort_keys=True, ensure_ascii=False)
 
 
+def content_digest(messages: Messages) -> str:
+    """The sha1 of a conversation's canonical JSON: what split_by_content ranks rows by, and item ids."""
+    return hashlib.sha1(canonical_json(messages).encode()).hexdigest()
+
+
 class _SpoolFile:
     """The file behind every view of one import; removed when the last view is gone."""
 
@@ -125,7 +130,7 @@ class SpooledRows(Sequence[Messages]):
         return SpooledRows(self._file, *(np.concatenate(pair) for pair in (
             (self._starts, other._starts), (self._ends, other._ends), (self._digests, other._digests))))
 
-    def __eq__(self, other: object) -> bool:
+    def __eq__(self, other: object) -> bool:  # equal to a list (or a view) of the same conversations, as a list is
         if isinstance(other, SpooledRows | list):
             return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
         return NotImplemented
@@ -137,7 +142,7 @@ def row_digests(rows: Sequence[Messages]) -> list[str]:
     """``content_digest`` of every row: read from the index of spooled rows, computed for a plain list."""
     if isinstance(rows, SpooledRows):
         return rows.digests
-    return [hashlib.sha1(canonical_json(row).encode()).hexdigest() for row in rows]
+    return [content_digest(row) for row in rows]
 
 
 def take_rows(rows: Sequence[Messages], indices: Sequence[int]) -> Sequence[Messages]:

@@ -17,7 +17,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from core.domain import Messages, content_digest
+from core.domain import Messages
+from core.domain_rows import row_digests
 from core.eval_drift import DriftText
 
 MAX_TOKENS = 1024  # a longer conversation keeps its answer's first tokens and the context's last ones
@@ -27,8 +28,7 @@ def item_ids(rows: Sequence[Messages]) -> list[str]:
     """Stable ids of conversations: their digest, and ``-k`` for the k-th repeat of the same content."""
     seen: dict[str, int] = {}
     ids = []
-    for row in rows:
-        digest = content_digest(row)
+    for digest in row_digests(rows):  # spooled rows: read from their index, not re-serialised
         ids.append(digest if digest not in seen else f"{digest}-{seen[digest]}")
         seen[digest] = seen.get(digest, 0) + 1
     return ids

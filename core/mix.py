@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from core.domain_rows import join_rows, take_rows
+from core.domain_rows import canonical_json, join_rows, take_rows
 from core.errors import ForgetlessError
 from core.store.explore import ExploreFilters
 
@@ -150,7 +150,7 @@ class TokenCounter:
         keys: list[bytes] = []
         pending: dict[bytes, str] = {}
         for messages in conversations:
-            key = hashlib.blake2b(json.dumps(messages, sort_keys=True).encode(), digest_size=16).digest()
+            key = hashlib.blake2b(canonical_json(messages).encode(), digest_size=16).digest()
             keys.append(key)
             if key not in self._cache and key not in pending:
                 pending[key] = self._text(messages)

@@ -27,7 +27,7 @@ from core.errors import ForgetlessError
 from core.mix import DEFAULT_TOKENIZER, MixConfig, MixPlan, TokenCounter, first_user_text, load_counter
 from core.mix_map import map_overlay, subprocess_embedder_loader
 from core.mix_snapshot import file_sha256, mixes_dir
-from core.screen_views import empty_figure, short_model, shorten
+from core.screen_views import empty_figure, markdown_literal, short_model, shorten
 from core.store.explore import ExploreFilters
 
 ALL_SCREENED = "all screened data"  # the selection dropdown's entry for every judged instruction
@@ -43,7 +43,6 @@ SNAPSHOT_HEADERS = ["name", "created", "general", "domain", "total", "ratio (ask
                     "folder"]
 CHART_HEIGHT = 380
 GENERAL_COLOUR, DOMAIN_COLOUR = "#4f6bed", "#e4572e"
-_MARKDOWN_ACTIVE = set("\\`*_[]<>|~#")  # what could format a user's file or selection name inside a line
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _CACHED_DOMAINS = 4  # loaded domain sets kept per process: an index in memory, a user's rows in a spool file
 
@@ -70,11 +69,6 @@ def mix_config(domain: str | None, selection: str | None, ratio: float | None, b
     return MixConfig(domain=str(domain), ratio=round(float(ratio), 4), selection=_selection(selection), by=by,
                      balance=balance, seed=int(seed), tokenizer_model=tokenizer_model or DEFAULT_TOKENIZER,
                      domain_test_fraction=round(fraction, 4))
-
-
-def _md(text: Any) -> str:
-    """A user's name (file, selection) shown literally inside a markdown line or table cell."""
-    return "".join("\\" + char if char in _MARKDOWN_ACTIVE else char for char in str(text))
 
 
 def _selection(value: str | None) -> str | None:
@@ -112,13 +106,13 @@ def preview_rows(data: DomainData, n: int = PREVIEW_ROWS) -> list[list[Any]]:
 def import_report_markdown(report: ImportReport, data: DomainData | None = None) -> str:
     """The import report: format, rows read/kept/skipped, then each bad row with its line and reason."""
     skipped = report.rows_read - report.rows_kept
-    lines = [f"**{_md(_source_name(report.source))}** · format `{report.format}` · "
+    lines = [f"**{markdown_literal(_source_name(report.source))}** · format `{report.format}` · "
              f"{report.rows_read:,} rows read · {report.rows_kept:,} kept · {skipped:,} skipped"]
     if data is not None:
         lines[0] += f" · {len(data.train):,} train" + (f" / {len(data.test):,} held-out test" if data.test else "")
     if report.bad_rows:
         lines.append("")
-        lines.extend(f"- {report.unit} {bad.line}: {_md(shorten(bad.reason, 200))}"
+        lines.extend(f"- {report.unit} {bad.line}: {markdown_literal(shorten(bad.reason, 200))}"
                      for bad in report.bad_rows[:REPORTED_BAD_ROWS])
         if report.skipped > REPORTED_BAD_ROWS:
             lines.append(f"- … and {report.skipped - REPORTED_BAD_ROWS:,} more")
@@ -133,15 +127,15 @@ def _source_name(source: str) -> str:
 def counts_markdown(plan: MixPlan, seconds: float | None = None) -> str:
     """The live counts: totals, the achieved share, a general/domain/total table, candidates and notes."""
     counts, tokens, config = plan.counts, plan.tokens, plan.config
-    source = f"selection “{_md(config.selection)}”" if config.selection else ALL_SCREENED
+    source = f"selection “{markdown_literal(config.selection)}”" if config.selection else ALL_SCREENED
     lines = [
         f"**{counts['total']:,}** examples · **{tokens['total']:,}** tokens · general share "
         f"**{plan.ratio_achieved:.1%}** by {config.by} (asked {config.ratio:.0%})",
         "",
-        f"| | examples | tokens ({_md(short_model(tokens['tokenizer']))}) |",
+        f"| | examples | tokens ({markdown_literal(short_model(tokens['tokenizer']))}) |",
         "|---|---:|---:|",
         f"| general (reconstructed) | {counts['general']:,} | {tokens['general']:,} |",
-        f"| domain ({_md(getattr(plan.domain, 'name', 'domain'))}) | {counts['domain']:,} | "
+        f"| domain ({markdown_literal(getattr(plan.domain, 'name', 'domain'))}) | {counts['domain']:,} | "
         f"{tokens['domain']:,} |",
         f"| total | {counts['total']:,} | {tokens['total']:,} |",
         "",

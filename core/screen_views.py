@@ -71,6 +71,14 @@ def judge_form(config: JudgeConfig) -> tuple[Any, ...]:
 
 
 # -- text cells ----------------------------------------------------------------------------------------
+_MARKDOWN_ACTIVE = set("\\`*_[]<>|~#&")  # what could format a user's text (name, path, error) in Markdown
+
+
+def markdown_literal(text: Any) -> str:
+    """``text`` shown literally inside a Markdown line or table cell: no links, tags, entities or emphasis."""
+    return "".join("\\" + char if char in _MARKDOWN_ACTIVE else char for char in str(text))
+
+
 def shorten(text: Any, limit: int = CELL_CHARS) -> str:
     """One table cell's text: whitespace folded, cut at ``limit`` characters with an ellipsis."""
     if text is None or (isinstance(text, float) and math.isnan(text)):

@@ -11,12 +11,9 @@ import html
 
 import gradio as gr
 
-_MARKDOWN_ACTIVE = set("\\`*_[]<>|~#&")
+from core.screen_views import markdown_literal
 
-
-def markdown_literal(text: object) -> str:
-    """``text`` as a Markdown line that shows every character as typed (no links, tags or emphasis)."""
-    return "".join("\\" + char if char in _MARKDOWN_ACTIVE else char for char in str(text))
+__all__ = ["markdown_literal", "warn"]
 
 
 def warn(error: object) -> str:
