@@ -28,9 +28,10 @@ def main() -> None:
 
     import torch
 
-    from core.eval_tasks import load_general_items, mc_metrics, score_one_at_a_time
-    from core.evaluate import EvalConfig, run_evaluation
-    from core.models import load_model
+    from core.engines.in_process import InProcessEngine
+    from core.engines.models import load_model
+    from core.eval.benchmarks.general import load_general_items, mc_metrics, score_one_at_a_time
+    from core.eval.evaluation import EvalConfig, run_evaluation
     from core.store import Store
 
     lm = load_model(args.model, args.workspace)  # loading is not what we time
@@ -40,7 +41,7 @@ def main() -> None:
         config = EvalConfig(model=args.model, suite=(args.task,), limit=args.limit, seed=args.seed,
                             batch_size=args.batch_size)
         started = time.perf_counter()
-        ours = run_evaluation(config, store, lambda spec: lm)
+        ours = run_evaluation(config, store, lambda spec: InProcessEngine(lm))
         ours_s = time.perf_counter() - started
         ours_preds = {row.item_id: row.pred for row in store.eval_items(config.resolved_job_id(), args.task)}
     started = time.perf_counter()

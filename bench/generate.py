@@ -1,6 +1,6 @@
 """Reconstruction throughput on the packaged SmolLM2: our batched sampler against plain ``model.generate``.
 
-"ours" samples N instructions from the Magpie pre-query prefix with ``core.backends.transformers_backend
+"ours" samples N instructions from the Magpie pre-query prefix with ``core.engines.sampler
 .sample`` (temperature 1, top_p 1, stop at the end of the user turn, at most 128 new tokens) in batches
 of ``--batch-size``; the "baseline" is ``model.generate(do_sample=True, max_new_tokens=64)`` one prompt at
 a time on the same prefix. Both count generated tokens only: stop tokens and padding are not counted.
@@ -50,7 +50,7 @@ def peak_rss_mb() -> float:
 
 def run_ours(model: Any, prefix: list[int], stops: list[int], args: argparse.Namespace) -> tuple[list, float]:
     """All samples and the wall time; progress goes to stderr so stdout stays readable."""
-    from core.backends.transformers_backend import sample
+    from core.engines.sampler import sample
 
     samples: list = []
     started = time.perf_counter()
@@ -103,8 +103,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from core.models import generation_dtype, load_model
-    from core.prequery import derive_prequery, stop_token_ids
+    from core.engines.models import generation_dtype, load_model
+    from core.reconstruct.prequery import derive_prequery, stop_token_ids
 
     lm = load_model(MODEL, args.workspace, dtype=generation_dtype("cpu"))  # what reconstruct uses
     query = derive_prequery(lm.tokenizer)

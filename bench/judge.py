@@ -42,7 +42,7 @@ def _fill_store(store, pairs: list[tuple[str, str]]) -> None:
 
 def measure(method: str, judges: tuple[str, ...], pairs: list[tuple[str, str]], models_dir: Path,
             load, max_new_tokens: int, batch_size: int) -> dict[str, float]:
-    from core.judge import JudgeConfig, run_judging
+    from core.screen.judge import JudgeConfig, run_judging
     from core.store import Store
 
     with tempfile.TemporaryDirectory() as folder:
@@ -65,14 +65,15 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=8, help="generate: room for the rating")
     args = parser.parse_args()
 
-    from core.models import load_model
+    from core.engines.in_process import InProcessEngine
+    from core.engines.models import load_model
 
     judges = tuple(j for j in args.judges.split(",") if j)
     loaded = {spec: load_model(spec, args.workspace) for spec in judges}  # loading is not what we time
     pairs = [(f"{q} (variant {i})" if i else q, a) for i in range(args.repeat) for q, a in PAIRS]
-    probs = measure("probs", judges, pairs, args.workspace, loaded.__getitem__, args.max_new_tokens, args.batch_size)
-    generate = measure("generate", judges, pairs, args.workspace, loaded.__getitem__, args.max_new_tokens,
-                       args.batch_size)
+    engines = lambda spec: InProcessEngine(loaded[spec])  # noqa: E731
+    probs = measure("probs", judges, pairs, args.workspace, engines, args.max_new_tokens, args.batch_size)
+    generate = measure("generate", judges, pairs, args.workspace, engines, args.max_new_tokens, args.batch_size)
     ratio = probs["scores_per_s"] / generate["scores_per_s"]
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"probs:    {probs['scores']} scores in {probs['seconds']:.1f} s = {probs['scores_per_s']:.2f} scores/s "

@@ -97,7 +97,8 @@ def main() -> None:
     parser.add_argument("--no-baseline", action="store_true", help="skip datasets.load_dataset")
     args = parser.parse_args()
 
-    from tests.test_mix import N_GENERAL, build_store  # the hand-built judged store of the mix tests
+    from tests.helpers import N_GENERAL
+    from tests.helpers import build_mix_store as build_store  # the hand-built judged store of the mix tests
 
     root = args.workspace or Path(tempfile.mkdtemp(prefix="forgetless-mixmem-"))
     root.mkdir(parents=True, exist_ok=True)

@@ -31,11 +31,11 @@ def main() -> None:
     args = parser.parse_args()
 
     from bench.mix_memory import cpu_kind
-    from core.domain import BUILTIN_MEDMCQA, load_domain
-    from core.mix import load_counter, plan_mix
-    from core.mix_views import MixCache, composition_figure, mix_config
+    from core.mix.domain import BUILTIN_MEDMCQA, load_domain
+    from core.mix.mixing import load_counter, plan_mix
     from core.store import Store
-    from tests.test_mix import build_store
+    from tests.helpers import build_mix_store as build_store
+    from ui.views.mix import MixCache, composition_figure, mix_config
 
     workspace = args.workspace or Path(tempfile.mkdtemp(prefix="forgetless-mixupdate-"))
     if not (workspace / "forgetless.duckdb").exists():
@@ -43,25 +43,27 @@ def main() -> None:
         build_store(workspace / "forgetless.duckdb")
     store = Store.for_workspace(workspace)
 
-    def form(ratio: float) -> list:
-        return ["all screened data", ratio, "examples", "proportional", 0, "smollm2-135m-instruct", 0]
+    def form(ratio: float) -> dict:
+        return {"domain": BUILTIN_MEDMCQA, "selection": "all screened data", "ratio": ratio, "by": "examples",
+                "balance": "proportional", "seed": 0, "tokenizer_model": "smollm2-135m-instruct",
+                "domain_test_fraction": 0}
 
     def cached_update(cache: MixCache, ratio: float) -> float:
         started = time.perf_counter()
-        config = mix_config(BUILTIN_MEDMCQA, *form(ratio))
+        config = mix_config(form(ratio))
         plan = plan_mix(config, store, workspace, domain=cache.domain(config.domain), counter=cache.counter(config))
         composition_figure(plan.composition("category"), "category", config.by)
         return time.perf_counter() - started
 
     def uncached_update(ratio: float) -> float:
         started = time.perf_counter()
-        config = mix_config(BUILTIN_MEDMCQA, *form(ratio))
+        config = mix_config(form(ratio))
         domain, counter = load_domain(config.domain), load_counter(config, workspace)
         plan = plan_mix(config, store, workspace, domain=domain, counter=counter)
         composition_figure(plan.composition("category"), "category", config.by)
         return time.perf_counter() - started
 
-    load_counter(mix_config(BUILTIN_MEDMCQA, *form(0.5)), workspace)  # warm-up: the tokenizer's converted cache
+    load_counter(mix_config(form(0.5)), workspace)  # warm-up: the tokenizer's converted cache
     cache = MixCache(workspace)
     first = cached_update(cache, 0.1)
     cached = [cached_update(cache, ratio) for _ in range(args.repeats) for ratio in RATIOS]

@@ -70,7 +70,7 @@ class StepClock(TrainerCallback):
 
 
 def run_ours(data: Path, model: str, workspace: Path, steps: int, batch_size: int, out: Path) -> dict:
-    from core.train import TrainConfig, build_trainer
+    from core.train.training import TrainConfig, build_trainer
 
     clock = StepClock()
     config = TrainConfig(data=str(data), out=str(out), model=model, max_steps=steps + 1, batch_size=batch_size,
@@ -86,9 +86,9 @@ def run_trl_defaults(data: Path, model: str, workspace: Path, steps: int, batch_
     from transformers import PrinterCallback
     from trl import SFTConfig, SFTTrainer
 
-    from core.models import load_model
-    from core.train import TrainConfig
-    from core.train_data import read_conversations, to_prompt_completion
+    from core.engines.models import load_model
+    from core.train.data import read_conversations, to_prompt_completion
+    from core.train.training import TrainConfig
 
     ours = TrainConfig(data=str(data), out=str(out), model=model)
     loaded = load_model(model, workspace, device="cpu")

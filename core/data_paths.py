@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from core.engines.models import ALIASES
 from core.errors import ForgetlessError
 
 Config = TypeVar("Config")
@@ -52,8 +53,6 @@ class ReadableRoots:
     def check_model(self, spec: str | None) -> str | None:
         """A MODEL spec unchanged when it is an alias, a hub id or ``none``; a local folder or file is checked
         like any path (see :meth:`check`)."""
-        from core.models import ALIASES
-
         text = (spec or "").strip()
         if not text or text in ALIASES or text.lower() == "none":
             return spec

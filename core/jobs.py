@@ -16,6 +16,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import secrets
 import subprocess
 import sys
 import threading
@@ -23,6 +24,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
@@ -33,6 +35,13 @@ ACTIVE_STATES = ("starting", "queued", "running")
 COMPUTE_LOCK = ".compute.lock"  # under <workspace>/jobs; holds the id of the job that has the slot
 QUEUE_POLL_S = 0.5
 STARTING_GRACE_S = 60  # a starting job's worker may take this long to lock its folder
+REPO_ROOT = Path(__file__).resolve().parent.parent  # workers run from here, so `python -m core...` resolves
+
+
+def new_job_id(kind: str, now: float | None = None) -> str:
+    """A fresh id per click (timestamp for sorting by eye, random tail so two clicks never collide)."""
+    stamp = datetime.fromtimestamp(time.time() if now is None else now).strftime("%Y%m%d-%H%M%S")
+    return f"{kind}-{stamp}-{secrets.token_hex(3)}"
 
 
 class CancelledWhileQueued(ForgetlessError):
@@ -89,21 +98,27 @@ def _is_locked(folder: Path) -> bool:
         return False
 
 
-def last_progress(folder: Path) -> dict[str, Any]:
-    """The newest complete line of progress.jsonl (a line being written is ignored)."""
+def last_progress(folder: Path, keys: Sequence[str] = (), tail_bytes: int = 4096) -> dict[str, Any]:
+    """The newest complete line of ``folder/progress.jsonl`` holding every key in ``keys`` ({} when none).
+
+    Only the file's last ``tail_bytes`` are read (the app calls this for every job on every poll); a line
+    being written, or one cut by the seek, is skipped.
+    """
     path = folder / "progress.jsonl"
     try:
         with path.open("rb") as handle:
             handle.seek(0, os.SEEK_END)
-            handle.seek(max(handle.tell() - 4096, 0))
+            handle.seek(max(handle.tell() - tail_bytes, 0))
             lines = handle.read().decode("utf-8", "replace").splitlines()
     except OSError:
         return {}
     for line in reversed(lines):
         try:
-            return json.loads(line)
+            values = json.loads(line)
         except ValueError:
             continue
+        if isinstance(values, dict) and all(key in values for key in keys):
+            return values
     return {}
 
 
@@ -309,7 +324,7 @@ def start_background(workspace: Path, kind: str, config: Any, job_id: str, folde
     with (folder / "log.txt").open("ab") as log:
         subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-            cwd=Path(__file__).resolve().parent.parent, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            cwd=REPO_ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
     return folder
 

@@ -178,7 +178,7 @@ def _on_disk_snapshot(folder: Path) -> Any:
     def read() -> dict[str, Any] | None:
         if not (folder / "manifest.yaml").exists():
             return None
-        from core.mix_snapshot import read_manifest
+        from core.mix.snapshot import read_manifest
 
         manifest = read_manifest(folder)
         return {**manifest, "candidates": manifest.get("general", {}).get("candidates"), "out": str(folder)}
@@ -220,7 +220,7 @@ def build_mixes(run: StageRunner, s: Settings, ws: Path, general: dict[str, Any]
                       public_path, lambda: write_public_subset(public_path, pool=2000, seed=s.seed))
     b_out = mixes / f"arm-b-{tag}"
     b = run.step("mix-b", f"freeze arm (b) at {b_out}: the {domain_rows} domain rows of mix-a + {general_rows} "
-                          "ShareGPT rows (core.mix.plan_mix + core.mix_snapshot.write_snapshot)",
+                          "ShareGPT rows (core.mix.mixing.plan_mix + core.mix.snapshot.write_snapshot)",
                  b_out / "manifest.yaml",
                  lambda: build_public_mix(ws, b_out, public_path, domain=domain[0], domain_test_fraction=domain[1],
                                           ratio=s.ratio,

@@ -15,7 +15,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from core.eval_tasks import accuracy_stats  # mean and its standard error, for any numbers
+from core.eval.task import accuracy_stats  # mean and its standard error, for any numbers
 
 GENERAL = ("arc_easy", "piqa", "hellaswag", "sciq")
 DOMAIN = "medmcqa"

@@ -92,7 +92,7 @@ def generate_items(n: int, seed: int) -> list[dict[str, Any]]:
 
 def write_file(path: Path, n: int, seed: int = 0) -> dict[str, Any]:
     """``n`` questions as chat rows in a JSONL file (written whole, then moved into place)."""
-    from core.domain import McqItem, render_mcq
+    from core.mix.domain import McqItem, render_mcq
 
     rows = []
     for item in generate_items(n, seed):

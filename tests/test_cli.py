@@ -12,24 +12,7 @@ import pytest
 
 from core.jobs import job_folder, last_progress
 from core.store import Store, text_key
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def forgetless(*args: str, workspace: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    extra = ["--workspace", str(workspace)] if workspace else []
-    return subprocess.run(
-        [sys.executable, "-m", "core.cli", *args, *extra], capture_output=True, text=True, timeout=timeout,
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), "FORGETLESS_NO_PROGRESS": "1"},
-    )
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess, fragment: str) -> None:
-    assert result.returncode != 0
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error:") and fragment in lines[0]
-    assert "Traceback" not in result.stderr
+from tests.helpers import ROOT, assert_one_line_error, damaged_ggufs, forgetless
 
 
 @pytest.mark.parametrize(
@@ -137,8 +120,6 @@ def test_failed_start_leaves_no_job_behind(args: list[str], tmp_path: Path):
 
 
 def test_damaged_gguf_is_one_line_naming_the_file(tmp_path: Path):
-    from tests.test_models import damaged_ggufs
-
     for bad in damaged_ggufs(tmp_path):
         result = forgetless("prequery", str(bad), workspace=tmp_path / "ws")
         assert result.returncode == 2

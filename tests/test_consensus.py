@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core.consensus import (
+from core.screen.consensus import (
     AGREEMENT_COLUMNS,
     BestPick,
     Candidate,

@@ -9,25 +9,23 @@ from pathlib import Path
 
 import pytest
 
-from core.cli import build_parser
-from core.dashboard import (
-    PAGE_SIZE,
-    TABLE_HEADERS,
-    clamp_page,
-    cli_command,
-    format_duration,
-    instruction_rows,
-    job_status_line,
-    length_histogram,
-    new_job_id,
-    page_count,
-    page_label,
-    read_instruction_view,
-    stage_flags,
-)
-from core.jobs import JobInfo
-from core.reconstruct import ReconstructConfig
+from core.cli.flags import cli_command
+from core.cli.main import build_parser
+from core.config import to_yaml
+from core.errors import ForgetlessError
+from core.jobs import JobInfo, new_job_id
+from core.reconstruct.reconstruction import ReconstructConfig
 from core.store import InstructionRow, Store
+from ui.views.formatting import PAGE_SIZE, clamp_page, format_duration, page_count, page_label
+from ui.views.jobs import LazyStore, StageJobs, job_status_line
+from ui.views.reconstruct import (
+    TABLE_HEADERS,
+    instruction_rows,
+    length_histogram,
+    read_instruction_view,
+    reconstruct_config,
+    reconstruct_form,
+)
 
 
 def job(state: str, progress: dict | None = None, error: str | None = None,
@@ -146,12 +144,6 @@ def test_cli_command_round_trips_through_the_real_parser(tmp_path):
     assert args.stop == ["<a>", "<b>"] and args.workspace == tmp_path and args.prefix is None
 
 
-def test_stage_flags_reads_the_cli():
-    flags = stage_flags("reconstruct")
-    assert {"--model", "--n", "--batch-size", "--top-p", "--job-id"} <= flags
-    assert stage_flags("no-such-stage") == set()
-
-
 def test_read_instruction_view_pages_and_searches_a_real_store(tmp_path):
     store = Store.for_workspace(tmp_path)
     texts = [f"write poem number {i}" if i % 2 else f"explain topic {i} please" for i in range(PAGE_SIZE + 5)]
@@ -167,3 +159,50 @@ def test_read_instruction_view_pages_and_searches_a_real_store(tmp_path):
     poems = read_instruction_view(store, "POEM", 1)
     assert poems.total == (PAGE_SIZE + 5) // 2 and all("poem" in row[0] for row in poems.rows)
     assert "matching “POEM”" in poems.label
+
+
+def test_reconstruct_form_becomes_a_config_by_field_name_and_comes_back():
+    values = {"model": " my models/tiny ", "n": 3.0, "batch_size": 16, "temperature": 0.7, "top_p": 0.9,
+              "max_new_tokens": 24.0, "seed": 5, "prefix": "  ", "stop": "<a>\n\n <b>"}
+    config = reconstruct_config(values)
+    assert (config.model, config.n, config.max_new_tokens, config.prefix) == ("my models/tiny", 3, 24, None)
+    assert config.stop == ("<a>", " <b>")  # one per line, as typed; blank lines dropped
+    assert isinstance(config.n, int) and re.fullmatch(r"reconstruct-\d{8}-\d{6}-[0-9a-f]{6}", config.job_id)
+    assert reconstruct_config({**values, "stop": ""}).stop is None  # empty: the template's own markers
+    restored = reconstruct_form(config)
+    assert restored == {"model": "my models/tiny", "n": 3, "batch_size": 16, "temperature": 0.7, "top_p": 0.9,
+                        "max_new_tokens": 24, "seed": 5, "prefix": "", "stop": "<a>\n <b>"}
+    assert reconstruct_config(restored).stop == config.stop
+    for changes, fragment in [({"n": 0}, "n must be at least 1"), ({"n": 2.5}, "whole number"),
+                              ({"n": None}, "is empty"), ({"model": " "}, "model must be given")]:
+        with pytest.raises(ForgetlessError, match=fragment):
+            reconstruct_config({**values, **changes})
+
+
+def test_reconstruct_tab_follows_its_newest_job_through_the_shared_job_controls(tmp_path):
+    gr = pytest.importorskip("gradio")
+    from ui.job_controls import job_controls
+    from ui.reconstruct_tab import IDLE, refresh
+
+    with gr.Blocks():
+        controls = job_controls("rec", StageJobs(tmp_path, "reconstruct", ReconstructConfig), "stored", IDLE,
+                                unit="stored", follow_rows=True)
+    store = LazyStore(tmp_path)
+    status, start, cancel, command, *views, seen = refresh(store, controls, "", 1, "")
+    assert status == IDLE and seen == "no-job" and command == gr.skip()
+    assert (start["interactive"], cancel["interactive"]) == (True, False)
+
+    folder = tmp_path / "jobs" / "reconstruct-x"
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(to_yaml(ReconstructConfig(model="tiny", n=3, job_id="reconstruct-x")))
+    (folder / "status.json").write_text('{"state": "cancelled", "kind": "reconstruct", "started_at": 1.0}')
+    (folder / "progress.jsonl").write_text('{"stored": 1, "total": 3}\n')
+    status, start, cancel, command, table, page, label, histogram, seen = refresh(store, controls, "", 1, seen)
+    assert status == "cancelled · reconstruct-x · 1/3 stored · stopped on request"
+    assert seen == "reconstruct-x|cancelled|1"
+    assert "--job-id reconstruct-x" in command["value"] and command["visible"]
+    assert table["headers"] == TABLE_HEADERS and page == 1 and histogram.layout.title.text
+    assert refresh(store, controls, "", 1, seen)[4:8] == (gr.skip(),) * 4  # nothing moved: no redraw
+    with (folder / "progress.jsonl").open("a") as progress:
+        progress.write('{"stored": 2, "total": 3}\n')  # a row arrived: the table follows
+    assert refresh(store, controls, "", 1, seen)[-1] == "reconstruct-x|cancelled|2"

@@ -11,8 +11,8 @@ import pytest
 
 from core.data_paths import ReadableRoots
 from core.errors import ForgetlessError
-from core.mix_views import MixCache, map_unavailable
-from tests.test_mix import write_domain
+from tests.helpers import write_domain
+from ui.views.mix import MixCache, map_unavailable
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -81,7 +81,7 @@ def test_launch_refuses_a_missing_data_dir(tmp_path):
 
 
 def test_model_fields_are_confined_but_aliases_and_hub_ids_pass(layout):
-    from core.respond import RespondConfig
+    from core.screen.respond import RespondConfig
 
     roots = ReadableRoots.for_app(layout["workspace"], [layout["data"]])
     for spec in ("smollm2-135m-instruct", "HuggingFaceTB/SmolLM2-135M-Instruct", "none", None, ""):
@@ -103,9 +103,9 @@ def test_model_fields_are_confined_but_aliases_and_hub_ids_pass(layout):
 def test_a_refused_job_start_is_shown_literally(layout, monkeypatch):
     import gradio as gr
 
-    from core.dashboard import StageJobs
-    from core.respond import RespondConfig
+    from core.screen.respond import RespondConfig
     from ui.job_controls import start_job
+    from ui.views.jobs import StageJobs
 
     toasts: list[str] = []
     monkeypatch.setattr(gr, "Warning", toasts.append)

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from core import domain
-from core.domain import (
+from core.errors import ForgetlessError
+from core.mix import domain
+from core.mix.domain import (
     BUILTIN_MEDMCQA,
     ImportReport,
     load_domain,
@@ -18,7 +19,6 @@ from core.domain import (
     preview_frame,
     render_mcq,
 )
-from core.errors import ForgetlessError
 
 CHAT = [{"role": "user", "content": "What is a fever?"}, {"role": "assistant", "content": "A raised temperature."}]
 RECORDS = {

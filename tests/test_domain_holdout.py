@@ -10,19 +10,18 @@ import pandas as pd
 import pytest
 import yaml
 
-from core.cli import main
-from core.domain import content_digest, load_domain
+from core.cli.main import main
+from core.engines.models import load_model
 from core.errors import ForgetlessError
-from core.eval_domain_ppl import conversation_text, item_ids, ppl_metrics
-from core.eval_drift import drift_scores
-from core.eval_views import HEADLINE, eval_deltas, eval_history, headline_deltas, latest_results, side_by_side
-from core.evaluate import EvalConfig
-from core.mix import MixConfig
-from core.models import load_model
+from core.eval.benchmarks.domain_ppl import conversation_text, item_ids, ppl_metrics
+from core.eval.benchmarks.drift import drift_scores
+from core.eval.evaluation import EvalConfig
+from core.mix.domain import content_digest, load_domain
+from core.mix.mixing import MixConfig
 from core.store import Store
 from core.store.evaluation import EvalResultRow
-from tests.conftest import build_tiny_model_folder
-from tests.test_mix import build_store, write_domain
+from tests.helpers import build_mix_store, build_tiny_model_folder, write_domain
+from ui.views.evaluate import HEADLINE, eval_deltas, eval_history, headline_deltas, latest_results, side_by_side
 
 CONVERSATIONS = [  # tiny-vocabulary chats; the second has two exchanges, so its context holds an answer
     [{"role": "user", "content": "how to cook"}, {"role": "assistant", "content": "give me a recipe"}],
@@ -42,7 +41,7 @@ def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
 def test_mix_holds_out_exactly_the_rows_eval_scores(capsys, tmp_path: Path, tiny_model_dir: Path):
     workspace = tmp_path / "ws"
     workspace.mkdir()
-    build_store(workspace / "forgetless.duckdb")
+    build_mix_store(workspace / "forgetless.duckdb")
     domain = write_domain(tmp_path / "health.jsonl")
     rows = [json.loads(line)["messages"] for line in domain.read_text().splitlines()]
     out = tmp_path / "mix"

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from core.cli import main
-from core.domain import McqItem, load_domain, render_mcq
-from core.eval_domain import chat_mcq, letter_prompt
-from core.eval_domain_ppl import item_ids
-from core.models import load_model
+from core.cli.main import main
+from core.engines.models import load_model
+from core.eval.benchmarks.domain_mcq import chat_mcq, letter_prompt
+from core.eval.benchmarks.domain_ppl import item_ids
+from core.mix.domain import McqItem, load_domain, render_mcq
 from core.store import Store
-from tests.conftest import WORDS, build_tiny_model_folder
+from tests.helpers import WORDS, build_tiny_model_folder
 
 # The question word decides the answer, so a model can learn the key from the training rows and apply it to
 # the held-out ones (their option order differs, the question word does not).

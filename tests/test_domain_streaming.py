@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from core.domain import MAX_BAD_ROWS, content_digest, load_domain, split_by_content
-from core.domain_formats import DETECT_RECORDS, JSON_DOCUMENT_MAX_BYTES, MAX_LINE_BYTES
-from core.domain_rows import SpooledRows, rows_sha256
 from core.errors import ForgetlessError
+from core.mix.domain import MAX_BAD_ROWS, content_digest, load_domain, split_by_content
+from core.mix.formats import DETECT_RECORDS, JSON_DOCUMENT_MAX_BYTES, MAX_LINE_BYTES
+from core.mix.rows import SpooledRows, rows_sha256
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -121,7 +121,7 @@ def test_bad_rows_are_all_counted_but_only_the_first_kept(tmp_path):
 
 
 def test_a_json_document_over_the_limit_asks_for_json_lines(tmp_path, monkeypatch):
-    monkeypatch.setattr("core.domain_formats.JSON_DOCUMENT_MAX_BYTES", 100)
+    monkeypatch.setattr("core.mix.formats.JSON_DOCUMENT_MAX_BYTES", 100)
     path = tmp_path / "d.json"
     path.write_text(json.dumps([{"messages": chat(i)} for i in range(5)]), encoding="utf-8")
     with pytest.raises(ForgetlessError, match=r"JSON document over 100 bytes.*save it as JSON lines"):
@@ -138,7 +138,7 @@ def test_import_memory_does_not_grow_with_the_file(tmp_path):
             while handle.tell() < size:
                 handle.write(json.dumps({"messages": chat(i, words=150)}) + "\n")
                 i += 1
-    code = ("import resource, sys; from core.domain import load_domain; d = load_domain(sys.argv[1]); "
+    code = ("import resource, sys; from core.mix.domain import load_domain; d = load_domain(sys.argv[1]); "
             "n = sum(1 for _ in d.train); print(n, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
     peaks = []
     for path in (small, large):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import shutil
 import time
@@ -11,12 +12,16 @@ import pandas as pd
 import pytest
 import yaml
 
-from core.domain import BUILTIN_MEDMCQA
 from core.errors import ForgetlessError
-from core.eval_charts import CHANGE_COLORS, delta_figure, history_figure
-from core.eval_form import EvalPlan, plan_form, plan_from_form, run_choices
-from core.eval_queue import EvalJobs, plan_marker, plan_status_line
-from core.eval_views import (
+from core.eval.evaluation import EvalConfig
+from core.eval.plan import EvalPlan
+from core.jobs import JobInfo, job_info, wait_for
+from core.mix.domain import BUILTIN_MEDMCQA
+from core.store import Store
+from core.store.evaluation import EvalResultRow
+from ui.views.eval_charts import CHANGE_COLORS, delta_figure, history_figure
+from ui.views.eval_form import plan_form, plan_from_form, run_choices
+from ui.views.evaluate import (
     HEADLINE,
     eval_deltas,
     eval_history,
@@ -26,13 +31,16 @@ from core.eval_views import (
     read_eval_views,
     side_by_side,
 )
-from core.evaluate import EvalConfig
-from core.jobs import JobInfo, job_info, wait_for
-from core.store import Store
-from core.store.evaluation import EvalResultRow
+from ui.views.jobs import EvalJobs, plan_marker, plan_status_line
 
 BASE = "smollm2-135m-instruct"
 GENERAL = ("arc_easy", "piqa", "hellaswag", "sciq")
+PLAN_FORM = ("base", "runs", "suite", "limit", "seed", "batch_size", "domain", "domain_test_fraction")  # the tab's
+
+
+def form(**values):
+    """The Evaluate form's values by field name (the domain widgets only where given)."""
+    return {"base": BASE, "runs": [], "suite": ["general"], "limit": None, "seed": 0, "batch_size": 16, **values}
 
 
 def make_run(folder: Path, base: str = BASE, ratio: float | None = 0.5, *, status: str = "done",
@@ -90,7 +98,7 @@ def two_runs(tmp_path: Path, store: Store) -> tuple[str, str]:
 # -- form -> plan -> configs ----------------------------------------------------------------------------------
 def test_plan_evaluates_the_base_without_drift_then_each_run(tmp_path: Path):
     run = make_run(tmp_path / "runs" / "r1")
-    plan = plan_from_form(BASE, [str(run), str(run)], ["general", "drift"], 4, 3, 8)
+    plan = plan_from_form(form(runs=[str(run), str(run)], suite=["general", "drift"], limit=4.0, seed=3, batch_size=8))
     configs = plan.configs()
     assert [c.model for c in configs] == [BASE, str(run.resolve())]
     assert configs[0].suite == ("general",) and configs[1].suite == ("general", "drift")
@@ -99,17 +107,22 @@ def test_plan_evaluates_the_base_without_drift_then_each_run(tmp_path: Path):
     # Each job id is what `forgetless eval` derives for the same settings, so CLI and UI resume each other.
     same = EvalConfig(model=str(run), suite=("general", "drift"), limit=4, seed=3, batch_size=8)
     assert configs[1].job_id == same.resolved_job_id()
-    assert plan_from_form(BASE, [], ["general"], None, 0, 16).configs()[0].limit is None  # empty: every item
+    assert plan_from_form(form(limit=None)).configs()[0].limit is None  # empty: every item
 
 
 def test_plan_round_trips_through_yaml_and_back_into_the_form(tmp_path: Path):
     from core.config import load_yaml, to_yaml
 
     run = make_run(tmp_path / "runs" / "r1")
-    plan = plan_from_form(BASE, [str(run)], ["domain", "general"], 10, 1, 4)
+    plan = plan_from_form(form(runs=[str(run)], suite=["domain", "general"], limit=10, seed=1, batch_size=4))
     (tmp_path / "plan.yaml").write_text(to_yaml(plan))
     assert load_yaml(EvalPlan, tmp_path / "plan.yaml") == plan
-    assert plan_form(plan) == (BASE, [str(run.resolve())], ["domain", "general"], 10, 1, 4, BUILTIN_MEDMCQA, 0.2)
+    assert plan_form(plan, PLAN_FORM) == {"base": BASE, "runs": [str(run.resolve())], "suite": ["domain", "general"],
+                                          "limit": 10, "seed": 1, "batch_size": 4, "domain": BUILTIN_MEDMCQA,
+                                          "domain_test_fraction": 0.2}
+    assert plan_from_form(plan_form(plan, PLAN_FORM)) == plan  # shown in the form, started again: the same plan
+    single = dataclasses.replace(plan, suite=("arc_easy", "general"))  # a single task: no checkbox for it
+    assert plan_form(single, ["suite"]) == {"suite": ["general"]}
 
 
 def test_plan_passes_the_domain_data_and_its_held_out_share(tmp_path: Path):
@@ -121,45 +134,52 @@ def test_plan_passes_the_domain_data_and_its_held_out_share(tmp_path: Path):
     data = tmp_path / "health.jsonl"
     data.write_text('{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}\n')
     run = make_run(tmp_path / "runs" / "r1")
-    plan = plan_from_form(BASE, [str(run)], ["general", "domain"], 5, 0, 16, str(data), 0.3)
+    plan = plan_from_form(form(runs=[str(run)], suite=["general", "domain"], limit=5, domain=str(data),
+                               domain_test_fraction=0.3))
     configs = plan.configs()
     assert all(c.domain == str(data.resolve()) and c.domain_test_fraction == 0.3 for c in configs)
     assert all(c.tasks()[-1] == "domain_ppl" for c in configs)
     same = EvalConfig(model=BASE, suite=("general", "domain"), limit=5, domain=str(data), domain_test_fraction=0.3)
     assert configs[0].job_id == same.resolved_job_id()  # what `forgetless eval --domain ...` resumes
     (tmp_path / "plan.yaml").write_text(to_yaml(plan))
-    assert plan_form(load_yaml(EvalPlan, tmp_path / "plan.yaml"))[-2:] == (str(data.resolve()), 0.3)
+    shown = plan_form(load_yaml(EvalPlan, tmp_path / "plan.yaml"), ["domain", "domain_test_fraction"])
+    assert shown == {"domain": str(data.resolve()), "domain_test_fraction": 0.3}
 
     # builtin:medmcqa has its fixed split: the share is ignored, so the job ids are the CLI's defaults.
-    builtin = plan_from_form(BASE, [], ["domain"], 5, 0, 16, BUILTIN_MEDMCQA, 0.0).configs()
+    builtin = plan_from_form(form(suite=["domain"], limit=5, domain=BUILTIN_MEDMCQA,
+                                  domain_test_fraction=0.0)).configs()
     assert builtin[0].tasks() == ("medmcqa",) and builtin[0].domain_test_fraction == 0.2
     assert builtin[0].job_id == EvalConfig(model=BASE, suite=("domain",), limit=5).resolved_job_id()
-    assert plan_from_form(BASE, [], ["domain"], 5, 0, 16, "", None).domain == BUILTIN_MEDMCQA
+    assert plan_from_form(form(suite=["domain"], domain="", domain_test_fraction=None)).domain == BUILTIN_MEDMCQA
+    assert plan_from_form(form(suite=["domain"], domain=None)).domain == BUILTIN_MEDMCQA  # a cleared dropdown
     # Without the domain suite the data is unused (a user file with 0 is no error then).
-    assert plan_from_form(BASE, [], ["general"], 5, 0, 16, str(data), 0).configs()[0].domain == BUILTIN_MEDMCQA
+    assert plan_from_form(form(domain=str(data), domain_test_fraction=0)).configs()[0].domain == BUILTIN_MEDMCQA
 
     # A user file with nothing held out, or a missing file, is refused with a visible message.
     for domain, share, fragment in ((str(data), 0, "test fraction above 0"), (str(data), None, "above 0"),
                                     (str(tmp_path / "missing.jsonl"), 0.2, "no domain data at")):
         with pytest.raises(ForgetlessError, match=fragment):
-            plan_from_form(BASE, [], ["domain"], 5, 0, 16, domain, share)
+            plan_from_form(form(suite=["domain"], limit=5, domain=domain, domain_test_fraction=share))
     never = SimpleNamespace(start=lambda plan: pytest.fail(f"started {plan}"))
     with pytest.warns(UserWarning, match="above 0"):  # gr.Warning's toast, outside an event
-        message = start_job(never, plan_from_form, BASE, [], ["domain"], 5, 0, 16, str(data), 0)
+        message = start_job(never, plan_from_form, form(suite=["domain"], limit=5, domain=str(data),
+                                                        domain_test_fraction=0))
     assert message.startswith("Not started:") and "test fraction above 0" in message
 
 
-@pytest.mark.parametrize(("form", "fragment"), [
-    (("", [], ["general"], None, 0, 16), "pick a base model"),
-    ((BASE, [], [], None, 0, 16), "at least one suite"),
-    ((BASE, [], ["drift"], None, 0, 16), "drift compares a tuned run"),
-    ((BASE, [], ["general"], 0, 0, 16), "limit must be at least 1"),
-    ((BASE, [], ["general"], None, None, 16), "Seed is empty"),
-    ((BASE, ["/no/such/run"], ["general"], None, 0, 16), "no model or run folder"),
+@pytest.mark.parametrize(("changes", "fragment"), [
+    ({"base": ""}, "pick a base model"),
+    ({"base": None}, "Base model is empty"),
+    ({"suite": []}, "at least one suite"),
+    ({"suite": ["drift"]}, "drift compares a tuned run"),
+    ({"limit": 0}, "limit must be at least 1"),
+    ({"seed": None}, "Seed is empty"),
+    ({"batch_size": 2.5}, "whole number"),
+    ({"runs": ["/no/such/run"]}, "no model or run folder"),
 ])
-def test_bad_form_values_are_one_line_errors(form, fragment):
+def test_bad_form_values_are_one_line_errors(changes, fragment):
     with pytest.raises(ForgetlessError, match=fragment):
-        plan_from_form(*form)
+        plan_from_form(form(**changes))
 
 
 def test_an_unfinished_run_is_refused_and_not_offered(tmp_path: Path):
@@ -172,7 +192,7 @@ def test_an_unfinished_run_is_refused_and_not_offered(tmp_path: Path):
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         assert run_choices(workspace) == [("20250101-done · lora · done", str(done.resolve()))]
     with pytest.raises(ForgetlessError, match="neither adapter/ nor model/"):
-        plan_from_form(BASE, [str(unfinished)], ["general"], None, 0, 16)
+        plan_from_form(form(runs=[str(unfinished)]))
 
 
 # -- the table ---------------------------------------------------------------------------------------------------

@@ -12,16 +12,23 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
+from core.engines.in_process import InProcessEngine
+from core.engines.models import load_model
 from core.errors import ForgetlessError
-from core.eval_domain import letter_metrics, score_letters
-from core.eval_drift import drift_metrics, drift_scores, drift_text, mix_general_ids
-from core.eval_tasks import McItem, McScore, load_general_items, mc_metrics, score_multiple_choice, score_one_at_a_time
-from core.eval_views import eval_deltas, eval_history, eval_results_frame
-from core.evaluate import EvalConfig, load_target, resolve_target, run_evaluation
-from core.models import load_model
+from core.eval.benchmarks.domain_mcq import letter_metrics, score_letters
+from core.eval.benchmarks.drift import drift_metrics, drift_scores, drift_text, mix_general_ids
+from core.eval.benchmarks.general import (
+    McItem,
+    McScore,
+    load_general_items,
+    mc_metrics,
+    score_multiple_choice,
+    score_one_at_a_time,
+)
+from core.eval.evaluation import EvalConfig, open_target, resolve_target, run_evaluation
 from core.store import Store
-from tests.conftest import WORDS, build_tiny_model_folder
-from tests.test_cli import assert_one_line_error, forgetless
+from tests.helpers import WORDS, assert_one_line_error, build_tiny_model_folder, forgetless
+from ui.views.evaluate import eval_deltas, eval_history, eval_results_frame
 
 ROOT = Path(__file__).resolve().parent.parent
 ITEMS = [  # context, options, gold: a tiny model trained on context + gold must pick gold
@@ -65,10 +72,10 @@ def train_to_prefer_gold(lm, items: list[McItem], steps: int = 60) -> None:
 
 def test_trained_model_scores_every_known_answer_and_untrained_does_not(tiny_lm):
     items = mc_items()
-    control = mc_metrics(score_multiple_choice(tiny_lm.model, tiny_lm.tokenizer, items, batch_size=4))
+    control = mc_metrics(score_multiple_choice(InProcessEngine(tiny_lm), items))
     assert control["n"] == len(items) and control["acc"] < 1.0
     train_to_prefer_gold(tiny_lm, items)
-    scores = score_multiple_choice(tiny_lm.model, tiny_lm.tokenizer, items, batch_size=4)
+    scores = score_multiple_choice(InProcessEngine(tiny_lm), items)
     assert mc_metrics(scores)["acc"] == 1.0
     # The batched shared-prefix scorer agrees with one forward pass per option (the benchmark's baseline).
     naive = score_one_at_a_time(tiny_lm.model, tiny_lm.tokenizer, items)
@@ -89,7 +96,7 @@ def test_acc_norm_divides_by_option_characters_and_stderr_is_sample_based():
 
 
 def test_option_lengths_exclude_the_leading_space(tiny_lm):
-    scores = score_multiple_choice(tiny_lm.model, tiny_lm.tokenizer, mc_items()[:1])
+    scores = score_multiple_choice(InProcessEngine(tiny_lm), mc_items()[:1])
     assert scores[0].lengths == (6, 4, 4)
 
 
@@ -172,10 +179,10 @@ def test_run_folder_applies_its_adapter_on_the_base(tiny_model_dir: Path, tmp_pa
     target = resolve_target(EvalConfig(model=str(run)))
     assert target.run_dir == str(run.resolve()) and target.base == str(tiny_model_dir)
 
-    def load(spec: str):
-        return load_model(spec, tmp_path)
+    def engines(spec: str) -> InProcessEngine:
+        return InProcessEngine(load_model(spec, tmp_path))
 
-    tuned, base = load_target(target, load), load(str(tiny_model_dir))
+    tuned, base = open_target(target, engines).lm, load_model(str(tiny_model_dir), tmp_path)
     ids = torch.tensor([tuned.tokenizer("how to cook a simple recipe")["input_ids"]])
     with torch.no_grad():
         assert not torch.allclose(tuned.model(input_ids=ids).logits, base.model(input_ids=ids).logits, atol=1e-4)
@@ -217,13 +224,14 @@ def domain_items(n: int) -> list[SimpleNamespace]:
 @pytest.fixture()
 def fake_domain(monkeypatch):
     items = domain_items(9)
-    monkeypatch.setattr("core.evaluate._domain_source", lambda: (items, lambda item: "what is the best way"))
+    monkeypatch.setattr("core.eval.benchmarks.domain_mcq.medmcqa_source",
+                        lambda: (items, lambda item: "what is the best way"))
     return items
 
 
 def test_domain_letters_report_accuracy_and_the_majority_letter(tmp_path: Path):
     lm = load_model(str(letter_model(tmp_path)), tmp_path)
-    scores = score_letters(lm.model, lm.tokenizer, domain_items(8), lambda item: "what is the best way")
+    scores = score_letters(InProcessEngine(lm), domain_items(8), lambda item: "what is the best way")
     assert all(len(s.probs) == 4 and 0 < sum(s.probs) <= 1 for s in scores)
     metrics = letter_metrics(scores)
     # The same prompt each time: one letter wins every item, so accuracy is that letter's gold share.
@@ -241,8 +249,8 @@ def test_evaluation_stores_results_resumes_and_feeds_the_views(tmp_path: Path, f
     run = make_run(tmp_path / "run", model, data=snapshot)
     assert mix_general_ids({"data": str(snapshot)}) == set(used)
 
-    def load(spec: str):
-        return load_model(spec, tmp_path)
+    def load(spec: str) -> InProcessEngine:
+        return InProcessEngine(load_model(spec, tmp_path))
 
     config = EvalConfig(model=str(run), suite=("arc_easy", "domain", "drift"), limit=4, batch_size=2)
     calls = {"n": 0}
@@ -282,7 +290,7 @@ def test_kl_is_zero_when_the_base_is_the_model_itself(tiny_model_dir: Path, tmp_
     store = Store.for_workspace(tmp_path / "ws")
     add_general_data(store, 3)
     config = EvalConfig(model=str(tiny_model_dir), base=str(tiny_model_dir), suite=("drift",))
-    summary = run_evaluation(config, store, lambda spec: load_model(spec, tmp_path))
+    summary = run_evaluation(config, store, lambda spec: InProcessEngine(load_model(spec, tmp_path)))
     assert summary["results"]["drift"]["kl"] == 0.0 and summary["results"]["drift"]["n"] == 3
     with pytest.raises(ForgetlessError, match="drift needs a base"):
         run_evaluation(EvalConfig(model=str(tiny_model_dir), suite=("drift",)), store, lambda spec: None)

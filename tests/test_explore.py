@@ -12,108 +12,22 @@ import pytest
 
 import core.store.explore as explore_module
 from core.errors import ForgetlessError
-from core.sql_safety import run_readonly_sql
-from core.store.base import StoreBase, text_key
-from core.store.explore import ExploreFilters, ExploreQueries
-from core.store.instructions import InstructionQueries, InstructionRow
-from core.store.screen_tables import ScreenTableQueries
-from core.store.screening import ResponseRow, ScoreRow, ScreeningQueries, response_id
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-class S(ExploreQueries, InstructionQueries, ScreeningQueries, ScreenTableQueries, StoreBase):
-    pass
-
-
-# (text, n_tokens); i5 gets no responses, i4 one response, the others two.
-INSTRUCTIONS = [
-    ("Write a Python function to sort a list", 8),
-    ("Explain the tides", 3),
-    ("Plan a trip to Paris", 5),
-    ("Write a python function that sorts a list", 8),
-    ("Cook rice", 2),
-    ("Write a poem about the sea", 6),
-]
-# instruction index -> {model: (judge j1 score, judge j2 score)}
-SCORES = {
-    0: {"model-a": (5, 4), "model-b": (3, 3)},
-    1: {"model-a": (2, 4), "model-b": (2, 2)},
-    2: {"model-a": (1, 1), "model-b": (1.4, 1.6)},
-    3: {"model-a": (4, 4), "model-b": (5, 5)},
-    4: {"model-a": (3, 3.5)},
-}
-# instruction index -> (difficulty, cluster, category, x, y, dup_group, is_representative); i4, i5 unprofiled
-PROFILE = {
-    0: (2.0, 0, "coding", 0.0, 0.0, 1, True),
-    1: (3.5, 1, "knowledge", 1.0, 1.0, None, True),
-    2: (1.5, 1, "advice", 2.0, 1.0, None, True),
-    3: (2.5, 0, "coding", 0.1, 0.1, 1, False),
-}
-
-
-def ids() -> list[str]:
-    return [text_key(text) for text, _ in INSTRUCTIONS]
-
-
-def build_store(path: Path, *, refresh: bool = True) -> S:
-    store = S(path)
-    rows = [InstructionRow(text, n, "tiny", "<p>", 1.0, 1.0, 32, 7, "job-r", 0) for text, n in INSTRUCTIONS]
-    store.add_instruction_batch("job-r", 0, rows, limit=100, sampled=len(rows), dropped={}, new_tokens=0, seconds=0)
-    key = ids()
-    responses, scores = [], []
-    for index, by_model in SCORES.items():
-        for model, (s1, s2) in by_model.items():
-            rid = response_id(key[index], model, 0)
-            responses.append(ResponseRow(rid, key[index], model, 0, f"{model} answers {INSTRUCTIONS[index][0]}",
-                                         5, True, "chat", 0.7, 0.9, 64, 1, "job-s"))
-            scores += [ScoreRow(rid, "j1", "probs", float(s1), None, None, False, "chat", "job-j"),
-                       ScoreRow(rid, "j2", "probs", float(s2), None, None, False, "chat", "job-j")]
-    # Noise the views must ignore: a failed judge and another method's score.
-    first = response_id(key[0], "model-a", 0)
-    scores += [ScoreRow(first, "j3", "probs", None, None, None, True, "chat", "job-j"),
-               ScoreRow(first, "j1", "generate", 1.0, None, "1", False, "chat", "job-j")]
-    store.add_responses(responses)
-    store.add_scores(scores)
-
-    frame = store.scores_frame("probs")
-    consensus = (frame.groupby("response_id")
-                 .agg(instruction_id=("instruction_id", "first"), mean=("score", "mean"), median=("score", "median"),
-                      std=("score", lambda s: float(s.std(ddof=0))), min=("score", "min"), max=("score", "max"),
-                      n_judges=("score", "count"))
-                 .reset_index())
-    consensus["method"] = "probs"
-    best_rows = []
-    for instruction_id, group in consensus.groupby("instruction_id"):
-        ranked = group.sort_values("mean", ascending=False)
-        top = ranked.iloc[0]
-        margin = top["mean"] - ranked.iloc[1]["mean"] if len(ranked) > 1 else None
-        best_rows.append((instruction_id, top["response_id"], top["mean"], top["std"], margin))
-    best = pd.DataFrame(best_rows, columns=["instruction_id", "response_id", "mean", "std", "margin"])
-    agreement = pd.DataFrame([("j1", "j2", "probs", 9, 0.5, 0.4)],
-                             columns=["judge_a", "judge_b", "method", "n", "spearman", "kendall"])
-    store.replace_consensus("probs", consensus, best, agreement)
-    with store.write() as con:
-        for index, (difficulty, cluster, category, x, y, dup, rep) in PROFILE.items():
-            con.execute(
-                "INSERT INTO instruction_profile VALUES (?, ?, NULL, 0.5, ?, ?, ?, ?, ?, ?, ?, NULL, now())",
-                [key[index], difficulty, cluster, f"label {cluster}", x, y, dup, rep, category],
-            )
-    if refresh:
-        store.refresh_explore_rows()
-    return store
+from core.store.explore import ExploreFilters
+from core.store.instructions import InstructionRow
+from core.store.sql_safety import run_readonly_sql
+from tests.helpers import EXPLORE_INSTRUCTIONS, ROOT, ExploreStore, build_explore_store, explore_ids
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory) -> S:
+def store(tmp_path_factory) -> ExploreStore:
     """Shared by the tests that only read."""
-    return build_store(tmp_path_factory.mktemp("explore") / "forgetless.duckdb")
+    return build_explore_store(tmp_path_factory.mktemp("explore") / "forgetless.duckdb")
 
 
 @pytest.fixture()
-def fresh(tmp_path: Path) -> S:
+def fresh(tmp_path: Path) -> ExploreStore:
     """For the tests that write."""
-    return build_store(tmp_path / "forgetless.duckdb")
+    return build_explore_store(tmp_path / "forgetless.duckdb")
 
 
 COUNT_CASES = [
@@ -143,7 +57,7 @@ COUNT_CASES = [
 
 
 @pytest.mark.parametrize(("values", "expected"), COUNT_CASES)
-def test_filters_change_counts_exactly(store: S, values: dict, expected: int):
+def test_filters_change_counts_exactly(store: ExploreStore, values: dict, expected: int):
     filters = ExploreFilters(**values)
     assert store.explore_count(filters) == expected
     result = store.explore(filters, page_size=50)
@@ -154,8 +68,8 @@ def test_filters_change_counts_exactly(store: S, values: dict, expected: int):
     assert len(store.explore_page(filters, page_size=50)) == expected
 
 
-def test_page_order_and_paging(store: S):
-    key = ids()
+def test_page_order_and_paging(store: ExploreStore):
+    key = explore_ids()
     page = store.explore_page(ExploreFilters(), page=1, page_size=6, order_by="consensus DESC")
     assert page["instruction_id"].tolist()[:5] == [key[3], key[0], key[4], key[1], key[2]]
     assert page["instruction_id"].iloc[5] == key[5] and pd.isna(page["consensus"].iloc[5])  # NULLs last
@@ -165,7 +79,7 @@ def test_page_order_and_paging(store: S):
     ascending = store.explore_page(ExploreFilters(), page_size=4, order_by="difficulty")
     assert ascending["instruction_id"].tolist() == [key[2], key[0], key[3], key[1]]
     row = page.iloc[0]
-    assert row["response"] == f"model-b answers {INSTRUCTIONS[3][0]}" and row["response_model"] == "model-b"
+    assert row["response"] == f"model-b answers {EXPLORE_INSTRUCTIONS[3][0]}" and row["response_model"] == "model-b"
     assert (row["consensus"], row["std"], row["margin"], row["n_responses"]) == (5.0, 0.0, 1.0, 2)
     assert row["category"] == "coding" and not row["is_representative"]
     unjudged = page.iloc[5]
@@ -176,7 +90,7 @@ def test_page_order_and_paging(store: S):
 @pytest.mark.parametrize("order", ["n_responses DESC", "n_responses", "difficulty DESC", "category", "margin",
                                    "response_model DESC", "created_at", "-std"])
 @pytest.mark.parametrize("page_size", [1, 2, 4])
-def test_pages_follow_the_full_ordering(store: S, order: str, page_size: int):
+def test_pages_follow_the_full_ordering(store: ExploreStore, order: str, page_size: int):
     column, direction = order.lstrip("-").split()[0], "DESC" if order.startswith("-") or "DESC" in order else "ASC"
     expected = run_readonly_sql(store.path, f"SELECT instruction_id FROM explore_rows "
                                             f"ORDER BY {column} {direction} NULLS LAST, row_id")["instruction_id"]
@@ -187,12 +101,12 @@ def test_pages_follow_the_full_ordering(store: S, order: str, page_size: int):
 
 @pytest.mark.parametrize("order", ["consensus; DROP TABLE instructions", "text", "consensus sideways",
                                    "consensus DESC, row_id"])
-def test_bad_order_is_refused(store: S, order: str):
+def test_bad_order_is_refused(store: ExploreStore, order: str):
     with pytest.raises(ForgetlessError):
         store.explore_page(ExploreFilters(), order_by=order)
 
 
-def test_charts(store: S):
+def test_charts(store: ExploreStore):
     charts = store.explore_charts(ExploreFilters())
     histogram = charts["judge_histogram"]
     assert set(histogram["judge"]) == {"j1", "j2"}  # j3 only failed; "generate" is not the consensus method
@@ -202,15 +116,15 @@ def test_charts(store: S):
                       ("j2", 1.5): 1, ("j2", 3.5): 1, ("j2", 4.0): 2, ("j2", 4.5): 1}
     assert dict(zip(charts["categories"]["category"], charts["categories"]["count"], strict=True)) == {
         "coding": 2, "(unprofiled)": 2, "advice": 1, "knowledge": 1}
-    assert set(charts["difficulty_consensus"]["instruction_id"]) == set(ids()[:4])
+    assert set(charts["difficulty_consensus"]["instruction_id"]) == set(explore_ids()[:4])
     semantic = charts["semantic_map"]
-    assert set(semantic["instruction_id"]) == set(ids()[:4])
+    assert set(semantic["instruction_id"]) == set(explore_ids()[:4])
     assert set(semantic.columns) >= {"x", "y", "cluster", "cluster_label", "consensus", "instruction"}
     narrowed = store.explore_charts(ExploreFilters(categories=["coding"]))["judge_histogram"]
     assert int(narrowed.loc[narrowed["judge"] == "j1", "count"].sum()) == 2
 
 
-def test_histogram_without_score_codes_matches(fresh: S, monkeypatch):
+def test_histogram_without_score_codes_matches(fresh: ExploreStore, monkeypatch):
     coded = fresh.explore_charts(ExploreFilters(consensus_min=2))["judge_histogram"]
     monkeypatch.setattr(explore_module, "MAX_CODE_JUDGES", 1)  # more judges than a code holds
     fresh.refresh_explore_rows()
@@ -218,7 +132,7 @@ def test_histogram_without_score_codes_matches(fresh: S, monkeypatch):
     pd.testing.assert_frame_equal(coded, fallback)
 
 
-def test_plot_sample_is_capped_and_stable(store: S, monkeypatch):
+def test_plot_sample_is_capped_and_stable(store: ExploreStore, monkeypatch):
     monkeypatch.setattr(explore_module, "SAMPLE_POINTS", 2)
     first = store.explore(ExploreFilters()).charts["semantic_map"]
     again = store.explore(ExploreFilters()).charts["semantic_map"]
@@ -232,7 +146,7 @@ def test_plot_sample_is_capped_and_stable(store: S, monkeypatch):
     assert searched["instruction_id"].tolist() == expected["instruction_id"].tolist()
 
 
-def test_refresh_is_idempotent(fresh: S):
+def test_refresh_is_idempotent(fresh: ExploreStore):
     query = "SELECT * EXCLUDE (row_id) FROM explore_rows ORDER BY instruction_id"
     before = run_readonly_sql(fresh.path, query)
     scores_before = run_readonly_sql(fresh.path, "SELECT * FROM explore_scores ORDER BY row_id, judge")
@@ -243,7 +157,7 @@ def test_refresh_is_idempotent(fresh: S):
                                   run_readonly_sql(fresh.path, "SELECT * FROM explore_scores ORDER BY row_id, judge"))
 
 
-def test_refresh_follows_new_data(fresh: S):
+def test_refresh_follows_new_data(fresh: ExploreStore):
     rows = [InstructionRow("Name three rivers", 3, "tiny", "<p>", 1.0, 1.0, 32, 7, "job-r", 1)]
     fresh.add_instruction_batch("job-r", 1, rows, limit=10, sampled=1, dropped={}, new_tokens=0, seconds=0)
     assert fresh.explore_count() == 6  # a snapshot until refreshed
@@ -252,8 +166,8 @@ def test_refresh_follows_new_data(fresh: S):
     assert fresh.explore_count(ExploreFilters(where="n_responses = 0")) == 2
 
 
-def test_unscored_best_response_counts_as_no_consensus(fresh: S):
-    key = ids()
+def test_unscored_best_response_counts_as_no_consensus(fresh: ExploreStore):
+    key = explore_ids()
     with fresh.write() as con:  # all judges failed on i2's responses: consensus.py gives NaN, not a number
         con.execute("UPDATE best_responses SET mean = 'NaN'::DOUBLE, std = 'NaN'::DOUBLE WHERE instruction_id = ?",
                     [key[2]])
@@ -265,7 +179,7 @@ def test_unscored_best_response_counts_as_no_consensus(fresh: S):
 
 
 def test_unrefreshed_store_is_empty_not_an_error(tmp_path: Path):
-    store = build_store(tmp_path / "s.duckdb", refresh=False)
+    store = build_explore_store(tmp_path / "s.duckdb", refresh=False)
     assert store.explore_count() == 0
     result = store.explore(ExploreFilters(consensus_min=1))
     assert result.count == 0 and result.page.empty and result.charts["judge_histogram"].empty
@@ -273,7 +187,7 @@ def test_unrefreshed_store_is_empty_not_an_error(tmp_path: Path):
     assert set(store.explore_charts()) == {"judge_histogram", "difficulty_consensus", "semantic_map", "categories"}
 
 
-def test_bad_where_column_is_one_line_error(store: S):
+def test_bad_where_column_is_one_line_error(store: ExploreStore):
     with pytest.raises(ForgetlessError) as caught:
         store.explore(ExploreFilters(where="no_such_column > 1"))
     assert "\n" not in str(caught.value)
@@ -300,7 +214,7 @@ def test_filters_validate_and_round_trip():
             ExploreFilters.from_json(bad_json)
 
 
-def test_selections_round_trip(fresh: S):
+def test_selections_round_trip(fresh: ExploreStore):
     filters = ExploreFilters(consensus_min=3, categories=["coding"], where="margin > 0.5")
     fresh.save_selection(" good coding ", filters)
     fresh.save_selection("all", ExploreFilters())
@@ -318,8 +232,8 @@ def test_selections_round_trip(fresh: S):
     assert fresh.delete_selection("all") and not fresh.delete_selection("all")
 
 
-def test_screening_views(store: S):
-    key = ids()
+def test_screening_views(store: ExploreStore):
+    key = explore_ids()
     screened = sorted(key[:5])  # one batch: one created_at, so id order
     table = store.consensus_table(page=1, page_size=5)
     assert table["instruction_id"].drop_duplicates().tolist() == screened

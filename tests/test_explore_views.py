@@ -8,7 +8,9 @@ import pandas as pd
 import pytest
 
 from core.errors import ForgetlessError
-from core.explore_views import (
+from core.store import ExploreFilters
+from tests.helpers import build_explore_store
+from ui.views.explore import (
     SELECTION_HEADERS,
     STD_LIMIT,
     TABLE_HEADERS,
@@ -29,35 +31,33 @@ from core.explore_views import (
     semantic_map_figure,
     table_rows,
 )
-from core.store import ExploreFilters
-from tests.test_explore import build_store
 
-# The form untouched: sliders at their ends, empty boxes.
-NEUTRAL = (1.0, 5.0, STD_LIMIT, 1.0, 5.0, [], [], 0, 0, False, "", "")
+# The filter form untouched, by field name: sliders at their ends, empty boxes.
+NEUTRAL = {"consensus_min": 1.0, "consensus_max": 5.0, "max_std": STD_LIMIT, "difficulty_min": 1.0,
+           "difficulty_max": 5.0, "clusters": [], "categories": [], "length_min": 0, "length_max": 0,
+           "hide_duplicates": False, "search": "", "where": ""}
 
 
 def form(**changes):
-    names = ["consensus_min", "consensus_max", "max_std", "difficulty_min", "difficulty_max", "clusters",
-             "categories", "length_min", "length_max", "hide_duplicates", "search", "where"]
-    values = dict(zip(names, NEUTRAL, strict=True))
-    values.update(changes)
-    return [values[name] for name in names]
+    return {**NEUTRAL, **changes}
 
 
 # -- filters <-> widgets -----------------------------------------------------------------------------------
 def test_an_untouched_form_filters_nothing():
     # Sliders at their ends set no bound, so unjudged and unprofiled rows (NULL scores) still pass.
-    assert filters_from_form(*NEUTRAL).is_empty()
-    assert filters_from_form(None, None, None, None, None, None, None, None, None, False, None, None).is_empty()
+    assert filters_from_form(NEUTRAL).is_empty()
+    assert filters_from_form({**dict.fromkeys(NEUTRAL), "hide_duplicates": False}).is_empty()  # emptied widgets
+    assert filters_from_form({}).is_empty()
 
 
 def test_form_values_become_filters():
-    filters = filters_from_form(*form(consensus_min=3.5, max_std=0.4, difficulty_max=4.0, clusters=[2, 0],
-                                      categories=["math"], length_min=5, hide_duplicates=True,
-                                      search=" rivers ", where="margin > 0.5"))
+    filters = filters_from_form(form(consensus_min=3.5, max_std=0.4, difficulty_max=4.0, clusters=[2, 0],
+                                     categories=["math"], length_min=5.0, hide_duplicates=True,
+                                     search=" rivers ", where="margin > 0.5"))
     assert filters == ExploreFilters(consensus_min=3.5, max_std=0.4, difficulty_max=4.0, clusters=(0, 2),
                                      categories=("math",), length_min=5, hide_duplicates=True, search="rivers",
                                      where="margin > 0.5")
+    assert isinstance(filters.length_min, int)
 
 
 @pytest.mark.parametrize("changes", [
@@ -65,18 +65,19 @@ def test_form_values_become_filters():
     {"where": "1=1; DROP TABLE instructions"},
     {"where": "instruction_id IN (SELECT * FROM read_csv('/etc/passwd'))"},
     {"length_min": -3},
+    {"length_min": 2.5},
 ])
 def test_bad_form_values_raise_one_line_errors(changes):
     with pytest.raises(ForgetlessError) as caught:
-        filters_from_form(*form(**changes))
+        filters_from_form(form(**changes))
     assert "\n" not in str(caught.value)
 
 
 def test_saved_filters_round_trip_through_the_form():
     saved = ExploreFilters(consensus_min=3, difficulty_min=2, clusters=[1], categories=["coding", "math"],
                            length_max=40, hide_duplicates=True, search="python", where="n_responses > 1")
-    assert filters_from_form(*form_from_filters(saved)) == saved
-    assert tuple(form_from_filters(ExploreFilters())) == NEUTRAL
+    assert filters_from_form(form_from_filters(saved)) == saved
+    assert form_from_filters(ExploreFilters()) == NEUTRAL
 
 
 def test_describe_filters_and_count_line():
@@ -98,19 +99,26 @@ def test_paging_helpers():
 
 
 def test_profile_config_from_the_form_and_back():
-    config = profile_config("none", "smollm2-135m-instruct", "", "6", 0.9, "tsne", 4)
+    names = ("difficulty_judge", "category_model", "target_model", "clusters", "dedup_threshold", "projection",
+             "batch_size")
+    config = profile_config(dict(zip(names, ("none", "smollm2-135m-instruct", "", "6", 0.9, "tsne", 4.0),
+                                     strict=True)))
     assert config.difficulty_judge is None and config.target_model is None and config.clusters == 6
+    assert config.batch_size == 4 and isinstance(config.batch_size, int)
     assert config.job_id.startswith("profile-")
-    assert profile_form(config) == ("none", "smollm2-135m-instruct", "none", "6", 0.9, "tsne", 4)
+    assert profile_form(config, names) == {"difficulty_judge": "none", "category_model": "smollm2-135m-instruct",
+                                           "target_model": "none", "clusters": "6", "dedup_threshold": 0.9,
+                                           "projection": "tsne", "batch_size": 4}
+    assert profile_config({"clusters": ""}).clusters == "auto"  # an emptied box
     with pytest.raises(ForgetlessError, match="clusters"):
-        profile_config("none", "none", "none", "many", 0.9, "pca", 4)
-    with pytest.raises(ForgetlessError, match="batch size is empty"):
-        profile_config("none", "none", "none", "auto", 0.9, "pca", None)
+        profile_config({"clusters": "many"})
+    with pytest.raises(ForgetlessError, match="Batch size is empty"):
+        profile_config({"clusters": "auto", "batch_size": None})
 
 
 # -- rows ----------------------------------------------------------------------------------------------------
 def test_table_rows_from_a_real_page(tmp_path):
-    store = build_store(tmp_path / "forgetless.duckdb")
+    store = build_explore_store(tmp_path / "forgetless.duckdb")
     result = store.explore(ExploreFilters(), 1, 20, "consensus DESC")
     rows = table_rows(result.page)
     assert len(rows) == 6 and all(len(row) == len(TABLE_HEADERS) for row in rows)
@@ -134,11 +142,11 @@ def test_selection_rows_and_cluster_choices():
 
 
 def test_read_clusters_from_the_store(tmp_path):
-    store = build_store(tmp_path / "forgetless.duckdb")
+    store = build_explore_store(tmp_path / "forgetless.duckdb")
     clusters = read_clusters(store)
     assert clusters["cluster"].tolist() == [0, 1] and clusters["n"].tolist() == [2, 2]
     assert clusters["label"].tolist() == ["label 0", "label 1"]
-    unrefreshed = build_store(tmp_path / "other.duckdb", refresh=False)
+    unrefreshed = build_explore_store(tmp_path / "other.duckdb", refresh=False)
     assert read_clusters(unrefreshed).empty  # no explore rows yet: no choices, no error
 
 

@@ -18,12 +18,12 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from core.cli import main
+from core.cli.main import main
 from core.data_paths import ReadableRoots
 from core.errors import ForgetlessError
-from core.mix_views import MixCache
 from core.store import ExploreFilters, Store
-from tests.test_explore import build_store
+from tests.helpers import build_explore_store
+from ui.views.mix import MixCache
 
 SECRET = "SECRET-7f3a"
 READ_SECRET = "read_text('.tmp/secret.txt')"
@@ -110,7 +110,7 @@ def campaign(tmp_path_factory) -> dict[str, Path]:
     workspace, bad = root / "ws", root / "bad"
     workspace.mkdir()
     bad.mkdir()
-    build_store(workspace / "forgetless.duckdb")
+    build_explore_store(workspace / "forgetless.duckdb")
     (workspace / "passwd.csv").symlink_to("/etc/passwd")
     (root / ".tmp").mkdir()
     (root / ".tmp" / "secret.txt").write_text(SECRET + "\n")

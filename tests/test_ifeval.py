@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from core.cli import main
-from core.eval_ifeval import IfevalItem, check_reply, ifeval_metrics, load_ifeval_items
+from core.cli.main import main
+from core.eval.benchmarks.ifeval import IfevalItem, check_reply, ifeval_metrics, load_ifeval_items
 from core.store import Store
 
 
@@ -103,8 +103,8 @@ def test_smollm2_replies_are_real_text_and_checked(capsys, real_workspace: Path,
 
 
 def test_results_reach_the_evaluate_tab_table_and_delta_chart(tmp_path: Path):
-    from core.eval_views import eval_deltas, eval_history, headline_deltas, latest_results, side_by_side
     from core.store.evaluation import EvalResultRow
+    from ui.views.evaluate import eval_deltas, eval_history, headline_deltas, latest_results, side_by_side
 
     store = Store.for_workspace(tmp_path / "ws")
     for model, strict, run_dir in (("base", 0.40, None), ("tuned", 0.20, "tuned")):
@@ -124,8 +124,9 @@ def test_results_reach_the_evaluate_tab_table_and_delta_chart(tmp_path: Path):
 
 def test_a_cancel_during_generation_stores_nothing_half_done_and_a_rerun_finishes(tiny_model_dir: Path,
                                                                                   tmp_path: Path):
-    from core.evaluate import EvalConfig, run_evaluation
-    from core.models import load_model
+    from core.engines.in_process import InProcessEngine
+    from core.engines.models import load_model
+    from core.eval.evaluation import EvalConfig, run_evaluation
 
     store = Store.for_workspace(tmp_path / "ws")
     config = EvalConfig(model=str(tiny_model_dir), suite=("ifeval",), limit=4, batch_size=2,
@@ -138,8 +139,8 @@ def test_a_cancel_during_generation_stores_nothing_half_done_and_a_rerun_finishe
         asked_after_first_batch["n"] += 1
         return asked_after_first_batch["n"] > 1  # the between-batches check passes, the first token stops
 
-    def load(spec: str):
-        return load_model(spec, tmp_path)
+    def load(spec: str) -> InProcessEngine:
+        return InProcessEngine(load_model(spec, tmp_path))
 
     partial = run_evaluation(config, store, load, should_stop=stop_mid_second_batch)
     stored = store.eval_items(partial["job_id"], "ifeval")

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from core.models import load_model, load_tokenizer
-from core.prequery import derive_prequery
-from core.reconstruct import ReconstructConfig, run_reconstruction
+from core.engines.in_process import InProcessEngine
+from core.engines.models import load_model, load_tokenizer
+from core.reconstruct.prequery import derive_prequery
+from core.reconstruct.reconstruction import ReconstructConfig, run_reconstruction
 from core.store import Store
 
 pytestmark = pytest.mark.integration
@@ -30,7 +31,7 @@ def test_smollm2_reconstructs_english_instructions(real_workspace: Path):
     lm = load_model("smollm2-135m-instruct", real_workspace)
     store = Store.for_workspace(real_workspace)
     config = ReconstructConfig(n=4, batch_size=16, seed=11, job_id="integration-smollm2")
-    summary = run_reconstruction(config, store, lm)
+    summary = run_reconstruction(config, store, lambda spec: InProcessEngine(lm))
     assert summary["stored"] == 4
     rows = store.page_instructions(job_id="integration-smollm2")
     for row in rows:
@@ -59,18 +60,18 @@ def test_gemma_base_model_has_no_template_error_is_one_line(real_workspace: Path
 
 
 def test_both_packaged_models_respond_and_judge(real_workspace: Path):
-    from core.judge import JudgeConfig, run_judging
-    from core.respond import RespondConfig, run_responses
+    from core.screen.judge import JudgeConfig, run_judging
+    from core.screen.respond import RespondConfig, run_responses
 
     store = Store.for_workspace(real_workspace)
     if store.count_instructions() < 2:
         run_reconstruction(ReconstructConfig(n=2, batch_size=8, seed=5, job_id="integration-few"), store,
-                           load_model("smollm2-135m-instruct", real_workspace))
+                           lambda spec: InProcessEngine(load_model(spec, real_workspace)))
     models = ("smollm2-135m-instruct", "gemma-3-270m")
     loaded = {}
 
     def load(spec: str):
-        return loaded.setdefault(spec, load_model(spec, real_workspace))
+        return InProcessEngine(loaded.setdefault(spec, load_model(spec, real_workspace)))
 
     responded = run_responses(RespondConfig(models=models, k=1, max_new_tokens=24, batch_size=8), store, load)
     with store.read() as con:

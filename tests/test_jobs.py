@@ -14,12 +14,13 @@ from core.jobs import (
     job_info,
     job_session,
     job_threads,
+    last_progress,
     list_jobs,
     request_cancel,
     start_background,
     wait_for,
 )
-from core.reconstruct import ReconstructConfig
+from core.reconstruct.reconstruction import ReconstructConfig
 from core.store import Store
 
 
@@ -183,8 +184,8 @@ def test_stale_status_is_rewritten_but_a_fresh_start_or_final_state_is_not(tmp_p
 
 
 def test_app_status_line_shows_queued():
-    from core.dashboard import job_status_line as status_line
     from core.jobs import JobInfo
+    from ui.views.jobs import job_status_line as status_line
 
     queued = JobInfo("respond-1", "respond", "queued", Path("/x"),
                      {"phase": "queued: waiting for job judge-2 to finish", "waiting_for": "judge-2"}, None, None, 1.0)
@@ -193,3 +194,13 @@ def test_app_status_line_shows_queued():
     unknown = JobInfo("respond-1", "respond", "queued", Path("/x"), {}, None, None, 1.0)
     assert "waiting for another job" in status_line(unknown, unit="done")
     assert "interrupted" not in status_line(queued) and queued.active
+
+
+def test_last_progress_reads_the_newest_complete_line_with_the_keys_asked_for(tmp_path: Path):
+    assert last_progress(tmp_path) == {}  # no progress.jsonl yet
+    steps = "".join(json.dumps({"step": step, "loss": 1.0 / step}) + "\n" for step in range(1, 901))
+    (tmp_path / "progress.jsonl").write_text(steps + '{"phase": "saving"}\n{"step": 901, "lo')  # one being written
+    assert last_progress(tmp_path) == {"phase": "saving"}
+    assert last_progress(tmp_path, ("step", "loss")) == {"step": 900, "loss": 1.0 / 900}
+    assert last_progress(tmp_path, ("stored",)) == {}  # not within the tail
+    assert last_progress(tmp_path, ("step",), tail_bytes=10) == {}  # only the tail is read

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from core import judging
-from core.judging import (
+from core.screen import prompts as judging
+from core.screen.prompts import (
     PLAIN_DIFFICULTY_LEAD,
     PLAIN_RATING_LEAD,
     RATING_LEAD,

@@ -11,73 +11,20 @@ import pandas as pd
 import pytest
 import yaml
 
-from core.cli import main
+from core.cli.main import main
 from core.config import load_yaml, to_yaml
 from core.errors import ForgetlessError
-from core.mix import MixConfig, TokenCounter, freeze_mix, load_counter, plan_mix
-from core.mix_map import map_overlay
-from core.mix_snapshot import list_snapshots, read_manifest
-from core.store import ExploreFilters, InstructionRow, Store, text_key
-from core.store.screening import ResponseRow, response_id
-
-N_GENERAL = 60
-N_DOMAIN = 40
-CLUSTER_SIZES = (30, 15, 9)  # then 6 rows without a cluster
-DIFFICULTY_SIZES = (25, 15, 10, 6, 4)  # rows per difficulty bin (values 1, 1.9, 2.8, 3.7, 4.6)
-FAKE_EMBEDDER = "fake-embedder"
-
-
-def _group(i: int, sizes: tuple[int, ...]) -> int | None:
-    edges = np.cumsum(sizes)
-    return int(np.searchsorted(edges, i, side="right")) if i < edges[-1] else None
-
-
-def build_store(path: Path) -> Store:
-    store = Store(path)
-    texts = [f"please write a {'poem' if i % 2 else 'code'} about {'math' if i % 3 else 'travel'} {i}"
-             for i in range(N_GENERAL)]
-    rows = [InstructionRow(text, 8, "tiny", "<p>", 1.0, 1.0, 32, 7, "job-r", 0) for text in texts]
-    store.add_instruction_batch("job-r", 0, rows, limit=1000, sampled=len(rows), dropped={}, new_tokens=0, seconds=0)
-    ids = [text_key(text) for text in texts]
-    responses = [ResponseRow(response_id(iid, "m", 0), iid, "m", 0, "give " + " ".join(["tips"] * (1 + i % 7)),
-                             5, True, "chat", 0.7, 0.9, 64, 1, "job-s") for i, iid in enumerate(ids)]
-    store.add_responses(responses)
-    means = [1.0 + (i % 9) * 0.5 for i in range(N_GENERAL)]
-    consensus = pd.DataFrame({"response_id": [r.id for r in responses], "instruction_id": ids, "method": "probs",
-                              "mean": means, "median": means, "std": 0.1, "min": means, "max": means, "n_judges": 2})
-    best = pd.DataFrame({"instruction_id": ids, "response_id": [r.id for r in responses], "mean": means, "std": 0.1,
-                         "margin": None})
-    agreement = pd.DataFrame(columns=["judge_a", "judge_b", "method", "n", "spearman", "kendall"])
-    store.replace_consensus("probs", consensus, best, agreement)
-    profile = pd.DataFrame({
-        "instruction_id": ids,
-        "difficulty": [1.0 + 0.9 * _group(i, DIFFICULTY_SIZES) for i in range(N_GENERAL)],
-        "cluster": pd.array([_group(i, CLUSTER_SIZES) for i in range(N_GENERAL)], dtype="Int64"),
-        "cluster_label": [None if _group(i, CLUSTER_SIZES) is None else f"topic {_group(i, CLUSTER_SIZES)}"
-                          for i in range(N_GENERAL)],
-        "category": ["coding" if i % 2 == 0 else "math" for i in range(N_GENERAL)],
-        "is_representative": True,
-    })
-    store.replace_profile(profile)
-    vectors = np.random.default_rng(0).normal(size=(N_GENERAL, 8)).astype(np.float32)
-    store.save_embeddings(FAKE_EMBEDDER, ids, vectors)
-    store.refresh_explore_rows()
-    return store
-
-
-def write_domain(path: Path, n: int = N_DOMAIN) -> Path:
-    with path.open("w", encoding="utf-8") as handle:
-        for i in range(n):
-            messages = [{"role": "user", "content": f"explain health {i}"},
-                        {"role": "assistant", "content": " ".join(["money"] * (1 + i % 5))}]
-            handle.write(json.dumps({"messages": messages}) + "\n")
-    return path
+from core.mix.domain_map import map_overlay
+from core.mix.mixing import MixConfig, TokenCounter, freeze_mix, load_counter, plan_mix
+from core.mix.snapshot import list_snapshots, read_manifest
+from core.store import ExploreFilters, Store
+from tests.helpers import FAKE_EMBEDDER, N_DOMAIN, N_GENERAL, build_mix_store, write_domain
 
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("mix-ws")
-    build_store(folder / "forgetless.duckdb")
+    build_mix_store(folder / "forgetless.duckdb")
     return folder
 
 
@@ -367,9 +314,9 @@ def test_cli_mix_bad_input_is_one_line(capsys, tmp_path, workspace, domain_file,
 
 @pytest.mark.integration
 def test_map_overlay_with_the_packaged_embedder(tmp_path):
-    from core.profile_semantic import DEFAULT_EMBEDDER, load_embedder, resolve_embedder
+    from core.profile.semantic import DEFAULT_EMBEDDER, load_embedder, resolve_embedder
 
-    store = build_store(tmp_path / "forgetless.duckdb")
+    store = build_mix_store(tmp_path / "forgetless.duckdb")
     general = store.general_rows(store.explore_ids(ExploreFilters()))
     encode = load_embedder(resolve_embedder(DEFAULT_EMBEDDER))
     store.save_embeddings(DEFAULT_EMBEDDER, list(general["instruction_id"]), encode(list(general["instruction"])))

@@ -10,12 +10,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core.domain import BUILTIN_MEDMCQA, load_domain
 from core.errors import ForgetlessError
-from core.mix import TokenCounter, freeze_mix, plan_mix
-from core.mix_map import subprocess_embedder_loader
-from core.mix_snapshot import list_snapshots
-from core.mix_views import (
+from core.mix.domain import BUILTIN_MEDMCQA, load_domain
+from core.mix.domain_map import subprocess_embedder_loader
+from core.mix.mixing import TokenCounter, freeze_mix, plan_mix
+from core.mix.snapshot import list_snapshots
+from core.profile.semantic import DEFAULT_EMBEDDER
+from core.store import ExploreFilters, Store
+from tests.helpers import FAKE_EMBEDDER, N_DOMAIN, N_GENERAL, build_mix_store, write_domain
+from ui.views.mix import (
     ALL_SCREENED,
     PREVIEW_HEADERS,
     SNAPSHOT_HEADERS,
@@ -36,15 +39,12 @@ from core.mix_views import (
     snapshot_rows,
     suggest_snapshot_name,
 )
-from core.profile_semantic import DEFAULT_EMBEDDER
-from core.store import ExploreFilters, Store
-from tests.test_mix import FAKE_EMBEDDER, N_DOMAIN, N_GENERAL, build_store, write_domain
 
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("mix-views-ws")
-    store = build_store(folder / "forgetless.duckdb")
+    store = build_mix_store(folder / "forgetless.duckdb")
     # The map reads the packaged embedder's vectors: stand in fake ones under its name.
     stored = store.load_embeddings(FAKE_EMBEDDER)
     store.save_embeddings(DEFAULT_EMBEDDER, list(stored), np.stack(list(stored.values())))
@@ -69,11 +69,14 @@ def cache(workspace: Path) -> MixCache:
 
 
 def form(tokenizer: Path, **values):
-    """mix_config's arguments after the domain, in the tab's widget order."""
-    merged = {"selection": ALL_SCREENED, "ratio": 0.5, "by": "examples", "balance": "proportional", "seed": 0,
-              "tokenizer_model": str(tokenizer), "test_fraction": 0, **values}
-    return [merged[key] for key in ("selection", "ratio", "by", "balance", "seed", "tokenizer_model",
-                                    "test_fraction")]
+    """The tab's MixConfig widgets' values by field name (the domain comes from the loaded spec)."""
+    return {"selection": ALL_SCREENED, "ratio": 0.5, "by": "examples", "balance": "proportional", "seed": 0,
+            "tokenizer_model": str(tokenizer), "domain_test_fraction": 0, **values}
+
+
+def mix_form(tokenizer: Path, domain: str, **values):
+    """mix_config of the form with ``domain`` loaded."""
+    return mix_config({**form(tokenizer, **values), "domain": domain})
 
 
 def fake_loader():
@@ -82,20 +85,21 @@ def fake_loader():
 
 
 def test_mix_config_from_the_form(tiny_model_dir):
-    config = mix_config("d.jsonl", *form(tiny_model_dir, seed=3.0, ratio=0.35000000001))
+    config = mix_form(tiny_model_dir, "d.jsonl", seed=3.0, ratio=0.35000000001)
     assert config.selection is None and config.seed == 3 and config.ratio == 0.35
     assert config.tokenizer_model == str(tiny_model_dir)
-    assert mix_config("d.jsonl", *form(tiny_model_dir, selection="good")).selection == "good"
-    assert mix_config("d.jsonl", "good", 0.5, "tokens", "clusters", 0, None).tokenizer_model == "smollm2-135m-instruct"
+    assert mix_form(tiny_model_dir, "d.jsonl", selection="good").selection == "good"
+    assert mix_config({"domain": "d.jsonl", "selection": "good", "by": "tokens", "balance": "clusters",
+                       "tokenizer_model": None}).tokenizer_model == "smollm2-135m-instruct"
     for domain, values, match in ((" ", {}, "pick domain data"), ("d", {"seed": 1.5}, "whole number"),
-                                  ("d", {"seed": None}, "whole number"), ("d", {"ratio": 0.96}, "between 0 and"),
+                                  ("d", {"seed": None}, "Seed is empty"), ("d", {"ratio": 0.96}, "between 0 and"),
                                   ("d", {"balance": "x"}, "balance must be")):
         with pytest.raises(ForgetlessError, match=match):
-            mix_config(domain, *form(tiny_model_dir, **values))
+            mix_form(tiny_model_dir, domain, **values)
 
 
 def test_held_out_share_leaves_the_mix(cache, store, workspace, domain_file, tiny_model_dir):
-    config = mix_config(str(domain_file), *form(tiny_model_dir, ratio=0.25, test_fraction=0.25))
+    config = mix_form(tiny_model_dir, str(domain_file), ratio=0.25, domain_test_fraction=0.25)
     assert config.domain_test_fraction == 0.25
     plan = plan_mix(config, store, workspace, domain=cache.domain(str(domain_file)), counter=cache.counter(config))
     held_out = len(plan.domain.test)
@@ -103,10 +107,10 @@ def test_held_out_share_leaves_the_mix(cache, store, workspace, domain_file, tin
     text = counts_markdown(plan)
     assert f"| domain (health) | {N_DOMAIN - held_out} |" in text and f"{held_out} domain rows held out" in text
     # MedMCQA keeps its fixed split: the box is ignored, not refused.
-    assert mix_config(BUILTIN_MEDMCQA, *form(tiny_model_dir, test_fraction=0.3)).domain_test_fraction == 0.0
-    assert mix_config("d.jsonl", *form(tiny_model_dir, test_fraction=None)).domain_test_fraction == 0.0
+    assert mix_form(tiny_model_dir, BUILTIN_MEDMCQA, domain_test_fraction=0.3).domain_test_fraction == 0.0
+    assert mix_form(tiny_model_dir, "d.jsonl", domain_test_fraction=None).domain_test_fraction == 0.0
     with pytest.raises(ForgetlessError, match="held-out share"):
-        mix_config("d.jsonl", *form(tiny_model_dir, test_fraction=0.95))
+        mix_form(tiny_model_dir, "d.jsonl", domain_test_fraction=0.95)
 
 
 def test_selection_choices_start_with_all_screened():
@@ -115,7 +119,7 @@ def test_selection_choices_start_with_all_screened():
 
 
 def test_counts_and_composition_follow_the_plan(cache, store, workspace, domain_file, tiny_model_dir):
-    config = mix_config(str(domain_file), *form(tiny_model_dir, ratio=0.25))
+    config = mix_form(tiny_model_dir, str(domain_file), ratio=0.25)
     plan = plan_mix(config, store, workspace, domain=cache.domain(str(domain_file)), counter=cache.counter(config))
     text = counts_markdown(plan, 0.0123)
     assert text.startswith(f"**{13 + N_DOMAIN}** examples")  # G = round(40 * 0.25 / 0.75) = 13
@@ -123,7 +127,7 @@ def test_counts_and_composition_follow_the_plan(cache, store, workspace, domain_
     assert f"{N_GENERAL} general candidates (all screened data)" in text and "planned in 0.01 s" in text
     assert "⚠️" not in text
 
-    limited = plan_mix(mix_config(str(domain_file), *form(tiny_model_dir, ratio=0.9, selection="good")), store,
+    limited = plan_mix(mix_form(tiny_model_dir, str(domain_file), ratio=0.9, selection="good"), store,
                        workspace, domain=cache.domain(str(domain_file)), counter=cache.counter(config))
     assert "selection “good”" in counts_markdown(limited) and "⚠️ general-limited" in counts_markdown(limited)
 
@@ -139,17 +143,17 @@ def test_counts_and_composition_follow_the_plan(cache, store, workspace, domain_
 
 
 def test_an_update_after_the_first_reads_no_file_and_tokenizes_nothing(cache, store, workspace, tiny_model_dir,
-                                                                      monkeypatch):
+                                                                       monkeypatch):
     """What keeps the tab interactive (bench/mix_update.py times it): after the first update, the domain data
     and the token counts come from the cache."""
     def update(ratio: float) -> dict[str, int]:
-        config = mix_config(BUILTIN_MEDMCQA, *form(tiny_model_dir, ratio=ratio))
+        config = mix_form(tiny_model_dir, BUILTIN_MEDMCQA, ratio=ratio)
         plan = plan_mix(config, store, workspace, domain=cache.domain(BUILTIN_MEDMCQA), counter=cache.counter(config))
         composition_figure(plan.composition("category"), "category", config.by)
         return plan.counts
 
     first = update(0.1)  # loads MedMCQA and tokenizes the rows it mixes (the most domain rows of these ratios)
-    monkeypatch.setattr("core.mix_views.load_domain", lambda *_: pytest.fail("read the domain data again"))
+    monkeypatch.setattr("ui.views.mix.load_domain", lambda *_: pytest.fail("read the domain data again"))
     monkeypatch.setattr(TokenCounter, "_encode", lambda *_: pytest.fail("tokenized again"))
     for ratio in (0.3, 0.6, 0.9, 0.1):  # each mixes a seeded prefix of the same rows: all counted already
         assert update(ratio)["total"] <= first["total"]
@@ -225,7 +229,7 @@ def test_cache_reloads_an_edited_file(tmp_path):
 
 
 def test_snapshot_names_folders_and_rows(cache, store, workspace, domain_file, tiny_model_dir):
-    config = mix_config(str(domain_file), *form(tiny_model_dir, ratio=0.5, seed=7))
+    config = mix_form(tiny_model_dir, str(domain_file), ratio=0.5, seed=7)
     name = suggest_snapshot_name(config, "my data!", snapshot_names(workspace))
     assert name == "my-data-r50-examples-proportional-s7"
     assert suggest_snapshot_name(config, "x", ["x-r50-examples-proportional-s7"]) == "x-r50-examples-proportional-s7-2"
@@ -250,8 +254,8 @@ def test_snapshot_names_folders_and_rows(cache, store, workspace, domain_file, t
 @pytest.mark.filterwarnings("ignore::UserWarning")  # gr.Warning outside a request: the toast as a warning
 def test_tab_handlers_turn_errors_into_messages(tmp_path, tiny_model_dir):
     """No judged data yet and a bad file: a message line, never an exception (the tab's own handlers)."""
-    from core.dashboard import LazyStore
     from ui.mix_tab import freeze, load_domain_view, update_plan
+    from ui.views.jobs import LazyStore
 
     cache, store = MixCache(tmp_path), LazyStore(tmp_path)
     bad = tmp_path / "bad.csv"
@@ -261,9 +265,9 @@ def test_tab_handlers_turn_errors_into_messages(tmp_path, tiny_model_dir):
 
     domain = str(write_domain(tmp_path / "d.jsonl", 4))
     assert load_domain_view(cache, domain)[3] == domain
-    message, counts, _, _ = update_plan(cache, store, domain, "category", *form(tiny_model_dir))
+    message, counts, _, _ = update_plan(cache, store, domain, "category", **form(tiny_model_dir))
     assert "no general candidates" in message and counts.startswith("**No mix:**")
-    message, counts, _, _ = update_plan(cache, store, domain, "category", *form(tiny_model_dir, ratio=0))
+    message, counts, _, _ = update_plan(cache, store, domain, "category", **form(tiny_model_dir, ratio=0))
     assert message == "" and counts.startswith("**4** examples")  # domain only: nothing judged is needed
-    message, *_ = freeze(cache, store, domain, "", *form(tiny_model_dir))
+    message, *_ = freeze(cache, store, domain, "", **form(tiny_model_dir))
     assert "no general candidates" in message and not (tmp_path / "mixes").exists()

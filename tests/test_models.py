@@ -4,9 +4,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from core import models
+from core.engines import models
+from core.engines.models import choose_dtype, load_model, load_tokenizer, resolve_model
 from core.errors import ForgetlessError
-from core.models import choose_dtype, load_model, load_tokenizer, resolve_model
+from tests.helpers import damaged_ggufs
 
 
 def test_unknown_alias_names_the_known_ones(tmp_path: Path):
@@ -29,17 +30,47 @@ def test_hub_ids_are_passed_through(tmp_path: Path):
     assert source.location == "HuggingFaceTB/SmolLM2-135M-Instruct" and source.gguf_file is None
 
 
-def test_dtype_follows_hardware(monkeypatch):
-    monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: False)
-    assert choose_dtype("cpu") == torch.float32
-    monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: True)
-    assert choose_dtype("cpu") == torch.bfloat16
+# The flags lines of /proc/cpuinfo on the two kinds of CPU (trimmed), and the dtype each must get.
+CPUINFO_CASES = [
+    pytest.param("flags\t\t: fpu sse2 avx2 avx512f avx512bw avx512_vnni\n", torch.float32, id="avx512-no-bf16"),
+    pytest.param("flags\t\t: fpu sse2 avx2 fma\n", torch.float32, id="avx2"),
+    pytest.param("", torch.float32, id="no-cpuinfo"),
+    pytest.param("flags\t\t: fpu avx2 avx512f avx512_vnni avx512_bf16 avx512_vbmi2\n", torch.bfloat16,
+                 id="avx512-bf16"),
+    pytest.param("flags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile amx_int8\n", torch.bfloat16, id="amx"),
+    pytest.param("flags\t\t: fpu avx2 amx_bf16 amx_tile\n", torch.bfloat16, id="amx-only"),
+]
 
 
-def test_loads_local_folder_in_fp32(tiny_model_dir: Path, tmp_path: Path):
+def this_machines_cpu_dtype() -> torch.dtype:
+    """What this machine's CPU must get, read from its own flags (independently of the code under test)."""
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        flags = set()
+    return torch.bfloat16 if flags & {"avx512_bf16", "amx_bf16"} else torch.float32
+
+
+@pytest.mark.parametrize(("cpuinfo", "expected"), CPUINFO_CASES)
+def test_cpu_dtype_follows_the_cpus_bf16_flags(cpuinfo: str, expected: torch.dtype, monkeypatch):
+    assert choose_dtype("cpu", cpuinfo) == expected
+    assert models.cpu_has_native_bf16(cpuinfo) == (expected == torch.bfloat16)
+    monkeypatch.setattr(models, "_cpuinfo", lambda: cpuinfo)  # as if this machine were that CPU
+    assert choose_dtype("cpu") == expected
+    assert models.generation_dtype("cpu") == torch.float32  # sampling decodes in fp32 on either kind
+
+
+def test_this_machine_gets_the_dtype_of_its_cpu():
+    assert choose_dtype("cpu") == this_machines_cpu_dtype()
+
+
+def test_loads_local_folder_in_the_hardware_dtype(tiny_model_dir: Path, tmp_path: Path):
     lm = load_model(str(tiny_model_dir), tmp_path)
-    if not models.cpu_has_native_bf16():
-        assert lm.dtype == torch.float32 and next(lm.model.parameters()).dtype == torch.float32
+    if lm.device == "cpu":
+        expected = this_machines_cpu_dtype()
+    else:
+        expected = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    assert lm.dtype == expected and next(lm.model.parameters()).dtype == expected
     assert lm.tokenizer.chat_template and lm.name == tiny_model_dir.name
 
 
@@ -63,24 +94,6 @@ def test_corrupt_gguf_is_one_clear_error(tmp_path: Path):
         load_tokenizer(str(bad), tmp_path)
 
 
-def _packaged_gguf() -> Path:
-    source = resolve_model("smollm2-135m-instruct", Path("unused"))
-    return Path(source.location) / source.gguf_file
-
-
-def damaged_ggufs(folder: Path) -> list[Path]:
-    """A real GGUF v3 header followed by garbage, and the first 2 MB of the packaged SmolLM2 GGUF."""
-    import random
-    import struct
-
-    garbage = folder / "garbage.gguf"
-    garbage.write_bytes(b"GGUF" + struct.pack("<I", 3) + random.Random(0).randbytes(4096))
-    truncated = folder / "truncated.gguf"
-    with _packaged_gguf().open("rb") as real:
-        truncated.write_bytes(real.read(2_000_000))
-    return [garbage, truncated]
-
-
 def test_damaged_gguf_names_the_file(tmp_path: Path):
     for bad in damaged_ggufs(tmp_path):
         for load in (load_tokenizer, load_model):
@@ -100,12 +113,7 @@ def test_smollm2_gguf_converts_once_then_loads_from_the_cache(real_workspace: Pa
     assert cached and (cached[0] / "model.safetensors").exists()
     stamp = (cached[0] / "model.safetensors").stat().st_mtime_ns
     with pytest.MonkeyPatch.context() as patch:  # the second load reads the cache: no conversion
-        patch.setattr("core.models._convert_gguf", lambda *_: pytest.fail("converted the GGUF again"))
+        patch.setattr("core.engines.models._convert_gguf", lambda *_: pytest.fail("converted the GGUF again"))
         again = load_model("smollm2-135m-instruct", real_workspace)
     assert (cached[0] / "model.safetensors").stat().st_mtime_ns == stamp
     assert torch.equal(again.model.model.embed_tokens.weight, first.model.model.embed_tokens.weight)
-
-
-def test_sampling_decodes_in_fp32_on_any_cpu(monkeypatch):
-    monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: True)
-    assert models.generation_dtype("cpu") == torch.float32 and choose_dtype("cpu") == torch.bfloat16

@@ -7,7 +7,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from core.errors import ForgetlessError
-from core.prequery import PreQuery, derive_prequery, stop_token_ids
+from core.reconstruct.prequery import PreQuery, derive_prequery, stop_token_ids
 
 
 def make_tokenizer(template, *, bos=None, eos=None, specials=(), added=()):

@@ -9,9 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from core.engines.in_process import InProcessEngine
+from core.engines.loglik import continuation_logprobs, option_logprobs
+from core.engines.models import load_model
 from core.errors import ForgetlessError
-from core.models import load_model
-from core.profile import (
+from core.profile.profiling import (
     CATEGORIES,
     ProfileConfig,
     auto_clusters,
@@ -19,14 +21,12 @@ from core.profile import (
     categorise,
     cluster,
     cluster_labels,
-    continuation_logprobs,
     difficulty_prompt,
     embed,
     ifd_contexts,
     ifd_scores,
     judge_difficulty,
     near_duplicate_groups,
-    option_logprobs,
     project_2d,
     resolve_embedder,
     run_profile,
@@ -35,7 +35,7 @@ from core.store import Store
 from core.store.instructions import InstructionRow
 from core.store.profile import ProfileQueries
 from core.store.screening import ResponseRow, response_id
-from tests.conftest import WORDS, build_tiny_model_folder
+from tests.helpers import WORDS, build_tiny_model_folder
 
 # Store gains ProfileQueries when it is wired in; until then the test combines them itself.
 ProfileStore = Store if issubclass(Store, ProfileQueries) else type("ProfileStore", (ProfileQueries, Store), {})
@@ -143,7 +143,7 @@ def test_continuation_logprobs_batched_equals_unbatched(tiny) -> None:
 
 @pytest.mark.parametrize("calibration", ["auto", "batch", "null", "none"])
 def test_categorise_returns_probability_vectors(tiny, calibration: str) -> None:
-    lm = tiny
+    lm = InProcessEngine(tiny)
     labels, probs = categorise(lm, ["write a python code", "give me a recipe", "what is math"], batch_size=2,
                                calibration=calibration)
     assert probs.shape == (3, len(CATEGORIES)) and np.allclose(probs.sum(axis=1), 1.0) and (probs >= 0).all()
@@ -166,7 +166,7 @@ def test_calibration_removes_the_label_prior() -> None:
 def test_judge_difficulty_returns_ratings(lm) -> None:
     prompt, fmt = difficulty_prompt(lm.tokenizer, "write a poem")
     assert fmt == "chat" and prompt.endswith("<|im_start|>assistant\nRating:")
-    scores, probs = judge_difficulty(lm, ["write a poem", "explain math", "how to cook"], batch_size=2)
+    scores, probs = judge_difficulty(InProcessEngine(lm), ["write a poem", "explain math", "how to cook"], batch_size=2)
     assert len(scores) == 3 and all(1.0 <= s <= 5.0 for s in scores)
     assert all(len(p) == 5 and math.isclose(sum(p), 1.0, rel_tol=1e-6) for p in probs)
 
@@ -175,14 +175,14 @@ def test_judge_without_digit_tokens_is_a_clear_error(tiny) -> None:
     plain = tiny
     assert plain.tokenizer.unk_token_id in plain.tokenizer("1 2 3 4 5", add_special_tokens=False)["input_ids"]
     with pytest.raises(ForgetlessError, match="cannot rate"):
-        judge_difficulty(plain, ["write a poem"])
+        judge_difficulty(InProcessEngine(plain), ["write a poem"])
 
 
 def test_ifd_is_a_positive_ratio_and_none_without_response(tiny) -> None:
     lm = tiny
     with_instruction, without = ifd_contexts(lm.tokenizer, "write a poem")
     assert "write a poem" in with_instruction and "write a poem" not in without
-    values = ifd_scores(lm, ["write a poem", "explain math", "how to cook"],
+    values = ifd_scores(InProcessEngine(lm), ["write a poem", "explain math", "how to cook"],
                         ["a short poem about the history of money", None, "   "], batch_size=2)
     assert values[1] is None and values[2] is None
     assert values[0] is not None and math.isfinite(values[0]) and values[0] > 0
@@ -225,14 +225,17 @@ def test_run_profile_end_to_end(tiny_model_dir: Path, tmp_path: Path) -> None:
     config = ProfileConfig(difficulty_judge=str(tiny_model_dir), category_model=str(tiny_model_dir),
                            target_model=str(tiny_model_dir), clusters=2, batch_size=4)
     loads: list[str] = []
+    opened: list[InProcessEngine] = []
 
     def load(spec: str):
         loads.append(spec)
-        return load_model(spec, tmp_path)
+        opened.append(InProcessEngine(load_model(spec, tmp_path)))
+        return opened[-1]
 
     events: list[dict] = []
     summary = run_profile(config, store, load, on_progress=events.append)
     assert loads == [str(tiny_model_dir)]  # one spec, loaded once
+    assert opened[0].lm is None  # and closed when done
     assert summary["instructions"] == 6 and summary["embedded"] == 6 and summary["clusters"] == 2
     assert summary["duplicate_groups"] == 2 and summary["hidden_duplicates"] == 2
     assert sum(summary["categories"].values()) == 6 and summary["with_ifd"] == 0 and not summary["cancelled"]

@@ -7,16 +7,29 @@ import gzip
 import shutil
 from pathlib import Path
 
-from core.sql_safety import run_readonly_sql
-from core.store import ExploreFilters, InstructionRow, Store
+import duckdb
+
+from core.store import ExploreFilters, InstructionRow, Store, schema
+from core.store.sql_safety import run_readonly_sql
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "release-store-v3.duckdb.gz"
 
 
-def test_a_release_store_opens_reads_and_takes_new_rows(tmp_path):
+def release_store(tmp_path: Path) -> Path:
     path = tmp_path / "forgetless.duckdb"
     with gzip.open(FIXTURE, "rb") as source, path.open("wb") as target:
         shutil.copyfileobj(source, target)
+    return path
+
+
+def columns(path: Path) -> list[tuple]:
+    with duckdb.connect(str(path), read_only=True) as con:
+        return con.execute("SELECT table_name, column_name, data_type FROM information_schema.columns "
+                           "ORDER BY table_name, ordinal_position").fetchall()
+
+
+def test_a_release_store_opens_reads_and_takes_new_rows(tmp_path):
+    path = release_store(tmp_path)
     store = Store(path)
     assert store.count_instructions() == 6
     assert store.explore_count(ExploreFilters()) == 6
@@ -29,3 +42,20 @@ def test_a_release_store_opens_reads_and_takes_new_rows(tmp_path):
     store.add_instruction_batch("job-new", 0, [row], limit=10, sampled=1, dropped={}, new_tokens=0, seconds=0)
     assert store.count_instructions() == 7
     assert int(run_readonly_sql(path, "SELECT count(*) AS n FROM instructions").iloc[0]["n"]) == 7
+
+
+def test_a_fresh_store_has_the_release_stores_tables_and_columns(tmp_path):
+    fresh = Store(tmp_path / "fresh" / "forgetless.duckdb")
+    fresh.refresh_explore_rows()  # the Explore tables are built on refresh, as in the release store
+    assert columns(fresh.path) == columns(release_store(tmp_path))
+
+
+def test_a_column_change_is_one_appended_migration(tmp_path, monkeypatch):
+    path = release_store(tmp_path)
+    monkeypatch.setattr(schema, "MIGRATIONS", [
+        *schema.MIGRATIONS, lambda con: con.execute("ALTER TABLE selections ADD COLUMN note VARCHAR DEFAULT ''")])
+    store = Store(path)
+    assert ("selections", "note", "VARCHAR") in columns(path)
+    assert list(store.list_selections()["name"]) == ["good"] and store.count_instructions() == 6
+    with duckdb.connect(str(path), read_only=True) as con:
+        assert con.execute("SELECT version FROM schema_version").fetchall() == [(schema.SCHEMA_VERSION + 1,)]

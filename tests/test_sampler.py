@@ -7,8 +7,8 @@ import torch
 from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM
 from transformers.generation.logits_process import TopPLogitsWarper
 
-from core.backends import transformers_backend
-from core.backends.transformers_backend import Sample, _pick, sample
+from core.engines import sampler as transformers_backend
+from core.engines.sampler import TokenSample, _pick, sample
 
 VOCAB = 96
 SHARED = [1, 5, 9, 14, 20]
@@ -180,7 +180,7 @@ def test_max_new_tokens_and_on_token_without_stops(model):
     assert [len(r.token_ids) for r in results] == [9] * len(MIXED)
     assert not any(r.stopped for r in results)
     assert counted == [len(MIXED)] * 9
-    assert sample(model, MIXED, max_new_tokens=0) == [Sample([], False)] * len(MIXED)
+    assert sample(model, MIXED, max_new_tokens=0) == [TokenSample([], False)] * len(MIXED)
     assert sample(model, [], max_new_tokens=4) == []
 
 

@@ -3,8 +3,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from core.backends.scoring import answer_token_groups, next_token_probs, shared_prefix_length
-from core.models import load_model
+from core.engines.models import load_model
+from core.engines.next_token import answer_token_groups, next_token_probs, shared_prefix_length
 
 
 def test_shared_prefix_length_leaves_a_token_per_prompt():

@@ -9,30 +9,30 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from core.cli import build_parser
-from core.dashboard import StageJobs, cli_command, job_marker, job_status_line
+from core.cli.flags import cli_command
+from core.cli.main import build_parser
 from core.errors import ForgetlessError
 from core.jobs import JobInfo
-from core.judge import JudgeConfig
-from core.profile import ProfileConfig
-from core.respond import RespondConfig
-from core.screen_views import (
+from core.profile.profiling import ProfileConfig
+from core.screen.judge import JudgeConfig
+from core.screen.respond import RespondConfig
+from core.settings import form_values
+from tests.helpers import build_explore_store
+from ui.views.jobs import StageJobs, job_marker, job_status_line
+from ui.views.screen import (
     DISPUTED_HEADERS,
     agreement_figure,
     consensus_rows,
     disputed_rows,
     escape_markdown,
     judge_config,
-    judge_form,
     read_screen_views,
     respond_config,
-    respond_form,
     score_heatmap,
     short_model,
     short_names,
     shorten,
 )
-from tests.test_explore import build_store
 
 
 def job(state: str, progress: dict | None = None, summary: dict | None = None, kind: str = "respond") -> JobInfo:
@@ -40,38 +40,54 @@ def job(state: str, progress: dict | None = None, summary: dict | None = None, k
 
 
 # -- forms ------------------------------------------------------------------------------------------------
+RESPOND = ("models", "k", "temperature", "top_p", "max_new_tokens", "batch_size", "seed")
+
+
+def respond_values(*values):
+    return dict(zip(RESPOND, values, strict=True))
+
+
 def test_respond_config_from_the_form_and_back():
-    config = respond_config(["smollm2-135m-instruct", " my/model "], 3, 0.5, 0.8, 64.0, 8, 7)
+    config = respond_config(respond_values(["smollm2-135m-instruct", " my/model "], 3, 0.5, 0.8, 64.0, 8, 7))
     assert config.models == ("smollm2-135m-instruct", "my/model") and config.k == 3
     assert (config.temperature, config.top_p, config.max_new_tokens, config.batch_size, config.seed) == (
         0.5, 0.8, 64, 8, 7)
+    assert isinstance(config.max_new_tokens, int)  # gr.Number's float, as the field's type
     assert config.job_id.startswith("respond-")
-    assert respond_config(*respond_form(config)).models == config.models
-    assert respond_config("a, b", 1, 0.7, 0.9, 16, 4, 0).models == ("a", "b")  # a typed comma list
+    shown = form_values(config, RESPOND)
+    assert shown["models"] == ["smollm2-135m-instruct", "my/model"]  # a multiselect's list
+    assert respond_config(shown).models == config.models
+    assert respond_config(respond_values("a, b", 1, 0.7, 0.9, 16, 4, 0)).models == ("a", "b")  # a typed comma list
+    assert respond_config({"models": ["a"]}).k == RespondConfig().k  # a setting the form lacks keeps its default
 
 
 @pytest.mark.parametrize(("form", "message"), [
     (([], 2, 0.7, 0.9, 64, 8, 0), "at least one model"),
-    ((["a"], None, 0.7, 0.9, 64, 8, 0), "K is empty"),
+    ((["a"], None, 0.7, 0.9, 64, 8, 0), r"Responses per model \(K\) is empty"),
     ((["a"], 0, 0.7, 0.9, 64, 8, 0), "k must be"),
     ((["a", "a"], 1, 0.7, 0.9, 64, 8, 0), "listed twice"),
-    ((["a"], 1, 0.7, 0.9, None, 8, 0), "max new tokens is empty"),
+    ((["a"], 1, 0.7, 0.9, None, 8, 0), "Max new tokens is empty"),
+    ((["a"], 1.5, 0.7, 0.9, 64, 8, 0), "whole number"),
 ])
 def test_respond_form_errors_are_one_line(form, message):
     with pytest.raises(ForgetlessError, match=message):
-        respond_config(*form)
+        respond_config(respond_values(*form))
 
 
 def test_judge_config_from_the_form_and_back():
-    config = judge_config(["j1", "j2"], "generate", True, True, 4)
+    names = ("judges", "method", "exclude_self", "retry_failed", "batch_size")
+    config = judge_config(dict(zip(names, (["j1", "j2"], "generate", True, True, 4), strict=True)))
     assert (config.judges, config.method, config.exclude_self, config.retry_failed, config.batch_size) == (
         ("j1", "j2"), "generate", True, True, 4)
     assert config.job_id.startswith("judge-")
-    assert judge_form(config) == (["j1", "j2"], "generate", True, True, 4)
+    assert form_values(config, names) == {"judges": ["j1", "j2"], "method": "generate", "exclude_self": True,
+                                          "retry_failed": True, "batch_size": 4}
     with pytest.raises(ForgetlessError, match="at least one judge"):
-        judge_config([], "probs", False, False, 4)
+        judge_config({"judges": [], "method": "probs"})
     with pytest.raises(ForgetlessError, match="method"):
-        judge_config(["j1"], "vote", False, False, 4)
+        judge_config({"judges": ["j1"], "method": "vote"})
+    with pytest.raises(KeyError):  # a widget keyed by a name the config does not declare
+        judge_config({"judge": ["j1"]})
 
 
 # -- status lines and CLI commands of the later stages ----------------------------------------------------------
@@ -144,7 +160,7 @@ def test_shorten_and_escape():
 
 def _long_table() -> pd.DataFrame:
     rows = [  # instruction, response, model, sample, text, mean, std, best, judge, score
-        ("i1", "Say hi", "r1", "m-a", 0, "hello", 4.5, 0.5, True, "j1", 5.0),
+            ("i1", "Say hi", "r1", "m-a", 0, "hello", 4.5, 0.5, True, "j1", 5.0),
         ("i1", "Say hi", "r1", "m-a", 0, "hello", 4.5, 0.5, True, "j2", 4.0),
         ("i1", "Say hi", "r2", "m-b", 0, "# hey", 2.0, 0.0, False, "j1", 2.0),
         ("i1", "Say hi", "r2", "m-b", 0, "# hey", 2.0, 0.0, False, "j2", 2.0),
@@ -203,7 +219,7 @@ def test_agreement_figure_has_spearman_and_kendall():
 
 
 def test_read_screen_views_on_a_real_store(tmp_path):
-    store = build_store(tmp_path / "forgetless.duckdb")
+    store = build_explore_store(tmp_path / "forgetless.duckdb")
     views = read_screen_views(store, 99)
     assert views.page == 1 and views.page_label == "5 instructions with responses · page 1 of 1"
     assert views.consensus.headers == ["instruction", "model-a #1", "model-b #1"] and len(views.consensus.rows) == 5

@@ -4,10 +4,11 @@ from pathlib import Path
 
 import pytest
 
+from core.engines.in_process import InProcessEngine
+from core.engines.models import load_model
 from core.errors import ForgetlessError
-from core.judge import JudgeConfig, judge_prompt, run_judging
-from core.models import load_model
-from core.respond import RespondConfig, cut_at_stop, run_responses
+from core.screen.judge import JudgeConfig, judge_prompt, run_judging
+from core.screen.respond import RespondConfig, run_responses
 from core.store import InstructionRow, Store
 
 INSTRUCTIONS = ["write a short poem about math", "explain how to cook rice", "give me tips to learn python"]
@@ -23,19 +24,15 @@ def store(tmp_path: Path) -> Store:
 
 @pytest.fixture
 def loader(tmp_path: Path):
+    """Opens engines over models loaded once per test (loading is not what these tests check)."""
     cache = {}
 
     def load(spec: str):
         if spec not in cache:
             cache[spec] = load_model(spec, tmp_path)
-        return cache[spec]
+        return InProcessEngine(cache[spec])
 
     return load
-
-
-def test_cut_at_stop():
-    assert cut_at_stop("answer\n### Instruction: more", ("\n### ",)) == ("answer", True)
-    assert cut_at_stop("answer", ("\n### ",)) == ("answer", False)
 
 
 def test_responses_for_chat_and_base_models_resume_without_duplicates(store, loader, tiny_model_dir,
@@ -78,6 +75,27 @@ def test_judges_score_every_response_and_consensus_is_stored(store, loader, tiny
     retried = run_judging(JudgeConfig(judges=models, exclude_self=True, method="generate", max_new_tokens=3,
                                       retry_failed=True), store, loader)
     assert retried["pending_before"] == excluded["failures"]
+
+
+def test_one_model_is_open_at_a_time(store, loader, tiny_model_dir, tiny_base_model_dir):
+    models = (str(tiny_model_dir), str(tiny_base_model_dir))
+    events = []
+
+    def recording(spec: str):
+        engine = loader(spec)
+        close = engine.close
+        events.append(("open", spec))
+        engine.close = lambda: (events.append(("close", spec)), close())
+        return engine
+
+    run_responses(RespondConfig(models=models, k=1, max_new_tokens=4, batch_size=2), store, recording)
+    assert events == [("open", models[0]), ("close", models[0]), ("open", models[1]), ("close", models[1])]
+    events.clear()
+    run_judging(JudgeConfig(judges=models, batch_size=2), store, recording)
+    assert events == [("open", models[0]), ("close", models[0]), ("open", models[1]), ("close", models[1])]
+    events.clear()
+    assert run_responses(RespondConfig(models=models, k=1), store, recording)["responses"] == 0
+    assert events == []  # nothing pending: no model is opened
 
 
 def test_judge_prompt_uses_template_or_plain_format(loader, tiny_model_dir, tiny_base_model_dir):

@@ -12,13 +12,13 @@ from pathlib import Path
 import duckdb
 import pytest
 
-import core.sql_safety as sql_safety
-from core.cli import main
+import core.store.sql_safety as sql_safety
+from core.cli.main import main
 from core.errors import ForgetlessError
-from core.sql_safety import check_select, readonly_connection, run_readonly_sql, validate_where
 from core.store.explore import ExploreFilters
 from core.store.schema import table_names
-from tests.test_explore import ROOT, build_store
+from core.store.sql_safety import check_select, readonly_connection, run_readonly_sql, validate_where
+from tests.helpers import ROOT, build_explore_store
 
 TABLES = ("instructions", "responses", "scores", "consensus", "best_responses", "instruction_profile",
           "selections", "explore_rows", "explore_scores")
@@ -28,7 +28,7 @@ TABLES = ("instructions", "responses", "scores", "consensus", "best_responses", 
 def db(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("sql")
     (folder / "secret.csv").write_text("a,b\n1,2\n")
-    store = build_store(folder / "forgetless.duckdb")
+    store = build_explore_store(folder / "forgetless.duckdb")
     store.save_selection("picked", ExploreFilters(consensus_min=3, categories=["coding"]))
     return store.path
 
@@ -193,7 +193,7 @@ def test_sandbox_itself_blocks_writes_and_files(db: Path):
 
 
 def test_store_writes_work_after_sandboxed_reads(tmp_path: Path):
-    store = build_store(tmp_path / "s.duckdb")
+    store = build_explore_store(tmp_path / "s.duckdb")
     run_readonly_sql(store.path, "SELECT count(*) FROM instructions")
     store.save_selection("after", ExploreFilters(consensus_min=2))  # a write right after a sandboxed read
     assert run_readonly_sql(store.path, "SELECT name FROM selections").iloc[0, 0] == "after"

@@ -4,7 +4,7 @@ import duckdb
 import pytest
 
 from core.errors import ForgetlessError
-from core.store import InstructionRow, Store, text_key
+from core.store import InstructionRow, Store, schema, text_key
 
 
 def row(text: str, batch: int = 0, job: str = "job-a") -> InstructionRow:
@@ -66,9 +66,67 @@ def test_reader_waits_for_writer_lock_in_other_process(tmp_path: Path):
     holder.wait()
 
 
-def test_newer_schema_is_refused(tmp_path: Path):
+def recorded_version(path: Path) -> list[int]:
+    with duckdb.connect(str(path), read_only=True) as con:
+        return [version for (version,) in con.execute("SELECT version FROM schema_version").fetchall()]
+
+
+def recording(monkeypatch) -> list[int]:
+    """Wrap each migration so the test sees which ran, in which order (by the version each one reaches)."""
+    ran: list[int] = []
+
+    def step(version: int, migration):
+        def run(con):
+            ran.append(version)
+            migration(con)
+        return run
+
+    monkeypatch.setattr(schema, "MIGRATIONS", [step(n, m) for n, m in enumerate(schema.MIGRATIONS, start=1)])
+    return ran
+
+
+def test_a_fresh_store_runs_every_migration_and_records_the_latest_version(tmp_path: Path, monkeypatch):
+    ran = recording(monkeypatch)
+    store = Store.for_workspace(tmp_path)
+    assert ran == list(range(1, schema.SCHEMA_VERSION + 1))
+    assert recorded_version(store.path) == [schema.SCHEMA_VERSION] == [len(schema.MIGRATIONS)]
+
+
+def test_an_old_store_is_migrated_step_by_step_keeping_its_rows(tmp_path: Path, monkeypatch):
+    path = tmp_path / "forgetless.duckdb"
+    with duckdb.connect(str(path)) as con:  # a store as version 1 left it: reconstruction tables only
+        con.execute(schema.VERSION_TABLE)
+        schema.MIGRATIONS[0](con)
+        con.execute("INSERT INTO schema_version VALUES (1)")
+        con.execute("INSERT INTO instructions VALUES (?, ?, 12, 3, 'tiny', '<p>', 1.0, 1.0, 32, 7, 'job-a', 0, now())",
+                    [text_key("Write a poem"), "Write a poem"])
+    ran = recording(monkeypatch)
+    store = Store(path)
+    assert ran == list(range(2, schema.SCHEMA_VERSION + 1))
+    assert recorded_version(path) == [schema.SCHEMA_VERSION]
+    assert store.count_instructions() == 1
+    assert store.eval_results().empty and store.list_selections().empty  # later versions' tables exist
+
+
+def test_migrating_twice_is_a_no_op(tmp_path: Path, monkeypatch):
+    store = Store.for_workspace(tmp_path)
+    add(store, [row("Write a poem")])
+    ran = recording(monkeypatch)
+    with store.write() as con:
+        assert schema.migrate(con, store.path) == schema.SCHEMA_VERSION
+    Store.for_workspace(tmp_path)
+    assert ran == []
+    assert recorded_version(store.path) == [schema.SCHEMA_VERSION]
+    assert store.count_instructions() == 1
+
+
+def test_newer_schema_is_refused_in_one_line(tmp_path: Path):
     store = Store.for_workspace(tmp_path)
     with store.write() as con:
-        con.execute("INSERT INTO schema_version VALUES (99)")
-    with pytest.raises(ForgetlessError, match="newer"):
+        con.execute("UPDATE schema_version SET version = 99")
+    with pytest.raises(ForgetlessError, match="newer") as raised:
         Store.for_workspace(tmp_path)
+    message = str(raised.value)
+    assert "\n" not in message and str(store.path) in message
+    assert f"store schema 99, this version reads up to {schema.SCHEMA_VERSION}" in message
+    assert recorded_version(store.path) == [99]  # left as it was

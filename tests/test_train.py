@@ -12,33 +12,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from core.engines.models import cpu_has_native_bf16
 from core.errors import ForgetlessError
 from core.jobs import job_info, wait_for
-from core.models import cpu_has_native_bf16
-from core.train import TrainConfig, build_trainer, last_checkpoint, run_training
-from core.train_progress import read_progress
-from core.train_runs import cancel_run, list_runs, resume_training, start_training, train_command
-from tests.test_cli import ROOT, assert_one_line_error, forgetless
-
-CONVERSATIONS = [
-    [{"role": "user", "content": "please write a poem about the travel"},
-     {"role": "assistant", "content": "the poem is short and simple"}],
-    [{"role": "system", "content": "you are a simple list"},
-     {"role": "user", "content": "give me tips to learn python"},
-     {"role": "assistant", "content": "learn the code and write a list"}],
-    [{"role": "user", "content": "how to cook"}, {"role": "assistant", "content": "cook a recipe"},
-     {"role": "user", "content": "why"}, {"role": "assistant", "content": "money and health"}],
-    [{"role": "user", "content": "explain the math"}, {"role": "assistant", "content": "1 2 3 4 5"}],
-]
-
-
-def write_snapshot(folder: Path, conversations=CONVERSATIONS, repeat: int = 4) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    rows = conversations * repeat
-    pd.DataFrame({"messages": rows, "source": ["general"] * len(rows), "origin_id": range(len(rows))}).to_parquet(
-        folder / "train.parquet")
-    (folder / "manifest.yaml").write_text("ratio: 0.5\n")
-    return folder
+from core.train.progress import read_progress
+from core.train.runs import cancel_run, list_runs, resume_training, start_training
+from core.train.training import TrainConfig, build_trainer, last_checkpoint, run_training
+from tests.helpers import ROOT, TRAIN_CONVERSATIONS, assert_one_line_error, forgetless, write_snapshot
 
 
 @pytest.fixture
@@ -91,7 +71,7 @@ def test_lora_two_steps_trains_only_adapters_and_writes_the_run(tiny_model_dir, 
 def test_labels_cover_only_the_final_assistant_turn(tiny_model_dir, snapshot, tmp_path):
     trainer = build_trainer(tiny_config(tmp_path, tiny_model_dir, snapshot), tmp_path / "ws")
     tokenizer = trainer.processing_class
-    for example, turns in zip(trainer.train_dataset, CONVERSATIONS, strict=False):
+    for example, turns in zip(trainer.train_dataset, TRAIN_CONVERSATIONS, strict=False):
         ids, labels = example["input_ids"], example["labels"]
         trained = [token for token, label in zip(ids, labels, strict=True) if label != -100]
         assert all(label in (-100, token) for token, label in zip(ids, labels, strict=True))
@@ -239,21 +219,6 @@ def test_background_run_is_listed_cancelled_and_resumed(tiny_model_dir, snapshot
     assert list_runs(workspace).loc[0, "final_loss"] == pytest.approx(progress["loss"].iloc[-1])
 
 
-def test_train_command_round_trips_through_the_parser(tmp_path):
-    from core.cli import build_parser
-    from core.train_cli import config_from_args
-
-    config = TrainConfig(data=str(tmp_path / "my data"), out=str(tmp_path / "run"), model="gemma-3-270m",
-                         method="full", max_steps=7, learning_rate=1e-5, lora_target_modules="q_proj,v_proj",
-                         gradient_checkpointing=False, keep_checkpoints=3)
-    line = train_command(config)
-    assert line.startswith("forgetless train ") and "--full" in line and "--max-steps 7" in line
-    import shlex
-
-    args = build_parser().parse_args(shlex.split(line)[1:])
-    assert config_from_args(args) == config
-
-
 @pytest.mark.integration
 def test_smollm2_template_masks_its_default_system_prompt_and_trains(real_workspace, snapshot, tmp_path):
     config = TrainConfig(data=str(snapshot), out=str(tmp_path / "run"), model="smollm2-135m-instruct", max_steps=1,
@@ -265,13 +230,13 @@ def test_smollm2_template_masks_its_default_system_prompt_and_trains(real_worksp
     assert "You are a helpful AI assistant named SmolLM" in text  # the template's default system turn
     trained = tokenizer.decode([token for token, label in zip(example["input_ids"], example["labels"], strict=True)
                                 if label != -100])
-    assert trained == CONVERSATIONS[0][-1]["content"] + "<|im_end|>\n"
+    assert trained == TRAIN_CONVERSATIONS[0][-1]["content"] + "<|im_end|>\n"
     trainer.train()
     assert trainer.state.global_step == 1 and math.isfinite(trainer.state.log_history[0]["loss"])
 
 
 def test_last_step_reads_the_newest_step_line_past_phase_and_partial_lines(tmp_path):
-    from core.train_progress import last_step
+    from core.train.progress import last_step
 
     assert last_step(tmp_path) is None
     lines = [{"phase": "training"}, *({"step": n, "total_steps": 900, "loss": 1.0 / n} for n in range(1, 901)),

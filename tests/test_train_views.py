@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import shlex
 import time
 from pathlib import Path
 
@@ -16,10 +17,11 @@ import pytest
 
 from core.config import to_yaml
 from core.errors import ForgetlessError
-from core.train import TrainConfig
-from core.train_runs import list_runs
-from core.train_views import (
+from core.train.runs import list_runs
+from core.train.training import TrainConfig
+from ui.views.train import (
     RUN_HEADERS,
+    TrainRuns,
     config_form,
     followed_run,
     format_lr,
@@ -39,8 +41,8 @@ FORM = {"data": "/mix", "model": "smollm2-135m-instruct", "method": "lora", "max
         "lora_dropout": 0.1, "lora_target_modules": "q_proj,v_proj", "seed": 3, "save_steps": 10, "merge": True}
 
 
-def form(**changes) -> list:
-    return list({**FORM, **changes}.values())
+def form(**changes) -> dict:
+    return {**FORM, **changes}
 
 
 def step_line(step: int, total: int = 4, loss: float = 2.0, lr: float = 1.8e-4, **extra) -> dict:
@@ -66,33 +68,36 @@ def make_run(workspace: Path, name: str, state: str, lines: list[dict], *, check
 
 # -- the form ------------------------------------------------------------------------------------------
 def test_form_values_become_a_config_and_come_back():
-    config = train_config("/runs/a", *form())
+    config = train_config(form(batch_size=8.0), "/runs/a")
     assert (config.max_steps, config.grad_accum, config.lora_target_modules, config.merge) == (40, 2, "q_proj,v_proj",
                                                                                                True)
+    assert config.out == "/runs/a"
     assert config.resolved_learning_rate() == 2e-4  # empty learning rate: the method's default
-    assert train_config("/runs/a", *form(learning_rate=0)).learning_rate is None  # a cleared box sends 0
-    assert config_form(train_config("/runs/a", *form(learning_rate=3e-4)))[5] == 3e-4
-    assert train_config("/runs/a", *config_form(config)) == config
+    assert train_config(form(learning_rate=0), "/runs/a").learning_rate is None  # a cleared box sends 0
+    assert config_form(train_config(form(learning_rate=3e-4), "/runs/a"))["learning_rate"] == 3e-4
+    assert set(config_form(config)) == set(FORM)  # every widget, by field name
+    assert train_config(config_form(config), "/runs/a") == config
     assert isinstance(config.batch_size, int)  # gr.Number(precision=0) may hand over 8.0
+    assert train_config(form(model=" m ", lora_target_modules=" all-linear "), "/r").model == "m"
 
 
 @pytest.mark.parametrize(("changes", "expected"), [
     ({"max_steps": -1}, None), ({"max_steps": None}, None), ({"max_steps": 7.0}, 7),
 ])
 def test_max_steps_empty_or_minus_one_trains_by_epochs(changes, expected):
-    config = train_config("/runs/a", *form(**changes))
+    config = train_config(form(**changes), "/runs/a")
     assert config.max_steps == expected
-    assert config_form(config)[3] == (-1 if expected is None else expected)
+    assert config_form(config)["max_steps"] == (-1 if expected is None else expected)
 
 
 def test_a_full_run_ignores_the_hidden_merge_box():
-    assert train_config("/runs/a", *form(method="full", merge=True)).merge is False
+    assert train_config(form(method="full", merge=True), "/runs/a").merge is False
 
 
 @pytest.mark.parametrize(("changes", "fragment"), [
-    ({"batch_size": None}, "batch size is empty"),
-    ({"batch_size": 2.5}, "batch size must be a whole number"),
-    ({"epochs": None}, "epochs is empty"),
+    ({"batch_size": None}, "Batch size is empty"),
+    ({"batch_size": 2.5}, "Batch size must be a whole number"),
+    ({"epochs": None}, "Epochs is empty"),
     ({"max_steps": 0}, "max steps must be"),
     ({"learning_rate": 2.0}, "learning rate must be in"),
     ({"model": "  "}, "model must be given"),
@@ -101,7 +106,7 @@ def test_a_full_run_ignores_the_hidden_merge_box():
 ])
 def test_bad_form_values_are_one_line_errors(changes, fragment):
     with pytest.raises(ForgetlessError, match=fragment):
-        train_config("/runs/a", *form(**changes))
+        train_config(form(**changes), "/runs/a")
 
 
 def test_data_is_a_listed_folder_a_typed_snapshot_name_or_a_typed_folder(tmp_path):
@@ -126,12 +131,15 @@ def test_snapshot_choices_label_counts_and_keep_the_folder_as_value():
 
 
 def test_run_label_and_command(tmp_path):
-    config = train_config(str(tmp_path / "runs" / "x"), *form(model="/models/tiny-llama/", method="full",
-                                                              merge=False))
+    config = train_config(form(model="/models/tiny-llama/", method="full", merge=False), str(tmp_path / "runs" / "x"))
     assert run_label(config) == "tiny-llama-full"
     line = run_command(config, tmp_path / "my ws")
-    assert line.startswith("forgetless train --data /mix --model /models/tiny-llama/ --out ") and "--full" in line
-    assert line.endswith(f"--workspace '{tmp_path / 'my ws'}'") and "--max-steps 40" in line
+    words = shlex.split(line)
+    assert words[:2] == ["forgetless", "train"] and "--full" in words and "--lora" not in words
+    for flag, value in (("--data", "/mix"), ("--model", "/models/tiny-llama/"), ("--max-steps", "40"),
+                        ("--out", str(tmp_path / "runs" / "x"))):
+        assert words[words.index(flag) + 1] == value
+    assert line.endswith(f"--workspace '{tmp_path / 'my ws'}'")
 
 
 # -- status line and curve -------------------------------------------------------------------------------
@@ -211,36 +219,60 @@ def test_run_rows_and_the_run_a_fresh_page_follows(tmp_path):
     assert followed_run(runs.iloc[0:0]) is None
 
 
-# -- the tab's handlers (Gradio imported, no server) ---------------------------------------------------------
+# -- the runs as a jobs object, and the tab's handlers (Gradio imported, no server) ------------------------------
+def test_train_runs_are_driven_like_the_other_stages_jobs(tmp_path):
+    runs = TrainRuns(tmp_path)
+    assert runs.newest() is None and runs.config(None) is None and runs.command(None) is None
+    assert runs.startable(None) and not runs.cancellable(None)
+    make_run(tmp_path, "old", "done", [step_line(4)], started_at=1_700_000_000.0)
+    make_run(tmp_path, "new", "cancelled", [step_line(2)], checkpoint=2, started_at=1_700_000_100.0)
+    job = runs.newest()
+    assert (job.job_id, job.state) == ("new", "cancelled")  # nothing active: the newest
+    assert runs.config(job).max_steps == 4 and runs.command(job).startswith("forgetless train --data /mix ")
+    assert runs.startable(job) and not runs.cancellable(job)
+    with pytest.raises(ForgetlessError, match="not running"):
+        runs.cancel("new")
+    with pytest.raises(ForgetlessError, match="pick a run first"):
+        runs.resume(None)
+    starting = make_run(tmp_path, "starting", "starting", [], started_at=time.time())
+    job = runs.newest()  # the newest active run wins
+    assert job.job_id == "starting" and not runs.startable(job) and not runs.cancellable(job)
+    with pytest.raises(ForgetlessError, match="still starting"):
+        runs.cancel()
+    assert not (starting / "cancel").exists()
+
+
 def test_tab_handlers_follow_a_run_and_refuse_bad_input_visibly(tmp_path):
     gr = pytest.importorskip("gradio")
-    from ui.train_tab import _Runs, build_train_tab
+    from ui.train_tab import build_train_tab
 
     with gr.Blocks() as demo:
-        build_train_tab(demo, tmp_path)  # the layout and every event wire up
-    handlers = _Runs(tmp_path)
+        handlers = build_train_tab(demo, tmp_path)  # the layout and every event wire up
     idle = handlers.poll(None, "", "")
     assert idle[0].startswith("No training run yet") and idle[2] == {"__type__": "update", "interactive": False}
 
     make_run(tmp_path, "run-a", "cancelled", [step_line(1), step_line(2)], checkpoint=2)
     picked = handlers.poll(None, "", "")
-    assert picked[7] == {"__type__": "update", "choices": ["run-a"], "value": "run-a"}  # followed without a click
-    status, start, cancel, resume, figure, marker, table, _, runs_marker = handlers.poll("run-a", "", "")
+    assert picked[8] == {"__type__": "update", "choices": ["run-a"], "value": "run-a"}  # followed without a click
+    status, start, cancel, command, resume, figure, marker, table, _, runs_marker = handlers.poll("run-a", "", "")
     assert status.startswith("cancelled · run-a · step 2/4") and marker == "run-a|cancelled|2"
     assert (start["interactive"], cancel["interactive"], resume["interactive"]) == (True, False, True)
+    assert command["value"].startswith("forgetless train --data /mix ")  # the followed run as a CLI command
     assert len(figure.data) == 2 and table["data"][0][0] == "run-a"
     again = handlers.poll("run-a", marker, runs_marker)
-    assert again[4] == gr.skip() and again[6] == gr.skip()  # nothing moved: no redraw
+    assert again[3] == again[5] == again[7] == gr.skip()  # nothing moved: no redraw (nor a command over the form's)
     with (tmp_path / "runs" / "run-a" / "progress.jsonl").open("a") as progress:
         progress.write(json.dumps(step_line(3)) + "\n")
     moved = handlers.poll("run-a", marker, runs_marker)
-    assert len(moved[4].data[0].x) == 3 and moved[6]["data"][0][4] == "3/4"
-    assert moved[7] == gr.skip()  # same runs: the Run dropdown's list (maybe open) is left alone
+    assert len(moved[5].data[0].x) == 3 and moved[7]["data"][0][4] == "3/4"
+    assert moved[8] == gr.skip()  # same runs: the Run dropdown's list (maybe open) is left alone
 
-    loaded = handlers.on_load()
-    assert loaded[0]["value"] == "/mix" and loaded[3] == 4 and loaded[-1] == {"__type__": "update", "value": "run-a"}
+    loaded = handlers.on_load()  # {widget: value}
+    assert loaded[handlers.form["data"]]["value"] == "/mix" and loaded[handlers.form["max_steps"]] == 4
+    assert loaded[handlers.run_picker] == {"__type__": "update", "value": "run-a"}
+    widgets = {handlers.form[name]: value for name, value in form(data="").items()}
     with pytest.warns(UserWarning, match="pick a frozen mix"):
-        assert handlers.start(*form(data=""))[0].startswith("Not started: pick a frozen mix")
+        assert handlers.start(widgets)[0].startswith("Not started: pick a frozen mix")
     with pytest.warns(UserWarning, match="not running"):
         assert handlers.cancel("run-a").startswith("Not cancelled")
     assert not (tmp_path / "runs" / "run-a" / "cancel").exists()

@@ -8,103 +8,17 @@ from __future__ import annotations
 
 import os
 import re
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-CHROMIUM = Path("/usr/bin/chromium")
+from tests.helpers import CHROMIUM, CHROMIUM_ARGS, ROOT, set_number, wait_until
 
 sync_api = pytest.importorskip("playwright.sync_api")
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium is not installed (make browser)"),
 ]
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 JOB_TIMEOUT_S = 90
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait_until(condition: Callable[[], bool], timeout_s: float, what: str, interval_s: float = 0.25) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-        time.sleep(interval_s)
-
-
-def _serving(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
-
-
-@contextmanager
-def serve_app(workspace: Path, tmp_path: Path, data_dirs: Sequence[Path] = ()) -> Iterator[str]:
-    """`python launch.py` on a free port over ``workspace`` (prepared by the caller, or empty) with ``data_dirs``
-    as --data-dir folders (the app reads typed paths only there and in the workspace); yields its URL.
-
-    Stops the server afterwards; background jobs it started are the caller's to stop (they outlive the app).
-    """
-    port, log_path = _free_port(), tmp_path / "server.log"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "GRADIO_ANALYTICS_ENABLED": "False",
-           "FORGETLESS_NO_PROGRESS": "1", "HF_HUB_OFFLINE": "1"}
-    with log_path.open("wb") as log:
-        server = subprocess.Popen(
-            [sys.executable, str(REPO / "launch.py"), "--workspace", str(workspace), "--port", str(port),
-             *(arg for folder in data_dirs for arg in ("--data-dir", str(folder)))],
-            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        _wait_until(lambda: _serving(url) or server.poll() is not None, 90, "the app to serve")
-        assert server.poll() is None, f"launch.py exited:\n{log_path.read_text()}"
-        yield url
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        if server.returncode not in (0, -15, None):
-            print(log_path.read_text())
-
-
-@pytest.fixture
-def app_server(tmp_path: Path, tiny_model_dir: Path) -> Iterator[tuple[str, Path]]:
-    """The app over an empty workspace, allowed to read the tiny model's folder; stopped (with any job it ran)
-    afterwards."""
-    workspace = tmp_path / "workspace"
-    try:
-        with serve_app(workspace, tmp_path, [tiny_model_dir]) as url:
-            yield url, workspace
-    finally:
-        _stop_jobs(workspace)
-
-
-def _stop_jobs(workspace: Path) -> None:
-    """Jobs outlive the app by design; a failed test must not leave one sampling in the background."""
-    from core.jobs import list_jobs, request_cancel
-
-    for job in list_jobs(workspace):
-        if job.active:
-            request_cancel(job.folder)
-    _wait_until(lambda: not any(job.active for job in list_jobs(workspace)), 30, "jobs to stop")
 
 
 def _status(page) -> str:
@@ -121,13 +35,8 @@ def _open_app(browser, url: str):
     page = browser.new_page(viewport={"width": 1400, "height": 1100})
     page.goto(url)
     page.wait_for_selector("#rec-start")
-    _wait_until(lambda: _status(page) not in ("", "Reading jobs…"), 30, "the first status line")
+    wait_until(lambda: _status(page) not in ("", "Reading jobs…"), 30, "the first status line")
     return page
-
-
-def _set_number(page, elem_id: str, value: int) -> None:
-    page.fill(f"#{elem_id} input", str(value))
-    page.locator(f"#{elem_id} input").press("Tab")  # commit the value, as leaving the field does
 
 
 def test_reconstruct_in_the_browser(app_server, tiny_model_dir):
@@ -141,10 +50,10 @@ def test_reconstruct_in_the_browser(app_server, tiny_model_dir):
                 "1 · Reconstruct", "2 · Screen", "3 · Explore", "4 · Mix", "5 · Train", "6 · Evaluate"]
 
             # Bad input is a visible message, not a crash or a job.
-            _set_number(page, "rec-n", 0)
+            set_number(page, "rec-n", 0)
             page.click("#rec-start")
             message = page.locator("#rec-message [data-testid='markdown']")
-            _wait_until(lambda: "Not started" in message.inner_text(), 15, "the validation message")
+            wait_until(lambda: "Not started" in message.inner_text(), 15, "the validation message")
             assert "n must be at least 1" in message.inner_text()
             assert "No reconstruction job yet" in _status(page)
             assert page.locator(".toast-body").filter(has_text="n must be at least 1").count() >= 1
@@ -157,28 +66,29 @@ def test_reconstruct_in_the_browser(app_server, tiny_model_dir):
             model.press("Enter")
             max_new_tokens = 128 if screenshot else 24
             for elem_id, value in (("rec-n", 3), ("rec-batch-size", 16), ("rec-max-new-tokens", max_new_tokens)):
-                _set_number(page, elem_id, value)
+                set_number(page, elem_id, value)
             page.click("#rec-start")
             started = re.compile(r"(starting|running|done) · reconstruct-")
-            _wait_until(lambda: started.match(_status(page)) is not None, 20, "the job to start")
+            wait_until(lambda: started.match(_status(page)) is not None, 20, "the job to start")
             job_id = re.search(r"reconstruct-[\w-]+", _status(page)).group(0)
             was_running = not _status(page).startswith("done")
 
             # A reload forgets everything in the page; the job folder tells it what is going on.
             page.reload()
             page.wait_for_selector("#rec-start")
-            _wait_until(lambda: job_id in _status(page), 20, "the reloaded page to re-attach to the job")
+            wait_until(lambda: job_id in _status(page), 20, "the reloaded page to re-attach to the job")
             assert model.input_value() == model_spec  # the form shows what the job runs with
             assert page.locator("#rec-n input").input_value() == "3"
             if was_running and not _status(page).startswith("done"):
                 assert page.locator("#rec-cancel").is_enabled()
                 assert not page.locator("#rec-start").is_enabled()
 
-            _wait_until(lambda: _status(page).startswith("done") or _status(page).startswith("failed"),
-                        JOB_TIMEOUT_S * (5 if screenshot else 1), "the job to finish")  # the real model is slower
+            wait_until(lambda: _status(page).startswith("done") or _status(page).startswith("failed"),
+                       JOB_TIMEOUT_S * (5 if screenshot else 1), "the job to finish")  # the real model is slower
             assert _status(page).startswith(f"done · {job_id} · 3/3 stored"), _status(page)
-            _wait_until(lambda: len(_instruction_cells(page)) == 3, 15, "three rows in the table")
-            assert page.inner_text("#rec-page-info").strip().startswith("3 instructions")
+            wait_until(lambda: len(_instruction_cells(page)) == 3, 15, "three rows in the table")
+            # The markdown body only: a tick in flight puts its timer text ("0.4s") in the hidden tracker.
+            assert page.inner_text("#rec-page-info [data-testid='markdown']").strip().startswith("3 instructions")
             assert all(text.strip() for text in _instruction_cells(page))
             assert page.locator("#rec-histogram .js-plotly-plot").count() == 1
             assert f"--job-id {job_id}" in page.inner_text("#rec-command")
@@ -186,7 +96,7 @@ def test_reconstruct_in_the_browser(app_server, tiny_model_dir):
 
             # A second browser session reads the same store.
             other = _open_app(browser, url)
-            _wait_until(lambda: len(_instruction_cells(other)) == 3, 15, "the second session's rows")
+            wait_until(lambda: len(_instruction_cells(other)) == 3, 15, "the second session's rows")
             assert sorted(_instruction_cells(other)) == sorted(_instruction_cells(page))
             other.close()
 
@@ -194,14 +104,14 @@ def test_reconstruct_in_the_browser(app_server, tiny_model_dir):
             word = _instruction_cells(page)[0].split()[0]
             page.fill("#rec-search textarea, #rec-search input", word)
             page.locator("#rec-search textarea, #rec-search input").press("Enter")
-            _wait_until(lambda: "matching" in page.inner_text("#rec-page-info"), 15, "the search to apply")
+            wait_until(lambda: "matching" in page.inner_text("#rec-page-info"), 15, "the search to apply")
             assert all(word.lower() in text.lower() for text in _instruction_cells(page))
 
             if screenshot:
                 page.fill("#rec-search textarea, #rec-search input", "")
                 page.locator("#rec-search textarea, #rec-search input").press("Enter")
-                _wait_until(lambda: len(_instruction_cells(page)) == 3, 15, "all rows again")
-                page.screenshot(path=str(REPO / "assets" / "screenshot.png"), full_page=True)
+                wait_until(lambda: len(_instruction_cells(page)) == 3, 15, "all rows again")
+                page.screenshot(path=str(ROOT / "assets" / "screenshot.png"), full_page=True)
         finally:
             browser.close()
     assert (workspace / "jobs" / job_id / "status.json").exists()

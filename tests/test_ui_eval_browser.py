@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.test_ui_browser import CHROMIUM, CHROMIUM_ARGS, _set_number, _wait_until, app_server, sync_api
+from tests.helpers import CHROMIUM, CHROMIUM_ARGS, set_number, wait_until
 
-__all__ = ["app_server"]  # the fixture, imported so pytest finds it here
+sync_api = pytest.importorskip("playwright.sync_api")
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium is not installed (make browser)"),
@@ -49,7 +49,7 @@ def _open_evaluate(browser, url: str):
     page.goto(url)
     page.get_by_role("tab", name="6 · Evaluate").click()
     page.wait_for_selector("#eval-start")
-    _wait_until(lambda: _status(page) not in ("", "Reading jobs…"), 30, "the first status line")
+    wait_until(lambda: _status(page) not in ("", "Reading jobs…"), 30, "the first status line")
     return page
 
 
@@ -66,7 +66,7 @@ def test_evaluate_base_and_run_in_the_browser(app_server, tiny_model_dir):
             for suite in ("general", "domain"):
                 page.locator("#eval-suites label").filter(has_text=suite).click()
             page.click("#eval-start")
-            _wait_until(lambda: "Not started" in _message(page), 15, "the validation message")
+            wait_until(lambda: "Not started" in _message(page), 15, "the validation message")
             assert "at least one suite" in _message(page)
             assert page.locator(".toast-body").filter(has_text="at least one suite").count() >= 1
             assert _status(page).startswith("No evaluation yet")
@@ -77,24 +77,24 @@ def test_evaluate_base_and_run_in_the_browser(app_server, tiny_model_dir):
             page.locator("#eval-runs input").click()
             page.get_by_role("option", name=re.compile("20250101-000000-tuned")).click()
             page.locator("#eval-suites label").filter(has_text="general").click()
-            _set_number(page, "eval-limit", 3)
+            set_number(page, "eval-limit", 3)
             page.click("#eval-start")
-            _wait_until(lambda: re.match(r"(starting|running|done) · eval-queue-", _status(page)) is not None, 20,
-                        "the plan to start")
+            wait_until(lambda: re.match(r"(starting|running|done) · eval-queue-", _status(page)) is not None, 20,
+                       "the plan to start")
             job_id = re.search(r"eval-queue-[\w-]+", _status(page)).group(0)
 
             # A reload re-attaches to the plan and shows its settings.
             page.reload()
             page.get_by_role("tab", name="6 · Evaluate").click()
-            _wait_until(lambda: job_id in _status(page), 20, "the reloaded page to re-attach")
+            wait_until(lambda: job_id in _status(page), 20, "the reloaded page to re-attach")
             assert page.locator("#eval-limit input").input_value() == "3"
             assert base.input_value() == str(tiny_model_dir)
 
-            _wait_until(lambda: _status(page).startswith(("done", "failed", "cancelled", "interrupted")),
-                        JOB_TIMEOUT_S, "the plan to finish")
+            wait_until(lambda: _status(page).startswith(("done", "failed", "cancelled", "interrupted")),
+                       JOB_TIMEOUT_S, "the plan to finish")
             assert _status(page).startswith(f"done · {job_id} · 2 of 2 evaluated"), _status(page)
             headers = page.locator("#eval-table thead th")
-            _wait_until(lambda: "20250101-000000-tuned" in " ".join(headers.all_inner_texts()), 20, "the table")
+            wait_until(lambda: "20250101-000000-tuned" in " ".join(headers.all_inner_texts()), 20, "the table")
             assert page.locator("#eval-table").get_by_text("arc_easy").count() >= 1
             assert page.locator("#eval-deltas .js-plotly-plot").count() == 1
             assert page.locator("#eval-history .js-plotly-plot").count() == 1

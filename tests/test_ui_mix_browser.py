@@ -20,11 +20,24 @@ import pytest
 
 from core.jobs import job_info
 from core.store import STORE_FILE
-from core.train_runs import runs_root
-from tests.test_mix import N_GENERAL, build_store, write_domain
-from tests.test_ui_browser import CHROMIUM, CHROMIUM_ARGS, REPO, _set_number, _wait_until, serve_app
-from tests.test_ui_explore_browser import _choose, _set_slider, _table_rows, _text
-from tests.test_ui_train_browser import _start, _stop_runs
+from core.train.runs import runs_root
+from tests.helpers import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    N_GENERAL,
+    ROOT,
+    build_mix_store,
+    choose,
+    markdown_text,
+    serve_app,
+    set_number,
+    set_slider,
+    start_training_run,
+    stop_runs,
+    table_rows,
+    wait_until,
+    write_domain,
+)
 
 sync_api = pytest.importorskip("playwright.sync_api")
 pytestmark = [
@@ -40,17 +53,17 @@ def mix_server(tmp_path: Path, tiny_model_dir: Path) -> Iterator[tuple[str, Path
     """The app over a workspace holding 60 judged, profiled instructions (no profile embeddings of the
     packaged embedder, so the map must say it needs profiling)."""
     workspace = tmp_path / "workspace"
-    build_store(workspace / STORE_FILE)
+    build_mix_store(workspace / STORE_FILE)
     with serve_app(workspace, tmp_path, [tiny_model_dir]) as url:
         yield url, workspace
 
 
 def _counts(page) -> str:
-    return _text(page, "mix-counts")
+    return markdown_text(page, "mix-counts")
 
 
 def _wait_counts(page, total: int, what: str, timeout_s: float = 20) -> None:
-    _wait_until(lambda: _counts(page).startswith(f"{total} examples"), timeout_s, f"{what}: {total} examples")
+    wait_until(lambda: _counts(page).startswith(f"{total} examples"), timeout_s, f"{what}: {total} examples")
 
 
 def test_mix_freeze_and_train_in_the_browser(mix_server, tiny_model_dir, monkeypatch):
@@ -66,52 +79,55 @@ def test_mix_freeze_and_train_in_the_browser(mix_server, tiny_model_dir, monkeyp
             assert _counts(page).startswith("Pick domain data")
 
             # A path that is not there: a visible message, no crash, nothing planned.
-            _choose(page, "mix-domain", str(workspace / "missing.jsonl"))
-            _wait_until(lambda: "⚠️" in _text(page, "mix-message"), 15, "the refusal of a missing file")
-            assert "missing.jsonl" in _text(page, "mix-message") and "Import failed" in _text(page, "mix-report")
+            choose(page, "mix-domain", str(workspace / "missing.jsonl"))
+            wait_until(lambda: "⚠️" in markdown_text(page, "mix-message"), 15, "the refusal of a missing file")
+            assert "missing.jsonl" in markdown_text(page, "mix-message")
+            assert "Import failed" in markdown_text(page, "mix-report")
 
             # A path out of the workspace (a link to /etc/passwd) is refused unread, its name shown as text.
             hostile = workspace.parent / "<img src=x id=injected>.csv"
             hostile.symlink_to("/etc/passwd")
-            _choose(page, "mix-domain", str(hostile))
-            _wait_until(lambda: "outside the folders" in _text(page, "mix-message"), 15, "the refusal of the link")
-            assert "<img src=x id=injected>.csv" in _text(page, "mix-message")
+            choose(page, "mix-domain", str(hostile))
+            wait_until(lambda: "outside the folders" in markdown_text(page, "mix-message"), 15,
+                       "the refusal of the link")
+            assert "<img src=x id=injected>.csv" in markdown_text(page, "mix-message")
             assert page.locator("#injected").count() == 0 and "root:x:" not in page.content()
 
             # An upload is kept in the workspace and imported; its bad row is reported with its line.
             upload = write_domain(workspace.parent / "notes.jsonl", 5)
             upload.write_text(upload.read_text() + "{not json\n")
             page.set_input_files("#mix-upload input[type='file']", str(upload))
-            _wait_until(lambda: "notes.jsonl" in _text(page, "mix-report"), 20, "the upload's import report")
-            assert "6 rows read · 5 kept · 1 skipped" in _text(page, "mix-report")
-            assert "line 6: invalid JSON" in _text(page, "mix-report")
+            wait_until(lambda: "notes.jsonl" in markdown_text(page, "mix-report"), 20, "the upload's import report")
+            assert "6 rows read · 5 kept · 1 skipped" in markdown_text(page, "mix-report")
+            assert "line 6: invalid JSON" in markdown_text(page, "mix-report")
             assert (workspace / "domain-data" / "notes.jsonl").is_file()
 
             started = time.monotonic()
-            _choose(page, "mix-domain", "builtin:medmcqa")
-            _wait_until(lambda: "medmcqa" in _text(page, "mix-report"), 20, "the import report")
-            assert "4183 rows read" in _text(page, "mix-report").replace(",", "")
-            _wait_until(lambda: len(_table_rows(page, "mix-preview")) > 0, 15, "the preview rows")  # rendered ones
+            choose(page, "mix-domain", "builtin:medmcqa")
+            wait_until(lambda: "medmcqa" in markdown_text(page, "mix-report"), 20, "the import report")
+            assert "4183 rows read" in markdown_text(page, "mix-report").replace(",", "")
+            wait_until(lambda: len(table_rows(page, "mix-preview")) > 0, 15, "the preview rows")  # rendered ones
             answers = page.locator("#mix-preview [data-testid^='cell-'][data-testid$='-1']").all_inner_texts()
             assert answers and all(re.match(r"[A-D]\. ", answer) for answer in answers)  # letter, option text
             # Ratio 0.5 with 60 general candidates: general-limited, 60 + 60.
             _wait_counts(page, 2 * N_GENERAL, "the first plan", PLAN_TIMEOUT_S)
             print(f"first plan shown after {time.monotonic() - started:.1f} s")
-            assert "general-limited" in _counts(page) and _text(page, "mix-message") == ""
+            assert "general-limited" in _counts(page) and markdown_text(page, "mix-message") == ""
             assert page.locator("#mix-composition .js-plotly-plot").count() == 1
-            _wait_until(lambda: "needs profiling" in page.inner_text("#mix-map"), 20, "the map's profiling note")
+            wait_until(lambda: "needs profiling" in page.inner_text("#mix-map"), 20, "the map's profiling note")
 
             # Moving the ratio re-plans: 0.25 → 60 general + 180 domain.
             started = time.monotonic()
-            _set_slider(page, "mix-ratio", 0.25)
+            set_slider(page, "mix-ratio", 0.25)
             _wait_counts(page, 240, "ratio 0.25")
             print(f"ratio update shown after {time.monotonic() - started:.2f} s")
             assert "general share 25.0%" in _counts(page)
 
             page.click("#mix-freeze")
             name = "medmcqa-r25-examples-proportional-s0"
-            _wait_until(lambda: name in _table_rows(page, "mix-snapshots"), 30, "the snapshot listed")
-            assert _text(page, "mix-message").startswith(f"Froze {name}: 240 examples (60 general + 180 domain)")
+            wait_until(lambda: name in table_rows(page, "mix-snapshots"), 30, "the snapshot listed")
+            froze = markdown_text(page, "mix-message")
+            assert froze.startswith(f"Froze {name}: 240 examples (60 general + 180 domain)")
             assert (workspace / "mixes" / name / "train.parquet").is_file()
             assert page.locator("#mix-name input, #mix-name textarea").first.get_attribute("placeholder") == \
                 f"{name}-2"
@@ -120,28 +136,30 @@ def test_mix_freeze_and_train_in_the_browser(mix_server, tiny_model_dir, monkeyp
                 for close in page.locator(".toast-close").all():
                     close.click()
                 page.wait_for_timeout(800)  # let plotly finish drawing
-                page.screenshot(path=str(REPO / "assets" / "mix.png"), full_page=True)
+                page.screenshot(path=str(ROOT / "assets" / "mix.png"), full_page=True)
 
             # The same name again is refused visibly; the table keeps one snapshot.
             page.locator("#mix-name input, #mix-name textarea").first.fill(name)
             page.click("#mix-freeze")
-            _wait_until(lambda: "already exists" in _text(page, "mix-message"), 15, "the refusal of a taken name")
-            assert _table_rows(page, "mix-snapshots") == [name]
+            wait_until(lambda: "already exists" in markdown_text(page, "mix-message"), 15,
+                       "the refusal of a taken name")
+            assert table_rows(page, "mix-snapshots") == [name]
 
 
             # The frozen snapshot is what the Train tab trains on: one LoRA step of the tiny model.
             page.get_by_role("tab", name="5 · Train").click()
             page.click("#train-data-refresh")
-            _choose(page, "train-data", name)
-            _choose(page, "train-model", str(tiny_model_dir))
+            choose(page, "train-data", name)
+            choose(page, "train-model", str(tiny_model_dir))
             for elem_id, value in (("train-max-steps", 1), ("train-batch-size", 4), ("train-max-length", 64)):
-                _set_number(page, elem_id, value)
-            run = _start(page, "training on the frozen mix")
-            _wait_until(lambda: _text(page, "train-status").startswith(f"done · {run} · step 1/1"), TRAIN_TIMEOUT_S,
+                set_number(page, elem_id, value)
+            run = start_training_run(page, "training on the frozen mix")
+            wait_until(lambda: markdown_text(page, "train-status").startswith(f"done · {run} · step 1/1"),
+                       TRAIN_TIMEOUT_S,
                         "the one-step run to finish")
             folder = runs_root(workspace) / run
             assert job_info(folder).state == "done" and (folder / "adapter" / "adapter_config.json").is_file()
             assert (workspace / "mixes" / name).resolve().as_posix() in (folder / "config.yaml").read_text()
         finally:
             browser.close()
-            _stop_runs(workspace)
+            stop_runs(workspace)

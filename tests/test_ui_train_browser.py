@@ -16,11 +16,19 @@ from pathlib import Path
 import pytest
 import yaml
 
-from core.jobs import job_info, wait_for
-from core.train_runs import cancel_run, runs_root
-from tests.test_train import write_snapshot
-from tests.test_ui_browser import CHROMIUM, CHROMIUM_ARGS, _set_number, _wait_until, serve_app
-from tests.test_ui_explore_browser import _choose, _text
+from core.train.runs import runs_root
+from tests.helpers import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    choose,
+    markdown_text,
+    serve_app,
+    set_number,
+    start_training_run,
+    stop_runs,
+    wait_until,
+    write_snapshot,
+)
 
 sync_api = pytest.importorskip("playwright.sync_api")
 pytestmark = [
@@ -42,27 +50,9 @@ def _prepare_workspace(workspace: Path) -> Path:
     return folder
 
 
-def _stop_runs(workspace: Path) -> None:
-    """Runs outlive the app by design; a failed test must not leave one training in the background."""
-    folders = [folder for folder in runs_root(workspace).glob("*") if job_info(folder).active]
-    for folder in folders:
-        cancel_run(folder)
-    for folder in folders:
-        wait_for(folder, 30, lambda job: not job.active)
-
-
 def _step(page) -> int | None:
-    found = re.search(r"step (\d+)/", _text(page, "train-status"))
+    found = re.search(r"step (\d+)/", markdown_text(page, "train-status"))
     return int(found.group(1)) if found else None
-
-
-def _start(page, what: str) -> str:
-    """Press Start and return the new run's name from the message."""
-    before = _text(page, "train-message")
-    page.click("#train-start")  # waits while Start is disabled (the followed run is still starting)
-    _wait_until(lambda: _text(page, "train-message") != before and "Started" in _text(page, "train-message"), 20,
-                f"{what} to start")
-    return re.search(r"Started (\S+) in the background", _text(page, "train-message")).group(1)
 
 
 def _run_cells(page, column: int) -> list[str]:
@@ -79,79 +69,84 @@ def test_train_tab_runs_a_tiny_training_in_the_browser(tmp_path, tiny_model_dir,
             page = browser.new_page(viewport={"width": 1440, "height": 1100})
             page.goto(url)
             page.get_by_role("tab", name="5 · Train").click()
-            _wait_until(lambda: _text(page, "train-status").startswith("No training run yet"), 30, "the idle line")
-            _wait_until(lambda: SNAPSHOT in page.locator("#train-data input").input_value(), 15,
-                        "the newest snapshot pre-selected")
+            wait_until(lambda: markdown_text(page, "train-status").startswith("No training run yet"), 30,
+                       "the idle line")
+            wait_until(lambda: SNAPSHOT in page.locator("#train-data input").input_value(), 15,
+                       "the newest snapshot pre-selected")
 
             # Bad input is a visible message (and a toast), not a crash or a run.
-            _set_number(page, "train-max-steps", 0)
+            set_number(page, "train-max-steps", 0)
             page.click("#train-start")
-            _wait_until(lambda: "Not started" in _text(page, "train-message"), 15, "the validation message")
-            assert "max steps must be" in _text(page, "train-message")
+            wait_until(lambda: "Not started" in markdown_text(page, "train-message"), 15, "the validation message")
+            assert "max steps must be" in markdown_text(page, "train-message")
             assert page.locator(".toast-body").filter(has_text="max steps must be").count() >= 1
             assert not runs_root(workspace).exists()
 
-            _choose(page, "train-data", SNAPSHOT)
-            _choose(page, "train-model", str(tiny_model_dir))
+            choose(page, "train-data", SNAPSHOT)
+            choose(page, "train-model", str(tiny_model_dir))
             for elem_id, value in (("train-max-steps", 2), ("train-batch-size", 4), ("train-max-length", 64)):
-                _set_number(page, elem_id, value)
+                set_number(page, elem_id, value)
             page.click("#train-show-command")
             command = page.locator("#train-command")
-            _wait_until(lambda: command.is_visible() or "No command" in _text(page, "train-message"), 15,
-                        "the CLI command")
-            assert command.is_visible(), _text(page, "train-message")
+            wait_until(lambda: command.is_visible() or "No command" in markdown_text(page, "train-message"), 15,
+                       "the CLI command")
+            assert command.is_visible(), markdown_text(page, "train-message")
             command = command.inner_text()
             assert "--max-steps 2" in command and f"--data {snapshot}" in command
             assert f"--model {tiny_model_dir}" in command
 
-            name = _start(page, "the 2-step run")
+            name = start_training_run(page, "the 2-step run")
 
             # A long second run alongside (runs never share a folder); the tab follows the newest started.
-            _set_number(page, "train-max-steps", LONG_STEPS)
-            second = _start(page, "the long run")
+            set_number(page, "train-max-steps", LONG_STEPS)
+            second = start_training_run(page, "the long run")
             assert second != name
-            _wait_until(lambda: _text(page, "train-status").startswith(f"running · {second} · step "), RUN_TIMEOUT_S,
+            wait_until(lambda: markdown_text(page, "train-status").startswith(f"running · {second} · step "),
+                       RUN_TIMEOUT_S,
                         "the long run's first step")
             live = re.compile(r"step \d+/100000 · loss [\d.]+ · lr [\d.e-]+ · \d+ tok/s · ETA [\d:]+$")
-            assert live.search(_text(page, "train-status")), _text(page, "train-status")
+            assert live.search(markdown_text(page, "train-status")), markdown_text(page, "train-status")
 
             # Cancel saves a checkpoint; Resume continues after it.
             page.click("#train-cancel")
-            _wait_until(lambda: _text(page, "train-status").startswith(f"cancelled · {second}"), 30, "the cancel")
+            wait_until(lambda: markdown_text(page, "train-status").startswith(f"cancelled · {second}"), 30,
+                       "the cancel")
             stopped = _step(page)
-            assert f"Resume continues from step {stopped}" in _text(page, "train-status")
-            _wait_until(lambda: page.locator("#train-resume").is_enabled(), 10, "Resume to be offered")
+            assert f"Resume continues from step {stopped}" in markdown_text(page, "train-status")
+            wait_until(lambda: page.locator("#train-resume").is_enabled(), 10, "Resume to be offered")
             page.click("#train-resume")
-            _wait_until(lambda: (_step(page) or 0) > stopped and _text(page, "train-status").startswith("running"),
+            wait_until(lambda: (_step(page) or 0) > stopped and markdown_text(page,
+                       "train-status").startswith("running"),
                         RUN_TIMEOUT_S, "the resumed run to pass its checkpoint")
 
             # A reload forgets everything in the page; the run folders bring the active run and its settings back.
             page.reload()
             page.get_by_role("tab", name="5 · Train").click()
-            _wait_until(lambda: _text(page, "train-status").startswith(f"running · {second}"), 20,
-                        "the re-attached run")
+            wait_until(lambda: markdown_text(page, "train-status").startswith(f"running · {second}"), 20,
+                       "the re-attached run")
             assert page.locator("#train-max-steps input").input_value() == str(LONG_STEPS)
             assert page.locator("#train-model input").input_value() == str(tiny_model_dir)
-            _wait_until(lambda: page.locator("#train-cancel").is_enabled(), 10, "Cancel to be offered")
+            wait_until(lambda: page.locator("#train-cancel").is_enabled(), 10, "Cancel to be offered")
             page.click("#train-cancel")
-            _wait_until(lambda: _text(page, "train-status").startswith(f"cancelled · {second}"), 30, "the 2nd cancel")
+            wait_until(lambda: markdown_text(page, "train-status").startswith(f"cancelled · {second}"), 30,
+                       "the 2nd cancel")
             lines = [json.loads(line) for line in (runs_root(workspace) / second / "progress.jsonl").open()]
             assert [line["resumed_from_step"] for line in lines if "resumed_from_step" in line] == [None, stopped]
 
             # The 2-step run finished meanwhile: listed, and a click on its row shows its line and curve.
-            _wait_until(lambda: _run_cells(page, 0) == [second, name] and _run_cells(page, 1) == ["cancelled", "done"],
-                        RUN_TIMEOUT_S, "both runs listed, newest first", interval_s=0.5)
+            wait_until(lambda: _run_cells(page, 0) == [second, name] and _run_cells(page, 1) == ["cancelled", "done"],
+                       RUN_TIMEOUT_S, "both runs listed, newest first", interval_s=0.5)
             assert _run_cells(page, 4)[1] == "2/2"
             page.locator("#train-runs [data-testid='cell-1-0']").click()
-            _wait_until(lambda: _text(page, "train-status").startswith(f"done · {name} · step 2/2 · loss "), 15,
-                        "the clicked run followed")
-            assert "adapter saved" in _text(page, "train-status")
+            wait_until(lambda: markdown_text(page, "train-status").startswith(f"done · {name} · step 2/2 · loss "), 15,
+                       "the clicked run followed")
+            assert "adapter saved" in markdown_text(page, "train-status")
             plot = page.locator("#train-loss-plot .js-plotly-plot")
-            _wait_until(lambda: f"{name}: loss and learning rate (2/2 steps)" in plot.inner_text(), 15,
-                        "the loss curve of both steps")
+            wait_until(lambda: f"{name}: loss and learning rate (2/2 steps)" in plot.inner_text(), 15,
+                       "the loss curve of both steps")
             assert plot.locator(".scatterlayer .trace").count() == 2  # loss and learning rate
             assert not page.locator("#train-cancel").is_enabled() and not page.locator("#train-resume").is_enabled()
         finally:
             browser.close()
-            _stop_runs(workspace)
+            stop_runs(workspace)
     assert (runs_root(workspace) / name / "adapter" / "adapter_config.json").exists()

@@ -11,7 +11,7 @@ import html
 
 import gradio as gr
 
-from core.screen_views import markdown_literal
+from ui.views.screen import markdown_literal
 
 __all__ = ["markdown_literal", "warn"]
 

@@ -1,7 +1,7 @@
 """Evaluate tab: measure forgetting. Evaluate a base and tuned runs in the background, compare them side by side.
 
 Start hands the plan (the base, then each run, with the same suite, limit and seed) to a background
-process (core.eval_queue); the UI process never loads a model. The table and both charts are redrawn
+process (core.eval.queue); the UI process never loads a model. The table and both charts are redrawn
 when an evaluation ends, when the base or the runs picked change, and on page load.
 """
 
@@ -13,53 +13,50 @@ from typing import Any
 
 import gradio as gr
 
-from core.dashboard import LazyStore
 from core.data_paths import ReadableRoots
+from core.engines.models import ALIASES
 from core.errors import ForgetlessError
-from core.eval_form import UI_SUITES, EvalPlan, plan_form, plan_from_form, run_choices
-from core.eval_queue import IDLE, EvalJobs, plan_marker, plan_status_line
-from core.eval_views import TABLE_LEGEND, read_eval_views
-from core.mix_views import TEST_FRACTION_MAX, TEST_FRACTION_STEP, domain_choices
-from core.models import ALIASES
+from core.eval.plan import EvalPlan
 from ui.alerts import markdown_literal, warn
+from ui.forms import Form, by_name, setting_widget, to_widgets
 from ui.job_controls import QUIET, job_controls, start_job
+from ui.views.eval_form import plan_form, plan_from_form, run_choices
+from ui.views.evaluate import TABLE_LEGEND, read_eval_views
+from ui.views.jobs import IDLE_EVAL as IDLE
+from ui.views.jobs import EvalJobs, LazyStore, plan_marker, plan_status_line
+from ui.views.mix import domain_choices
 
-_PLAN = EvalPlan()
 INTRO = ("Measure forgetting: score the base model and each tuned run on the general benchmarks (ARC-Easy, "
          "PIQA, HellaSwag, SciQ), the held-out domain test (MedMCQA) and drift (how far a run's next-token "
          "distribution moved from its base on held-out general text). Targets are evaluated one after another "
          "in the background; scored items are kept, so a rerun or a wider suite resumes.")
 
 
-def _form(workspace: Path) -> list[Any]:
-    base = gr.Dropdown(choices=list(ALIASES), value=_PLAN.base, allow_custom_value=True, label="Base model",
-                       elem_id="eval-base", info="What the runs are compared with: an alias, or type a model "
-                                                 "folder / .gguf path and press Enter.")
+def _form(workspace: Path) -> tuple[Form, gr.Button]:
+    """The EvalPlan widgets by field name, and the ↻ button beside the runs (it lists them again)."""
+    form = {"base": setting_widget(gr.Dropdown, EvalPlan, "base", choices=list(ALIASES), allow_custom_value=True,
+                                   elem_id="eval-base", info="What the runs are compared with: an alias, or type a "
+                                                             "model folder / .gguf path and press Enter.")}
     with gr.Row(equal_height=False):
-        runs = gr.Dropdown(choices=[], value=[], multiselect=True, allow_custom_value=True, label="Tuned runs",
-                           elem_id="eval-runs", scale=4,
-                           info="Finished training runs of this workspace (or type a run folder and press Enter).")
+        form["runs"] = setting_widget(gr.Dropdown, EvalPlan, "runs", choices=[], multiselect=True,
+                                      allow_custom_value=True, elem_id="eval-runs", scale=4,
+                                      info="Finished training runs of this workspace (or type a run folder and "
+                                           "press Enter).")
         refresh = gr.Button("↻ Runs", size="sm", scale=0, min_width=90, elem_id="eval-refresh-runs")
-    suites = gr.CheckboxGroup(list(UI_SUITES), value=list(_PLAN.suite), label="Suites", elem_id="eval-suites",
-                              info="general: 4 benchmarks · domain: MedMCQA test (or your held-out rows) · "
-                                   "drift: KL and perplexity vs the run's base (runs only) · ifeval: 541 "
-                                   "instruction prompts answered and rule-checked (slow: set a limit).")
+    form["suite"] = setting_widget(gr.CheckboxGroup, EvalPlan, "suite", elem_id="eval-suites")
     with gr.Row(equal_height=False):
-        domain = gr.Dropdown(domain_choices(workspace), value=_PLAN.domain, allow_custom_value=True, scale=3,
-                             label="Domain data", elem_id="eval-domain",
-                             info="What the domain suite scores: builtin:medmcqa (its test split), or your file "
-                                  "from the Mix tab (type a path and press Enter): its held-out rows (perplexity; "
-                                  "letter accuracy too when they are multiple choice).")
-        test_fraction = gr.Number(value=_PLAN.domain_test_fraction, minimum=0, maximum=TEST_FRACTION_MAX,
-                                  step=TEST_FRACTION_STEP, label="Held-out share", min_width=120,
-                                  elem_id="eval-domain-test-fraction",
-                                  info="Your file only: the share held out when mixing. Ignored for MedMCQA.")
+        form["domain"] = setting_widget(gr.Dropdown, EvalPlan, "domain", choices=domain_choices(workspace),
+                                        allow_custom_value=True, scale=3, elem_id="eval-domain",
+                                        info="What the domain suite scores: builtin:medmcqa (its test split), or "
+                                             "your file from the Mix tab (type a path and press Enter): its held-out "
+                                             "rows (perplexity; letter accuracy too when they are multiple choice).")
+        form["domain_test_fraction"] = setting_widget(gr.Number, EvalPlan, "domain_test_fraction", min_width=120,
+                                                      elem_id="eval-domain-test-fraction")
     with gr.Row():
-        limit = gr.Number(value=_PLAN.limit, precision=0, label="Items per task", elem_id="eval-limit",
-                          info="A seeded subsample; empty: every item.")
-        seed = gr.Number(value=_PLAN.seed, precision=0, label="Seed", elem_id="eval-seed")
-        batch_size = gr.Number(value=_PLAN.batch_size, precision=0, label="Batch size", elem_id="eval-batch-size")
-    return [base, runs, suites, limit, seed, batch_size, domain, test_fraction, refresh]
+        form["limit"] = setting_widget(gr.Number, EvalPlan, "limit", precision=0, elem_id="eval-limit")
+        form["seed"] = setting_widget(gr.Number, EvalPlan, "seed", precision=0, elem_id="eval-seed")
+        form["batch_size"] = setting_widget(gr.Number, EvalPlan, "batch_size", precision=0, elem_id="eval-batch-size")
+    return form, refresh
 
 
 def _run_picker(workspace: Path, value: Any = None) -> Any:
@@ -72,15 +69,13 @@ def _run_picker(workspace: Path, value: Any = None) -> Any:
     return gr.update(choices=choices) if value is None else gr.update(choices=choices, value=value)
 
 
-def _on_load(jobs: EvalJobs, workspace: Path) -> tuple[Any, ...]:
+def _on_load(jobs: EvalJobs, workspace: Path, form: Form) -> dict[Any, Any]:
     """Fresh run and domain choices, and the newest plan's settings so a reload shows what is running."""
     plan = jobs.config(jobs.newest())
-    if plan is None:
-        return (gr.skip(), _run_picker(workspace), *(gr.skip(),) * 4, gr.update(choices=domain_choices(workspace)),
-                gr.skip())
-    base, runs, suites, limit, seed, batch_size, domain, test_fraction = plan_form(plan)
-    return (base, _run_picker(workspace, runs), suites, limit, seed, batch_size,
-            gr.update(choices=domain_choices(workspace), value=domain), test_fraction)
+    shown = {} if plan is None else plan_form(plan, form)
+    domain = {"value": shown["domain"]} if "domain" in shown else {}
+    return {**to_widgets(form, shown), form["runs"]: _run_picker(workspace, shown.get("runs")),
+            form["domain"]: gr.update(choices=domain_choices(workspace), **domain)}
 
 
 def _poll(jobs: EvalJobs) -> tuple[Any, ...]:
@@ -101,9 +96,10 @@ def _views(store: LazyStore, base: str | None, runs: list[str] | None) -> tuple[
     return {"headers": views.headers, "data": views.rows}, views.deltas, views.history, views.note
 
 
-def _confined_plan(roots: ReadableRoots, *form: Any) -> Any:
-    """The form's plan, refused when a model, run or domain path lies outside the folders the app reads."""
-    plan = roots.confine(plan_from_form, "base", "runs")(*form)
+def _confined_plan(roots: ReadableRoots, form: Form, values: dict[Any, Any]) -> Any:
+    """The form's plan (``values``: ``{widget: value}``), refused when a model, run or domain path lies outside
+    the folders the app reads."""
+    plan = roots.confine(plan_from_form, "base", "runs")(by_name(form, values))
     if "domain" in plan.suite:
         roots.check(plan.domain)
     return plan
@@ -117,7 +113,7 @@ def build_evaluate_tab(demo: gr.Blocks, workspace: Path, roots: ReadableRoots | 
     store, jobs = LazyStore(workspace), EvalJobs(workspace)
     gr.Markdown(INTRO)
     with gr.Column(elem_classes=["launcher"]):
-        *form, refresh = _form(workspace)
+        form, refresh = _form(workspace)
         controls = job_controls("eval", jobs, "items", IDLE)
     note = gr.Markdown(TABLE_LEGEND, elem_id="eval-note")
     table = gr.Dataframe(value={"headers": ["benchmark"], "data": []}, interactive=False, wrap=True,
@@ -126,12 +122,13 @@ def build_evaluate_tab(demo: gr.Blocks, workspace: Path, roots: ReadableRoots | 
     history = gr.Plot(label="Runs by mix ratio", elem_id="eval-history")
     seen = gr.State("")  # the newest plan's marker; a change redraws the views
     timer = gr.Timer(1.0)
-    base, runs = form[0], form[1]
+    base, runs = form["base"], form["runs"]
 
-    controls.start.click(partial(start_job, jobs, partial(_confined_plan, roots)), form, controls.message, **QUIET)
+    controls.start.click(partial(start_job, jobs, partial(_confined_plan, roots, form)), set(form.values()),
+                         controls.message, **QUIET)
     controls.cancel.click(jobs.cancel, None, controls.message, **QUIET)
     refresh.click(partial(_run_picker, workspace), None, runs, **QUIET)
-    demo.load(partial(_on_load, jobs, workspace), None, form, **QUIET)
+    demo.load(partial(_on_load, jobs, workspace, form), None, list(form.values()), **QUIET)
 
     poll_outputs = [*controls.outputs, seen]
     timer.tick(partial(_poll, jobs), None, poll_outputs, **QUIET)

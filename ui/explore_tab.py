@@ -10,19 +10,27 @@ from __future__ import annotations
 
 from functools import partial
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import gradio as gr
 
-from core.dashboard import LazyStore, StageJobs, job_marker
 from core.data_paths import ReadableRoots
+from core.engines.models import ALIASES
 from core.errors import ForgetlessError
-from core.explore_views import (
+from core.profile.profiling import CATEGORIES, ProfileConfig
+from core.screen.judge import JudgeConfig
+from core.store import ExploreFilters
+from ui.alerts import warn
+from ui.forms import Form, setting_widget, to_widgets, wire_form
+from ui.job_controls import QUIET, job_controls
+from ui.views.explore import (
+    ANY_LENGTH,
     COLOUR_BY,
     ORDER_CHOICES,
     PAGE_SIZE,
     SCORE_RANGE,
     SELECTION_HEADERS,
+    SLIDER_EDGES,
     STD_LIMIT,
     TABLE_HEADERS,
     category_bars,
@@ -42,27 +50,28 @@ from core.explore_views import (
     semantic_map_figure,
     table_rows,
 )
-from core.judge import JudgeConfig
-from core.models import ALIASES
-from core.profile import CATEGORIES, PROJECTIONS, ProfileConfig
-from core.store import ExploreFilters
-from ui.alerts import warn
-from ui.job_controls import QUIET, job_controls, wire_job
+from ui.views.jobs import LazyStore, StageJobs, job_marker
 
 _PROFILE = ProfileConfig()
 _MODEL_CHOICES = [*ALIASES, "none"]
 _TABLE_WIDTHS = ["19%", "19%", "9%", "8%", "5%", "7%", "5%", "8%", "8%", "6%", "6%"]
 
 
+def _refusal(error: ForgetlessError) -> str:
+    """A filter the store refused: the message line (and a toast) say why."""
+    return f"⚠️ Not applied: {warn(error)}"
+
+
 def _refused(error: ForgetlessError, width: int) -> tuple[Any, ...]:
-    """A filter the store refused: say why, visibly, and leave every other output as it was."""
-    return (f"⚠️ Not applied: {warn(error)}", *(gr.skip(),) * width)
+    """A refused filter's message, every other output left as it was."""
+    return (_refusal(error), *(gr.skip(),) * width)
 
 
-def apply_filters(store: LazyStore, order: str, colour_by: str, *form: Any) -> tuple[Any, ...]:
-    """A filter change: one explore() call, then the message, count, page 1 and every chart."""
+def apply_filters(store: LazyStore, order: str, colour_by: str, **form: Any) -> tuple[Any, ...]:
+    """A filter change (``form``: the filter widgets' values by field name): one explore() call, then the
+    message, count, page 1 and every chart."""
     try:
-        filters = filters_from_form(*form)
+        filters = filters_from_form(form)
         result = store.get().explore(filters, 1, PAGE_SIZE, order)
     except ForgetlessError as error:
         return _refused(error, 10)
@@ -74,11 +83,11 @@ def apply_filters(store: LazyStore, order: str, colour_by: str, *form: Any) -> t
 
 
 def show_page(store: LazyStore, delta: int | None, count: int, page: float | None, order: str,
-              *form: Any) -> tuple[Any, ...]:
+              **form: Any) -> tuple[Any, ...]:
     """Paging (``delta`` pages on) or a new order (``delta`` None: back to page 1): one page of the filters."""
     target = clamp_page(1 if delta is None else (page or 1) + delta, count or 0)
     try:
-        rows = store.get().explore_page(filters_from_form(*form), target, PAGE_SIZE, order)
+        rows = store.get().explore_page(filters_from_form(form), target, PAGE_SIZE, order)
     except ForgetlessError as error:
         return _refused(error, 3)
     return "", {"headers": TABLE_HEADERS, "data": table_rows(rows)}, target, page_label(target, count or 0)
@@ -95,21 +104,21 @@ def _selections(store: LazyStore, **choice: Any) -> tuple[Any, Any]:
             gr.update(choices=selection_names(listed), **choice))
 
 
-def save_selection(store: LazyStore, name: str, *form: Any) -> tuple[Any, ...]:
+def save_selection(store: LazyStore, name: str, **form: Any) -> tuple[Any, ...]:
     try:
-        store.get().save_selection(name, filters_from_form(*form))
+        store.get().save_selection(name, filters_from_form(form))
     except ForgetlessError as error:
         return _refused(error, 2)
     return (f"Saved selection “{name.strip()}”.", *_selections(store))
 
 
-def load_selection(store: LazyStore, name: str | None, width: int) -> tuple[Any, ...]:
-    """The saved filters back into the widgets (the apply chained after redraws everything)."""
+def load_selection(store: LazyStore, message: gr.Markdown, form: Form, name: str | None) -> dict[Any, Any]:
+    """The saved filters back into the filter widgets (the apply chained after redraws everything)."""
     try:
         filters = store.get().load_selection(name or "")
     except ForgetlessError as error:
-        return _refused(error, width)
-    return (f"Loaded selection “{name}”.", *form_from_filters(filters))
+        return {message: _refusal(error)}  # the widgets keep their values
+    return {message: f"Loaded selection “{name}”.", **to_widgets(form, form_from_filters(filters))}
 
 
 def delete_selection(store: LazyStore, name: str | None) -> tuple[Any, ...]:
@@ -128,81 +137,71 @@ def reload_data(store: LazyStore) -> tuple[Any, ...]:
         return gr.skip(), gr.skip(), gr.skip()
 
 
-def _profile_form() -> list[Any]:
+def _profile_form() -> Form:
     with gr.Accordion("Profile settings", open=False, elem_id="exp-profile-settings"):
         with gr.Row():
-            difficulty = gr.Dropdown(_MODEL_CHOICES, value=_PROFILE.difficulty_judge, allow_custom_value=True,
-                                     label="Difficulty judge", elem_id="exp-difficulty-judge")
-            category = gr.Dropdown(_MODEL_CHOICES, value=_PROFILE.category_model, allow_custom_value=True,
-                                   label="Category model", elem_id="exp-category-model")
-            target = gr.Dropdown(_MODEL_CHOICES, value=_PROFILE.target_model, allow_custom_value=True,
-                                 label="Target model (IFD)", elem_id="exp-target-model")
+            models = {name: setting_widget(gr.Dropdown, ProfileConfig, name, choices=_MODEL_CHOICES,
+                                           allow_custom_value=True, elem_id=elem_id)
+                      for name, elem_id in (("difficulty_judge", "exp-difficulty-judge"),
+                                            ("category_model", "exp-category-model"),
+                                            ("target_model", "exp-target-model"))}
         with gr.Row():
-            clusters = gr.Textbox(value=str(_PROFILE.clusters), label="Clusters (k or auto)", elem_id="exp-k")
-            dedup = gr.Slider(0.5, 1.0, value=_PROFILE.dedup_threshold, step=0.01, label="Near-duplicate cosine",
-                              elem_id="exp-dedup")
-            projection = gr.Radio(list(PROJECTIONS), value=_PROFILE.projection, label="Map projection",
-                                  elem_id="exp-projection")
-            batch_size = gr.Number(value=_PROFILE.batch_size, precision=0, label="Batch size",
-                                   elem_id="exp-profile-batch-size")
-    return [difficulty, category, target, clusters, dedup, projection, batch_size]
+            clusters = setting_widget(gr.Textbox, ProfileConfig, "clusters", value=str(_PROFILE.clusters),
+                                      elem_id="exp-k")
+            dedup = setting_widget(gr.Slider, ProfileConfig, "dedup_threshold", elem_id="exp-dedup")
+            projection = setting_widget(gr.Radio, ProfileConfig, "projection", elem_id="exp-projection")
+            batch_size = setting_widget(gr.Number, ProfileConfig, "batch_size", precision=0,
+                                        elem_id="exp-profile-batch-size")
+    return {**models, "clusters": clusters, "dedup_threshold": dedup, "projection": projection,
+            "batch_size": batch_size}
 
 
-class FilterWidgets(NamedTuple):
-    """The filter widgets, in ``filters_from_form``'s argument order (``list(widgets)`` is its inputs)."""
-
-    consensus_min: gr.Slider
-    consensus_max: gr.Slider
-    max_std: gr.Slider
-    difficulty_min: gr.Slider
-    difficulty_max: gr.Slider
-    clusters: gr.Dropdown
-    categories: gr.Dropdown
-    length_min: gr.Number
-    length_max: gr.Number
-    hide_duplicates: gr.Checkbox
-    search: gr.Textbox
-    where: gr.Textbox
-
-    def wire(self, apply: Any) -> None:
-        """Apply on every committed change: a slider let go (or its box left), a pick, Enter in a box."""
-        for slider in (self.consensus_min, self.consensus_max, self.max_std, self.difficulty_min, self.difficulty_max):
-            slider.release(**apply)
-        for choice in (self.clusters, self.categories, self.hide_duplicates):
-            choice.input(**apply)
-        for box in (self.length_min, self.length_max):
-            box.submit(**apply)
-            box.blur(**apply)
-        for box in (self.search, self.where):
-            box.submit(**apply)
+def _wire_filters(form: Form, apply: dict[str, Any]) -> None:
+    """Apply on every committed change: a slider let go (or its box left), a pick, Enter in a box."""
+    for name in SLIDER_EDGES:
+        form[name].release(**apply)
+    for name in ("clusters", "categories", "hide_duplicates"):
+        form[name].input(**apply)
+    for name in ANY_LENGTH:
+        form[name].submit(**apply)
+        form[name].blur(**apply)
+    for name in ("search", "where"):
+        form[name].submit(**apply)
 
 
-def _filter_form() -> FilterWidgets:
+def _filter_form() -> Form:
+    """The filter widgets by ExploreFilters field; a slider's end and a token box's 0 set no bound."""
     low, high = SCORE_RANGE
+
+    def slider(name: str, value: float, **bounds: Any) -> gr.Slider:
+        return setting_widget(gr.Slider, ExploreFilters, name, value=value, **bounds,
+                              elem_id="exp-" + name.replace("_", "-"))
+
+    def tokens(name: str) -> gr.Number:
+        return setting_widget(gr.Number, ExploreFilters, name, value=0, precision=0, info="0: any", min_width=100,
+                              elem_id="exp-" + name.replace("_", "-"))
+
+    form: Form = {}
     with gr.Row():
-        consensus_min = gr.Slider(low, high, value=low, step=0.1, label="Consensus ≥", elem_id="exp-consensus-min")
-        consensus_max = gr.Slider(low, high, value=high, step=0.1, label="Consensus ≤", elem_id="exp-consensus-max")
-    max_std = gr.Slider(0.0, STD_LIMIT, value=STD_LIMIT, step=0.05, label="Judges' spread (std) ≤",
-                        elem_id="exp-max-std", info="At the right end: no limit.")
+        form |= {"consensus_min": slider("consensus_min", low, minimum=low, maximum=high),
+                 "consensus_max": slider("consensus_max", high, minimum=low, maximum=high)}
+    form["max_std"] = slider("max_std", STD_LIMIT, info="At the right end: no limit.")
     with gr.Row():
-        difficulty_min = gr.Slider(low, high, value=low, step=0.1, label="Difficulty ≥", elem_id="exp-difficulty-min")
-        difficulty_max = gr.Slider(low, high, value=high, step=0.1, label="Difficulty ≤",
-                                   elem_id="exp-difficulty-max")
-    clusters = gr.Dropdown([], value=[], multiselect=True, label="Clusters", elem_id="exp-clusters")
-    categories = gr.Dropdown(list(CATEGORIES), value=[], multiselect=True, label="Categories",
-                             elem_id="exp-categories")
+        form |= {"difficulty_min": slider("difficulty_min", low, minimum=low, maximum=high),
+                 "difficulty_max": slider("difficulty_max", high, minimum=low, maximum=high)}
+    # Picked, not typed: no info line (their help describes the CLI's comma list).
+    form["clusters"] = setting_widget(gr.Dropdown, ExploreFilters, "clusters", choices=[], multiselect=True,
+                                      info=None, elem_id="exp-clusters")
+    form["categories"] = setting_widget(gr.Dropdown, ExploreFilters, "categories", choices=list(CATEGORIES),
+                                        multiselect=True, info=None, elem_id="exp-categories")
     with gr.Row():
-        length_min = gr.Number(0, precision=0, minimum=0, label="Tokens ≥", info="0: any", min_width=100,
-                               elem_id="exp-length-min")
-        length_max = gr.Number(0, precision=0, minimum=0, label="Tokens ≤", info="0: any", min_width=100,
-                               elem_id="exp-length-max")
-    hide_duplicates = gr.Checkbox(False, label="Hide near-duplicates (keep each group's representative)",
-                                  elem_id="exp-hide-dups")
-    search = gr.Textbox(label="Search instructions", placeholder="substring; Enter to apply", elem_id="exp-search")
-    where = gr.Textbox(label="SQL WHERE (read-only, over explore_rows)", elem_id="exp-where",
-                       placeholder="e.g. margin > 0.5 AND response_model = 'gemma-3-270m'")
-    return FilterWidgets(consensus_min, consensus_max, max_std, difficulty_min, difficulty_max, clusters, categories,
-                         length_min, length_max, hide_duplicates, search, where)
+        form |= {name: tokens(name) for name in ANY_LENGTH}
+    form["hide_duplicates"] = setting_widget(gr.Checkbox, ExploreFilters, "hide_duplicates", elem_id="exp-hide-dups")
+    form["search"] = setting_widget(gr.Textbox, ExploreFilters, "search", value="",
+                                    placeholder="substring; Enter to apply", elem_id="exp-search")
+    form["where"] = setting_widget(gr.Textbox, ExploreFilters, "where", value="", elem_id="exp-where",
+                                   placeholder="e.g. margin > 0.5 AND response_model = 'gemma-3-270m'")
+    return form
 
 
 def build_explore_tab(demo: gr.Blocks, workspace: Path, roots: ReadableRoots | None = None) -> None:
@@ -260,9 +259,9 @@ def build_explore_tab(demo: gr.Blocks, workspace: Path, roots: ReadableRoots | N
     seen = gr.State("")  # profile and judge jobs' markers: a change means new explore rows
     timer = gr.Timer(1.0)
 
-    wire_job(demo, profile, profile_inputs,
-             roots.confine(profile_config, "difficulty_judge", "category_model", "target_model", "embedder"),
-             profile_form)
+    wire_form(demo, profile, profile_inputs,
+              roots.confine(profile_config, "difficulty_judge", "category_model", "target_model", "embedder"),
+              partial(profile_form, names=list(profile_inputs)))
 
     def poll() -> tuple[Any, ...]:
         values, marker = profile.poll()
@@ -272,28 +271,28 @@ def build_explore_tab(demo: gr.Blocks, workspace: Path, roots: ReadableRoots | N
     timer.tick(poll, None, poll_outputs, **QUIET)
     demo.load(poll, None, poll_outputs, **QUIET)
 
-    filter_inputs = list(filters)
-    apply_inputs = [order, colour_by, *filter_inputs]
+    filter_inputs = list(filters.values())
     apply_outputs = [message, count, match_count, table, page, page_info, histogram, scatter, semantic_map,
                      categories_chart, map_points]
-    run_apply = partial(apply_filters, store)
-    apply_event = {"fn": run_apply, "inputs": apply_inputs, "outputs": apply_outputs, **QUIET}
-    filters.wire(apply_event)
+    apply_event = {"fn": partial(apply_filters, store), "inputs": [order, colour_by], "inputs_kwargs": filters,
+                   "outputs": apply_outputs, **QUIET}
+    _wire_filters(filters, apply_event)
     apply.click(**apply_event)
-    reset.click(lambda: form_from_filters(ExploreFilters()), None, filter_inputs, **QUIET).then(**apply_event)
-    seen.change(partial(reload_data, store), None, [filters.clusters, selections, saved], **QUIET).then(
+    reset.click(lambda: to_widgets(filters, form_from_filters(ExploreFilters())), None, filter_inputs,
+                **QUIET).then(**apply_event)
+    seen.change(partial(reload_data, store), None, [filters["clusters"], selections, saved], **QUIET).then(
         **apply_event)
     colour_by.input(recolour, [map_points, colour_by], semantic_map, **QUIET)
 
-    page_inputs = [match_count, page, order, *filter_inputs]
+    page_inputs = {"inputs": [match_count, page, order], "inputs_kwargs": filters}
     page_outputs = [message, table, page, page_info]
-    page.submit(partial(show_page, store, 0), page_inputs, page_outputs, **QUIET)
-    order.input(partial(show_page, store, None), page_inputs, page_outputs, **QUIET)
-    prev_page.click(partial(show_page, store, -1), page_inputs, page_outputs, **QUIET)
-    next_page.click(partial(show_page, store, +1), page_inputs, page_outputs, **QUIET)
+    page.submit(partial(show_page, store, 0), **page_inputs, outputs=page_outputs, **QUIET)
+    order.input(partial(show_page, store, None), **page_inputs, outputs=page_outputs, **QUIET)
+    prev_page.click(partial(show_page, store, -1), **page_inputs, outputs=page_outputs, **QUIET)
+    next_page.click(partial(show_page, store, +1), **page_inputs, outputs=page_outputs, **QUIET)
 
-    save.click(partial(save_selection, store), [selection_name, *filter_inputs], [message, selections, saved],
+    save.click(partial(save_selection, store), [selection_name], [message, selections, saved], inputs_kwargs=filters,
                **QUIET)
-    load.click(partial(load_selection, store, width=len(filter_inputs)), saved, [message, *filter_inputs],
+    load.click(partial(load_selection, store, message, filters), saved, [message, *filter_inputs],
                **QUIET).then(**apply_event)
     delete.click(partial(delete_selection, store), saved, [message, selections, saved], **QUIET)

@@ -17,19 +17,19 @@ from typing import Any
 
 import gradio as gr
 
-from core.dashboard import LazyStore
 from core.data_paths import ReadableRoots
+from core.engines.models import ALIASES
 from core.errors import ForgetlessError
-from core.mix import BALANCE_CHOICES, BY_CHOICES, DEFAULT_TOKENIZER, freeze_mix, plan_mix
-from core.mix_snapshot import list_snapshots
-from core.mix_views import (
+from core.mix.mixing import MixConfig, freeze_mix, plan_mix
+from core.mix.snapshot import list_snapshots
+from ui.alerts import warn
+from ui.forms import Form, setting_widget
+from ui.job_controls import QUIET
+from ui.views.jobs import LazyStore
+from ui.views.mix import (
     ALL_SCREENED,
     PREVIEW_HEADERS,
-    RATIO_MAX,
-    RATIO_STEP,
     SNAPSHOT_HEADERS,
-    TEST_FRACTION_MAX,
-    TEST_FRACTION_STEP,
     UPLOAD_TYPES,
     MixCache,
     composition_figure,
@@ -48,10 +48,7 @@ from core.mix_views import (
     snapshot_rows,
     suggest_snapshot_name,
 )
-from core.models import ALIASES
-from core.screen_views import empty_figure
-from ui.alerts import warn
-from ui.job_controls import QUIET
+from ui.views.screen import empty_figure
 
 _FAILURES = (ForgetlessError, OSError, ValueError)  # shown as a message; anything else is a bug
 # A burst of changes plans once, with the last values; a small spinner says a (first, slow) plan is under way.
@@ -79,13 +76,14 @@ def load_domain_view(cache: MixCache, spec: str | None) -> tuple[Any, ...]:
     return "", import_report_markdown(data.report, data), {"headers": PREVIEW_HEADERS, "data": preview_rows(data)}, spec
 
 
-def update_plan(cache: MixCache, store: LazyStore, spec: str | None, group_by: str, *form: Any) -> tuple[Any, ...]:
-    """message, counts, composition chart and the suggested snapshot name of the form's mix."""
+def update_plan(cache: MixCache, store: LazyStore, spec: str | None, group_by: str, **form: Any) -> tuple[Any, ...]:
+    """message, counts, composition chart and the suggested snapshot name of the form's mix (``form``: the
+    MixConfig widgets' values by field name)."""
     if not spec:  # the message line keeps the import failure, if that is why
         return gr.skip(), _NO_DOMAIN, empty_figure(_NO_COMPOSITION), gr.skip()
     started = time.perf_counter()
     try:
-        config = mix_config(spec, *form)
+        config = mix_config({**form, "domain": spec})
         data = cache.domain(config.domain)
         plan = plan_mix(config, store.get(), cache.workspace, domain=data, counter=cache.counter(config))
     except _FAILURES as error:
@@ -108,12 +106,12 @@ def update_map(cache: MixCache, store: LazyStore, spec: str | None, selection: s
         yield map_unavailable(str(error))
 
 
-def freeze(cache: MixCache, store: LazyStore, spec: str | None, name: str | None, *form: Any) -> tuple[Any, ...]:
+def freeze(cache: MixCache, store: LazyStore, spec: str | None, name: str | None, **form: Any) -> tuple[Any, ...]:
     """Write the form's mix as ``<workspace>/mixes/<name>``: message, snapshot table, name box."""
     try:
         if not spec:
             raise ForgetlessError("pick domain data before freezing a mix")
-        config = mix_config(spec, *form)
+        config = mix_config({**form, "domain": spec})
         data = cache.domain(config.domain)
         suggested = suggest_snapshot_name(config, data.name, snapshot_names(cache.workspace))
         config = dataclasses.replace(config, out=str(snapshot_folder(cache.workspace, name, suggested)))
@@ -152,6 +150,26 @@ def uploaded(workspace: Path, path: str | None) -> tuple[Any, ...]:
     return gr.skip(), gr.update(choices=domain_choices(workspace), value=str(kept)), None
 
 
+def _mix_form() -> tuple[Form, gr.Button]:
+    """The MixConfig widgets by field name, and the ↻ button beside the selection (it reads the choices again)."""
+    with gr.Row(equal_height=False, elem_id="mix-selection-row"):
+        selection = setting_widget(gr.Dropdown, MixConfig, "selection", choices=selection_choices([]),
+                                   value=ALL_SCREENED, scale=4, elem_id="mix-selection",
+                                   info="a saved Explore selection, or every judged instruction")
+        reload = gr.Button("↻", scale=0, min_width=50, elem_id="mix-refresh")
+    form = {"selection": selection,
+            "ratio": setting_widget(gr.Slider, MixConfig, "ratio", elem_id="mix-ratio"),
+            "by": setting_widget(gr.Radio, MixConfig, "by", elem_id="mix-by"),
+            "balance": setting_widget(gr.Radio, MixConfig, "balance", elem_id="mix-balance"),
+            "domain_test_fraction": setting_widget(gr.Number, MixConfig, "domain_test_fraction",
+                                                   elem_id="mix-test-fraction")}
+    with gr.Row():
+        form["seed"] = setting_widget(gr.Number, MixConfig, "seed", precision=0, min_width=90, elem_id="mix-seed")
+        form["tokenizer_model"] = setting_widget(gr.Dropdown, MixConfig, "tokenizer_model", choices=list(ALIASES),
+                                                 allow_custom_value=True, scale=3, elem_id="mix-tokenizer")
+    return form, reload
+
+
 def build_mix_tab(demo: gr.Blocks, workspace: Path, roots: ReadableRoots | None = None) -> None:
     """Render the tab's components inside ``demo`` and wire their events, including the page load. Typed paths
     are read only under ``roots`` (the workspace and the app's --data-dir folders)."""
@@ -163,10 +181,10 @@ def build_mix_tab(demo: gr.Blocks, workspace: Path, roots: ReadableRoots | None 
                 "tab reads.")
     with gr.Row(equal_height=False):
         with gr.Column(scale=1, min_width=300):
-            domain = gr.Dropdown(domain_choices(workspace), value=None, allow_custom_value=True, label="Domain data",
-                                 info="builtin:medmcqa, an uploaded file, or type a path (in the workspace "
-                                      "or a --data-dir folder) and press Enter",
-                                 elem_id="mix-domain")
+            domain = setting_widget(gr.Dropdown, MixConfig, "domain", choices=domain_choices(workspace), value=None,
+                                    allow_custom_value=True, elem_id="mix-domain",
+                                    info="builtin:medmcqa, an uploaded file, or type a path (in the workspace "
+                                         "or a --data-dir folder) and press Enter")
             upload = gr.File(label="Upload domain data (JSONL, JSON, CSV, Parquet)", file_types=UPLOAD_TYPES,
                              type="filepath", height=120, elem_id="mix-upload")
             report = gr.Markdown(_NO_DOMAIN, elem_id="mix-report")
@@ -176,25 +194,7 @@ def build_mix_tab(demo: gr.Blocks, workspace: Path, roots: ReadableRoots | None 
                                    elem_id="mix-preview")
     with gr.Row(equal_height=False):
         with gr.Column(scale=1, min_width=300, elem_id="mix-form"):
-            with gr.Row(equal_height=False, elem_id="mix-selection-row"):
-                selection = gr.Dropdown(selection_choices([]), value=ALL_SCREENED, label="General data", scale=4,
-                                        info="a saved Explore selection, or every judged instruction",
-                                        elem_id="mix-selection")
-                reload = gr.Button("↻", scale=0, min_width=50, elem_id="mix-refresh")
-            ratio = gr.Slider(0.0, RATIO_MAX, value=0.5, step=RATIO_STEP, label="Ratio: share of general data",
-                              elem_id="mix-ratio")
-            by = gr.Radio(list(BY_CHOICES), value="examples", label="Ratio counts", elem_id="mix-by")
-            balance = gr.Radio(list(BALANCE_CHOICES), value="proportional", label="Balance the general rows by",
-                               elem_id="mix-balance")
-            test_fraction = gr.Number(0, minimum=0, maximum=TEST_FRACTION_MAX, step=TEST_FRACTION_STEP,
-                                      label="Hold out for testing (share of your domain rows)",
-                                      info="Never mixed; `forgetless eval --domain` scores them. Ignored for "
-                                           "builtin:medmcqa: MedMCQA has its fixed 80/20 split.",
-                                      elem_id="mix-test-fraction")
-            with gr.Row():
-                seed = gr.Number(0, precision=0, minimum=0, label="Seed", min_width=90, elem_id="mix-seed")
-                tokenizer = gr.Dropdown(list(ALIASES), value=DEFAULT_TOKENIZER, allow_custom_value=True, scale=3,
-                                        label="Tokenizer (the model to tune)", elem_id="mix-tokenizer")
+            form, reload = _mix_form()
             with gr.Row(equal_height=False, elem_id="mix-freeze-row"):
                 name = gr.Textbox(label="Snapshot name", placeholder="(suggested from the settings)", scale=3,
                                   elem_id="mix-name")
@@ -215,8 +215,8 @@ def build_mix_tab(demo: gr.Blocks, workspace: Path, roots: ReadableRoots | None 
                              max_height=300, elem_id="mix-snapshots")
     loaded = gr.State(None)  # the domain spec that loaded cleanly: what the plan and the map use
 
-    form = [selection, ratio, by, balance, seed, tokenizer, test_fraction]
-    plan_event = {"fn": partial(update_plan, cache, store), "inputs": [loaded, group_by, *form],
+    selection = form["selection"]
+    plan_event = {"fn": partial(update_plan, cache, store), "inputs": [loaded, group_by], "inputs_kwargs": form,
                   "outputs": [message, counts, composition, name], **_LATEST}
     map_event = {"fn": partial(update_map, cache, store), "inputs": [loaded, selection], "outputs": semantic_map,
                  **_LATEST}
@@ -224,11 +224,11 @@ def build_mix_tab(demo: gr.Blocks, workspace: Path, roots: ReadableRoots | None 
     domain.change(partial(load_domain_view, cache), domain, [message, report, preview, loaded], **QUIET).then(
         **plan_event).then(**map_event)
     upload.upload(partial(uploaded, workspace), upload, [message, domain, upload], **QUIET)
-    ratio.release(**plan_event)
-    for choice in (by, balance, group_by):
+    form["ratio"].release(**plan_event)
+    for choice in (form["by"], form["balance"], group_by):
         choice.input(**plan_event)
-    tokenizer.change(**plan_event)  # a picked alias or a typed model folder, once committed
-    for number in (seed, test_fraction):
+    form["tokenizer_model"].change(**plan_event)  # a picked alias or a typed model folder, once committed
+    for number in (form["seed"], form["domain_test_fraction"]):
         number.submit(**plan_event)
         number.blur(**plan_event)
     selection.input(**plan_event).then(**map_event)
@@ -236,4 +236,5 @@ def build_mix_tab(demo: gr.Blocks, workspace: Path, roots: ReadableRoots | None 
     refresh_event = {"fn": partial(refresh, store, workspace), "outputs": [selection, domain, snapshots], **QUIET}
     demo.load(**refresh_event)
     reload.click(**refresh_event)
-    freeze_button.click(partial(freeze, cache, store), [loaded, name, *form], [message, snapshots, name], **QUIET)
+    freeze_button.click(partial(freeze, cache, store), [loaded, name], [message, snapshots, name], inputs_kwargs=form,
+                        **QUIET)

@@ -12,195 +12,99 @@ from typing import Any
 
 import gradio as gr
 
-from core.dashboard import (
-    TABLE_HEADERS,
-    cli_command,
-    job_status_line,
-    length_histogram,
-    new_job_id,
-    read_instruction_view,
-)
 from core.data_paths import ReadableRoots
+from core.engines.models import ALIASES
 from core.errors import ForgetlessError
-from core.jobs import JobInfo, list_jobs, load_job_config, request_cancel, start_background
-from core.models import ALIASES, DEFAULT_MODEL
-from core.reconstruct import ReconstructConfig
-from core.store import Store
+from core.reconstruct.reconstruction import ReconstructConfig
 from ui.alerts import markdown_literal, warn
+from ui.forms import Form, by_name, setting_widget, to_widgets
+from ui.job_controls import QUIET, JobControls, job_controls, wire_job
+from ui.views.jobs import LazyStore, StageJobs
+from ui.views.reconstruct import (
+    TABLE_HEADERS,
+    length_histogram,
+    read_instruction_view,
+    reconstruct_config,
+    reconstruct_form,
+)
 
 KIND = "reconstruct"
-_DEFAULTS = ReconstructConfig()
-_NO_JOB = "no-job"
-
-
-class _Workspace:
-    """The tab's view of one workspace; the store is opened lazily (creating it takes a write lock)."""
-
-    def __init__(self, root: Path, roots: ReadableRoots | None = None) -> None:
-        self.root = root
-        self.roots = roots or ReadableRoots.for_app(root)  # where a typed model path may point
-        self._store: Store | None = None
-
-    @property
-    def store(self) -> Store:
-        if self._store is None:
-            self._store = Store.for_workspace(self.root)
-        return self._store
-
-    def newest_job(self) -> JobInfo | None:
-        jobs = list_jobs(self.root, KIND)
-        return jobs[0] if jobs else None
-
-    def job_config(self, job: JobInfo | None) -> ReconstructConfig | None:
-        """The settings a job runs with (None when there is no job or its YAML is unreadable)."""
-        if job is None:
-            return None
-        try:
-            return load_job_config(job.folder, ReconstructConfig)
-        except ForgetlessError:
-            return None
-
-
-def _required_int(value: float | None, label: str) -> int:
-    if value is None:
-        raise ForgetlessError(f"{label} is empty; type a whole number")
-    return int(value)
-
-
-def _config_from_form(model: str | None, n: float | None, batch_size: float | None, temperature: float,
-                      top_p: float, max_new_tokens: float | None, seed: float | None, prefix: str | None = "",
-                      stop: str | None = "") -> ReconstructConfig:
-    if not (model or "").strip():
-        raise ForgetlessError("pick a model alias or type a model folder / .gguf path")
-    stops = tuple(line for line in (stop or "").splitlines() if line.strip())
-    return ReconstructConfig(
-        model=model.strip(), n=_required_int(n, "N"), batch_size=_required_int(batch_size, "batch size"),
-        temperature=float(temperature), top_p=float(top_p),
-        max_new_tokens=_required_int(max_new_tokens, "max new tokens"), seed=_required_int(seed, "seed"),
-        prefix=prefix if (prefix or "").strip() else None, stop=stops or None, job_id=new_job_id(KIND),
-    )
-
-
-def _job_marker(job: JobInfo | None) -> str:
-    """What changes when the store may have new rows: a new job, a new state, a higher stored count."""
-    if job is None:
-        return _NO_JOB
-    return f"{job.job_id}|{job.state}|{job.progress.get('stored')}"
+IDLE = "No reconstruction job yet: pick a model and press Start."
 
 
 def _table_value(rows: list[list[Any]]) -> dict[str, Any]:
     return {"headers": TABLE_HEADERS, "data": rows}
 
 
-def start_job(space: _Workspace, *form: Any) -> str:
-    """Validate the form into a config and spawn the job; bad input becomes a warning, not a crash."""
-    try:
-        running = space.newest_job()
-        if running is not None and running.active:
-            raise ForgetlessError(f"job {running.job_id} is still {running.state}; cancel it or wait for it")
-        config = space.roots.confine(_config_from_form, "model")(*form)
-        start_background(space.root, KIND, config, config.job_id)
-    except ForgetlessError as error:
-        return f"Not started: {warn(error)}"
-    return f"Started {config.job_id}."
-
-
-def cancel_job(space: _Workspace) -> str:
-    job = space.newest_job()
-    if job is None or not job.active:
-        return "No job is running."
-    request_cancel(job.folder)
-    return f"Cancel requested for {job.job_id}: the batch in flight is dropped, stored rows stay."
-
-
-def refresh(space: _Workspace, search: str, page: float | None, seen: str) -> tuple[Any, ...]:
+def refresh(store: LazyStore, controls: JobControls, search: str, page: float | None, seen: str) -> tuple[Any, ...]:
     """Timer tick and page load: status and buttons always; the rest only when the job or store moved."""
-    job = space.newest_job()
-    active = job is not None and job.active
-    marker = _job_marker(job)
-    head = (job_status_line(job), gr.update(interactive=not active), gr.update(interactive=active))
-    unchanged = (gr.skip(),) * 5
+    head, marker = controls.poll()
+    unchanged = (gr.skip(),) * 4
     if marker == seen:
         return (*head, *unchanged, seen)
     try:
-        view = read_instruction_view(space.store, search, page)
-    except ForgetlessError as error:  # e.g. a writer held the file longer than the lock wait
+        view = read_instruction_view(store.get(), search, page)
+    except ForgetlessError as error:  # e.g. a writer held the file longer than the lock wait: retried next tick
         return (f"{head[0]} · (store busy: {markdown_literal(error)})", *head[1:], *unchanged, seen)
-    config = space.job_config(job)
-    command = cli_command(KIND, config, space.root) if config else gr.skip()
-    return (*head, _table_value(view.rows), view.page, view.label, length_histogram(view.lengths), command,
-            marker)
+    return (*head, _table_value(view.rows), view.page, view.label, length_histogram(view.lengths), marker)
 
 
-def restore_form(space: _Workspace) -> tuple[Any, ...]:
-    """On page load, show the newest job's settings, so a reload does not pretend defaults are running."""
-    config = space.job_config(space.newest_job())
-    if config is None:
-        return (gr.skip(),) * 9
-    return (config.model, config.n, config.batch_size, config.temperature, config.top_p,
-            config.max_new_tokens, config.seed, config.prefix or "", "\n".join(config.stop or ()))
-
-
-def show_page(space: _Workspace, search: str, page: float | None) -> tuple[Any, ...]:
+def show_page(store: LazyStore, search: str, page: float | None) -> tuple[Any, ...]:
     """Search or paging by hand: re-read just the table."""
     try:
-        view = read_instruction_view(space.store, search, page)
+        view = read_instruction_view(store.get(), search, page)
     except ForgetlessError as error:
         warn(error)
         return gr.skip(), gr.skip(), gr.skip()
     return _table_value(view.rows), view.page, view.label
 
 
-def step_page(space: _Workspace, delta: int | None, search: str, page: float | None) -> tuple[Any, ...]:
+def step_page(store: LazyStore, delta: int | None, search: str, page: float | None) -> tuple[Any, ...]:
     """Prev/Next move one page; a new search (``delta`` None) starts again at page 1."""
     target = 1 if delta is None else (page or 1) + delta
-    return show_page(space, search, target)
+    return show_page(store, search, target)
+
+
+def _form() -> Form:
+    """The job's settings as widgets by field name (labels, help and bounds from ReconstructConfig's fields)."""
+    def number(name: str) -> Any:
+        return setting_widget(gr.Number, ReconstructConfig, name, precision=0, elem_id=f"rec-{name.replace('_', '-')}")
+
+    form = {"model": setting_widget(gr.Dropdown, ReconstructConfig, "model", choices=list(ALIASES),
+                                    allow_custom_value=True, elem_id="rec-model")}
+    with gr.Row():
+        form |= {"n": number("n"), "batch_size": number("batch_size")}
+    with gr.Row():
+        form |= {name: setting_widget(gr.Slider, ReconstructConfig, name, elem_id=f"rec-{name.replace('_', '-')}")
+                 for name in ("temperature", "top_p")}
+    with gr.Row():
+        form |= {"max_new_tokens": number("max_new_tokens"), "seed": number("seed")}
+    with gr.Accordion("Pre-query template override", open=False, elem_id="rec-override"):
+        form["prefix"] = setting_widget(gr.Textbox, ReconstructConfig, "prefix", value="", lines=3,
+                                        elem_id="rec-prefix", placeholder="empty: derived from the model's chat "
+                                                                          "template (see `forgetless prequery MODEL`)")
+        form["stop"] = setting_widget(gr.Textbox, ReconstructConfig, "stop", value="", lines=2, elem_id="rec-stop",
+                                      placeholder="empty: the template's end-of-turn markers")
+    return form
 
 
 def build_reconstruct_tab(demo: gr.Blocks, workspace: Path, roots: ReadableRoots | None = None) -> None:
-    """Render the tab's components inside ``demo`` and wire their events, including the page load."""
-    space = _Workspace(Path(workspace), roots)
+    """Render the tab's components inside ``demo`` and wire their events, including the page load. Typed model
+    paths are read only under ``roots`` (by default the workspace)."""
+    workspace = Path(workspace)
+    roots = roots or ReadableRoots.for_app(workspace)
+    store = LazyStore(workspace)
     gr.Markdown(
         "Prompt the model with only the start of its chat template, up to where a user's message would "
         "begin, and let it write the user's turn. Each cleaned, de-duplicated instruction is stored with its "
         "sampling settings. The job runs in the background: you can reload the page or close the tab."
     )
     with gr.Row(equal_height=False):
-        with gr.Column(scale=2, min_width=320):
-            model = gr.Dropdown(
-                choices=list(ALIASES), value=DEFAULT_MODEL, allow_custom_value=True, label="Model",
-                elem_id="rec-model",
-                info="Pick a built-in alias, or type a local Hugging Face model folder or a .gguf file path.",
-            )
-            with gr.Row():
-                n = gr.Number(value=_DEFAULTS.n, precision=0, label="Instructions to store (N)",
-                              elem_id="rec-n")
-                batch_size = gr.Number(value=_DEFAULTS.batch_size, precision=0, label="Batch size",
-                                       elem_id="rec-batch-size")
-            with gr.Row():
-                temperature = gr.Slider(0.0, 2.0, value=_DEFAULTS.temperature, step=0.05, label="Temperature",
-                                        elem_id="rec-temperature")
-                top_p = gr.Slider(0.05, 1.0, value=_DEFAULTS.top_p, step=0.05, label="Top-p",
-                                  elem_id="rec-top-p")
-            with gr.Row():
-                max_new_tokens = gr.Number(value=_DEFAULTS.max_new_tokens, precision=0,
-                                           label="Max new tokens", elem_id="rec-max-new-tokens")
-                seed = gr.Number(value=_DEFAULTS.seed, precision=0, label="Seed", elem_id="rec-seed")
-            with gr.Accordion("Pre-query template override", open=False, elem_id="rec-override"):
-                prefix = gr.Textbox(label="Prefix", lines=3, elem_id="rec-prefix",
-                                    placeholder="empty: derived from the model's chat template "
-                                                "(see `forgetless prequery MODEL`)")
-                stop = gr.Textbox(label="Stop strings, one per line", lines=2, elem_id="rec-stop",
-                                  placeholder="empty: the template's end-of-turn markers")
-            with gr.Row():
-                start = gr.Button("Start", variant="primary", elem_id="rec-start")
-                cancel = gr.Button("Cancel", variant="stop", interactive=False, elem_id="rec-cancel")
-            message = gr.Markdown("", elem_id="rec-message")  # what the last click did (or why it did not)
-            command = gr.Code(label="The newest job as a CLI command", language="shell", lines=2,
-                              interactive=False, wrap_lines=True, show_line_numbers=False,
-                              elem_id="rec-command")
+        with gr.Column(scale=2, min_width=320, elem_classes=["launcher"]):
+            form = _form()
+            controls = job_controls("rec", StageJobs(workspace, KIND, ReconstructConfig), "stored", IDLE,
+                                    unit="stored", follow_rows=True)
         with gr.Column(scale=3, min_width=360):
-            status = gr.Markdown("Reading jobs…", elem_id="rec-status", elem_classes=["status-line"])
             histogram = gr.Plot(label="Instruction lengths", elem_id="rec-histogram")
     with gr.Row(equal_height=False, elem_id="rec-table-controls"):
         search = gr.Textbox(label="Search instructions", scale=4, elem_id="rec-search",
@@ -215,23 +119,19 @@ def build_reconstruct_tab(demo: gr.Blocks, workspace: Path, roots: ReadableRoots
     seen = gr.State("")  # marker of the store state the table shows; "" forces the first refresh
     timer = gr.Timer(1.0)
 
-    form = [model, n, batch_size, temperature, top_p, max_new_tokens, seed, prefix, stop]
-    refresh_outputs = [status, start, cancel, table, page, page_info, histogram, command, seen]
-    quiet = {"show_progress": "hidden"}  # no spinner over the table every second
-    refresh_handler = partial(refresh, space)
-
-    start.click(partial(start_job, space), form, message, **quiet).then(
-        refresh_handler, [search, page, seen], refresh_outputs, **quiet)
-    cancel.click(partial(cancel_job, space), None, message, **quiet).then(
-        refresh_handler, [search, page, seen], refresh_outputs, **quiet)
-    timer.tick(refresh_handler, [search, page, seen], refresh_outputs, **quiet)
+    build = roots.confine(reconstruct_config, "model")
+    wire_job(demo, controls, set(form.values()), lambda values: build(by_name(form, values)),
+             lambda config: to_widgets(form, reconstruct_form(config)))
+    refresh_handler = partial(refresh, store, controls)
+    refresh_inputs = [search, page, seen]
+    refresh_outputs = [*controls.outputs, table, page, page_info, histogram, seen]
+    timer.tick(refresh_handler, refresh_inputs, refresh_outputs, **QUIET)
     # Re-attach after a reload: gr.State restarts at "", so the first load redraws everything from disk.
-    demo.load(partial(restore_form, space), None, form, **quiet)
-    demo.load(refresh_handler, [search, page, seen], refresh_outputs, **quiet)
+    demo.load(refresh_handler, refresh_inputs, refresh_outputs, **QUIET)
 
-    page_handler = partial(show_page, space)
+    page_handler = partial(show_page, store)
     page_outputs = [table, page, page_info]
-    search.submit(partial(step_page, space, None), [search, page], page_outputs, **quiet)
-    page.submit(page_handler, [search, page], page_outputs, **quiet)
-    prev_page.click(partial(step_page, space, -1), [search, page], page_outputs, **quiet)
-    next_page.click(partial(step_page, space, +1), [search, page], page_outputs, **quiet)
+    search.submit(partial(step_page, store, None), [search, page], page_outputs, **QUIET)
+    page.submit(page_handler, [search, page], page_outputs, **QUIET)
+    prev_page.click(partial(step_page, store, -1), [search, page], page_outputs, **QUIET)
+    next_page.click(partial(step_page, store, +1), [search, page], page_outputs, **QUIET)

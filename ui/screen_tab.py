@@ -14,61 +14,55 @@ from typing import Any
 
 import gradio as gr
 
-from core.dashboard import LazyStore, StageJobs
 from core.data_paths import ReadableRoots
+from core.engines.models import ALIASES
 from core.errors import ForgetlessError
-from core.judge import METHODS, JudgeConfig
-from core.models import ALIASES
-from core.respond import RespondConfig
-from core.screen_views import (
+from core.screen.judge import JudgeConfig
+from core.screen.respond import RespondConfig
+from ui.alerts import markdown_literal, warn
+from ui.forms import Form, setting_widget, wire_form
+from ui.job_controls import QUIET, job_controls
+from ui.views.jobs import LazyStore, StageJobs
+from ui.views.screen import (
     DISPUTED_HEADERS,
     ConsensusTable,
     judge_config,
-    judge_form,
     read_consensus_page,
     read_screen_views,
     respond_config,
-    respond_form,
 )
-from ui.alerts import markdown_literal, warn
-from ui.job_controls import QUIET, job_controls, wire_job
-
-_RESPOND, _JUDGE = RespondConfig(), JudgeConfig()
 
 
 # -- the tab -----------------------------------------------------------------------------------------------
-def _responses_form() -> list[Any]:
-    models = gr.Dropdown(choices=list(ALIASES), value=list(_RESPOND.models), multiselect=True,
-                         allow_custom_value=True, label="Models that answer", elem_id="scr-models",
-                         info="Aliases, or type a local model folder / .gguf path and press Enter.")
+def _responses_form() -> Form:
+    models = setting_widget(gr.Dropdown, RespondConfig, "models", choices=list(ALIASES), multiselect=True,
+                            allow_custom_value=True, elem_id="scr-models",
+                            info="Aliases, or type a local model folder / .gguf path and press Enter.")
     with gr.Row():
-        k = gr.Number(value=_RESPOND.k, precision=0, label="Responses per model (K)", elem_id="scr-k")
-        max_new_tokens = gr.Number(value=_RESPOND.max_new_tokens, precision=0, label="Max new tokens",
-                                   elem_id="scr-max-new-tokens")
+        k = setting_widget(gr.Number, RespondConfig, "k", precision=0, elem_id="scr-k")
+        max_new_tokens = setting_widget(gr.Number, RespondConfig, "max_new_tokens", precision=0,
+                                        elem_id="scr-max-new-tokens")
     with gr.Row():
-        temperature = gr.Slider(0.0, 2.0, value=_RESPOND.temperature, step=0.05, label="Temperature",
-                                elem_id="scr-temperature")
-        top_p = gr.Slider(0.05, 1.0, value=_RESPOND.top_p, step=0.05, label="Top-p", elem_id="scr-top-p")
+        temperature = setting_widget(gr.Slider, RespondConfig, "temperature", elem_id="scr-temperature")
+        top_p = setting_widget(gr.Slider, RespondConfig, "top_p", elem_id="scr-top-p")
     with gr.Row():
-        batch_size = gr.Number(value=_RESPOND.batch_size, precision=0, label="Batch size", elem_id="scr-batch-size")
-        seed = gr.Number(value=_RESPOND.seed, precision=0, label="Seed", elem_id="scr-seed")
-    return [models, k, temperature, top_p, max_new_tokens, batch_size, seed]
+        batch_size = setting_widget(gr.Number, RespondConfig, "batch_size", precision=0, elem_id="scr-batch-size")
+        seed = setting_widget(gr.Number, RespondConfig, "seed", precision=0, elem_id="scr-seed")
+    return {"models": models, "k": k, "temperature": temperature, "top_p": top_p, "max_new_tokens": max_new_tokens,
+            "batch_size": batch_size, "seed": seed}
 
 
-def _judges_form() -> list[Any]:
-    judges = gr.Dropdown(choices=list(ALIASES), value=list(_JUDGE.judges), multiselect=True,
-                         allow_custom_value=True, label="Judge models", elem_id="scr-judges",
-                         info="Each scores every response 1-5; their consensus picks the kept response.")
-    method = gr.Radio(list(METHODS), value=_JUDGE.method, label="Scoring", elem_id="scr-method",
-                      info="probs: expected rating from the rating-token probabilities; generate: the judge "
-                           "writes its rating.")
+def _judges_form() -> Form:
+    judges = setting_widget(gr.Dropdown, JudgeConfig, "judges", choices=list(ALIASES), multiselect=True,
+                            allow_custom_value=True, elem_id="scr-judges",
+                            info="Each scores every response 1-5; their consensus picks the kept response.")
+    method = setting_widget(gr.Radio, JudgeConfig, "method", elem_id="scr-method")
     with gr.Row():
-        exclude_self = gr.Checkbox(value=_JUDGE.exclude_self, label="A model does not judge its own responses",
-                                   elem_id="scr-exclude-self")
-        retry_failed = gr.Checkbox(value=_JUDGE.retry_failed, label="Retry failed ratings (generate)",
-                                   elem_id="scr-retry-failed")
-    batch_size = gr.Number(value=_JUDGE.batch_size, precision=0, label="Batch size", elem_id="scr-judge-batch-size")
-    return [judges, method, exclude_self, retry_failed, batch_size]
+        exclude_self = setting_widget(gr.Checkbox, JudgeConfig, "exclude_self", elem_id="scr-exclude-self")
+        retry_failed = setting_widget(gr.Checkbox, JudgeConfig, "retry_failed", elem_id="scr-retry-failed")
+    batch_size = setting_widget(gr.Number, JudgeConfig, "batch_size", precision=0, elem_id="scr-judge-batch-size")
+    return {"judges": judges, "method": method, "exclude_self": exclude_self, "retry_failed": retry_failed,
+            "batch_size": batch_size}
 
 
 def _consensus_value(table: ConsensusTable) -> Any:
@@ -106,12 +100,12 @@ def build_screen_tab(demo: gr.Blocks, workspace: Path, roots: ReadableRoots | No
     with gr.Row(equal_height=False):
         with gr.Column(min_width=360, elem_classes=["launcher"]):
             gr.Markdown("### Responses")
-            respond_inputs = _responses_form()
+            respond_form = _responses_form()
             respond = job_controls("scr-respond", StageJobs(workspace, "respond", RespondConfig), "responses",
                                    "No response job yet: pick models and press Start.")
         with gr.Column(min_width=360, elem_classes=["launcher"]):
             gr.Markdown("### Judges")
-            judge_inputs = _judges_form()
+            judge_form = _judges_form()
             judge = job_controls("scr-judge", StageJobs(workspace, "judge", JudgeConfig), "scores",
                                  "No judge job yet: pick judges and press Start.")
     views_note = gr.Markdown("", elem_id="scr-views-note")
@@ -132,8 +126,8 @@ def build_screen_tab(demo: gr.Blocks, workspace: Path, roots: ReadableRoots | No
     seen = gr.State("")  # both jobs' markers; a change redraws the views
     timer = gr.Timer(1.0)
 
-    wire_job(demo, respond, respond_inputs, roots.confine(respond_config, "models"), respond_form)
-    wire_job(demo, judge, judge_inputs, roots.confine(judge_config, "judges"), judge_form)
+    wire_form(demo, respond, respond_form, roots.confine(respond_config, "models"))
+    wire_form(demo, judge, judge_form, roots.confine(judge_config, "judges"))
 
     def poll() -> tuple[Any, ...]:
         respond_values, respond_marker = respond.poll()

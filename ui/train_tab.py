@@ -1,7 +1,7 @@
 """Train tab: fine-tune a model on a frozen mix (LoRA or full) as a background run, follow it, cancel, resume.
 
 The UI process never loads torch: Start writes a run folder under ``<workspace>/runs`` and spawns
-``forgetless train`` (core.train_runs). The status line, loss curve and run list are read from the run
+``forgetless train`` (core.train.runs). The status line, loss curve and run list are read from the run
 folders on a timer, so a reloaded page or a second browser follows the same runs.
 """
 
@@ -13,16 +13,19 @@ from typing import Any
 
 import gradio as gr
 
-from core.config import load_yaml
 from core.data_paths import ReadableRoots
+from core.engines.models import ALIASES
 from core.errors import ForgetlessError
-from core.mix_snapshot import list_snapshots, mixes_dir
-from core.models import ALIASES, DEFAULT_MODEL
-from core.train import TrainConfig
-from core.train_runs import cancel_run, list_runs, new_run_dir, resume_training, runs_root, start_training
-from core.train_views import (
+from core.mix.snapshot import list_snapshots, mixes_dir
+from core.train.runs import list_runs, new_run_dir
+from core.train.training import TrainConfig
+from ui.alerts import markdown_literal, warn
+from ui.forms import Form, by_name, setting_widget, to_widgets
+from ui.job_controls import QUIET, JobControls, job_controls
+from ui.views.train import (
     IDLE_LINE,
     RUN_HEADERS,
+    TrainRuns,
     config_form,
     followed_run,
     loss_figure,
@@ -34,10 +37,6 @@ from core.train_views import (
     snapshot_choices,
     train_config,
 )
-from ui.alerts import markdown_literal, warn
-from ui.job_controls import QUIET
-
-_DEFAULTS = TrainConfig(data="-", out="-")
 
 
 class _Runs:
@@ -46,11 +45,15 @@ class _Runs:
     def __init__(self, workspace: Path, roots: ReadableRoots | None = None) -> None:
         self.root = Path(workspace)
         self.roots = roots or ReadableRoots.for_app(self.root)  # where typed data and model paths may point
+        self.jobs = TrainRuns(self.root)
+        self.form: Form = {}  # {field name: widget}, set when the tab is built
+        self.controls: JobControls | None = None
+        self.run_picker: Any = None  # the Run dropdown
 
     # -- the form ------------------------------------------------------------------------------------------
-    def config(self, data: str | None, *form: Any) -> TrainConfig:
+    def config(self, values: dict[str, Any]) -> TrainConfig:
         """The form as a config for a fresh folder under runs/ (named after the model and method)."""
-        draft = train_config("-", resolve_data(data, mixes_dir(self.root)), *form)
+        draft = train_config({**values, "data": resolve_data(values.get("data"), mixes_dir(self.root))}, "-")
         return dataclasses.replace(draft, out=str(new_run_dir(self.root, run_label(draft))))
 
     def data_choices(self) -> list[tuple[str, str]]:
@@ -59,48 +62,34 @@ class _Runs:
     def refresh_data(self) -> Any:
         return gr.update(choices=self.data_choices())
 
-    def show_command(self, *form: Any) -> tuple[Any, str]:
+    def show_command(self, values: dict[Any, Any]) -> tuple[Any, str]:
         try:
-            return gr.update(value=run_command(self.config(*form), self.root), visible=True), ""
+            return gr.update(value=run_command(self.config(by_name(self.form, values)), self.root), visible=True), ""
         except ForgetlessError as error:
             return gr.skip(), f"No command: {warn(error)}"
 
     # -- runs ----------------------------------------------------------------------------------------------
-    def folder(self, name: str | None) -> Path:
-        if not name:
-            raise ForgetlessError("pick a run first (the Run dropdown, or click a row of the run list)")
-        return runs_root(self.root) / Path(name).name
-
-    def start(self, *form: Any) -> tuple[Any, ...]:
+    def start(self, values: dict[Any, Any]) -> tuple[Any, ...]:
         try:
-            config = self.roots.confine(self.config, "data", "model")(*form)
-            folder = start_training(config, self.root)
+            config = self.roots.confine(self.config, "data", "model")(by_name(self.form, values))
+            message = self.jobs.start(config)
         except ForgetlessError as error:
             return f"Not started: {warn(error)}", gr.skip(), gr.skip(), gr.skip()
         names = list(list_runs(self.root)["name"])
-        return (f"Started **{folder.name}** in the background: loading the model takes a few seconds.",
-                gr.update(choices=names, value=folder.name), gr.update(interactive=False),
+        return (message, gr.update(choices=names, value=Path(config.out).name), gr.update(interactive=False),
                 gr.update(value=run_command(config, self.root), visible=True))
 
     def cancel(self, name: str | None) -> str:
         try:
-            folder = self.folder(name)
-            state = read_run_view(folder).state
-            if state == "starting":  # its worker clears the cancel file as it takes the run over
-                raise ForgetlessError(f"{folder.name} is still starting; Cancel works once it runs (a few seconds)")
-            if state not in ("queued", "running"):
-                raise ForgetlessError(f"{folder.name} is not running ({state})")
-            cancel_run(folder)
+            return self.jobs.cancel(name)
         except ForgetlessError as error:
             return f"Not cancelled: {warn(error)}"
-        return f"Cancel requested for **{folder.name}**: it saves a checkpoint after the current step and stops."
 
     def resume(self, name: str | None) -> str:
         try:
-            folder = resume_training(self.folder(name), self.root)
+            return self.jobs.resume(name)
         except ForgetlessError as error:
             return f"Not resumed: {warn(error)}"
-        return f"Resuming **{folder.name}** from its last checkpoint."
 
     def poll(self, name: str | None, plot_marker: str, runs_marker: str) -> tuple[Any, ...]:
         """Timer tick: the followed run's line, buttons and (when it moved) curve; the run list when it changed.
@@ -111,9 +100,10 @@ class _Runs:
         try:
             return self._poll(name, plot_marker, runs_marker)
         except (ForgetlessError, OSError) as error:  # e.g. a run folder deleted while it was read
-            return (f"Cannot read the runs: {markdown_literal(error)}", *(gr.skip(),) * 8)
+            return (f"Cannot read the runs: {markdown_literal(error)}", *(gr.skip(),) * 9)
 
     def _poll(self, name: str | None, plot_marker: str, runs_marker: str) -> tuple[Any, ...]:
+        assert self.controls is not None, "build_train_tab sets the controls"
         runs = list_runs(self.root)
         names = list(runs["name"])
         # "names#states and steps": the table changes on every step, the Run dropdown only with new runs
@@ -124,30 +114,25 @@ class _Runs:
         if not name or name not in names:
             name = followed_run(runs)
             if name is not None:  # the dropdown's change event redraws everything for this run
-                return (*(gr.skip(),) * 6, table, gr.update(choices=names, value=name), marker)
-            return (IDLE_LINE, gr.update(interactive=True), gr.update(interactive=False),
-                    gr.update(interactive=False), gr.skip(), plot_marker, table, gr.skip(), marker)
-        view = read_run_view(self.folder(name))
+                return (*(gr.skip(),) * 7, table, gr.update(choices=names, value=name), marker)
+            return (*self.controls.show(None), gr.update(interactive=False), gr.skip(), plot_marker, table,
+                    gr.skip(), marker)
+        view = read_run_view(self.jobs.run(name).folder)
+        status, start, cancel, command = self.controls.show(view.job, view.line)
+        if plot_marker.split("|")[0] == name:  # the same run: "Show CLI command" may be showing the form's
+            command = gr.skip()
         figure = gr.skip() if view.marker == plot_marker else view.figure
-        # Start waits out "starting" (no double click); Cancel needs "queued" or "running" (the worker clears
-        # earlier requests).
-        return (view.line, gr.update(interactive=view.state != "starting"),
-                gr.update(interactive=view.state in ("queued", "running")), gr.update(interactive=view.resumable),
-                figure, view.marker, table, gr.skip() if same_names else gr.update(choices=names), marker)
+        return (status, start, cancel, command, gr.update(interactive=view.resumable), figure, view.marker, table,
+                gr.skip() if same_names else gr.update(choices=names), marker)
 
-    def on_load(self) -> tuple[Any, ...]:
+    def on_load(self) -> dict[Any, Any]:
         """A fresh page: the snapshot list, and the followed run's settings in the form (defaults without one)."""
         choices = self.data_choices()
-        name = followed_run(list_runs(self.root))
-        form: tuple[Any, ...] = (gr.skip(),) * 15
-        data = choices[0][1] if choices else None
-        if name is not None:
-            try:
-                data, *rest = config_form(load_yaml(TrainConfig, self.folder(name) / "config.yaml"))
-                form = tuple(rest)
-            except ForgetlessError:
-                pass
-        return gr.update(choices=choices, value=data), *form, gr.update(value=name)
+        job = self.jobs.newest()
+        config = self.jobs.config(job)
+        values = config_form(config) if config is not None else {"data": choices[0][1] if choices else None}
+        return {**to_widgets(self.form, values), self.form["data"]: gr.update(choices=choices, value=values["data"]),
+                self.run_picker: gr.update(value=job.job_id if job is not None else None)}
 
 
 def _row_name(event: gr.SelectData) -> Any:
@@ -156,75 +141,65 @@ def _row_name(event: gr.SelectData) -> Any:
     return gr.update(value=row[0]) if row else gr.skip()
 
 
-def _form() -> list[Any]:
-    """The config widgets in core.train_views.train_config's order (after the run folder), then Refresh."""
-    data = gr.Dropdown([], value=None, allow_custom_value=True, label="Training data (frozen mix)",
-                       elem_id="train-data", info="A snapshot from the Mix tab, or type a snapshot folder.")
+def _form() -> tuple[Form, gr.Button]:
+    """The run's settings as widgets by field name (labels, help and bounds from TrainConfig's fields), and the
+    snapshot list's Refresh button."""
+    def widget(kind: Any, name: str, **options: Any) -> Any:
+        return setting_widget(kind, TrainConfig, name, **{"elem_id": f"train-{name.replace('_', '-')}", **options})
+
+    form = {"data": widget(gr.Dropdown, "data", choices=[], value=None, allow_custom_value=True,
+                           info="A snapshot from the Mix tab, or type a snapshot folder.")}
     with gr.Row(elem_classes=["job-buttons"]):
         refresh = gr.Button("↻ Refresh snapshot list", size="sm", scale=0, min_width=190,
                             elem_id="train-data-refresh")
-    model = gr.Dropdown(list(ALIASES), value=DEFAULT_MODEL, allow_custom_value=True, label="Base model",
-                        elem_id="train-model", info="An alias, or type a local model folder / .gguf path.")
-    method = gr.Radio(["lora", "full"], value=_DEFAULTS.method, label="Method", elem_id="train-method",
-                      info="lora: train small adapter matrices (PEFT); full: train every weight.")
+    form["model"] = widget(gr.Dropdown, "model", choices=list(ALIASES), allow_custom_value=True,
+                           info="An alias, or type a local model folder / .gguf path.")
+    form["method"] = widget(gr.Radio, "method")
     with gr.Row():
-        max_steps = gr.Number(value=-1, precision=0, label="Max steps", elem_id="train-max-steps",
-                              info="-1: train for the epochs instead")
-        epochs = gr.Number(value=_DEFAULTS.epochs, minimum=0, label="Epochs", elem_id="train-epochs")
-        learning_rate = gr.Number(value=0, minimum=0, label="Learning rate", elem_id="train-lr",
-                                  info="0: the method's default, 2e-4 for LoRA, 2e-5 for full")
+        form["max_steps"] = widget(gr.Number, "max_steps", value=-1, precision=0,
+                                   info="-1: train for the epochs instead")
+        form["epochs"] = widget(gr.Number, "epochs")
+        form["learning_rate"] = widget(gr.Number, "learning_rate", value=0, elem_id="train-lr",
+                                       info="0: the method's default, 2e-4 for LoRA, 2e-5 for full")
     with gr.Row():
-        batch_size = gr.Number(value=_DEFAULTS.batch_size, precision=0, label="Batch size",
-                               elem_id="train-batch-size")
-        grad_accum = gr.Number(value=_DEFAULTS.grad_accum, precision=0, label="Grad accumulation",
-                               elem_id="train-grad-accum", info="forward passes per optimizer step")
-        max_length = gr.Number(value=_DEFAULTS.max_length, precision=0, label="Max length (tokens)",
-                               elem_id="train-max-length")
+        for name in ("batch_size", "grad_accum", "max_length"):
+            form[name] = widget(gr.Number, name, precision=0)
     with gr.Group(visible=True) as lora_group:
         with gr.Row():
-            lora_r = gr.Number(value=_DEFAULTS.lora_r, precision=0, label="LoRA r", elem_id="train-lora-r")
-            lora_alpha = gr.Number(value=_DEFAULTS.lora_alpha, precision=0, label="LoRA alpha",
-                                   elem_id="train-lora-alpha")
-            lora_dropout = gr.Slider(0.0, 0.5, value=_DEFAULTS.lora_dropout, step=0.01, label="LoRA dropout",
-                                     elem_id="train-lora-dropout")
+            form["lora_r"] = widget(gr.Number, "lora_r", precision=0)
+            form["lora_alpha"] = widget(gr.Number, "lora_alpha", precision=0)
+            form["lora_dropout"] = widget(gr.Slider, "lora_dropout")
         with gr.Row():
-            target_modules = gr.Textbox(value=_DEFAULTS.lora_target_modules, label="LoRA target modules",
-                                        elem_id="train-target-modules", scale=3,
-                                        info="all-linear, or module names such as q_proj,v_proj")
-            merge = gr.Checkbox(value=_DEFAULTS.merge, label="Also save base + adapter merged", scale=2,
-                                elem_id="train-merge")
+            form["lora_target_modules"] = widget(gr.Textbox, "lora_target_modules", scale=3,
+                                                 elem_id="train-target-modules")
+            form["merge"] = widget(gr.Checkbox, "merge", scale=2)
     with gr.Row():
-        seed = gr.Number(value=_DEFAULTS.seed, precision=0, label="Seed", elem_id="train-seed")
-        save_steps = gr.Number(value=_DEFAULTS.save_steps, precision=0, label="Checkpoint every N steps",
-                               elem_id="train-save-steps")
-    method.change(lambda chosen: gr.update(visible=chosen == "lora"), method, lora_group, **QUIET)
-    return [data, model, method, max_steps, epochs, learning_rate, batch_size, grad_accum, max_length, lora_r,
-            lora_alpha, lora_dropout, target_modules, seed, save_steps, merge, refresh]
+        form["seed"] = widget(gr.Number, "seed", precision=0)
+        form["save_steps"] = widget(gr.Number, "save_steps", precision=0)
+    form["method"].change(lambda chosen: gr.update(visible=chosen == "lora"), form["method"], lora_group, **QUIET)
+    return form, refresh
 
 
-def build_train_tab(demo: gr.Blocks, workspace: Path, roots: ReadableRoots | None = None) -> None:
-    """Render the tab's components inside ``demo`` and wire their events, including the page load."""
+def build_train_tab(demo: gr.Blocks, workspace: Path, roots: ReadableRoots | None = None) -> _Runs:
+    """Render the tab's components inside ``demo`` and wire their events, including the page load; return its
+    handlers (tests call them without a server)."""
     runs = _Runs(workspace, roots)
     gr.Markdown("Fine-tune the base model on a frozen mix (domain data plus reconstructed general data) with "
                 "TRL's SFT trainer, loss on the assistant's answers only. The run goes on in the background: "
                 "follow its loss here, cancel it (a checkpoint is saved) and resume it later.")
     with gr.Row(equal_height=False):
         with gr.Column(min_width=420, elem_classes=["launcher"]):
-            *form, refresh = _form()
-            with gr.Row(elem_classes=["job-buttons"]):
-                start = gr.Button("Start", variant="primary", scale=0, min_width=130, elem_id="train-start")
-                show = gr.Button("Show CLI command", scale=0, min_width=200, elem_id="train-show-command")
-            message = gr.Markdown("", elem_id="train-message")
-            command = gr.Code(label="This run as a CLI command", language="shell", lines=1, interactive=False,
-                              wrap_lines=True, show_line_numbers=False, visible=False, elem_id="train-command")
-        with gr.Column(min_width=420):
-            run = gr.Dropdown([], value=None, label="Run", elem_id="train-run",
-                              info="The run followed below; clicking a row of the run list picks it too.")
-            with gr.Row(elem_classes=["job-buttons"]):
-                cancel = gr.Button("Cancel", variant="stop", interactive=False, scale=0, min_width=130,
-                                   elem_id="train-cancel")
+            runs.form, refresh = _form()
+            runs.controls = controls = job_controls("train", runs.jobs, "steps", IDLE_LINE,
+                                                    command_label="This run as a CLI command")
+            with controls.buttons:
                 resume = gr.Button("Resume", interactive=False, scale=0, min_width=130, elem_id="train-resume")
-            status = gr.Markdown("Reading runs…", elem_id="train-status", elem_classes=["status-line"])
+                show = gr.Button("Show CLI command", scale=0, min_width=200, elem_id="train-show-command")
+        with gr.Column(min_width=420):
+            runs.run_picker = run = gr.Dropdown(
+                [], value=None, label="Run", elem_id="train-run",
+                info="The run followed here and by the status line, Cancel and Resume; clicking a row of the run "
+                     "list picks it too.")
             plot = gr.Plot(value=loss_figure(None), label="Loss curve", elem_id="train-loss-plot")
     gr.Markdown("### Runs")
     table = gr.Dataframe(value={"headers": RUN_HEADERS, "data": []}, interactive=False, wrap=True,
@@ -232,16 +207,17 @@ def build_train_tab(demo: gr.Blocks, workspace: Path, roots: ReadableRoots | Non
     plot_marker, runs_marker = gr.State(""), gr.State("")
     timer = gr.Timer(1.0)
 
-    refresh.click(runs.refresh_data, None, form[0], **QUIET)
-    show.click(runs.show_command, form, [command, message], **QUIET)
-    start.click(runs.start, form, [message, run, start, command], **QUIET)
-    cancel.click(runs.cancel, run, message, **QUIET)
-    resume.click(runs.resume, run, message, **QUIET)
+    inputs = set(runs.form.values())
+    refresh.click(runs.refresh_data, None, runs.form["data"], **QUIET)
+    show.click(runs.show_command, inputs, [controls.command, controls.message], **QUIET)
+    controls.start.click(runs.start, inputs, [controls.message, run, controls.start, controls.command], **QUIET)
+    controls.cancel.click(runs.cancel, run, controls.message, **QUIET)
+    resume.click(runs.resume, run, controls.message, **QUIET)
     table.select(_row_name, None, run, **QUIET)
-    poll_outputs = [status, start, cancel, resume, plot, plot_marker, table, run, runs_marker]
+    poll_outputs = [*controls.outputs, resume, plot, plot_marker, table, run, runs_marker]
     poll_inputs = [run, plot_marker, runs_marker]
     timer.tick(runs.poll, poll_inputs, poll_outputs, **QUIET)
     run.change(runs.poll, poll_inputs, poll_outputs, **QUIET)
-    demo.load(runs.on_load, None, [*form, run], **QUIET)
+    demo.load(runs.on_load, None, [*runs.form.values(), run], **QUIET)
     demo.load(runs.poll, poll_inputs, poll_outputs, **QUIET)
-
+    return runs

@@ -11,19 +11,21 @@ import hashlib
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Self
+from typing import Self, TypeVar
 
 import duckdb
 
 from core.errors import ForgetlessError
-from core.store.schema import SCHEMA, SCHEMA_VERSION
+from core.store.schema import migrate
 
 STORE_FILE = "forgetless.duckdb"
-_LOCK_WAIT_S = 30.0
+LOCK_WAIT_S = 30.0
+
+T = TypeVar("T")
 
 
 def text_key(text: str) -> str:
@@ -36,6 +38,24 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
+def first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
+def waiting_out_locks(open_file: Callable[[], T], what: str | Path) -> T:
+    """``open_file()``, retried while another process holds the file's lock (a background job writing, for
+    at most LOCK_WAIT_S); any other failure to open, or a lock held longer, is one line naming ``what``."""
+    deadline = time.monotonic() + LOCK_WAIT_S
+    while True:
+        try:
+            return open_file()
+        except duckdb.IOException as error:
+            if "lock" not in str(error).lower() or time.monotonic() > deadline:
+                raise ForgetlessError(f"cannot open {what}: {first_line(error)}") from error
+            time.sleep(0.05)
+
+
 class StoreBase:
     """One DuckDB file per workspace; every method opens, works in a transaction, and closes."""
 
@@ -46,15 +66,7 @@ class StoreBase:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.write() as con:
-            con.execute(SCHEMA[0])
-            version = con.execute("SELECT max(version) FROM schema_version").fetchone()[0]
-            if version is not None and version > SCHEMA_VERSION:
-                raise ForgetlessError(f"{self.path} was written by a newer Forgetless (schema {version})")
-            if version != SCHEMA_VERSION:  # migrations so far only add tables
-                for statement in SCHEMA[1:]:
-                    con.execute(statement)
-                con.execute("DELETE FROM schema_version")
-                con.execute("INSERT INTO schema_version VALUES (?)", [SCHEMA_VERSION])
+            migrate(con, self.path)
 
     @classmethod
     def for_workspace(cls, workspace: Path) -> Self:
@@ -64,16 +76,8 @@ class StoreBase:
     def _connect(self, read_only: bool) -> Iterator[duckdb.DuckDBPyConnection]:
         if read_only and not self.path.exists():
             raise ForgetlessError(f"no store at {self.path}")
-        deadline = time.monotonic() + _LOCK_WAIT_S
         with self._process_lock:
-            while True:
-                try:
-                    con = duckdb.connect(str(self.path), read_only=read_only)
-                    break
-                except duckdb.IOException as error:
-                    if "lock" not in str(error).lower() or time.monotonic() > deadline:
-                        raise ForgetlessError(f"cannot open {self.path}: {str(error).splitlines()[0]}") from error
-                    time.sleep(0.05)
+            con = waiting_out_locks(lambda: duckdb.connect(str(self.path), read_only=read_only), self.path)
             try:
                 yield con
             finally:

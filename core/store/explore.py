@@ -15,7 +15,7 @@ responses, on this table a whole filter change (count, page, charts) takes tens 
   subqueries);
 * the texts that are scanned or shown in bulk are stored uncompressed (no decompression per query).
 
-Every Explore read runs on the sandboxed connection of :mod:`core.sql_safety` (read-only, no file
+Every Explore read runs on the sandboxed connection of :mod:`core.store.sql_safety` (read-only, no file
 access, configuration locked), because a filter may carry the user's own WHERE clause. All other
 values are bound parameters; column names in ORDER BY come from a fixed list.
 """
@@ -32,10 +32,10 @@ import numpy as np
 import pandas as pd
 
 from core.errors import ForgetlessError
-from core.sql_safety import readonly_connection
 from core.store.base import StoreBase, now
 from core.store.explore_filters import ExploreFilters, filter_parts, filter_sql, order_sql
 from core.store.schema import EXPLORE_SCHEMA
+from core.store.sql_safety import readonly_connection
 
 __all__ = ["ExploreFilters", "ExploreQueries", "ExploreResult"]  # ExploreFilters lives in explore_filters
 

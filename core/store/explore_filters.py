@@ -1,7 +1,7 @@
 """Explore filters: what the Explore tab (and a Mix selection) narrows the instructions to, validated, as
 JSON for saved selections, and as a parameterised WHERE / ORDER BY over ``explore_rows``.
 
-Values are bound parameters; only the user's WHERE clause is inlined, after :func:`core.sql_safety.validate_where`;
+Values are bound parameters; only the user's WHERE clause is inlined, after `validate_where` (sql_safety);
 ORDER BY columns come from a fixed list.
 """
 
@@ -14,8 +14,9 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from core.errors import ForgetlessError
-from core.sql_safety import validate_where
+from core.settings import setting
 from core.store.schema import table_names
+from core.store.sql_safety import validate_where
 
 ORDER_COLUMNS = frozenset({
     "consensus", "std", "margin", "difficulty", "ifd", "n_tokens", "n_chars", "n_responses", "response_tokens",
@@ -49,18 +50,26 @@ def _count(name: str, value: Any) -> int | None:
 class ExploreFilters:
     """What the Explore tab narrows the instructions to; every field optional (None/empty: no filter)."""
 
-    consensus_min: float | None = None  # best response's consensus mean >= this
-    consensus_max: float | None = None
-    max_std: float | None = None  # judges' spread on the best response <= this
-    difficulty_min: float | None = None
-    difficulty_max: float | None = None
-    clusters: tuple[int, ...] = ()  # any of these clusters
-    categories: tuple[str, ...] = ()  # any of these categories
-    length_min: int | None = None  # instruction tokens
-    length_max: int | None = None
-    hide_duplicates: bool = False  # keep only the representative of each near-duplicate group
-    search: str | None = None  # case-insensitive substring of the instruction
-    where: str | None = None  # a read-only SQL condition over explore_rows' columns
+    consensus_min: float | None = setting(None, flag="--min-score", label="Consensus ≥", step=0.1,
+                                          help="best response's consensus score >= this")
+    consensus_max: float | None = setting(None, flag="--max-score", label="Consensus ≤", step=0.1,
+                                          help="best response's consensus score <= this")
+    max_std: float | None = setting(None, flag="--max-std", label="Judges' spread (std) ≤", minimum=0.0,
+                                    maximum=2.0, step=0.05, help="judges' spread on the best response <= this")
+    difficulty_min: float | None = setting(None, flag="--min-difficulty", label="Difficulty ≥", step=0.1,
+                                           help="difficulty (1-5) >= this")
+    difficulty_max: float | None = setting(None, flag="--max-difficulty", label="Difficulty ≤", step=0.1,
+                                           help="difficulty (1-5) <= this")
+    clusters: tuple[int, ...] = setting((), list_form="comma", help="comma-separated cluster ids, e.g. 1,2")
+    categories: tuple[str, ...] = setting((), list_form="comma", help="comma-separated categories, e.g. coding,math")
+    length_min: int | None = setting(None, flag=None, label="Tokens ≥", minimum=0, help="instruction tokens >= this")
+    length_max: int | None = setting(None, flag=None, label="Tokens ≤", minimum=0, help="instruction tokens <= this")
+    hide_duplicates: bool = setting(False, label="Hide near-duplicates (keep each group's representative)",
+                                    help="keep one instruction per near-duplicate group")
+    search: str | None = setting(None, label="Search instructions",
+                                 help="instructions containing this text (case-insensitive)")
+    where: str | None = setting(None, label="SQL WHERE (read-only, over explore_rows)",
+                                help="a read-only SQL condition over the Explore columns")
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__

@@ -1,11 +1,26 @@
-"""Table definitions. New tables are added with CREATE IF NOT EXISTS; SCHEMA_VERSION counts changes."""
+"""The store's tables and its migrations: an ordered list of functions, the schema version kept in the store.
+
+``MIGRATIONS[n]`` takes a store from version n to version n + 1; a fresh store runs them all, an older one
+the ones it lacks, in order, inside the transaction that opens it (all of them commit, or none). A change
+of the tables (a new table, a new column, a new index) is a new function appended to ``MIGRATIONS``:
+never edit one that a release has shipped, because stores written by that release already ran it. (A new
+column also goes into the INSERTs that fill its table: they give values by position.)
+"""
+
+from __future__ import annotations
 
 import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
-SCHEMA_VERSION = 3
+import duckdb
 
-SCHEMA = [
-    """CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)""",
+from core.errors import ForgetlessError
+
+VERSION_TABLE = """CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"""
+
+# -- version 1: reconstruction --
+RECONSTRUCT_TABLES = [
     """CREATE TABLE IF NOT EXISTS jobs (
         job_id VARCHAR PRIMARY KEY, kind VARCHAR NOT NULL, config_yaml VARCHAR NOT NULL,
         created_at TIMESTAMPTZ NOT NULL)""",
@@ -27,7 +42,10 @@ SCHEMA = [
         job_id VARCHAR NOT NULL, batch INTEGER NOT NULL, sampled INTEGER NOT NULL, stored INTEGER NOT NULL,
         dropped_json VARCHAR NOT NULL, new_tokens INTEGER NOT NULL, seconds DOUBLE NOT NULL,
         created_at TIMESTAMPTZ NOT NULL, PRIMARY KEY (job_id, batch))""",
-    # -- screening (schema 2) --
+]
+
+# -- version 2: screening, profile and exploration --
+SCREENING_AND_PROFILE_TABLES = [
     """CREATE TABLE IF NOT EXISTS responses (
         id VARCHAR PRIMARY KEY,              -- hash of (instruction, model, sample index)
         instruction_id VARCHAR NOT NULL,
@@ -64,7 +82,6 @@ SCHEMA = [
     """CREATE TABLE IF NOT EXISTS judge_agreement (
         judge_a VARCHAR NOT NULL, judge_b VARCHAR NOT NULL, method VARCHAR NOT NULL, n INTEGER NOT NULL,
         spearman DOUBLE, kendall DOUBLE)""",
-    # -- profile and exploration (schema 2) --
     """CREATE TABLE IF NOT EXISTS instruction_profile (
         instruction_id VARCHAR PRIMARY KEY,
         difficulty DOUBLE,                   -- judge-rated 1-5: expected value over rating-token probabilities
@@ -76,13 +93,16 @@ SCHEMA = [
         dup_group INTEGER,                   -- near-duplicate group (NULL: none)
         is_representative BOOLEAN NOT NULL,  -- false for the group members that are not kept
         category VARCHAR,                    -- zero-shot task category
-        category_probs DOUBLE[],             -- in core.profile.CATEGORIES order
+        category_probs DOUBLE[],             -- in core.profile.profiling.CATEGORIES order
         updated_at TIMESTAMPTZ NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS embeddings (
         instruction_id VARCHAR PRIMARY KEY, model VARCHAR NOT NULL, vector FLOAT[] NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS selections (
         name VARCHAR PRIMARY KEY, filters_json VARCHAR NOT NULL, created_at TIMESTAMPTZ NOT NULL)""",
-    # -- evaluation (schema 3) --
+]
+
+# -- version 3: evaluation --
+EVALUATION_TABLES = [
     """CREATE TABLE IF NOT EXISTS eval_items (
         job_id VARCHAR NOT NULL,             -- the evaluation (same model, base, limit, seed: same id, resumes)
         task VARCHAR NOT NULL,               -- arc_easy | piqa | hellaswag | sciq | medmcqa | drift
@@ -108,6 +128,45 @@ SCHEMA = [
         created_at TIMESTAMPTZ NOT NULL,
         PRIMARY KEY (job_id, task))""",
 ]
+
+
+def _create(statements: Sequence[str]) -> Callable[[duckdb.DuckDBPyConnection], None]:
+    """A migration that creates tables (IF NOT EXISTS: stores written before versions were counted have some)."""
+    def migration(con: duckdb.DuckDBPyConnection) -> None:
+        for statement in statements:
+            con.execute(statement)
+    return migration
+
+
+MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [
+    _create(RECONSTRUCT_TABLES),  # -> 1
+    _create(SCREENING_AND_PROFILE_TABLES),  # -> 2
+    _create(EVALUATION_TABLES),  # -> 3
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def stored_version(con: duckdb.DuckDBPyConnection) -> int:
+    """The schema version a store records (0: a fresh file)."""
+    con.execute(VERSION_TABLE)
+    version = con.execute("SELECT max(version) FROM schema_version").fetchone()[0]
+    return int(version or 0)
+
+
+def migrate(con: duckdb.DuckDBPyConnection, path: Path) -> int:
+    """Bring the store on ``con`` (inside the caller's transaction) to the latest version, one step at a
+    time, recording each; return the version it was at. A store newer than this code is refused."""
+    latest = len(MIGRATIONS)
+    found = stored_version(con)
+    if found > latest:
+        raise ForgetlessError(f"{path} was written by a newer Forgetless (store schema {found}, this version "
+                              f"reads up to {latest}): upgrade Forgetless to open it")
+    for version, migration in enumerate(MIGRATIONS[found:], start=found + 1):
+        migration(con)
+        con.execute("DELETE FROM schema_version")
+        con.execute("INSERT INTO schema_version VALUES (?)", [version])
+    return found
+
 
 # The denormalised tables behind the Explore tab, rebuilt (dropped and created) by refresh_explore_rows.
 EXPLORE_SCHEMA = [
@@ -152,6 +211,9 @@ EXPLORE_SCHEMA = [
 
 
 def table_names() -> frozenset[str]:
-    """Every table a store holds, from the definitions above (what user SQL may read, checked without a store)."""
+    """Every table a store holds, from the definitions above (what user SQL may read, checked without a store);
+    a migration that creates a table adds its statement here too."""
     pattern = re.compile(r"CREATE\s+(?:OR\s+REPLACE\s+)?(?:TABLE|VIEW)\s+(?:IF\s+NOT\s+EXISTS\s+)?(\w+)", re.I)
-    return frozenset(name.lower() for statement in (*SCHEMA, *EXPLORE_SCHEMA) for name in pattern.findall(statement))
+    statements = (VERSION_TABLE, *RECONSTRUCT_TABLES, *SCREENING_AND_PROFILE_TABLES, *EVALUATION_TABLES,
+                  *EXPLORE_SCHEMA)
+    return frozenset(name.lower() for statement in statements for name in pattern.findall(statement))

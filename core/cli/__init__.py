@@ -1,0 +1,1 @@
+"""`forgetless <stage>`: the command line, one module per stage family, built from the config dataclasses."""

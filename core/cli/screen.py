@@ -1,0 +1,49 @@
+"""`forgetless respond` and `forgetless judge`: K responses per model for every instruction, then every
+response scored by every judge (consensus and agreement rebuilt)."""
+
+from __future__ import annotations
+
+import argparse
+
+from core.cli.common import Stages, add_stage, emit, run_job
+from core.cli.flags import add_settings, config_from_args
+from core.engines.in_process import in_process_engines
+from core.screen.judge import JudgeConfig, run_judging
+from core.screen.respond import RespondConfig, run_responses
+from core.store import Store
+
+
+def cmd_respond(args: argparse.Namespace) -> None:
+    config = config_from_args(RespondConfig, args)
+    store = Store.for_workspace(args.workspace)
+    summary = run_job(args, "respond", config,
+                      lambda **hooks: run_responses(config, store, in_process_engines(args.workspace, sampling=True),
+                                                                    **hooks),
+                      models=config.models)
+    state = "cancelled" if summary["cancelled"] else "done"
+    human = (f"{state}: {summary['responses']} responses from {', '.join(summary['models'])} "
+             f"({summary['tokens_per_s']} tok/s, {summary['seconds']} s) in {summary['db']}")
+    emit(summary, args.json, human)
+
+
+def cmd_judge(args: argparse.Namespace) -> None:
+    config = config_from_args(JudgeConfig, args)
+    store = Store.for_workspace(args.workspace)
+    summary = run_job(args, "judge", config,
+                      lambda **hooks: run_judging(config, store, in_process_engines(args.workspace), **hooks),
+                      models=config.judges)
+    state = "cancelled" if summary["cancelled"] else "done"
+    human = (f"{state}: {summary['scores']} scores by {', '.join(summary['judges'])} ({summary['method']}), "
+             f"{summary['failures']} failures; consensus for {summary['responses_with_consensus']} responses, "
+             f"best response for {summary['instructions_with_best']} instructions ({summary['seconds']} s)")
+    emit(summary, args.json, human)
+
+
+def add_screen_stages(stages: Stages) -> None:
+    res = add_stage(stages, "respond", "sample K responses per model for every stored instruction that lacks them")
+    add_settings(res, RespondConfig)
+    res.set_defaults(handler=cmd_respond)
+
+    jud = add_stage(stages, "judge", "score every response 1-5 with every judge; rebuild consensus and agreement")
+    add_settings(jud, JudgeConfig)
+    jud.set_defaults(handler=cmd_judge)

@@ -1,0 +1,1 @@
+"""Measuring forgetting: general benchmarks, the domain test, drift; run for a model or a training run."""

@@ -1,0 +1,1 @@
+"""Mixing: domain data import and formats, the ratio mix of general and domain data, frozen snapshots."""

@@ -1,0 +1,1 @@
+"""Profiling the reconstructed instructions: difficulty, IFD, categories, embeddings, clusters, near-duplicates."""

@@ -1,0 +1,1 @@
+"""Screening: responses from several models, scores from several judges, and their consensus."""

@@ -1,0 +1,169 @@
+"""Judging: every judge model scores every response 1-5; consensus and agreement are rebuilt after.
+
+``probs`` (default) reads the judge's next-token probabilities of "1".."5" after the rating lead in one
+forward pass: the score is their renormalised expected value, and the distribution is stored, so it
+cannot fail to parse. ``generate`` lets the judge write its rating (greedy) and parses it; a reply
+without a usable rating is stored as a failure, which ``retry_failed`` reruns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from core.config import fingerprint, to_yaml
+from core.engines.base import Engine, OpenEngine, SampleSettings, answer_probabilities
+from core.errors import ForgetlessError
+from core.progress import Progress
+from core.screen.model_batches import model_by_model
+from core.screen.prompts import (
+    RATING_LEAD,
+    RATING_TOKENS,
+    expected_rating,
+    judge_messages,
+    parse_rating,
+    plain_judge_prompt,
+    renormalise,
+)
+from core.settings import setting
+from core.store import Store
+from core.store.screening import PendingScore, ScoreRow
+
+METHODS = ("probs", "generate")
+
+
+@dataclass
+class JudgeConfig:
+    """Settings of one judging job (the YAML in its job folder)."""
+
+    judges: tuple[str, ...] = setting(("smollm2-135m-instruct", "gemma-3-270m"), list_form="comma",
+                                      label="Judge models",
+                                      help="comma-separated MODEL specs, e.g. smollm2-135m-instruct,gemma-3-270m")
+    method: str = setting("probs", choices=METHODS, label="Scoring",
+                          help="probs: expected rating from the rating-token probabilities; "
+                               "generate: the judge writes its rating, parsed")
+    exclude_self: bool = setting(False, help="a model does not judge its own responses (same model spec)",
+                                 label="A model does not judge its own responses")
+    retry_failed: bool = setting(False, help="generate: rerun only the ratings that failed to parse",
+                                 label="Retry failed ratings (generate)")
+    batch_size: int = setting(16, help="responses scored together")
+    max_new_tokens: int = setting(8, help="generate: room for the judge's rating", flag=None)
+    job_id: str | None = setting(None, help="name the job (default: derived from the settings, so reruns resume)")
+
+    def __post_init__(self) -> None:
+        self.judges = tuple(j.strip() for j in self.judges if j.strip())
+        checks = [
+            (bool(self.judges), "give at least one judge"),
+            (len(set(self.judges)) == len(self.judges), "a judge is listed twice"),
+            (self.method in METHODS, f"method must be one of {', '.join(METHODS)}"),
+            (self.batch_size >= 1, "batch size must be at least 1"),
+            (1 <= self.max_new_tokens <= 256, "max new tokens must be between 1 and 256"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ForgetlessError(message)
+
+    def resolved_job_id(self) -> str:
+        return self.job_id or "judge-" + fingerprint(self, exclude=("job_id", "retry_failed"))
+
+
+def judge_prompt(tokenizer: Any, instruction: str, response: str) -> tuple[str, str]:
+    """The judge's prompt text (ending where the rating digit comes) and its format name."""
+    if tokenizer.chat_template:
+        text = tokenizer.apply_chat_template(judge_messages(instruction, response), tokenize=False,
+                                             add_generation_prompt=True)
+        return text + RATING_LEAD.rstrip(), "chat"
+    return plain_judge_prompt(instruction, response).rstrip(), "plain"
+
+
+def _score_batch(config: JudgeConfig, engine: Engine, judge: str, batch: Sequence[PendingScore], job_id: str,
+                 progress: Progress) -> list[ScoreRow]:
+    tokenizer = engine.tokenizer
+    prompts, formats = [], []
+    for item in batch:
+        text, fmt = judge_prompt(tokenizer, item.instruction, item.response)
+        # A chat template writes its own BOS text; a plain prompt needs the tokenizer's.
+        prompts.append(tokenizer(text, add_special_tokens=fmt == "plain")["input_ids"])
+        formats.append(fmt)
+    rows = []
+    if config.method == "probs":
+        for item, fmt, row in zip(batch, formats, answer_probabilities(engine, prompts, RATING_TOKENS), strict=True):
+            rows.append(ScoreRow(item.response_id, judge, "probs", expected_rating(row), renormalise(row), None,
+                                 False, fmt, job_id))
+        progress.on_token(0)  # lets a cancel request interrupt between batches of forward passes
+        return rows
+    greedy = SampleSettings(max_new_tokens=config.max_new_tokens, temperature=0.0,
+                            stop_token_ids=(tokenizer.eos_token_id,) if tokenizer.eos_token_id is not None else ())
+    replies = engine.sample(prompts, greedy, on_tokens=progress.on_token)
+    for item, fmt, reply in zip(batch, formats, replies, strict=True):
+        rating = parse_rating(reply.text)
+        rows.append(ScoreRow(item.response_id, judge, "generate", None if rating is None else float(rating), None,
+                             reply.text, rating is None, fmt, job_id))
+    return rows
+
+
+def run_judging(
+    config: JudgeConfig,
+    store: Store,
+    engines: OpenEngine,
+    *,
+    on_progress: Callable[[dict[str, Any]], None] | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> dict[str, Any]:
+    """Score every pending response with every judge, then rebuild consensus and agreement."""
+    job_id = config.resolved_job_id()
+    store.register_job(job_id, "judge", to_yaml(config))
+
+    def pending(judge: str) -> list[PendingScore]:
+        return store.pending_scores(judge, config.method, exclude_self=config.exclude_self,
+                                    retry_failed=config.retry_failed)
+
+    def score(engine: Engine, judge: str, batch: Sequence[PendingScore]) -> tuple[int, int]:
+        rows = _score_batch(config, engine, judge, batch, job_id, progress)
+        store.add_scores(rows)
+        return len(rows), 0
+
+    total = sum(len(pending(judge)) for judge in config.judges)
+    progress = Progress(job_id, total, on_progress=on_progress, should_stop=should_stop, unit="done")
+    finished = model_by_model(config.judges, engines, pending, config.batch_size, progress, score)
+    consensus = update_consensus(store, config.method)
+    return {
+        "job_id": job_id, "judges": list(config.judges), "method": config.method, "scores": progress.done_now,
+        "failures": store.count_failures(config.method, config.judges), "pending_before": total,
+        "responses_with_consensus": consensus["responses"], "instructions_with_best": consensus["instructions"],
+        "db": str(store.path), "seconds": round(progress.elapsed, 2), "cancelled": not finished,
+    }
+
+
+def update_consensus(store: Store, method: str) -> dict[str, int]:
+    """Recompute per-response consensus, each instruction's best response, and judge agreement."""
+    import pandas as pd
+
+    # here, not at the top: consensus imports scipy.stats (~0.4 s), which `forgetless` need not load to start
+    from core.screen.consensus import Candidate, judge_agreement, pick_best, response_consensus
+
+    scores = store.scores_frame(method)
+    consensus_rows, best_rows = [], []
+    for (response, instruction), group in scores.groupby(["response_id", "instruction_id"], sort=True):
+        stats = response_consensus(group["score"].tolist())
+        consensus_rows.append({"response_id": response, "instruction_id": instruction, "method": method,
+                               "mean": stats.mean, "median": stats.median, "std": stats.std, "min": stats.min,
+                               "max": stats.max, "n_judges": stats.n_judges, "length": int(group["length"].iloc[0])})
+    consensus = pd.DataFrame(consensus_rows)
+    if len(consensus):
+        for instruction, group in consensus.groupby("instruction_id", sort=True):
+            candidates = [Candidate(r.response_id, r.mean, r.std, r.length) for r in group.itertuples()]
+            best = pick_best(candidates)
+            if best is None:  # no response of this instruction has a finite consensus
+                continue
+            chosen = group.set_index("response_id").loc[best.best_id]
+            best_rows.append({"instruction_id": instruction, "response_id": best.best_id, "mean": chosen["mean"],
+                              "std": chosen["std"], "margin": best.margin})
+        consensus = consensus.drop(columns="length")
+    agreement = judge_agreement(scores[["response_id", "judge", "score"]]) if len(scores) else pd.DataFrame()
+    if len(agreement):
+        agreement = agreement.assign(method=method)
+    store.replace_consensus(method, consensus, pd.DataFrame(best_rows), agreement)
+    store.refresh_explore_rows()
+    return {"responses": len(consensus), "instructions": len(best_rows)}

@@ -1,0 +1,1 @@
+"""What each tab shows, computed without Gradio: status lines, table rows, Plotly figures, form<->config."""
