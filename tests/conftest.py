@@ -1,5 +1,6 @@
 """Shared offline fixtures: a tiny chat tokenizer and a 2-layer random Llama saved as a model folder, the app
-serving an empty workspace. The builders behind them live in tests/helpers.py."""
+serving an empty workspace, one managed vLLM server for the session. The builders behind them live in
+tests/helpers.py."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from core.engines.server import ManagedServer, ensure_server, stop_servers  # noqa: E402
 from tests.helpers import build_tiny_model_folder, build_tiny_tokenizer, serve_app, stop_jobs  # noqa: E402
 
 
@@ -36,6 +38,17 @@ def real_workspace(tmp_path_factory) -> Path:
     """One workspace per test session for the packaged models, so each GGUF converts once."""
     shared = os.environ.get("FORGETLESS_TEST_WORKSPACE")
     return Path(shared) if shared else tmp_path_factory.mktemp("real-workspace")
+
+
+@pytest.fixture(scope="session")
+def vllm_server(real_workspace: Path) -> Iterator[ManagedServer]:
+    """The managed vLLM server (from .venv-vllm) on the packaged SmolLM2: ~100 s to start on 2 cores, so one
+    serves the whole session; stopped at its end."""
+    server = ensure_server(real_workspace, "smollm2-135m-instruct", timeout_s=600)
+    try:
+        yield server
+    finally:
+        stop_servers(real_workspace, server.key)
 
 
 @pytest.fixture

