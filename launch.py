@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 from pathlib import Path
 
 # Set before gradio is imported: it reads these at import time. No telemetry, and the hub stays offline.
@@ -31,8 +32,27 @@ def main() -> None:
     except ForgetlessError as error:
         parser.exit(2, f"error: {error}\n")
     print(f"Forgetless on http://{args.host}:{args.port} (workspace {args.workspace.resolve()})", flush=True)
-    app.launch(server_name=args.host, server_port=args.port, share=False, quiet=True, show_error=True,
-               **launch_style())
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        app.launch(server_name=args.host, server_port=args.port, share=False, quiet=True, show_error=True,
+                   **launch_style())
+    finally:
+        _stop_managed_servers(args.workspace)
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(0)  # unwinds through launch(), so the managed servers are stopped as on Ctrl+C
+
+
+def _stop_managed_servers(workspace: Path) -> None:
+    """The vLLM servers the app (or its jobs) started for this workspace hold GiBs of memory: they end with it
+    (a job still running on one loses it; rerun the job to resume)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the cleanup short
+    from ui.views.engine import stop_everything
+
+    stopped = stop_everything(workspace)
+    print(f"Stopped {len(stopped)} managed vLLM server{'s' if len(stopped) != 1 else ''} of "
+          f"{workspace.resolve()}.", flush=True)
 
 
 if __name__ == "__main__":

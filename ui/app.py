@@ -9,6 +9,7 @@ from typing import Any
 import gradio as gr
 
 from core.data_paths import ReadableRoots
+from ui.engine_panel import build_engine_panel
 from ui.evaluate_tab import build_evaluate_tab
 from ui.explore_tab import build_explore_tab
 from ui.mix_tab import build_mix_tab
@@ -37,6 +38,7 @@ def build_app(workspace: Path, data_dirs: Sequence[Path] = ()) -> gr.Blocks:
     with gr.Blocks(title="Forgetless") as demo:
         gr.Markdown(INTRO, elem_id="app-intro")
         gr.Markdown(f"Workspace: `{workspace}`", elem_id="app-workspace")
+        build_engine_panel(demo, workspace, roots)  # where every tab's jobs run: one choice per workspace
         with gr.Tabs(elem_id="stages"):
             with gr.Tab("1 · Reconstruct", elem_id="tab-reconstruct"):
                 build_reconstruct_tab(demo, workspace, roots)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from core.engines.choice import serving_fields, serving_setting
 from core.engines.models import DEFAULT_MODEL
 from core.errors import ForgetlessError
 from core.eval.evaluation import EvalConfig, resolve_target
@@ -49,8 +50,10 @@ class EvalPlan:
                                                        "job has its own id")
     domain: str = _as_evaluated("domain")  # builtin:medmcqa, or a user's file/folder (domain_ppl)
     domain_test_fraction: float = _as_evaluated("domain_test_fraction")  # user data: the held-out share scored
+    serving: dict[str, Any] = serving_setting()  # every target's engine (the app's Engine panel sets it)
 
     def __post_init__(self) -> None:
+        self.serving = serving_fields(self.serving)
         self.base = str(self.base or "").strip()
         domain = str(self.domain or "").strip()  # empty: MedMCQA (not the current folder, which "" names as a path)
         self.domain = normalised_spec(domain) if domain else BUILTIN_MEDMCQA
@@ -75,7 +78,8 @@ class EvalPlan:
 
     def configs(self) -> list[EvalConfig]:
         """One EvalConfig per target: the base (without drift, which needs a tuned model), then each run."""
-        shared: dict[str, Any] = {"limit": self.limit, "seed": self.seed, "batch_size": self.batch_size}
+        shared: dict[str, Any] = {"limit": self.limit, "seed": self.seed, "batch_size": self.batch_size,
+                                  "serving": self.serving}
         if "domain" in self.suite:  # otherwise the data is unused: left out, so the job ids stay the CLI's default
             shared.update(domain=self.domain, domain_test_fraction=self.domain_test_fraction)
         configs = []

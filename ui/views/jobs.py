@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from core.cli.flags import cli_command
+from core.engines.choice import saved_choice, serving_fields
 from core.errors import ForgetlessError
 from core.eval.plan import EvalPlan
 from core.eval.queue import QUEUE_KIND, start_plan
@@ -128,11 +129,18 @@ class StageJobs:
     def cancellable(self, job: JobInfo | None) -> bool:
         return job is not None and job.active
 
+    def serving(self) -> dict[str, Any]:
+        """The engine the app's Engine panel chose for this workspace, as a config's ``serving`` value."""
+        return serving_fields(saved_choice(self.workspace))
+
     def start(self, config: Any) -> str:
-        """Spawn the job (one per stage at a time); a ForgetlessError says why not."""
+        """Spawn the job (one per stage at a time) on the workspace's engine choice, for a stage whose models
+        it serves; a ForgetlessError says why not."""
         running = self.newest()
         if running is not None and running.active:
             raise ForgetlessError(f"job {running.job_id} is still {running.state}; cancel it or wait for it")
+        if any(field.name == "serving" for field in dataclasses.fields(config)):
+            config = dataclasses.replace(config, serving=self.serving())
         start_background(self.workspace, self.kind, config, config.job_id)
         return f"Started {config.job_id}."
 
@@ -172,7 +180,7 @@ class EvalJobs(StageJobs):
         running = self.newest()
         if running is not None and running.active:
             raise ForgetlessError(f"evaluation {running.job_id} is still {running.state}; cancel it or wait for it")
-        plan = config if config.job_id else dataclasses.replace(config, job_id=new_job_id(QUEUE_KIND))
+        plan = dataclasses.replace(config, serving=self.serving(), job_id=config.job_id or new_job_id(QUEUE_KIND))
         start_plan(self.workspace, plan)
         count = len(plan.configs())
         what = "1 evaluation." if count == 1 else f"{count} evaluations, one after another."
