@@ -45,6 +45,8 @@ def load_yaml(cls: type[ConfigT], path: Path) -> ConfigT:
 
 
 def fingerprint(config: Any, exclude: tuple[str, ...] = ()) -> str:
-    """A short stable hash of a config's fields: the same command gets the same job id, so it resumes."""
-    data = {key: value for key, value in to_dict(config).items() if key not in exclude}
+    """A short stable hash of a config's fields: the same command gets the same job id, so it resumes.
+
+    ``serving`` (which engine runs the models) never counts: a rerun on another engine resumes the job."""
+    data = {key: value for key, value in to_dict(config).items() if key not in (*exclude, "serving")}
     return hashlib.sha1(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:10]

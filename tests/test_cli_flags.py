@@ -33,6 +33,9 @@ FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "cli_flags_v0.json").
 CONFIGS = {"reconstruct": ReconstructConfig, "respond": RespondConfig, "judge": JudgeConfig,
            "profile": ProfileConfig, "eval": EvalConfig, "mix": MixConfig, "train": TrainConfig}
 COMMON = {"--workspace", "--json", "--debug", "--config"}
+# Flags added since the fixture was captured (each addition is a deliberate change of the contract).
+MODEL_FACING = ("reconstruct", "respond", "judge", "profile", "eval")
+ADDED = {stage: {"--engine", "--engine-url"} if stage in MODEL_FACING else set() for stage in FIXTURE}
 
 
 def stage_actions(stage: str) -> dict[str, argparse.Action]:
@@ -63,7 +66,7 @@ def test_every_field_of_a_stage_config_declares_its_setting(cls):
 def test_every_flag_of_the_fixture_is_accepted_as_before(stage):
     actions = stage_actions(stage)
     flags = {flag for flag in actions if flag.startswith("--") and flag != "--help"}
-    assert flags == set(FIXTURE[stage])  # none lost, none added
+    assert flags == set(FIXTURE[stage]) | ADDED[stage]  # none lost, none added but the declared additions
     for flag, before in FIXTURE[stage].items():
         action = actions[flag]
         assert action.dest == before["dest"], flag
@@ -142,6 +145,25 @@ def test_every_flag_sets_the_same_config_field_as_before(stage):
         assert config_of(stage, parse([stage, *shlex.split(line)])) == expected
 
 
+@pytest.mark.parametrize("stage", MODEL_FACING)
+def test_engine_flags_set_the_serving_of_every_model_facing_stage(stage):
+    base = {"reconstruct": ["--n", "3"]}.get(stage, [])
+    assert config_of(stage, parse([stage, *base])).serving == {}  # in-process: the default
+    assert config_of(stage, parse([stage, *base, "--engine", "vllm"])).serving == {"engine": "vllm"}
+    url = "http://10.0.0.2:8000/v1"
+    assert config_of(stage, parse([stage, *base, "--engine-url", url])).serving == {"engine_url": url}
+    with pytest.raises(ForgetlessError, match="engine URL must look like http://HOST:PORT/v1"):
+        config_of(stage, parse([stage, *base, "--engine-url", "localhost:8000"]))
+    with pytest.raises(ForgetlessError, match="invalid choice: 'tgi'"):
+        parse([stage, "--engine", "tgi"])
+
+
+def test_the_engine_does_not_change_the_job_id():
+    served = ReconstructConfig(n=3, serving={"engine": "vllm"})
+    assert served.resolved_job_id() == ReconstructConfig(n=3).resolved_job_id()
+    assert EvalConfig(serving={"engine_url": "http://h:1/v1"}).resolved_job_id() == EvalConfig().resolved_job_id()
+
+
 def test_flags_set_on_top_of_the_config_yaml(tmp_path):
     path = tmp_path / "train.yaml"
     path.write_text(to_yaml(TrainConfig(data="d", out="o", epochs=3.0, lora_r=4)))
@@ -193,6 +215,8 @@ ROUND_TRIPS = [
     ("profile", ProfileConfig(category_model="none", target_model=None, clusters="auto")),
     ("eval", EvalConfig()),
     ("eval", EvalConfig(limit=None, base=None, suite=("ifeval",))),
+    ("reconstruct", ReconstructConfig(serving={"engine": "vllm"})),
+    ("judge", JudgeConfig(serving={"engine_url": "http://127.0.0.1:8000/v1"})),
     ("mix", MixConfig(domain="my data.jsonl", ratio=0.0, out="snap")),
     ("train", TrainConfig(data="my data", out="run")),
     ("train", TrainConfig(data="/d", out="/run", model="gemma-3-270m", method="full", max_steps=7,

@@ -16,8 +16,8 @@ import pytest
 from core.engines.base import Sample, SampleSettings
 from core.errors import ForgetlessError
 from core.eval.benchmarks import TASKS
-from core.eval.evaluation import SUITES, EvalConfig, open_target, resolve_target, run_evaluation
-from core.eval.task import EvalTask, TaskModels, register, sort_tasks
+from core.eval.evaluation import SUITES, EvalConfig, TargetModels, open_target, resolve_target, run_evaluation
+from core.eval.task import EvalTarget, EvalTask, TaskModels, register, sort_tasks
 from core.progress import Progress
 from core.store import Store
 
@@ -56,7 +56,8 @@ class FakeEngine:
 
     name = "fake"
 
-    def __init__(self) -> None:
+    def __init__(self, served_by: str = "transformers") -> None:
+        self.served_by, self.url = served_by, None if served_by == "transformers" else "http://127.0.0.1:1/v1"
         self.tokenizer = FakeTokenizer()
         self.calls: list[tuple[str, Any]] = []
         self.closed = False
@@ -193,3 +194,27 @@ def test_drift_needs_a_model_loaded_in_process():
     for name in ("drift", "domain_ppl"):
         with pytest.raises(ForgetlessError, match="loaded in this process"):
             TASKS[name].score([text], TaskModels(FakeEngine(), FakeEngine()), progress)
+
+
+def test_tasks_that_need_the_model_itself_stay_in_process_when_the_engines_serve_elsewhere():
+    opened: list[tuple[str, str]] = []
+
+    def opener(served_by: str):
+        def open_engine(spec: str) -> FakeEngine:
+            opened.append((served_by, spec))
+            return FakeEngine(served_by)
+        return open_engine
+
+    target = EvalTarget("tuned", None, "base", None, "tuned", None)
+    models = TargetModels(target, opener("vllm"), opener("transformers"))
+    assert models.for_task(TASKS["arc_easy"]).model.served_by == "vllm"
+    drift = models.for_task(TASKS["drift"])
+    assert (drift.model.served_by, drift.base.served_by) == ("transformers", "transformers")
+    assert models.for_task(TASKS["domain_ppl"]) is drift  # opened once
+    assert opened == [("vllm", "tuned"), ("transformers", "tuned"), ("transformers", "base")]
+    engines = [models.served.model, drift.model, drift.base]
+    models.close()
+    assert all(engine.closed for engine in engines)
+
+    in_process = TargetModels(target, opener("transformers"), opener("transformers"))
+    assert in_process.for_task(TASKS["drift"]) is in_process.served  # nothing opened twice in-process

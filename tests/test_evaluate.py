@@ -205,7 +205,8 @@ def add_general_data(store: Store, n: int) -> list[str]:
             response = " ".join(words[(3 * i + k) % len(words)] for k in range(6))
             con.execute("INSERT INTO instructions VALUES (?, ?, 10, 4, 'm', '', 1, 1, 8, 0, 'j', 0, ?)",
                         [iid, text, now()])
-            con.execute("INSERT INTO responses VALUES (?, ?, 'm', 0, ?, 6, true, 'chat', 1, 1, 8, 0, 'j', ?)",
+            con.execute("INSERT INTO responses VALUES (?, ?, 'm', 0, ?, 6, true, 'chat', 1, 1, 8, 0, 'j', ?, "
+                        "'transformers', NULL)",
                         [rid, iid, response, now()])
             con.execute("INSERT INTO best_responses VALUES (?, ?, 4.0, 0.1, NULL)", [iid, rid])
             ids.append(iid)

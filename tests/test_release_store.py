@@ -44,10 +44,20 @@ def test_a_release_store_opens_reads_and_takes_new_rows(tmp_path):
     assert int(run_readonly_sql(path, "SELECT count(*) AS n FROM instructions").iloc[0]["n"]) == 7
 
 
-def test_a_fresh_store_has_the_release_stores_tables_and_columns(tmp_path):
+def test_a_fresh_store_has_the_migrated_release_stores_tables_and_columns(tmp_path):
     fresh = Store(tmp_path / "fresh" / "forgetless.duckdb")
     fresh.refresh_explore_rows()  # the Explore tables are built on refresh, as in the release store
-    assert columns(fresh.path) == columns(release_store(tmp_path))
+    release = release_store(tmp_path)
+    before = columns(release)
+    Store(release)  # migrates it
+    assert columns(fresh.path) == columns(release)
+    added = set(columns(release)) - set(before)
+    assert added == {(table, column, "VARCHAR") for table in ("reconstruct_batches", "responses", "scores")
+                     for column in ("engine", "engine_url")}
+    with duckdb.connect(str(release), read_only=True) as con:  # what made the release's rows: in-process only
+        for table in ("reconstruct_batches", "responses", "scores"):
+            found = con.execute(f"SELECT DISTINCT engine, engine_url FROM {table}").fetchall()
+            assert found == [("transformers", None)]
 
 
 def test_a_column_change_is_one_appended_migration(tmp_path, monkeypatch):

@@ -12,7 +12,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from core.engines.choice import EngineChoice, open_engines
 from core.engines.models import resolve_model
+from core.engines.vllm import check_served
 from core.errors import ForgetlessError
 from core.jobs import job_folder, job_session, request_cancel
 
@@ -64,14 +66,20 @@ def check_models(specs: Sequence[str | None], workspace: Path) -> None:
 
 
 def run_job(args: argparse.Namespace, kind: str, config: Any, work: Callable[..., dict[str, Any]],
-            unit_key: str = "done", models: Sequence[str | None] = ()) -> dict[str, Any]:
+            unit_key: str = "done", models: Sequence[str | None] = (), serving: EngineChoice | None = None,
+            sampling: bool = False, served: Sequence[str | None] | None = None) -> dict[str, Any]:
     """Run one stage in its job folder: lock, status, progress.jsonl and a progress bar on stderr.
 
     ``models`` (the specs the stage loads) are checked first, so a bad one leaves no trace. The job waits
-    for the workspace's compute slot (queued) before ``work(on_progress, should_stop, recorder)`` loads a
-    model; SIGTERM asks it to stop (leave the queue, or stop after the batch).
+    for the workspace's compute slot (queued) before ``work(on_progress, should_stop)`` loads a model;
+    SIGTERM asks it to stop (leave the queue, or stop after the batch). A model-facing stage gives its
+    ``serving`` choice: ``work`` then also gets ``engines`` (`core.engines.choice.open_engines`; ``sampling``
+    picks the in-process sampling dtype), and a managed vLLM server's start shows as the job's phase. With
+    ``--engine-url``, the server must serve ``served`` (default: ``models``), checked before anything is written.
     """
     check_models(models, args.workspace)
+    if serving is not None and serving.engine_url:
+        check_served(serving.engine_url, models if served is None else served, args.workspace)
     job_id = config.resolved_job_id()
     folder = job_folder(args.workspace, job_id)
     signal.signal(signal.SIGTERM, lambda *_: request_cancel(folder) if folder.exists() else None)
@@ -87,7 +95,14 @@ def run_job(args: argparse.Namespace, kind: str, config: Any, work: Callable[...
             bar.set_postfix(tok_s=f"{values['tokens_per_s']:.0f}")
 
         recorder.progress({"phase": "loading model", "job_id": job_id})
-        summary = work(on_progress=on_progress, should_stop=recorder.cancel_requested)
+        hooks: dict[str, Any] = {"on_progress": on_progress, "should_stop": recorder.cancel_requested}
+        if serving is not None:
+            hooks["engines"] = open_engines(
+                serving, args.workspace, sampling=sampling, should_stop=recorder.cancel_requested,
+                on_phase=lambda phase: recorder.progress({"phase": phase, "job_id": job_id}))
+        summary = work(**hooks)
+        if serving is not None:
+            summary = {**summary, "engine": serving.describe()}
         if bar is not None:
             bar.close()
         recorder.summary = summary

@@ -7,6 +7,7 @@ from typing import Any
 
 from core.cli.common import Stages, add_stage, emit, run_job
 from core.cli.flags import add_settings, config_from_args
+from core.engines.choice import engine_choice
 from core.engines.in_process import in_process_engines
 from core.eval.benchmarks import TASKS
 from core.eval.evaluation import EvalConfig, resolve_target, run_evaluation
@@ -34,8 +35,9 @@ def cmd_eval(args: argparse.Namespace) -> None:
     store = Store.for_workspace(args.workspace)
     target = resolve_target(config)
     summary = run_job(args, "eval", config,
-                      lambda **hooks: run_evaluation(config, store, in_process_engines(args.workspace), **hooks),
-                      models=(target.load_spec, target.base))
+                      lambda **hooks: run_evaluation(config, store, local=in_process_engines(args.workspace), **hooks),
+                      models=(target.load_spec, target.base), serving=engine_choice(config),
+                      served=() if target.adapter_dir else (target.load_spec,))  # the rest stays in-process
     summary = {**summary, "results": json_results(summary["results"])}
     state = "cancelled" if summary["cancelled"] else "done"
     human = (f"{results_table(summary['results'])}\n{state}: {summary['items_scored']} items scored for "

@@ -6,7 +6,7 @@ import argparse
 
 from core.cli.common import Stages, add_stage, emit, run_job
 from core.cli.flags import add_settings, config_from_args
-from core.engines.in_process import in_process_engines
+from core.engines.choice import engine_choice
 from core.profile.profiling import ProfileConfig, run_profile
 from core.profile.semantic import resolve_embedder
 from core.store import Store
@@ -17,8 +17,9 @@ def cmd_profile(args: argparse.Namespace) -> None:
     resolve_embedder(config.embedder)
     store = Store.for_workspace(args.workspace)
     summary = run_job(args, "profile", config,
-                      lambda **hooks: run_profile(config, store, in_process_engines(args.workspace), **hooks),
-                      models=(config.difficulty_judge, config.category_model, config.target_model))
+                      lambda **hooks: run_profile(config, store, **hooks),
+                      models=(config.difficulty_judge, config.category_model, config.target_model),
+                      serving=engine_choice(config))
     state = "cancelled" if summary["cancelled"] else "done"
     human = (f"{state}: profiled {summary['instructions']} instructions: {summary['clusters']} clusters, "
              f"{summary['duplicate_groups']} near-duplicate groups ({summary['hidden_duplicates']} hidden), "

@@ -4,11 +4,10 @@ sampled from it into the store."""
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
 from core.cli.common import Stages, add_stage, emit, run_job
 from core.cli.flags import add_settings, config_values
-from core.engines.in_process import in_process_engines
+from core.engines.choice import engine_choice
 from core.engines.models import load_tokenizer, resolve_model
 from core.errors import ForgetlessError
 from core.reconstruct.prequery import PreQuery, derive_prequery
@@ -34,10 +33,8 @@ def cmd_reconstruct(args: argparse.Namespace) -> None:
     config = ReconstructConfig(**config_values(ReconstructConfig, args))
     store = Store.for_workspace(args.workspace)
 
-    def work(**hooks: Any) -> dict[str, Any]:
-        return run_reconstruction(config, store, in_process_engines(args.workspace, sampling=True), **hooks)
-
-    summary = run_job(args, "reconstruct", config, work, unit_key="stored", models=(config.model,))
+    summary = run_job(args, "reconstruct", config, lambda **hooks: run_reconstruction(config, store, **hooks),
+                      unit_key="stored", models=(config.model,), serving=engine_choice(config), sampling=True)
     state = "cancelled" if summary["cancelled"] else "done"
     human = (f"{state}: {summary['stored']}/{summary['target']} instructions for job {summary['job_id']} in "
              f"{summary['db']} ({summary['new']} new, dropped {summary['dropped']}, {summary['tokens_per_s']} tok/s, "

@@ -7,7 +7,7 @@ import argparse
 
 from core.cli.common import Stages, add_stage, emit, run_job
 from core.cli.flags import add_settings, config_from_args
-from core.engines.in_process import in_process_engines
+from core.engines.choice import engine_choice
 from core.screen.judge import JudgeConfig, run_judging
 from core.screen.respond import RespondConfig, run_responses
 from core.store import Store
@@ -17,9 +17,8 @@ def cmd_respond(args: argparse.Namespace) -> None:
     config = config_from_args(RespondConfig, args)
     store = Store.for_workspace(args.workspace)
     summary = run_job(args, "respond", config,
-                      lambda **hooks: run_responses(config, store, in_process_engines(args.workspace, sampling=True),
-                                                                    **hooks),
-                      models=config.models)
+                      lambda **hooks: run_responses(config, store, **hooks),
+                      models=config.models, serving=engine_choice(config), sampling=True)
     state = "cancelled" if summary["cancelled"] else "done"
     human = (f"{state}: {summary['responses']} responses from {', '.join(summary['models'])} "
              f"({summary['tokens_per_s']} tok/s, {summary['seconds']} s) in {summary['db']}")
@@ -30,8 +29,8 @@ def cmd_judge(args: argparse.Namespace) -> None:
     config = config_from_args(JudgeConfig, args)
     store = Store.for_workspace(args.workspace)
     summary = run_job(args, "judge", config,
-                      lambda **hooks: run_judging(config, store, in_process_engines(args.workspace), **hooks),
-                      models=config.judges)
+                      lambda **hooks: run_judging(config, store, **hooks),
+                      models=config.judges, serving=engine_choice(config))
     state = "cancelled" if summary["cancelled"] else "done"
     human = (f"{state}: {summary['scores']} scores by {', '.join(summary['judges'])} ({summary['method']}), "
              f"{summary['failures']} failures; consensus for {summary['responses_with_consensus']} responses, "

@@ -10,7 +10,8 @@ One call is one batch: an engine that batches in-process runs each call as one b
 aside), so callers chunk their work (as they do anyway, to commit, report progress and honour a cancel
 between batches). An engine that batches itself (a serving engine) may ignore that.
 
-Implementations: `core.engines.in_process.InProcessEngine` (transformers, the embedded default).
+Implementations: `core.engines.in_process.InProcessEngine` (transformers, the embedded default) and
+`core.engines.vllm.VllmEngine` (a vLLM server); `core.engines.choice` opens the one a job asks for.
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ class Engine(Protocol):
 
     name: str  # the model's name, stored as provenance
     tokenizer: Any  # the model's own Hugging Face tokenizer: prompts are rendered and tokenised with it
+    served_by: str  # "transformers" or "vllm": stored with every batch the engine makes
+    url: str | None  # the server's URL (None in-process): stored with every batch too
 
     def sample(self, prompts: Sequence[Sequence[int]], settings: SampleSettings, *,
                on_tokens: Callable[[int], None] | None = None) -> list[Sample]:
@@ -65,7 +68,8 @@ class Engine(Protocol):
                             token_ids: Sequence[int]) -> list[list[float]]:
         """log P(next token = t | prompt) for each prompt (token ids) and each t in ``token_ids``.
 
-        ``-inf`` where the engine cannot tell (a serving engine returns only its top-k tokens).
+        Exact for every token asked for (the vLLM engine asks the server for exactly these ids, and fails in
+        one line rather than guess from a top-k list when a server cannot).
         """
         ...
 

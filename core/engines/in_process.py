@@ -27,6 +27,7 @@ class InProcessEngine:
 
     def __init__(self, lm: LoadedModel) -> None:
         self.lm: LoadedModel | None = lm
+        self.served_by, self.url = "transformers", None
         self.name = lm.name
         self.tokenizer = lm.tokenizer
 

@@ -12,7 +12,6 @@ sent; the server's own ``--seed`` makes its sampling repeatable instead.
 from __future__ import annotations
 
 import json
-import math
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
@@ -59,6 +58,7 @@ class VllmEngine:
     def __init__(self, url: str, name: str, tokenizer: Any, served: str | None = None,
                  timeout_s: float = TIMEOUT_S) -> None:
         self.url, self.name, self.tokenizer = url, name, tokenizer
+        self.served_by = "vllm"
         self.served, self.timeout_s = served or name, timeout_s
         self._closed = False
 
@@ -102,7 +102,11 @@ class VllmEngine:
         rows = []
         for choice in choices:
             found = choice["logprobs"]["top_logprobs"][0]
-            rows.append([found.get(f"token_id:{token}", -math.inf) for token in token_ids])
+            missing = [token for token in token_ids if f"token_id:{token}" not in found]
+            if missing:  # a server that ignores logprob_token_ids answers with its top-k: never guess from that
+                raise ForgetlessError(f"the vLLM server at {self.url} did not return the log-probabilities of "
+                                      f"tokens {missing[:5]}: it needs a vLLM with logprob_token_ids (0.32 has it)")
+            rows.append([found[f"token_id:{token}"] for token in token_ids])
         return rows
 
     def continuation_logprobs(self, contexts: Sequence[str],
@@ -130,14 +134,20 @@ class VllmEngine:
         self.close()
 
 
+def check_served(url: str, specs: Sequence[str | None], workspace: Path) -> None:
+    """Each MODEL spec must be what the server at ``url`` serves (its resolved name): one line when it is not."""
+    names = [resolve_model(spec, workspace).name for spec in specs if spec]
+    served = served_models(url) if names else []
+    for name in names:
+        if name not in served:
+            raise ForgetlessError(f"the vLLM server at {url} serves {', '.join(served) or 'no model'}, not {name}")
+
+
 def vllm_engines(url: str, workspace: Path) -> Callable[[str], VllmEngine]:
     """Opens engines on a running server (``--engine-url``): the MODEL spec must be what it serves."""
 
     def open_engine(spec: str) -> VllmEngine:
-        name = resolve_model(spec, workspace).name
-        served = served_models(url)
-        if name not in served:
-            raise ForgetlessError(f"the vLLM server at {url} serves {', '.join(served) or 'no model'}, not {name}")
-        return VllmEngine(url, name, load_tokenizer(spec, workspace))
+        check_served(url, [spec], workspace)
+        return VllmEngine(url, resolve_model(spec, workspace).name, load_tokenizer(spec, workspace))
 
     return open_engine

@@ -25,6 +25,7 @@ import yaml
 
 from core.config import fingerprint, to_yaml
 from core.engines.base import Engine, OpenEngine
+from core.engines.choice import serving_fields, serving_setting
 from core.engines.in_process import InProcessEngine
 from core.engines.models import DEFAULT_MODEL
 from core.errors import ForgetlessError
@@ -66,6 +67,7 @@ class EvalConfig:
     drift_max_tokens: int = setting(384, help="each drift text (prompt + response) is cut to this many tokens",
                                     flag=None)
     job_id: str | None = setting(None, help="name the job (default: derived from the settings, so reruns resume)")
+    serving: dict[str, Any] = serving_setting()
     domain: str = setting(BUILTIN_MEDMCQA, label="Domain data",
                           help="the domain suite's data: builtin:medmcqa (letter accuracy) or a user's FILE/DIR, "
                                "whose held-out rows are scored by answer perplexity (domain_ppl) and, when "
@@ -77,6 +79,7 @@ class EvalConfig:
                                                    "get cut; part of each reply's item id)")
 
     def __post_init__(self) -> None:
+        self.serving = serving_fields(self.serving)
         self.model = _normalised_path(str(self.model or "").strip())
         self.base = _normalised_path(self.base.strip()) if self.base and self.base.strip() else None
         self.domain = _normalised_path(str(self.domain or "").strip()) or BUILTIN_MEDMCQA
@@ -154,10 +157,10 @@ def resolve_target(config: EvalConfig) -> EvalTarget:
     raise ForgetlessError(f"run folder {path} has neither adapter/ nor model/ (did training finish?)")
 
 
-def open_target(target: EvalTarget, engines: OpenEngine) -> Engine:
+def open_target(target: EvalTarget, engines: OpenEngine, local: OpenEngine | None = None) -> Engine:
     """The engine of the model to evaluate: opened by spec, or its base's with the run's LoRA adapter merged in
-    (in this process: the base must be opened in-process)."""
-    engine = engines(target.load_spec)
+    (in this process: through ``local`` when the engines serve elsewhere)."""
+    engine = (local or engines)(target.load_spec) if target.adapter_dir else engines(target.load_spec)
     if target.adapter_dir is None:
         return engine
     loaded = getattr(engine, "lm", None)
@@ -176,14 +179,43 @@ def open_target(target: EvalTarget, engines: OpenEngine) -> Engine:
     return InProcessEngine(dataclasses.replace(loaded, model=merged, name=Path(target.run_dir or target.model).name))
 
 
+class TargetModels:
+    """The engines a run's tasks use, opened on first need: through ``engines``, and in this process (``local``)
+    for the tasks that need the model itself when ``engines`` serve elsewhere. All are closed by ``close()``."""
+
+    def __init__(self, target: EvalTarget, engines: OpenEngine, local: OpenEngine | None) -> None:
+        self.target, self.engines, self.local = target, engines, local
+        self.served = TaskModels(open_target(target, engines, local))
+        self.in_process: TaskModels | None = None
+
+    def for_task(self, task: EvalTask) -> TaskModels:
+        """The models ``task`` is scored with (its base opened, if it needs one)."""
+        models, opener = self.served, self.engines
+        if task.in_process and self.local is not None and self.served.model.served_by != "transformers":
+            if self.in_process is None:
+                self.in_process = TaskModels(open_target(self.target, self.local))
+            models, opener = self.in_process, self.local
+        if task.needs_base and models.base is None:
+            models.base = models.model if self.target.base == self.target.model else opener(str(self.target.base))
+        return models
+
+    def close(self) -> None:
+        engines = [engine for models in (self.served, self.in_process) if models is not None
+                   for engine in (models.model, models.base) if engine is not None]
+        for engine in {id(engine): engine for engine in engines}.values():
+            engine.close()
+
+
 def run_evaluation(
-    config: EvalConfig, store: Store, engines: OpenEngine, *,
+    config: EvalConfig, store: Store, engines: OpenEngine, *, local: OpenEngine | None = None,
     on_progress: Callable[[dict[str, Any]], None] | None = None, should_stop: Callable[[], bool] = lambda: False,
 ) -> dict[str, Any]:
     """Score every task of the suite (resuming what is stored) and record each finished task's metrics.
 
     ``engines(spec)`` opens the model under evaluation and drift's base; the tasks reach them through the engine
-    protocol (`core.engines.base.Engine`), and the engines opened here are closed when it returns.
+    protocol (`core.engines.base.Engine`), and the engines opened here are closed when it returns. Where
+    ``engines`` serve elsewhere (vLLM), ``local`` opens in-process ones for the tasks that need the model
+    itself (drift, held-out perplexity) and for a LoRA run's merged adapter.
     """
     job_id = config.resolved_job_id()
     target = resolve_target(config)
@@ -194,19 +226,18 @@ def run_evaluation(
             raise ForgetlessError(f"{task.name} needs a base model: give --base or a training run folder")
     tasks = [task for task in tasks if task.check(run)]  # bad data fails before the model loads
     store.register_job(job_id, "eval", to_yaml(config))
-    models = TaskModels(open_target(target, engines))
+    models = TargetModels(target, engines, local)
     try:
-        return _score_tasks(run, tasks, models, engines, job_id, on_progress, should_stop)
+        return _score_tasks(run, tasks, models, job_id, on_progress, should_stop)
     finally:
-        for engine in {id(engine): engine for engine in (models.model, models.base) if engine is not None}.values():
-            engine.close()
+        models.close()
 
 
-def _score_tasks(run: TaskRun, tasks: list[EvalTask], models: TaskModels, engines: OpenEngine, job_id: str,
+def _score_tasks(run: TaskRun, tasks: list[EvalTask], target_models: TargetModels, job_id: str,
                  on_progress: Callable[[dict[str, Any]], None] | None,
                  should_stop: Callable[[], bool]) -> dict[str, Any]:
     config, store, target = run.config, run.store, run.target
-    todo = {task.name: task.items(run, models.model.tokenizer) for task in tasks}
+    todo = {task.name: task.items(run, target_models.served.model.tokenizer) for task in tasks}
     pending = {}
     for task in tasks:
         done = {row.item_id for row in store.eval_items(job_id, task.name)}
@@ -218,8 +249,7 @@ def _score_tasks(run: TaskRun, tasks: list[EvalTask], models: TaskModels, engine
     results: dict[str, dict[str, Any]] = {}
     cancelled = False
     for task in tasks:
-        if pending[task.name] and task.needs_base and models.base is None:
-            models.base = models.model if target.base == target.model else engines(str(target.base))
+        models = target_models.for_task(task) if pending[task.name] else target_models.served
         for batch in task.batches(pending[task.name], config.batch_size):
             if progress.stop_requested():
                 cancelled = True

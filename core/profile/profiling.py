@@ -23,6 +23,7 @@ import numpy as np
 
 from core.config import fingerprint, to_yaml
 from core.engines.base import Engine, OpenEngine
+from core.engines.choice import serving_fields, serving_setting
 from core.errors import ForgetlessError
 from core.profile.measures import (
     CALIBRATIONS,
@@ -91,8 +92,10 @@ class ProfileConfig:
     projection: str = setting("pca", choices=PROJECTIONS, label="Map projection",
                               help="2-D map: pca (fast, deterministic) | tsne (local neighbourhoods, slower)")
     job_id: str | None = setting(None, help="name the job (default: derived from the settings, so reruns resume)")
+    serving: dict[str, Any] = serving_setting()
 
     def __post_init__(self) -> None:
+        self.serving = serving_fields(self.serving)
         self.difficulty_judge = _optional_model(self.difficulty_judge)
         self.category_model = _optional_model(self.category_model)
         self.target_model = _optional_model(self.target_model)

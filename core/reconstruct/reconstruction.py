@@ -15,6 +15,7 @@ from typing import Any
 
 from core.config import fingerprint, to_yaml
 from core.engines.base import Engine, OpenEngine, SampleSettings
+from core.engines.choice import serving_fields, serving_setting
 from core.errors import ForgetlessError
 from core.progress import Cancelled, Progress
 from core.reconstruct.prequery import derive_prequery, stop_token_ids
@@ -45,9 +46,11 @@ class ReconstructConfig:
     min_chars: int = setting(12, help="shorter instructions are dropped", flag=None)
     max_chars: int = setting(2000, help="longer instructions are dropped", flag=None)
     job_id: str | None = setting(None, help="name the job (default: derived from the settings, so reruns resume)")
+    serving: dict[str, Any] = serving_setting()
     extra: dict[str, Any] = setting(help="free-form notes kept with the job", default_factory=dict, flag=None)
 
     def __post_init__(self) -> None:
+        self.serving = serving_fields(self.serving)
         whole = all(isinstance(getattr(self, name), int) and not isinstance(getattr(self, name), bool)
                     for name in ("n", "batch_size", "max_new_tokens", "seed", "min_chars", "max_chars"))
         if not whole:
@@ -169,6 +172,7 @@ def _reconstruct(config: ReconstructConfig, store: Store, engine: Engine,
         result = store.add_instruction_batch(
             job_id, batch, rows, limit=config.n - progress.done, sampled=len(samples),
             dropped=dropped, new_tokens=batch_tokens, seconds=time.monotonic() - began,
+            engine=engine.served_by, engine_url=engine.url,
         )
         progress.batch_done(result.stored, batch_tokens)
         batch += 1

@@ -14,6 +14,7 @@ from typing import Any
 
 from core.config import fingerprint, to_yaml
 from core.engines.base import Engine, OpenEngine, SampleSettings, answer_probabilities
+from core.engines.choice import serving_fields, serving_setting
 from core.errors import ForgetlessError
 from core.progress import Progress
 from core.screen.model_batches import model_by_model
@@ -50,8 +51,10 @@ class JudgeConfig:
     batch_size: int = setting(16, help="responses scored together")
     max_new_tokens: int = setting(8, help="generate: room for the judge's rating", flag=None)
     job_id: str | None = setting(None, help="name the job (default: derived from the settings, so reruns resume)")
+    serving: dict[str, Any] = serving_setting()
 
     def __post_init__(self) -> None:
+        self.serving = serving_fields(self.serving)
         self.judges = tuple(j.strip() for j in self.judges if j.strip())
         checks = [
             (bool(self.judges), "give at least one judge"),
@@ -90,7 +93,7 @@ def _score_batch(config: JudgeConfig, engine: Engine, judge: str, batch: Sequenc
     if config.method == "probs":
         for item, fmt, row in zip(batch, formats, answer_probabilities(engine, prompts, RATING_TOKENS), strict=True):
             rows.append(ScoreRow(item.response_id, judge, "probs", expected_rating(row), renormalise(row), None,
-                                 False, fmt, job_id))
+                                 False, fmt, job_id, engine.served_by, engine.url))
         progress.on_token(0)  # lets a cancel request interrupt between batches of forward passes
         return rows
     greedy = SampleSettings(max_new_tokens=config.max_new_tokens, temperature=0.0,
@@ -99,7 +102,7 @@ def _score_batch(config: JudgeConfig, engine: Engine, judge: str, batch: Sequenc
     for item, fmt, reply in zip(batch, formats, replies, strict=True):
         rating = parse_rating(reply.text)
         rows.append(ScoreRow(item.response_id, judge, "generate", None if rating is None else float(rating), None,
-                             reply.text, rating is None, fmt, job_id))
+                             reply.text, rating is None, fmt, job_id, engine.served_by, engine.url))
     return rows
 
 

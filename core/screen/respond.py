@@ -14,6 +14,7 @@ from typing import Any
 
 from core.config import fingerprint, to_yaml
 from core.engines.base import Engine, OpenEngine, SampleSettings
+from core.engines.choice import serving_fields, serving_setting
 from core.errors import ForgetlessError
 from core.progress import Progress
 from core.reconstruct.prequery import derive_prequery, stop_token_ids
@@ -38,8 +39,10 @@ class RespondConfig:
     batch_size: int = setting(16, help="prompts decoded together")
     seed: int = setting(0, help="sampling seed")
     job_id: str | None = setting(None, help="name the job (default: derived from the settings, so reruns resume)")
+    serving: dict[str, Any] = serving_setting()
 
     def __post_init__(self) -> None:
+        self.serving = serving_fields(self.serving)
         self.models = tuple(m.strip() for m in self.models if m.strip())
         checks = [
             (bool(self.models), "give at least one model"),
@@ -104,7 +107,8 @@ def _respond_batch(config: RespondConfig, engine: Engine, spec: str, batch: Sequ
     samples = engine.sample(prompts, settings, on_tokens=progress.on_token)
     return [
         ResponseRow(rid, item.instruction_id, spec, item.sample_index, result.text.strip(), len(result.token_ids),
-                    result.stopped, fmt.name, config.temperature, config.top_p, config.max_new_tokens, seed, job_id)
+                    result.stopped, fmt.name, config.temperature, config.top_p, config.max_new_tokens, seed, job_id,
+                    engine.served_by, engine.url)
         for item, rid, result in zip(batch, ids, samples, strict=True)
     ]
 

@@ -42,10 +42,11 @@ class InstructionQueries(StoreBase):
     # -- instructions -------------------------------------------------------------------------
     def add_instruction_batch(
         self, job_id: str, batch: int, rows: Sequence[InstructionRow], *, limit: int, sampled: int,
-        dropped: dict[str, int], new_tokens: int, seconds: float,
+        dropped: dict[str, int], new_tokens: int, seconds: float, engine: str = "transformers",
+        engine_url: str | None = None,
     ) -> BatchResult:
-        """Store one batch atomically with its bookkeeping row; skip texts already stored; keep at most
-        ``limit`` new rows, so a job never overshoots its target."""
+        """Store one batch atomically with its bookkeeping row (which records the engine that sampled it); skip
+        texts already stored; keep at most ``limit`` new rows, so a job never overshoots its target."""
         keyed: dict[str, InstructionRow] = {}
         for row in rows:
             keyed.setdefault(text_key(row.text), row)
@@ -69,9 +70,9 @@ class InstructionQueries(StoreBase):
             duplicates = within_batch_duplicates + len(existing)
             all_dropped = {**dropped, "duplicate": dropped.get("duplicate", 0) + duplicates}
             con.execute(
-                "INSERT INTO reconstruct_batches VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO reconstruct_batches VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [job_id, batch, sampled, len(fresh), json.dumps(all_dropped, sort_keys=True), new_tokens, seconds,
-                 created],
+                 created, engine, engine_url],
             )
         return BatchResult(stored=len(fresh), duplicates=duplicates)
 

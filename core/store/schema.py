@@ -130,8 +130,16 @@ EVALUATION_TABLES = [
 ]
 
 
+# -- version 4: which engine made each batch (transformers in-process, or a vLLM server at engine_url) --
+ENGINE_PROVENANCE = [
+    f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column}"
+    for table in ("reconstruct_batches", "responses", "scores")
+    for column in ("engine VARCHAR DEFAULT 'transformers'", "engine_url VARCHAR")
+]
+
+
 def _create(statements: Sequence[str]) -> Callable[[duckdb.DuckDBPyConnection], None]:
-    """A migration that creates tables (IF NOT EXISTS: stores written before versions were counted have some)."""
+    """A migration that runs DDL statements (IF NOT EXISTS: stores written before versions were counted have some)."""
     def migration(con: duckdb.DuckDBPyConnection) -> None:
         for statement in statements:
             con.execute(statement)
@@ -142,6 +150,7 @@ MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [
     _create(RECONSTRUCT_TABLES),  # -> 1
     _create(SCREENING_AND_PROFILE_TABLES),  # -> 2
     _create(EVALUATION_TABLES),  # -> 3
+    _create(ENGINE_PROVENANCE),  # -> 4
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

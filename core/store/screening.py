@@ -32,6 +32,8 @@ class ResponseRow:
     max_new_tokens: int
     seed: int
     job_id: str
+    engine: str = "transformers"  # what served the model (the columns after created_at)
+    engine_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,14 @@ class ScoreRow:
     failed: bool
     prompt_format: str
     job_id: str
+    engine: str = "transformers"  # what served the judge (the columns after created_at)
+    engine_url: str | None = None
+
+
+def _row_values(row: ResponseRow | ScoreRow, created: Any) -> tuple[Any, ...]:
+    """A row's values in its table's column order: created_at stands before the engine columns (added later)."""
+    values = astuple(row)
+    return (*values[:-2], created, *values[-2:])
 
 
 @dataclass(frozen=True)
@@ -82,8 +92,8 @@ class ScreeningQueries(StoreBase):
         with self.write() as con:
             before = con.execute("SELECT count(*) FROM responses").fetchone()[0]
             con.executemany(
-                "INSERT INTO responses VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                [(*astuple(row), created) for row in rows],
+                "INSERT INTO responses VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                [_row_values(row, created) for row in rows],
             )
             return con.execute("SELECT count(*) FROM responses").fetchone()[0] - before
 
@@ -109,8 +119,8 @@ class ScreeningQueries(StoreBase):
         created = now()
         with self.write() as con:
             con.executemany(
-                "INSERT OR REPLACE INTO scores VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [(*astuple(row), created) for row in rows],
+                "INSERT OR REPLACE INTO scores VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [_row_values(row, created) for row in rows],
             )
         return len(rows)
 

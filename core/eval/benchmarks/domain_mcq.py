@@ -145,6 +145,7 @@ class LetterTask:
     name: str
     suite = "domain"
     needs_base = False
+    in_process = False
 
     def item_id(self, item: ChatMcq) -> str:
         return str(item.id)

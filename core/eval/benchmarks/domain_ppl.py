@@ -107,6 +107,7 @@ class DomainPerplexityTask:
     name: str = "domain_ppl"
     suite: str = "domain"
     needs_base: bool = False
+    in_process: bool = True
 
     def in_suite(self, config: Any) -> bool:
         return not config.builtin_domain

@@ -176,6 +176,7 @@ class DriftTask:
     name: str = "drift"
     suite: str = "drift"
     needs_base: bool = True
+    in_process: bool = True
 
     def in_suite(self, config: Any) -> bool:
         return True

@@ -161,6 +161,7 @@ class MultipleChoiceTask:
     name: str
     suite: str = "general"
     needs_base: bool = False
+    in_process: bool = False
 
     def in_suite(self, config: Any) -> bool:
         return True

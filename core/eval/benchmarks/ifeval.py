@@ -157,6 +157,7 @@ class IfevalTask:
     name: str = "ifeval"
     suite: str = "ifeval"
     needs_base: bool = False
+    in_process: bool = False
 
     def in_suite(self, config: Any) -> bool:
         return True
