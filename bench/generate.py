@@ -204,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
             server = ensure_server(args.workspace, MODEL, on_phase=lambda phase: print(f"  {phase}", file=sys.stderr))
             url, served = server.url, server.served
             result["vllm_startup_s"] = round(time.perf_counter() - started, 1)
-            print(f"vLLM server {url} ready after {result['vllm_startup_s']} s (0 when it was already running)")
+            print(f"vLLM server {url} ready after {result['vllm_startup_s']} s (0 when it was already running); "
+                  f"it keeps running for the next run: `forgetless engine stop --workspace {args.workspace}`")
         if "vllm" in args.engines:
             tokens, seconds = run_raw_vllm(url, served, prefix, args)
             result["vllm_tok_s"] = line("vllm", tokens, seconds, "raw /v1/completions")

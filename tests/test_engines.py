@@ -10,7 +10,7 @@ import torch
 
 from core.engines.base import SampleSettings, answer_probabilities, cut_at_stop, group_probabilities
 from core.engines.in_process import InProcessEngine, in_process_engines
-from core.engines.models import load_model
+from core.engines.models import generation_dtype, load_model
 from core.engines.next_token import answer_token_groups, next_token_probs, shared_prefix_length
 
 
@@ -127,7 +127,7 @@ def test_closed_engine_refuses_work_and_opener_loads_by_spec(lm, tiny_model_dir:
     with pytest.raises(RuntimeError, match="closed"):
         engine.sample([[1]], SampleSettings(max_new_tokens=1))
     opened = in_process_engines(tmp_path, sampling=True)(str(tiny_model_dir))
-    assert opened.name == tiny_model_dir.name and opened.lm.dtype == torch.float32
+    assert opened.name == tiny_model_dir.name and opened.lm.dtype == generation_dtype("cpu")  # sampling's dtype
     opened.close()
 
 

@@ -205,6 +205,15 @@ def test_profile_model_parts_run_through_vllm(answered: Path):
     found = query(answered, "SELECT count(difficulty), count(category), count(ifd) FROM instruction_profile")
     assert found == [(len(INSTRUCTIONS),) * 3]
 
+    # eval on the same server: IFEval samples through it, drift (whole distributions) stays in-process
+    result = forgetless("eval", "--model", MODEL, "--base", MODEL, "--suite", "ifeval,drift", "--limit", "3",
+                        "--drift-n", "4", "--ifeval-max-new-tokens", "48", "--engine", "vllm", "--json",
+                        workspace=answered, timeout=900)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["engine"] == "managed vLLM" and summary["results"]["ifeval"]["n"] == 3
+    assert summary["results"]["drift"]["n"] == 4 and abs(summary["results"]["drift"]["kl"]) < 1e-3  # base = model
+
 
 def test_arc_easy_picks_agree_with_the_in_process_engine(workspace: Path):
     picks = {}

@@ -130,16 +130,20 @@ def choose_dtype(device: str, cpuinfo: str | None = None) -> torch.dtype:
     return torch.bfloat16 if cpu_has_native_bf16(cpuinfo) else torch.float32
 
 
-def generation_dtype(device: str) -> torch.dtype:
-    """The dtype for token-by-token sampling: fp32 on every CPU, else ``choose_dtype``.
+def generation_dtype(device: str, cpuinfo: str | None = None) -> torch.dtype:
+    """The dtype for token-by-token sampling: on a CPU, bf16 only with AMX, else fp32; ``choose_dtype``
+    elsewhere (``cpuinfo`` as for :func:`cpu_has_native_bf16`).
 
-    Even where the CPU runs bf16 matmuls natively (AVX512-BF16: ~5x fp32 on large matmuls, and ~2.5x
-    for training steps), decoding SmolLM2 in bf16 measured 2.3x slower than fp32: each step is small
-    matmuls plus sampling and cache ops that have no fast bf16 kernels.
+    Decoding is many small matmuls plus sampling and cache ops. With AVX512-BF16 alone, SmolLM2 decoded
+    2.3x slower in bf16 than in fp32 (although large bf16 matmuls ran ~5x fp32); with AMX it decoded 1.7x
+    faster (1,034 vs 602 tok/s, 256 samples; `bench/generate.py`).
     """
     import torch
 
-    return torch.float32 if device == "cpu" else choose_dtype(device)
+    if device != "cpu":
+        return choose_dtype(device)
+    text = _cpuinfo() if cpuinfo is None else cpuinfo
+    return torch.bfloat16 if re.search(r"\bamx_bf16\b", text) else torch.float32
 
 
 def _load_error(source: ModelSource, error: Exception) -> ForgetlessError:
