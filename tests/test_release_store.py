@@ -52,8 +52,11 @@ def test_a_fresh_store_has_the_migrated_release_stores_tables_and_columns(tmp_pa
     Store(release)  # migrates it
     assert columns(fresh.path) == columns(release)
     added = set(columns(release)) - set(before)
-    assert added == {(table, column, "VARCHAR") for table in ("reconstruct_batches", "responses", "scores")
-                     for column in ("engine", "engine_url")}
+    judge_check_tables = {"judge_check_pairs", "judge_check_scores", "judge_checks"}  # new tables (store v5)
+    assert {table for table, _, _ in added} - {"reconstruct_batches", "responses", "scores"} == judge_check_tables
+    assert {column for column in added if column[0] not in judge_check_tables} == {
+        (table, column, "VARCHAR") for table in ("reconstruct_batches", "responses", "scores")
+        for column in ("engine", "engine_url")}
     with duckdb.connect(str(release), read_only=True) as con:  # what made the release's rows: in-process only
         for table in ("reconstruct_batches", "responses", "scores"):
             found = con.execute(f"SELECT DISTINCT engine, engine_url FROM {table}").fetchall()

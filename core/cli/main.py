@@ -13,6 +13,7 @@ import sys
 from core.cli.common import Parser, quiet_libraries
 from core.cli.engine import add_engine_stage
 from core.cli.eval import add_eval_stage
+from core.cli.judge_check import add_judge_check_stage
 from core.cli.mix import add_mix_stage
 from core.cli.profile import add_profile_stage
 from core.cli.reconstruct import add_reconstruct_stages
@@ -31,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     stages = parser.add_subparsers(dest="stage", required=True, parser_class=Parser)
     add_reconstruct_stages(stages)  # prequery, reconstruct
     add_screen_stages(stages)  # respond, judge
+    add_judge_check_stage(stages)
     add_profile_stage(stages)
     add_eval_stage(stages)
     add_train_stage(stages)

@@ -80,30 +80,50 @@ def judge_prompt(tokenizer: Any, instruction: str, response: str) -> tuple[str, 
     return plain_judge_prompt(instruction, response).rstrip(), "plain"
 
 
-def _score_batch(config: JudgeConfig, engine: Engine, judge: str, batch: Sequence[PendingScore], job_id: str,
-                 progress: Progress) -> list[ScoreRow]:
+@dataclass(frozen=True)
+class Rating:
+    """One judge's verdict on one response, as a scores row stores it."""
+
+    score: float | None  # None when a generated rating could not be parsed
+    probs: list[float] | None  # probs: renormalised P("1".."5")
+    raw: str | None  # generate: the judge's own words
+    failed: bool
+    prompt_format: str  # chat | plain
+
+
+def rate_responses(engine: Engine, method: str, items: Sequence[tuple[str, str]], *, max_new_tokens: int,
+                   on_tokens: Callable[[int], None]) -> list[Rating]:
+    """Rate each (instruction, response) with the judge behind ``engine``, by ``method`` (probs | generate),
+    as one batch. ``on_tokens`` is the progress callback (it may raise `Cancelled` to abandon the batch)."""
     tokenizer = engine.tokenizer
     prompts, formats = [], []
-    for item in batch:
-        text, fmt = judge_prompt(tokenizer, item.instruction, item.response)
+    for instruction, response in items:
+        text, fmt = judge_prompt(tokenizer, instruction, response)
         # A chat template writes its own BOS text; a plain prompt needs the tokenizer's.
         prompts.append(tokenizer(text, add_special_tokens=fmt == "plain")["input_ids"])
         formats.append(fmt)
-    rows = []
-    if config.method == "probs":
-        for item, fmt, row in zip(batch, formats, answer_probabilities(engine, prompts, RATING_TOKENS), strict=True):
-            rows.append(ScoreRow(item.response_id, judge, "probs", expected_rating(row), renormalise(row), None,
-                                 False, fmt, job_id, engine.served_by, engine.url))
-        progress.on_token(0)  # lets a cancel request interrupt between batches of forward passes
-        return rows
-    greedy = SampleSettings(max_new_tokens=config.max_new_tokens, temperature=0.0,
+    if method == "probs":
+        rows = answer_probabilities(engine, prompts, RATING_TOKENS)
+        on_tokens(0)  # lets a cancel request interrupt between batches of forward passes
+        return [Rating(expected_rating(row), renormalise(row), None, False, fmt)
+                for fmt, row in zip(formats, rows, strict=True)]
+    greedy = SampleSettings(max_new_tokens=max_new_tokens, temperature=0.0,
                             stop_token_ids=(tokenizer.eos_token_id,) if tokenizer.eos_token_id is not None else ())
-    replies = engine.sample(prompts, greedy, on_tokens=progress.on_token)
-    for item, fmt, reply in zip(batch, formats, replies, strict=True):
+    replies = engine.sample(prompts, greedy, on_tokens=on_tokens)
+    ratings = []
+    for fmt, reply in zip(formats, replies, strict=True):
         rating = parse_rating(reply.text)
-        rows.append(ScoreRow(item.response_id, judge, "generate", None if rating is None else float(rating), None,
-                             reply.text, rating is None, fmt, job_id, engine.served_by, engine.url))
-    return rows
+        ratings.append(Rating(None if rating is None else float(rating), None, reply.text, rating is None, fmt))
+    return ratings
+
+
+def _score_batch(config: JudgeConfig, engine: Engine, judge: str, batch: Sequence[PendingScore], job_id: str,
+                 progress: Progress) -> list[ScoreRow]:
+    ratings = rate_responses(engine, config.method, [(item.instruction, item.response) for item in batch],
+                             max_new_tokens=config.max_new_tokens, on_tokens=progress.on_token)
+    return [ScoreRow(item.response_id, judge, config.method, rating.score, rating.probs, rating.raw, rating.failed,
+                     rating.prompt_format, job_id, engine.served_by, engine.url)
+            for item, rating in zip(batch, ratings, strict=True)]
 
 
 def run_judging(

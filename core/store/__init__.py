@@ -4,6 +4,7 @@ from core.store.base import STORE_FILE, StoreBase, text_key
 from core.store.evaluation import EvaluationQueries
 from core.store.explore import ExploreFilters, ExploreQueries, ExploreResult
 from core.store.instructions import BatchResult, InstructionQueries, InstructionRow
+from core.store.judge_checks import JudgeCheckQueries
 from core.store.mix import MixQueries
 from core.store.profile import ProfileQueries
 from core.store.screen_tables import ScreenTableQueries
@@ -11,7 +12,7 @@ from core.store.screening import ScreeningQueries
 
 
 class Store(InstructionQueries, ScreeningQueries, ScreenTableQueries, ProfileQueries, ExploreQueries,
-            EvaluationQueries, MixQueries, StoreBase):
+            EvaluationQueries, MixQueries, JudgeCheckQueries, StoreBase):
     """The store of one workspace: every method opens the file, works in one transaction, closes it."""
 
 

@@ -138,6 +138,49 @@ ENGINE_PROVENANCE = [
 ]
 
 
+# -- version 5: judge checks (each judge against pairs whose better side is known; see core/screen/judge_check.py) --
+JUDGE_CHECK_TABLES = [
+    """CREATE TABLE IF NOT EXISTS judge_check_pairs (
+        job_id VARCHAR NOT NULL,
+        pair_id VARCHAR NOT NULL,            -- kind:reference_id
+        kind VARCHAR NOT NULL,               -- off_topic | truncated | shuffled | own
+        source VARCHAR NOT NULL,             -- alpacaeval | arenahard
+        reference_id VARCHAR NOT NULL,
+        instruction VARCHAR NOT NULL,
+        good VARCHAR NOT NULL,               -- the reference answer
+        worse VARCHAR NOT NULL,              -- the degraded answer (own: the answer model's)
+        answer_model VARCHAR,                -- own: the model that wrote the worse side (NULL otherwise)
+        created_at TIMESTAMPTZ NOT NULL,
+        PRIMARY KEY (job_id, pair_id))""",
+    """CREATE TABLE IF NOT EXISTS judge_check_scores (
+        job_id VARCHAR NOT NULL,
+        judge VARCHAR NOT NULL,
+        method VARCHAR NOT NULL,             -- probs | generate
+        side_id VARCHAR NOT NULL,            -- hash of (instruction, answer): a side shared by pairs is scored once
+        score DOUBLE,                        -- NULL when a generated rating could not be parsed
+        probs DOUBLE[],
+        raw VARCHAR,
+        failed BOOLEAN NOT NULL,
+        prompt_format VARCHAR NOT NULL,
+        engine VARCHAR NOT NULL,
+        engine_url VARCHAR,
+        created_at TIMESTAMPTZ NOT NULL,
+        PRIMARY KEY (job_id, judge, method, side_id))""",
+    """CREATE TABLE IF NOT EXISTS judge_checks (
+        job_id VARCHAR NOT NULL,
+        judge VARCHAR NOT NULL,              -- a judge model, or 'consensus' (the mean of the judges' scores)
+        method VARCHAR NOT NULL,
+        kind VARCHAR NOT NULL,               -- a pair kind, or 'all' (every degradation kind; own apart)
+        pairs INTEGER NOT NULL,
+        wins INTEGER NOT NULL,               -- good side scored higher
+        ties INTEGER NOT NULL,               -- equal, or a side without a score: counts half
+        accuracy DOUBLE,                     -- (wins + ties / 2) / pairs
+        stderr DOUBLE,                       -- sqrt(accuracy (1 - accuracy) / pairs)
+        created_at TIMESTAMPTZ NOT NULL,
+        PRIMARY KEY (job_id, judge, method, kind))""",
+]
+
+
 def _create(statements: Sequence[str]) -> Callable[[duckdb.DuckDBPyConnection], None]:
     """A migration that runs DDL statements (IF NOT EXISTS: stores written before versions were counted have some)."""
     def migration(con: duckdb.DuckDBPyConnection) -> None:
@@ -151,6 +194,7 @@ MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [
     _create(SCREENING_AND_PROFILE_TABLES),  # -> 2
     _create(EVALUATION_TABLES),  # -> 3
     _create(ENGINE_PROVENANCE),  # -> 4
+    _create(JUDGE_CHECK_TABLES),  # -> 5
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -224,5 +268,5 @@ def table_names() -> frozenset[str]:
     a migration that creates a table adds its statement here too."""
     pattern = re.compile(r"CREATE\s+(?:OR\s+REPLACE\s+)?(?:TABLE|VIEW)\s+(?:IF\s+NOT\s+EXISTS\s+)?(\w+)", re.I)
     statements = (VERSION_TABLE, *RECONSTRUCT_TABLES, *SCREENING_AND_PROFILE_TABLES, *EVALUATION_TABLES,
-                  *EXPLORE_SCHEMA)
+                  *JUDGE_CHECK_TABLES, *EXPLORE_SCHEMA)
     return frozenset(name.lower() for statement in statements for name in pattern.findall(statement))
