@@ -1,4 +1,4 @@
-"""Benchmark the Explore tab's queries on a synthetic store of a million responses.
+"""Benchmark the Explore tab's queries: 250,000 instruction rows of a store that holds 1,000,000 responses.
 
     .venv/bin/python bench/explore.py [--instructions 250000] [--k 4] [--judges 2] [--filters 50]
                                       [--workspace DIR] [--keep]
@@ -6,10 +6,16 @@
 Builds (or reuses, with --workspace and an existing store of the same size) a store filled by DuckDB
 SQL alone (``range()`` and hashes, no model): instructions, k responses each, scores from every judge,
 consensus, best responses, profile rows with clusters, categories, a 2-D map and near-duplicate groups.
-Then times what one filter change in the app runs (``explore()``: count, one page, the per-judge
-histogram, both scatter plots and the category counts on one read connection, attaching the file
-included) over random filter settings, plus the three separate calls (count, page, charts) for
-comparison, and the wall and CPU time of each. The last stdout line is a JSON summary.
+By default 250,000 instructions x 4 responses = 1,000,000 responses and 2,000,000 scores.
+
+What the app queries is not those tables but ``explore_rows``, rebuilt from them after judging and
+profiling: **one row per instruction** (250,000 by default) with its best response joined in, plus
+``explore_scores`` (one row per judge of each best response: 500,000). The benchmark counts and prints
+both tables' rows. It times what one filter change in the app runs (``explore()``: count, one page, the
+per-judge histogram, both scatter plots and the category counts on one read connection, attaching the
+file included) over random filter settings, plus the three separate calls (count, page, charts) for
+comparison, and the wall and CPU time of each. The last stdout line is a JSON summary: ``explore_rows``
+is the row count queried; ``rows`` (kept for existing readers) is the responses in the store.
 
 A plain VIEW over the joins instead of the explore_rows table took ~450 ms per query at this size.
 """
@@ -81,7 +87,7 @@ def build_store(path: Path, n_instructions: int, k: int, n_judges: int) -> dict[
         INSERT INTO responses
         SELECT substr(md5('r' || i || '_' || s), 1, 20), substr(md5('i' || i), 1, 20),
                'model-' || (s % 2), s // 2, text, n_words + n_words // 3, true, 'chat', 0.7, 0.9, 512, s,
-               'bench', TIMESTAMPTZ '2025-01-02 00:00:00+00' + to_microseconds(i * {k} + s)
+               'bench', TIMESTAMPTZ '2025-01-02 00:00:00+00' + to_microseconds(i * {k} + s), 'transformers', NULL
         FROM (SELECT i, s, n_words, array_to_string(list_transform(range(n_words),
                      lambda j: ({words})[(1 + hash(i, s, j) % {nw})::BIGINT]), ' ') || '.' AS text
               FROM (SELECT i, s, (10 + hash(i, s, 'n') % 90)::BIGINT AS n_words
@@ -91,7 +97,7 @@ def build_store(path: Path, n_instructions: int, k: int, n_judges: int) -> dict[
         SELECT substr(md5('r' || i || '_' || s), 1, 20), ({judges})[(j + 1)::BIGINT], 'probs',
                greatest(1.0, least(5.0, 1.0 + 4.0 * sqrt({_u('i', 's', "'q'")})
                                           + 1.6 * ({_u('i', 's', 'j')} - 0.5))),
-               NULL, NULL, false, 'chat', 'bench', TIMESTAMPTZ '2025-01-03 00:00:00+00'
+               NULL, NULL, false, 'chat', 'bench', TIMESTAMPTZ '2025-01-03 00:00:00+00', 'transformers', NULL
         FROM range({n_instructions}) r(i), range({k}) t(s), range({n_judges}) u(j)""")
     step("consensus", """
         INSERT INTO consensus
@@ -182,6 +188,13 @@ def run(args: argparse.Namespace) -> dict:
         build["refresh_explore_rows"] = round(time.perf_counter() - start, 2)
         print(f"refreshed explore_rows in {build['refresh_explore_rows']} s", flush=True)
     size_mb = round(path.stat().st_size / 2**20, 1)
+    with store.read() as con:
+        queried = {table: con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+                   for table in ("explore_rows", "explore_scores")}
+    print(f"store: {args.instructions:,} instructions x {args.k} responses = {n_responses:,} responses, "
+          f"{n_responses * args.judges:,} scores; the queries read explore_rows, {queried['explore_rows']:,} rows "
+          f"(one per instruction, its best response joined in), and explore_scores, {queried['explore_scores']:,} "
+          "rows (each best response's score from each judge)", flush=True)
 
     rng = random.Random(args.seed)
     filters = [ExploreFilters()] + [random_filters(rng) for _ in range(args.filters - 1)]
@@ -218,6 +231,9 @@ def run(args: argparse.Namespace) -> dict:
 
     summary = {
         "rows": n_responses,
+        "responses": n_responses,
+        "explore_rows": queried["explore_rows"],
+        "explore_scores": queried["explore_scores"],
         "instructions": args.instructions,
         "score_rows": n_responses * args.judges,
         "filters": len(filters),
@@ -232,8 +248,10 @@ def run(args: argparse.Namespace) -> dict:
         "cpus": os.cpu_count(),
         "loadavg_1m": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
     }
-    print(f"explore (count + page + charts, one connection): p50 {summary['p50_ms']} ms, "
-          f"p95 {summary['p95_ms']} ms, max {summary['max_ms']} ms over {len(filters)} filter settings")
+    met = summary["p95_ms"] <= TARGET_P95_MS
+    print(f"explore over {queried['explore_rows']:,} explore_rows (count + page + charts, one connection): "
+          f"p50 {summary['p50_ms']} ms, p95 {summary['p95_ms']} ms, max {summary['max_ms']} ms over {len(filters)} "
+          f"filter settings (target p95 <= {TARGET_P95_MS} ms: {'met' if met else 'NOT met'})")
     print(f"CPU time of this process per filter change (all its threads): {summary['cpu']}")
     print(f"separate calls (3 connections): {summary['separate_calls']}; open+close alone: {summary['open_close']}")
     print(f"{summary['cpus']} CPUs, 1-minute load average before/after: {summary['loadavg_1m']} "
@@ -259,7 +277,9 @@ def main(argv: list[str] | None = None) -> int:
     summary = run(parser.parse_args(argv))
     print(json.dumps({"rows": summary["rows"], "p50_ms": summary["p50_ms"], "p95_ms": summary["p95_ms"],
                       "max_ms": summary["max_ms"], "target_p95_ms": TARGET_P95_MS,
-                      **{key: summary[key] for key in ("instructions", "score_rows", "filters", "cpu", "separate_calls",
+                      "target_met": summary["p95_ms"] <= TARGET_P95_MS,
+                      **{key: summary[key] for key in ("explore_rows", "explore_scores", "responses", "instructions",
+                                                       "score_rows", "filters", "cpu", "separate_calls",
                                                        "open_close", "matched_median", "store_mb", "build_s", "cpus",
                                                        "loadavg_1m")}}))
     return 0
