@@ -136,3 +136,32 @@ def test_cut_at_stop_and_group_probabilities() -> None:
     assert cut_at_stop("answer", ("\n### ",)) == ("answer", False)
     assert cut_at_stop("a STOP b END", ("END", "STOP")) == ("a ", True)
     assert group_probabilities([math.log(0.25), math.log(0.5)], [4, 9], [[9], [4, 9]]) == pytest.approx([0.5, 0.75])
+
+
+class _SpacedDigits:
+    """A tokenizer whose " 4" is one token (GPT-2 style) or a lone space and then the digit (SmolLM2, Gemma)."""
+
+    def __init__(self, space_is_own_token: bool) -> None:
+        self.split = space_is_own_token
+
+    def __call__(self, text: str, add_special_tokens: bool = False) -> dict[str, list[int]]:
+        if self.split:
+            return {"input_ids": [ord(ch) for ch in text]}
+        return {"input_ids": [hash(word) % 1000 for word in text.replace(" ", " _").split()]}
+
+
+def test_the_rating_lead_ends_where_the_digit_is_the_next_token() -> None:
+    from core.engines.next_token import rating_lead
+
+    assert rating_lead(_SpacedDigits(space_is_own_token=True), "Rating: ") == "Rating: "
+    assert rating_lead(_SpacedDigits(space_is_own_token=False), "Rating: ") == "Rating:"
+    assert rating_lead(_SpacedDigits(space_is_own_token=True), "Rating (1-5): ") == "Rating (1-5): "
+
+
+def test_the_packaged_judges_prompts_keep_the_space_before_the_digit(real_workspace: Path) -> None:
+    from core.engines.models import load_tokenizer
+    from core.screen.judge import judge_prompt
+
+    for spec in ("smollm2-135m-instruct", "gemma-3-270m"):  # both spell " 4" as a lone space, then "4"
+        text, _ = judge_prompt(load_tokenizer(spec, real_workspace), "Say hi.", "Hi!")
+        assert text.endswith(": "), (spec, text[-20:])

@@ -88,6 +88,18 @@ def next_token_logprobs(
     return last_logits(model, prompts, pad_id).double().log_softmax(-1)[:, list(token_ids)]
 
 
+def rating_lead(tokenizer: Any, lead: str) -> str:
+    """``lead`` (e.g. "Rating: ") cut so that the next token is the digit itself, for this tokenizer.
+
+    Where " 4" is one token, the space belongs to the digit and is cut from the lead. Where it is a lone
+    space and then the digit (SmolLM2's and Gemma's tokenizers), a lead without its space makes the model
+    put almost all its mass on that space (measured: 0.1-0.4% left on the digits, against 81-96% with the
+    space kept), so the space stays.
+    """
+    spaced = tokenizer(" 4", add_special_tokens=False)["input_ids"]
+    return lead.rstrip() if len(spaced) == 1 else lead
+
+
 def answer_token_groups(tokenizer: Any, answers: Sequence[str]) -> list[list[int]]:
     """For each answer string, the single tokens that spell it with and without a leading space."""
     groups = []

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from core.engines.base import Engine, answer_probabilities
-from core.engines.next_token import answer_token_groups
+from core.engines.next_token import answer_token_groups, rating_lead
 from core.errors import ForgetlessError
 from core.screen.prompts import (
     RATING_LEAD,
@@ -106,8 +106,8 @@ def difficulty_prompt(tokenizer: Any, instruction: str) -> tuple[str, str]:
     if tokenizer.chat_template:
         text = tokenizer.apply_chat_template(difficulty_messages(instruction), tokenize=False,
                                              add_generation_prompt=True)
-        return text + RATING_LEAD.rstrip(), "chat"
-    return plain_difficulty_prompt(instruction).rstrip(), "plain"
+        return text + rating_lead(tokenizer, RATING_LEAD), "chat"
+    return rating_lead(tokenizer, plain_difficulty_prompt(instruction)), "plain"
 
 
 def judge_difficulty(engine: Engine, instructions: Sequence[str],

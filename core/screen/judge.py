@@ -15,6 +15,7 @@ from typing import Any
 from core.config import fingerprint, to_yaml
 from core.engines.base import Engine, OpenEngine, SampleSettings, answer_probabilities
 from core.engines.choice import serving_fields, serving_setting
+from core.engines.next_token import rating_lead
 from core.errors import ForgetlessError
 from core.progress import Progress
 from core.screen.model_batches import model_by_model
@@ -76,8 +77,8 @@ def judge_prompt(tokenizer: Any, instruction: str, response: str) -> tuple[str, 
     if tokenizer.chat_template:
         text = tokenizer.apply_chat_template(judge_messages(instruction, response), tokenize=False,
                                              add_generation_prompt=True)
-        return text + RATING_LEAD.rstrip(), "chat"
-    return plain_judge_prompt(instruction, response).rstrip(), "plain"
+        return text + rating_lead(tokenizer, RATING_LEAD), "chat"
+    return rating_lead(tokenizer, plain_judge_prompt(instruction, response)), "plain"
 
 
 @dataclass(frozen=True)
