@@ -15,11 +15,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.config import fingerprint, to_yaml
-from core.engines.base import Engine, OpenEngine, SampleSettings
+from core.engines.base import Engine, OpenEngine
 from core.engines.choice import serving_fields, serving_setting
 from core.errors import ForgetlessError
 from core.progress import Progress
-from core.reconstruct.prequery import stop_token_ids
 from core.screen.check_pairs import (
     ALL_KINDS,
     CONSENSUS,
@@ -36,7 +35,7 @@ from core.screen.check_pairs import (
 )
 from core.screen.judge import METHODS, JudgeConfig, rate_responses
 from core.screen.model_batches import model_by_model
-from core.screen.respond import RespondConfig, prompt_format
+from core.screen.respond import RespondConfig, sample_answers
 from core.settings import setting
 from core.store import Store
 from core.store.judge_checks import CheckResult, CheckScore
@@ -117,14 +116,10 @@ def _own_answers(config: JudgeCheckConfig, engine: Engine, batch: Sequence[Refer
                  progress: Progress) -> tuple[list[str], int]:
     """The answer model's answers, sampled as the respond stage samples (its prompt format and defaults)."""
     respond = RespondConfig()
-    fmt = prompt_format(engine.tokenizer)
-    prompts = engine.tokenizer([fmt.render(ref.instruction) for ref in batch],
-                               add_special_tokens=fmt.add_special_tokens)["input_ids"]
     seed = int.from_bytes(hashlib.sha256(f"{config.seed}:{batch[0].reference_id}".encode()).digest()[:4], "little")
-    settings = SampleSettings(max_new_tokens=config.own_max_new_tokens, temperature=respond.temperature,
-                              top_p=respond.top_p, stop=fmt.stop,
-                              stop_token_ids=tuple(stop_token_ids(engine.tokenizer, fmt.stop)), seed=seed)
-    samples = engine.sample(prompts, settings, on_tokens=progress.on_token)
+    _, samples = sample_answers(engine, [ref.instruction for ref in batch], max_new_tokens=config.own_max_new_tokens,
+                                temperature=respond.temperature, top_p=respond.top_p, seed=seed,
+                                on_tokens=progress.on_token)
     return [sample.text.strip() for sample in samples], sum(len(sample.token_ids) for sample in samples)
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.config import fingerprint, to_yaml
-from core.engines.base import Engine, OpenEngine, SampleSettings
+from core.engines.base import Engine, OpenEngine, Sample, SampleSettings
 from core.engines.choice import serving_fields, serving_setting
 from core.errors import ForgetlessError
 from core.progress import Progress
@@ -92,19 +92,28 @@ def _batch_seed(seed: int, model: str, first_id: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{model}:{first_id}".encode()).digest()[:4], "little")
 
 
+def sample_answers(engine: Engine, instructions: Sequence[str], *, max_new_tokens: int, temperature: float,
+                   top_p: float, seed: int, on_tokens: Callable[[int], None]) -> tuple[PromptFormat, list[Sample]]:
+    """One answer per instruction in the model's own prompt format (its chat template, or the plain one-shot
+    prompt), cut at its end of turn; the format is returned with them."""
+    fmt = prompt_format(engine.tokenizer)
+    prompts = engine.tokenizer([fmt.render(instruction) for instruction in instructions],
+                               add_special_tokens=fmt.add_special_tokens)["input_ids"]
+    settings = SampleSettings(
+        max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, stop=fmt.stop,
+        stop_token_ids=tuple(stop_token_ids(engine.tokenizer, fmt.stop)), seed=seed,
+    )
+    return fmt, engine.sample(prompts, settings, on_tokens=on_tokens)
+
+
 def _respond_batch(config: RespondConfig, engine: Engine, spec: str, batch: Sequence[PendingResponse], job_id: str,
                    progress: Progress) -> list[ResponseRow]:
     """Sample one response for each pending (instruction, sample) of ``batch``."""
-    fmt = prompt_format(engine.tokenizer)
-    texts = [fmt.render(item.instruction) for item in batch]
-    prompts = engine.tokenizer(texts, add_special_tokens=fmt.add_special_tokens)["input_ids"]
     ids = [response_id(item.instruction_id, spec, item.sample_index) for item in batch]
     seed = _batch_seed(config.seed, spec, ids[0])
-    settings = SampleSettings(
-        max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_p=config.top_p, stop=fmt.stop,
-        stop_token_ids=tuple(stop_token_ids(engine.tokenizer, fmt.stop)), seed=seed,
-    )
-    samples = engine.sample(prompts, settings, on_tokens=progress.on_token)
+    fmt, samples = sample_answers(engine, [item.instruction for item in batch], max_new_tokens=config.max_new_tokens,
+                                  temperature=config.temperature, top_p=config.top_p, seed=seed,
+                                  on_tokens=progress.on_token)
     return [
         ResponseRow(rid, item.instruction_id, spec, item.sample_index, result.text.strip(), len(result.token_ids),
                     result.stopped, fmt.name, config.temperature, config.top_p, config.max_new_tokens, seed, job_id,
