@@ -201,6 +201,27 @@ def test_judge_scores_through_vllm_agree_with_in_process_ones(answered: Path, tm
     assert query(local, "SELECT DISTINCT engine, engine_url FROM scores") == [("transformers", None)]
 
 
+def test_probs_scores_of_judge_check_pairs_correlate_across_engines(workspace: Path, vllm_server: ManagedServer):
+    """The issue's criterion on responses whose quality really differs: judge-check's pairs (a GPT-4 reference
+    against its off-topic, truncated and shuffled versions). On 16 similar replies of the model itself (above)
+    the scores spread too little (std ~0.14) for bf16 kernel noise to leave Pearson above 0.9."""
+    for job, engine in (("jc-vllm", ["--engine-url", vllm_server.url]), ("jc-local", [])):
+        result = forgetless("judge-check", "--judges", MODEL, "--methods", "probs", "--pairs-per-kind", "6",
+                            "--max-words", "200", "--job-id", job, *engine, workspace=workspace, timeout=600)
+        assert result.returncode == 0, result.stderr
+    scored = {job: dict(query(workspace, f"SELECT side_id, score FROM judge_check_scores WHERE job_id = '{job}'"))
+              for job in ("jc-vllm", "jc-local")}
+    sides = sorted(scored["jc-local"])
+    assert len(sides) >= 18 and sorted(scored["jc-vllm"]) == sides
+    scores = np.array([[scored["jc-vllm"][side], scored["jc-local"][side]] for side in sides])
+    pearson = np.corrcoef(scores.T)[0, 1]
+    print(f"probs scores of {len(sides)} judge-check answers, vLLM vs in-process: Pearson {pearson:.4f} "
+          f"(spread: std {scores[:, 1].std():.3f}, max gap {np.max(np.abs(scores[:, 0] - scores[:, 1])):.3f})")
+    assert pearson >= 0.95
+    engines = query(workspace, "SELECT job_id, min(engine), max(engine) FROM judge_check_scores GROUP BY 1 ORDER BY 1")
+    assert engines == [("jc-local", "transformers", "transformers"), ("jc-vllm", "vllm", "vllm")]
+
+
 def test_profile_model_parts_run_through_vllm(answered: Path):
     judged = forgetless("judge", "--judges", MODEL, "--engine", "vllm", workspace=answered, timeout=600)
     assert judged.returncode == 0, judged.stderr  # IFD scores each instruction's best response
