@@ -52,9 +52,13 @@ class ReadableRoots:
 
     def check_model(self, spec: str | None) -> str | None:
         """A MODEL spec unchanged when it is an alias, a hub id or ``none``; a local folder or file is checked
-        like any path (see :meth:`check`)."""
+        like any path (see :meth:`check`), also after a ``NAME:`` prefix (a signal judge's model)."""
         text = (spec or "").strip()
         if not text or text in ALIASES or text.lower() == "none":
+            return spec
+        name, colon, rest = text.partition(":")
+        if colon and name.isidentifier():
+            self.check_model(rest)
             return spec
         local = text.startswith((".", "/", "~")) or text.endswith(".gguf") or Path(text).expanduser().exists()
         if local:

@@ -36,6 +36,7 @@ COMMON = {"--workspace", "--json", "--debug", "--config"}
 # Flags added since the fixture was captured (each addition is a deliberate change of the contract).
 MODEL_FACING = ("reconstruct", "respond", "judge", "profile", "eval")
 ADDED = {stage: {"--engine", "--engine-url"} if stage in MODEL_FACING else set() for stage in FIXTURE}
+ADDED["judge"].add("--weighting")  # the consensus weighted by the judge check (issue 14)
 
 
 def stage_actions(stage: str) -> dict[str, argparse.Action]:

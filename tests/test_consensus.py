@@ -174,3 +174,10 @@ def test_agreement_matrix_order_single_judge_and_bad_method() -> None:
     assert list(agreement_matrix(pairs, judges=["B", "A"]).index) == ["B", "A"]
     with pytest.raises(ValueError):
         agreement_matrix(pairs, "pearson")
+
+
+def test_weights_move_the_mean_only():
+    c = response_consensus([2, 4, None, 5], weights=[3, 1, 9, 0])
+    assert c.mean == pytest.approx((3 * 2 + 4) / 4) and c.n_judges == 3
+    assert (c.median, c.min, c.max) == (4, 2, 5) and c.std == pytest.approx(np.std([2, 4, 5]))
+    assert math.isnan(response_consensus([2, 4], weights=[0, 0]).mean)

@@ -87,9 +87,12 @@ def test_model_fields_are_confined_but_aliases_and_hub_ids_pass(layout):
     for spec in ("smollm2-135m-instruct", "HuggingFaceTB/SmolLM2-135M-Instruct", "none", None, ""):
         assert roots.check_model(spec) == spec
     assert roots.check_model(str(layout["data"] / "model.gguf")) == str(layout["data"] / "model.gguf")
-    for spec in (str(layout["outside"]), "/etc/passwd.gguf", str(layout["workspace"] / "escape"), "../outside"):
+    for spec in (str(layout["outside"]), "/etc/passwd.gguf", str(layout["workspace"] / "escape"), "../outside",
+                 f"completeness:{layout['outside']}", "relevance:../outside"):  # a signal judge's model too
         with pytest.raises(ForgetlessError, match="outside the folders this app reads"):
             roots.check_model(spec)
+    for spec in ("relevance:all-minilm-l6-v2", f"fluency:{layout['data'] / 'model.gguf'}"):
+        assert roots.check_model(spec) == spec
 
     def build(*models: str) -> RespondConfig:
         return RespondConfig(models=models)

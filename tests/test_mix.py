@@ -314,7 +314,7 @@ def test_cli_mix_bad_input_is_one_line(capsys, tmp_path, workspace, domain_file,
 
 @pytest.mark.integration
 def test_map_overlay_with_the_packaged_embedder(tmp_path):
-    from core.profile.semantic import DEFAULT_EMBEDDER, load_embedder, resolve_embedder
+    from core.engines.embedder import DEFAULT_EMBEDDER, load_embedder, resolve_embedder
 
     store = build_mix_store(tmp_path / "forgetless.duckdb")
     general = store.general_rows(store.explore_ids(ExploreFilters()))

@@ -147,6 +147,7 @@ def test_stage_jobs_start_refuses_a_second_running_job(tmp_path, monkeypatch):
 def test_model_specs_are_shown_by_their_last_part():
     assert short_model("/tmp/models/tiny/") == "tiny"
     assert short_model("smollm2-135m-instruct") == "smollm2-135m-instruct"
+    assert short_model("completeness:/tmp/models/tiny") == "completeness:tiny"  # a signal keeps its name
     assert short_names(["/a/tiny", "/b/other"]) == ["tiny", "other"]
     assert short_names(["/a/tiny", "/b/tiny"]) == ["/a/tiny", "/b/tiny"]  # shortening would merge them
 

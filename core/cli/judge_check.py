@@ -10,6 +10,7 @@ from core.cli.common import Stages, add_stage, emit, run_job
 from core.cli.flags import add_settings, config_from_args
 from core.engines.choice import engine_choice
 from core.screen.judge_check import JudgeCheckConfig, run_judge_check
+from core.screen.signals import check_embedders, loaded_models
 from core.store import Store
 
 
@@ -50,9 +51,10 @@ def human_report(summary: dict[str, Any]) -> str:
 
 def cmd_judge_check(args: argparse.Namespace) -> None:
     config = config_from_args(JudgeCheckConfig, args)
+    check_embedders(config.judges)
     store = Store.for_workspace(args.workspace)
     summary = run_job(args, "judge-check", config, lambda **hooks: run_judge_check(config, store, **hooks),
-                      models=(*config.judges, config.own_model), serving=engine_choice(config))
+                      models=(*loaded_models(config.judges), config.own_model), serving=engine_choice(config))
     emit(summary, args.json, human_report(summary))
 
 

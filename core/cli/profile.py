@@ -7,8 +7,8 @@ import argparse
 from core.cli.common import Stages, add_stage, emit, run_job
 from core.cli.flags import add_settings, config_from_args
 from core.engines.choice import engine_choice
+from core.engines.embedder import resolve_embedder
 from core.profile.profiling import ProfileConfig, run_profile
-from core.profile.semantic import resolve_embedder
 from core.store import Store
 
 

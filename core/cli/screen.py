@@ -4,12 +4,14 @@ response scored by every judge (consensus and agreement rebuilt)."""
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from core.cli.common import Stages, add_stage, emit, run_job
 from core.cli.flags import add_settings, config_from_args
 from core.engines.choice import engine_choice
-from core.screen.judge import JudgeConfig, run_judging
+from core.screen.judge import JudgeConfig, checked_weights, run_judging
 from core.screen.respond import RespondConfig, run_responses
+from core.screen.signals import check_embedders, loaded_models
 from core.store import Store
 
 
@@ -27,15 +29,27 @@ def cmd_respond(args: argparse.Namespace) -> None:
 
 def cmd_judge(args: argparse.Namespace) -> None:
     config = config_from_args(JudgeConfig, args)
+    check_embedders(config.judges)
     store = Store.for_workspace(args.workspace)
+    if config.weighting == "checked":  # before the job starts: a judge never checked is one line, no job
+        checked_weights(store.checked_accuracies(config.judges, config.method), config.judges, config.method)
     summary = run_job(args, "judge", config,
                       lambda **hooks: run_judging(config, store, **hooks),
-                      models=config.judges, serving=engine_choice(config))
+                      models=loaded_models(config.judges), serving=engine_choice(config))
+    emit(summary, args.json, judge_report(summary))
+
+
+def judge_report(summary: dict[str, Any]) -> str:
     state = "cancelled" if summary["cancelled"] else "done"
-    human = (f"{state}: {summary['scores']} scores by {', '.join(summary['judges'])} ({summary['method']}), "
+    lines = [f"{state}: {summary['scores']} scores by {', '.join(summary['judges'])} ({summary['method']}), "
              f"{summary['failures']} failures; consensus for {summary['responses_with_consensus']} responses, "
-             f"best response for {summary['instructions_with_best']} instructions ({summary['seconds']} s)")
-    emit(summary, args.json, human)
+             f"best response for {summary['instructions_with_best']} instructions ({summary['seconds']} s)"]
+    if summary["weights"]:
+        lines.append("consensus weighted by checked accuracy: "
+                     + ", ".join(f"{judge} {weight:.2f}" for judge, weight in summary["weights"].items()))
+    lines += [f"warning: {judge} is no better than chance in judge check {job}"
+              for judge, job in summary["no_better_than_chance"].items()]
+    return "\n".join(lines)
 
 
 def add_screen_stages(stages: Stages) -> None:

@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from core.engines.embedder import DEFAULT_EMBEDDER, load_embedder, resolve_embedder
 from core.errors import ForgetlessError
 from core.jobs import REPO_ROOT
-from core.profile.semantic import DEFAULT_EMBEDDER, load_embedder, resolve_embedder
 
 MAX_GENERAL_POINTS = 5000
 MAX_DOMAIN_POINTS = 2000

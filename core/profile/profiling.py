@@ -24,6 +24,7 @@ import numpy as np
 from core.config import fingerprint, to_yaml
 from core.engines.base import Engine, OpenEngine
 from core.engines.choice import serving_fields, serving_setting
+from core.engines.embedder import DEFAULT_EMBEDDER, embed, load_embedder, resolve_embedder
 from core.errors import ForgetlessError
 from core.profile.measures import (
     CALIBRATIONS,
@@ -39,18 +40,7 @@ from core.profile.measures import (
     judge_difficulty,
     needs_null_scores,
 )
-from core.profile.semantic import (
-    DEFAULT_EMBEDDER,
-    PROJECTIONS,
-    auto_clusters,
-    cluster,
-    cluster_labels,
-    embed,
-    load_embedder,
-    near_duplicate_groups,
-    project_2d,
-    resolve_embedder,
-)
+from core.profile.semantic import PROJECTIONS, auto_clusters, cluster, cluster_labels, near_duplicate_groups, project_2d
 from core.progress import Cancelled, Progress
 from core.settings import setting
 

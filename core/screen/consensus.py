@@ -33,31 +33,36 @@ class ResponseConsensus:
     n_judges: int
 
 
-def _finite(scores: Sequence[float | None]) -> np.ndarray:
-    values = []
-    for score in scores:
+def _finite(scores: Sequence[float | None], weights: Sequence[float] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    values, kept = [], []
+    for index, score in enumerate(scores):
         try:
             value = float(score)  # type: ignore[arg-type]
         except (TypeError, ValueError):
             continue
         if math.isfinite(value):
             values.append(value)
-    return np.asarray(values, dtype=float)
+            kept.append(1.0 if weights is None else float(weights[index]))
+    return np.asarray(values, dtype=float), np.asarray(kept, dtype=float)
 
 
-def response_consensus(scores: Sequence[float | None]) -> ResponseConsensus:
+def response_consensus(scores: Sequence[float | None], weights: Sequence[float] | None = None) -> ResponseConsensus:
     """Mean, median, spread and range of one response's judge scores.
 
     Missing scores (None, NaN, inf: a judge whose output could not be parsed) are left out rather than
     counted as any rating, so n_judges says how many judges actually spoke. With none left every
     statistic is NaN and n_judges is 0: the response has no consensus, and NaN keeps it from ranking.
+    ``weights`` (one per score, e.g. each judge's checked accuracy above chance) weight the mean only
+    (NaN when the judges that spoke all weigh 0); median, spread and range stay the judges' own.
     """
-    values = _finite(scores)
+    values, kept = _finite(scores, weights)
     if values.size == 0:
         nan = float("nan")
         return ResponseConsensus(nan, nan, nan, nan, nan, 0)
+    mean = float(values.mean()) if weights is None else (
+        float(np.average(values, weights=kept)) if kept.sum() > 0 else float("nan"))
     return ResponseConsensus(
-        mean=float(values.mean()),
+        mean=mean,
         median=float(np.median(values)),
         std=float(values.std(ddof=0)),
         min=float(values.min()),

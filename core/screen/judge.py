@@ -8,6 +8,7 @@ without a usable rating is stored as a failure, which ``retry_failed`` reruns.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -15,9 +16,11 @@ from typing import Any
 from core.config import fingerprint, to_yaml
 from core.engines.base import Engine, OpenEngine, SampleSettings, answer_probabilities
 from core.engines.choice import serving_fields, serving_setting
+from core.engines.embedder import open_embedder
 from core.engines.next_token import rating_lead
 from core.errors import ForgetlessError
 from core.progress import Progress
+from core.screen.check_pairs import no_better_than_chance
 from core.screen.model_batches import model_by_model
 from core.screen.prompts import (
     RATING_LEAD,
@@ -28,11 +31,24 @@ from core.screen.prompts import (
     plain_judge_prompt,
     renormalise,
 )
+from core.screen.signals import (
+    SIGNAL_FORMAT,
+    SIGNALS,
+    Embed,
+    measure,
+    parse_signal,
+    scorer_opener,
+    to_rating,
+)
 from core.settings import setting
 from core.store import Store
 from core.store.screening import PendingScore, ScoreRow
 
 METHODS = ("probs", "generate")
+WEIGHTINGS = ("mean", "checked")
+JUDGES_HELP = ("comma-separated MODEL specs, and signals SIGNAL:MODEL "
+               f"({', '.join(SIGNALS)}; relevance takes an embedder), e.g. "
+               "smollm2-135m-instruct,relevance:all-minilm-l6-v2,completeness:smollm2-135m-instruct")
 
 
 @dataclass
@@ -40,11 +56,14 @@ class JudgeConfig:
     """Settings of one judging job (the YAML in its job folder)."""
 
     judges: tuple[str, ...] = setting(("smollm2-135m-instruct", "gemma-3-270m"), list_form="comma",
-                                      label="Judge models",
-                                      help="comma-separated MODEL specs, e.g. smollm2-135m-instruct,gemma-3-270m")
+                                      label="Judges", help=JUDGES_HELP)
     method: str = setting("probs", choices=METHODS, label="Scoring",
                           help="probs: expected rating from the rating-token probabilities; "
                                "generate: the judge writes its rating, parsed")
+    weighting: str = setting("mean", choices=WEIGHTINGS, label="Consensus",
+                             help="mean: the plain mean of the judges' scores (the paper's); checked: each judge "
+                                  "weighted by its accuracy above chance in the newest `forgetless judge-check` "
+                                  "with this method (2 x (accuracy - 0.5), 0 at or below chance)")
     exclude_self: bool = setting(False, help="a model does not judge its own responses (same model spec)",
                                  label="A model does not judge its own responses")
     retry_failed: bool = setting(False, help="generate: rerun only the ratings that failed to parse",
@@ -60,7 +79,9 @@ class JudgeConfig:
         checks = [
             (bool(self.judges), "give at least one judge"),
             (len(set(self.judges)) == len(self.judges), "a judge is listed twice"),
+            *judge_spec_checks(self.judges),
             (self.method in METHODS, f"method must be one of {', '.join(METHODS)}"),
+            (self.weighting in WEIGHTINGS, f"weighting must be one of {', '.join(WEIGHTINGS)}"),
             (self.batch_size >= 1, "batch size must be at least 1"),
             (1 <= self.max_new_tokens <= 256, "max new tokens must be between 1 and 256"),
         ]
@@ -70,6 +91,13 @@ class JudgeConfig:
 
     def resolved_job_id(self) -> str:
         return self.job_id or "judge-" + fingerprint(self, exclude=("job_id", "retry_failed"))
+
+
+def judge_spec_checks(judges: Sequence[str]) -> list[tuple[bool, str]]:
+    """A signal judge names its measuring model (``SIGNAL:MODEL``)."""
+    return [(bool(signal.model), f"signal judge '{spec}' needs a model after the colon, e.g. {signal.signal}:"
+                                 + ("all-minilm-l6-v2" if signal.needs_embedder else "smollm2-135m-instruct"))
+            for spec in judges if (signal := parse_signal(spec)) is not None]
 
 
 def judge_prompt(tokenizer: Any, instruction: str, response: str) -> tuple[str, str]:
@@ -118,12 +146,30 @@ def rate_responses(engine: Engine, method: str, items: Sequence[tuple[str, str]]
     return ratings
 
 
-def _score_batch(config: JudgeConfig, engine: Engine, judge: str, batch: Sequence[PendingScore], job_id: str,
+def rate(judge: str, scorer: Any, method: str, items: Sequence[tuple[str, str]], *, max_new_tokens: int,
+         on_tokens: Callable[[int], None]) -> list[Rating]:
+    """Rate each (instruction, response) by ``judge``: a model judge by ``method`` (`rate_responses`), a signal
+    judge by its measurement (the same whatever the method; the raw value is kept as ``raw``)."""
+    signal = parse_signal(judge)
+    if signal is None:
+        return rate_responses(scorer, method, items, max_new_tokens=max_new_tokens, on_tokens=on_tokens)
+    raws = measure(signal, scorer, items)
+    on_tokens(0)
+    return [Rating(to_rating(signal.signal, raw), None, f"{raw:.6g}", not math.isfinite(raw), SIGNAL_FORMAT)
+            for raw in raws]
+
+
+def provenance(scorer: Any) -> tuple[str, str | None]:
+    """(engine, url) stored with a score: an embedder runs in-process with sentence-transformers."""
+    return getattr(scorer, "served_by", "sentence-transformers"), getattr(scorer, "url", None)
+
+
+def _score_batch(config: JudgeConfig, scorer: Any, judge: str, batch: Sequence[PendingScore], job_id: str,
                  progress: Progress) -> list[ScoreRow]:
-    ratings = rate_responses(engine, config.method, [(item.instruction, item.response) for item in batch],
-                             max_new_tokens=config.max_new_tokens, on_tokens=progress.on_token)
+    ratings = rate(judge, scorer, config.method, [(item.instruction, item.response) for item in batch],
+                   max_new_tokens=config.max_new_tokens, on_tokens=progress.on_token)
     return [ScoreRow(item.response_id, judge, config.method, rating.score, rating.probs, rating.raw, rating.failed,
-                     rating.prompt_format, job_id, engine.served_by, engine.url)
+                     rating.prompt_format, job_id, *provenance(scorer))
             for item, rating in zip(batch, ratings, strict=True)]
 
 
@@ -132,36 +178,65 @@ def run_judging(
     store: Store,
     engines: OpenEngine,
     *,
+    embedders: Callable[[str], Embed] = open_embedder,
     on_progress: Callable[[dict[str, Any]], None] | None = None,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> dict[str, Any]:
-    """Score every pending response with every judge, then rebuild consensus and agreement."""
+    """Score every pending response with every judge (``embedders`` opens a relevance signal's embedder), then
+    rebuild consensus and agreement."""
     job_id = config.resolved_job_id()
     store.register_job(job_id, "judge", to_yaml(config))
 
     def pending(judge: str) -> list[PendingScore]:
+        signal = parse_signal(judge)
         return store.pending_scores(judge, config.method, exclude_self=config.exclude_self,
-                                    retry_failed=config.retry_failed)
+                                    retry_failed=config.retry_failed, author=signal.model if signal else judge)
 
-    def score(engine: Engine, judge: str, batch: Sequence[PendingScore]) -> tuple[int, int]:
-        rows = _score_batch(config, engine, judge, batch, job_id, progress)
+    def score(scorer: Any, judge: str, batch: Sequence[PendingScore]) -> tuple[int, int]:
+        rows = _score_batch(config, scorer, judge, batch, job_id, progress)
         store.add_scores(rows)
         return len(rows), 0
 
+    checked = store.checked_accuracies(config.judges, config.method)
+    weights = checked_weights(checked, config.judges, config.method) if config.weighting == "checked" else None
     total = sum(len(pending(judge)) for judge in config.judges)
     progress = Progress(job_id, total, on_progress=on_progress, should_stop=should_stop, unit="done")
-    finished = model_by_model(config.judges, engines, pending, config.batch_size, progress, score)
-    consensus = update_consensus(store, config.method)
+    finished = model_by_model(config.judges, scorer_opener(engines, embedders), pending, config.batch_size,
+                              progress, score)
+    consensus = update_consensus(store, config.method, weights)
     return {
-        "job_id": job_id, "judges": list(config.judges), "method": config.method, "scores": progress.done_now,
+        "job_id": job_id, "judges": list(config.judges), "method": config.method, "weighting": config.weighting,
+        "weights": weights, "no_better_than_chance": chance_judges(checked), "scores": progress.done_now,
         "failures": store.count_failures(config.method, config.judges), "pending_before": total,
         "responses_with_consensus": consensus["responses"], "instructions_with_best": consensus["instructions"],
         "db": str(store.path), "seconds": round(progress.elapsed, 2), "cancelled": not finished,
     }
 
 
-def update_consensus(store: Store, method: str) -> dict[str, int]:
-    """Recompute per-response consensus, each instruction's best response, and judge agreement."""
+def checked_weights(checked: dict[str, tuple[float, float, str]], judges: Sequence[str],
+                    method: str) -> dict[str, float]:
+    """Each judge's weight in a checked consensus: 2 x (accuracy - 0.5), at least 0, from ``checked``
+    (`Store.checked_accuracies`); ForgetlessError when a judge was never checked or none beats chance."""
+    missing = [judge for judge in judges if judge not in checked]
+    if missing:
+        raise ForgetlessError(f"no judge check of {missing[0]} with method {method}: run `forgetless judge-check "
+                              f"--judges {','.join(missing)} --methods {method}` first, or use --weighting mean")
+    weights = {judge: round(max(0.0, 2 * (checked[judge][0] - 0.5)), 6) for judge in judges}
+    if not any(weights.values()):
+        raise ForgetlessError("no judge scored above chance in its judge check: a checked consensus would "
+                              "ignore them all; use --weighting mean or other judges")
+    return weights
+
+
+def chance_judges(checked: dict[str, tuple[float, float, str]]) -> dict[str, str]:
+    """The judges whose newest check puts them no better than chance: {judge: its check's job id}."""
+    return {judge: job for judge, (accuracy, stderr, job) in sorted(checked.items())
+            if no_better_than_chance(accuracy, stderr)}
+
+
+def update_consensus(store: Store, method: str, weights: dict[str, float] | None = None) -> dict[str, int]:
+    """Recompute per-response consensus (the mean weighted by ``weights`` per judge when given), each
+    instruction's best response, and judge agreement."""
     import pandas as pd
 
     # here, not at the top: consensus imports scipy.stats (~0.4 s), which `forgetless` need not load to start
@@ -170,7 +245,8 @@ def update_consensus(store: Store, method: str) -> dict[str, int]:
     scores = store.scores_frame(method)
     consensus_rows, best_rows = [], []
     for (response, instruction), group in scores.groupby(["response_id", "instruction_id"], sort=True):
-        stats = response_consensus(group["score"].tolist())
+        stats = response_consensus(group["score"].tolist(),
+                                   None if weights is None else group["judge"].map(weights).fillna(0.0).tolist())
         consensus_rows.append({"response_id": response, "instruction_id": instruction, "method": method,
                                "mean": stats.mean, "median": stats.median, "std": stats.std, "min": stats.min,
                                "max": stats.max, "n_judges": stats.n_judges, "length": int(group["length"].iloc[0])})

@@ -17,6 +17,7 @@ from typing import Any
 from core.config import fingerprint, to_yaml
 from core.engines.base import Engine, OpenEngine
 from core.engines.choice import serving_fields, serving_setting
+from core.engines.embedder import open_embedder
 from core.errors import ForgetlessError
 from core.progress import Progress
 from core.screen.check_pairs import (
@@ -33,9 +34,10 @@ from core.screen.check_pairs import (
     own_candidates,
     own_pair,
 )
-from core.screen.judge import METHODS, JudgeConfig, rate_responses
+from core.screen.judge import JUDGES_HELP, METHODS, JudgeConfig, judge_spec_checks, provenance, rate
 from core.screen.model_batches import model_by_model
 from core.screen.respond import RespondConfig, sample_answers
+from core.screen.signals import Embed, parse_signal, scorer_opener
 from core.settings import setting
 from core.store import Store
 from core.store.judge_checks import CheckResult, CheckScore
@@ -53,8 +55,8 @@ class PendingSide:
 class JudgeCheckConfig:
     """Settings of one judge check (the YAML in its job folder)."""
 
-    judges: tuple[str, ...] = setting(JudgeConfig.judges, list_form="comma", label="Judge models",
-                                      help="comma-separated MODEL specs, e.g. smollm2-135m-instruct,gemma-3-270m")
+    judges: tuple[str, ...] = setting(JudgeConfig.judges, list_form="comma", label="Judges",
+                                      help=JUDGES_HELP)
     methods: tuple[str, ...] = setting(("probs",), list_form="comma", label="Scoring methods",
                                        help="comma-separated: probs (expected rating from the rating-token "
                                             "probabilities), generate (the judge writes its rating), or both")
@@ -85,6 +87,7 @@ class JudgeCheckConfig:
         checks = [
             (bool(self.judges), "give at least one judge"),
             (len(set(self.judges)) == len(self.judges), "a judge is listed twice"),
+            *judge_spec_checks(self.judges),
             (bool(self.methods) and all(m in METHODS for m in self.methods),
              f"methods must be among {', '.join(METHODS)}"),
             (len(set(self.methods)) == len(self.methods), "a method is listed twice"),
@@ -128,10 +131,12 @@ def run_judge_check(
     store: Store,
     engines: OpenEngine,
     *,
+    embedders: Callable[[str], Embed] = open_embedder,
     on_progress: Callable[[dict[str, Any]], None] | None = None,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> dict[str, Any]:
-    """Build (or find) the check's pairs, score every side with every judge × method, store the accuracies."""
+    """Build (or find) the check's pairs, score every side with every judge × method (a signal judge's
+    measurement once per side, stored under each method), store the accuracies."""
     job_id = config.resolved_job_id()
     store.register_job(job_id, "judge-check", to_yaml(config))
     references = load_references(config.source, config.max_words)
@@ -168,23 +173,32 @@ def run_judge_check(
             todo += [PendingSide(method, side, *sides[side]) for side in sorted(sides) if side not in done]
         return todo
 
-    def score(engine: Engine, judge: str, batch: Sequence[PendingSide]) -> tuple[int, int]:
+    def score(scorer: Any, judge: str, batch: Sequence[PendingSide]) -> tuple[int, int]:
         rows = []
+        measured: dict[str, Any] = {}  # a signal's rating of a side, whatever the method
         for method in config.methods:
             items = [item for item in batch if item.method == method]
-            if not items:
+            if parse_signal(judge) is not None:
+                fresh = list({item.side_id: item for item in items if item.side_id not in measured}.values())
+                ratings = rate(judge, scorer, method, [(item.instruction, item.answer) for item in fresh],
+                               max_new_tokens=config.max_new_tokens, on_tokens=progress.on_token)
+                measured.update(zip([item.side_id for item in fresh], ratings, strict=True))
+                ratings = [measured[item.side_id] for item in items]
+            elif items:
+                ratings = rate(judge, scorer, method, [(item.instruction, item.answer) for item in items],
+                               max_new_tokens=config.max_new_tokens, on_tokens=progress.on_token)
+            else:
                 continue
-            ratings = rate_responses(engine, method, [(item.instruction, item.answer) for item in items],
-                                     max_new_tokens=config.max_new_tokens, on_tokens=progress.on_token)
             rows += [CheckScore(judge, method, item.side_id, r.score, r.probs, r.raw, r.failed, r.prompt_format,
-                                engine.served_by, engine.url) for item, r in zip(items, ratings, strict=True)]
+                                *provenance(scorer)) for item, r in zip(items, ratings, strict=True)]
         store.add_check_scores(job_id, rows)
         return len(rows), 0
 
     scores_before = progress.done_now
     if finished:
         progress.total += sum(len(pending(judge)) for judge in config.judges)
-        finished = model_by_model(config.judges, engines, pending, config.batch_size, progress, score)
+        finished = model_by_model(config.judges, scorer_opener(engines, embedders), pending, config.batch_size,
+                                  progress, score)
     summary: dict[str, Any] = {
         "job_id": job_id, "judges": list(config.judges), "methods": list(config.methods), "source": config.source,
         "pairs": sum(pair.kind != OWN for pair in pairs), "own_pairs": sum(pair.kind == OWN for pair in pairs),

@@ -139,3 +139,14 @@ class JudgeCheckQueries(StoreBase):
             return con.execute(
                 """SELECT * REPLACE (timezone('UTC', created_at) AS created_at) FROM judge_checks WHERE job_id = ?
                    ORDER BY judge = 'consensus', judge, method, kind""", [job_id]).df()
+
+    def checked_accuracies(self, judges: Sequence[str], method: str) -> dict[str, tuple[float, float, str]]:
+        """Each judge's newest checked accuracy with ``method`` over every degradation kind: {judge: (accuracy,
+        stderr, check job id)}; judges never checked are missing."""
+        with self.read() as con:
+            rows = con.execute(
+                """SELECT judge, accuracy, stderr, job_id FROM judge_checks
+                   WHERE kind = 'all' AND method = ? AND list_contains(?, judge) AND accuracy IS NOT NULL
+                   QUALIFY row_number() OVER (PARTITION BY judge ORDER BY created_at DESC, job_id DESC) = 1""",
+                [method, list(judges)]).fetchall()
+        return {judge: (accuracy, stderr, job_id) for judge, accuracy, stderr, job_id in rows}

@@ -97,11 +97,13 @@ class ScreeningQueries(StoreBase):
             )
             return con.execute("SELECT count(*) FROM responses").fetchone()[0] - before
 
-    def pending_scores(self, judge: str, method: str, *, exclude_self: bool, retry_failed: bool) -> list[PendingScore]:
-        """Responses this judge has not scored with this method (or whose score failed, when retrying)."""
+    def pending_scores(self, judge: str, method: str, *, exclude_self: bool, retry_failed: bool,
+                       author: str | None = None) -> list[PendingScore]:
+        """Responses this judge has not scored with this method (or whose score failed, when retrying);
+        ``exclude_self`` leaves out those written by ``author`` (default: the judge itself)."""
         self_clause = "AND r.model <> ?" if exclude_self else ""
         failed_clause = "AND NOT s.failed" if retry_failed else ""
-        params: list[Any] = [judge, method] + ([judge] if exclude_self else [])
+        params: list[Any] = [judge, method] + ([author or judge] if exclude_self else [])
         with self.read() as con:
             rows = con.execute(
                 f"""SELECT r.id, i.text, r.text FROM responses r JOIN instructions i ON i.id = r.instruction_id

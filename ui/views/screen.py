@@ -68,6 +68,9 @@ def short_model(spec: Any) -> str:
     if spec is None or (isinstance(spec, float) and math.isnan(spec)):
         return ""
     text = str(spec).rstrip("/")
+    name, colon, model = text.partition(":")
+    if colon and name.isidentifier():  # a signal judge: its name, then its model shortened
+        return f"{name}:{short_model(model)}"
     return text.rsplit("/", 1)[-1] if "/" in text else text
 
 
@@ -150,7 +153,7 @@ def disputed_rows(disputed: pd.DataFrame) -> list[list[Any]]:
 
 
 # -- figures -------------------------------------------------------------------------------------------
-def _layout(figure: go.Figure, title: str, height: int) -> go.Figure:
+def figure_layout(figure: go.Figure, title: str, height: int) -> go.Figure:
     figure.update_layout(title=title, height=height, template="plotly_white",
                          margin={"l": 60, "r": 20, "t": 60, "b": 50})
     return figure
@@ -161,7 +164,7 @@ def empty_figure(title: str, height: int = 320) -> go.Figure:
     figure = go.Figure()
     figure.update_xaxes(visible=False)
     figure.update_yaxes(visible=False)
-    return _layout(figure, title, height)
+    return figure_layout(figure, title, height)
 
 
 def score_heatmap(matrix: pd.DataFrame) -> go.Figure:
@@ -178,7 +181,7 @@ def score_heatmap(matrix: pd.DataFrame) -> go.Figure:
     ))
     figure.update_yaxes(autorange="reversed", tickfont={"size": 10})
     height = min(900, max(320, 120 + 16 * len(matrix)))
-    return _layout(figure, f"Scores per judge ({len(matrix)} responses, best consensus first)", height)
+    return figure_layout(figure, f"Scores per judge ({len(matrix)} responses, best consensus first)", height)
 
 
 def _pairs_of_one_method(pairs: pd.DataFrame) -> tuple[pd.DataFrame, str]:
@@ -208,7 +211,7 @@ def agreement_figure(pairs: pd.DataFrame) -> go.Figure:
         figure.update_yaxes(autorange="reversed", row=1, col=column)
     shared = int(pairs["n"].max()) if "n" in pairs.columns and len(pairs) else 0
     title = f"Judge agreement ({method} scores, up to {shared} shared responses)" if method else "Judge agreement"
-    return _layout(figure, title, 360)
+    return figure_layout(figure, title, 360)
 
 
 # -- reading the store ---------------------------------------------------------------------------------
