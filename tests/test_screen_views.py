@@ -75,13 +75,14 @@ def test_respond_form_errors_are_one_line(form, message):
 
 
 def test_judge_config_from_the_form_and_back():
-    names = ("judges", "method", "exclude_self", "retry_failed", "batch_size")
-    config = judge_config(dict(zip(names, (["j1", "j2"], "generate", True, True, 4), strict=True)))
-    assert (config.judges, config.method, config.exclude_self, config.retry_failed, config.batch_size) == (
-        ("j1", "j2"), "generate", True, True, 4)
+    names = ("judges", "method", "weighting", "exclude_self", "retry_failed", "batch_size")
+    config = judge_config(dict(zip(names, (["j1", "fluency:j2"], "generate", "checked", True, True, 4), strict=True)))
+    assert (config.judges, config.method, config.weighting, config.exclude_self, config.retry_failed,
+            config.batch_size) == (("j1", "fluency:j2"), "generate", "checked", True, True, 4)
     assert config.job_id.startswith("judge-")
-    assert form_values(config, names) == {"judges": ["j1", "j2"], "method": "generate", "exclude_self": True,
-                                          "retry_failed": True, "batch_size": 4}
+    assert form_values(config, names) == {"judges": ["j1", "fluency:j2"], "method": "generate",
+                                          "weighting": "checked", "exclude_self": True, "retry_failed": True,
+                                          "batch_size": 4}
     with pytest.raises(ForgetlessError, match="at least one judge"):
         judge_config({"judges": [], "method": "probs"})
     with pytest.raises(ForgetlessError, match="method"):

@@ -16,7 +16,7 @@ from typing import Any
 from core.config import fingerprint, to_yaml
 from core.engines.base import Engine, OpenEngine, SampleSettings, answer_probabilities
 from core.engines.choice import serving_fields, serving_setting
-from core.engines.embedder import open_embedder
+from core.engines.embedder import DEFAULT_EMBEDDER, open_embedder
 from core.engines.next_token import rating_lead
 from core.errors import ForgetlessError
 from core.progress import Progress
@@ -46,6 +46,10 @@ from core.store.screening import PendingScore, ScoreRow
 
 METHODS = ("probs", "generate")
 WEIGHTINGS = ("mean", "checked")
+# The packaged judges that order known pairs (`forgetless judge-check`, README): SmolLM2's rating and three
+# signals. Gemma-3-270M base rates at or below chance on every degradation kind, so it is not a default.
+DEFAULT_JUDGES = ("smollm2-135m-instruct", f"relevance:{DEFAULT_EMBEDDER}", "completeness:smollm2-135m-instruct",
+                  "fluency:smollm2-135m-instruct")
 JUDGES_HELP = ("comma-separated MODEL specs, and signals SIGNAL:MODEL "
                f"({', '.join(SIGNALS)}; relevance takes an embedder), e.g. "
                "smollm2-135m-instruct,relevance:all-minilm-l6-v2,completeness:smollm2-135m-instruct")
@@ -55,7 +59,7 @@ JUDGES_HELP = ("comma-separated MODEL specs, and signals SIGNAL:MODEL "
 class JudgeConfig:
     """Settings of one judging job (the YAML in its job folder)."""
 
-    judges: tuple[str, ...] = setting(("smollm2-135m-instruct", "gemma-3-270m"), list_form="comma",
+    judges: tuple[str, ...] = setting(DEFAULT_JUDGES, list_form="comma",
                                       label="Judges", help=JUDGES_HELP)
     method: str = setting("probs", choices=METHODS, label="Scoring",
                           help="probs: expected rating from the rating-token probabilities; "
