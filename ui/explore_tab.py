@@ -3,7 +3,8 @@
 A filter change runs one ``Store.explore`` (count, one page, the chart data: the store's fast path) and
 redraws the count, the table and the charts; paging reads one page. A refused filter (an unsafe SQL
 WHERE, min above max) shows its reason and leaves the table as it was. Named selections save the
-filters in the store, for the Mix stage and for coming back later.
+filters in the store, for the Mix stage and for coming back later. The Coverage section compares how the
+profiled instructions spread over clusters, categories and difficulty with a target, redrawn with the views.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from core.store import ExploreFilters
 from ui.alerts import warn
 from ui.forms import Form, setting_widget, to_widgets, wire_form
 from ui.job_controls import QUIET, job_controls
+from ui.views.coverage import TARGET_CHOICES, coverage_views
 from ui.views.explore import (
     ANY_LENGTH,
     COLOUR_BY,
@@ -135,6 +137,29 @@ def reload_data(store: LazyStore) -> tuple[Any, ...]:
         return (gr.update(choices=cluster_choices(read_clusters(store.get()))), *_selections(store))
     except ForgetlessError:  # a writer held the file past the lock wait: the next job change retries
         return gr.skip(), gr.skip(), gr.skip()
+
+
+def show_coverage(store: LazyStore, target: str) -> tuple[Any, ...]:
+    """The Coverage section for ``target``: its summary and the cluster, category and difficulty charts."""
+    try:
+        return coverage_views(store.get(), target)
+    except ForgetlessError as error:  # the store could not be opened: the charts stay as they were
+        return (_refusal(error), gr.skip(), gr.skip(), gr.skip())
+
+
+def _coverage_section() -> tuple[gr.Radio, gr.Button, list[Any]]:
+    """The Coverage section's target, refresh button and outputs (summary, cluster, category, difficulty)."""
+    with gr.Accordion("Coverage", open=True, elem_id="exp-coverage"):
+        with gr.Row(equal_height=True):
+            target = gr.Radio(TARGET_CHOICES, value=TARGET_CHOICES[0][1], label="Target", scale=3,
+                              info="ShareGPT: its first user turns embedded like the profile (the first time "
+                                   "takes a while; cached after)", elem_id="exp-coverage-target")
+            refresh = gr.Button("Refresh coverage", scale=1, min_width=120, elem_id="exp-coverage-refresh")
+        summary = gr.Markdown("", elem_id="exp-coverage-summary")
+        with gr.Row(equal_height=True):
+            charts = [gr.Plot(show_label=False, elem_id=f"exp-coverage-{name}")
+                      for name in ("cluster", "category", "difficulty")]
+    return target, refresh, [summary, *charts]
 
 
 def _profile_form() -> Form:
@@ -254,6 +279,7 @@ def build_explore_tab(demo: gr.Blocks, workspace: Path, roots: ReadableRoots | N
             page_info = gr.Markdown("", elem_id="exp-page-info")
             table = gr.Dataframe(value={"headers": TABLE_HEADERS, "data": []}, interactive=False, wrap=True,
                                  max_height=640, column_widths=_TABLE_WIDTHS, elem_id="exp-table")
+    coverage_target, coverage_refresh, coverage_outputs = _coverage_section()
     match_count = gr.State(0)
     map_points = gr.State(None)  # the last map sample, so recolouring needs no query
     seen = gr.State("")  # profile and judge jobs' markers: a change means new explore rows
@@ -280,8 +306,11 @@ def build_explore_tab(demo: gr.Blocks, workspace: Path, roots: ReadableRoots | N
     apply.click(**apply_event)
     reset.click(lambda: to_widgets(filters, form_from_filters(ExploreFilters())), None, filter_inputs,
                 **QUIET).then(**apply_event)
+    coverage_event = {"fn": partial(show_coverage, store), "inputs": [coverage_target], "outputs": coverage_outputs}
     seen.change(partial(reload_data, store), None, [filters["clusters"], selections, saved], **QUIET).then(
-        **apply_event)
+        **apply_event).then(**coverage_event, **QUIET)
+    coverage_target.input(**coverage_event)  # a spinner here: the first reference report embeds its texts
+    coverage_refresh.click(**coverage_event)
     colour_by.input(recolour, [map_points, colour_by], semantic_map, **QUIET)
 
     page_inputs = {"inputs": [match_count, page, order], "inputs_kwargs": filters}
