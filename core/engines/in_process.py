@@ -16,6 +16,10 @@ from core.engines import loglik, next_token
 from core.engines.base import Sample, SampleSettings, cut_at_stop
 from core.engines.models import LoadedModel, choose_device, generation_dtype, load_model
 
+# Continuations longer than this are scored whole: sharing a context's cache pays off for short options, and
+# its one padded pass over every option has no bound on the tokens it scores.
+SHARED_OPTION_MAX_CHARS = 400
+
 
 class InProcessEngine:
     """An engine over a loaded model and its tokenizer. One call runs as one batch (see `core.engines.base`).
@@ -64,8 +68,9 @@ class InProcessEngine:
 
     def continuation_logprobs(self, contexts: Sequence[str],
                               continuations: Sequence[str]) -> list[list[float]]:
-        """Runs of adjacent pairs with one context (multiple-choice options, zero-shot labels) share its
-        forward pass (`loglik.option_logprobs`); otherwise every pair is scored whole."""
+        """Runs of adjacent pairs with one context and short continuations (multiple-choice options, zero-shot
+        labels) share its forward pass (`loglik.option_logprobs`); otherwise every pair is scored whole, in
+        batches bounded by the tokens scored (long answers: one padded pass over all of them would not be)."""
         if len(contexts) != len(continuations):
             raise ValueError("contexts and continuations differ in length")
         if not contexts:
@@ -77,7 +82,7 @@ class InProcessEngine:
             else:
                 runs.append((context, [continuation]))
         model = self._model()
-        if len(runs) == len(contexts):
+        if len(runs) == len(contexts) or any(len(text) > SHARED_OPTION_MAX_CHARS for text in continuations):
             return loglik.continuation_logprobs(model, self.tokenizer, contexts, continuations,
                                                 batch_size=len(contexts))
         shared = loglik.option_logprobs(model, self.tokenizer, [context for context, _ in runs],
