@@ -46,10 +46,10 @@ from core.store.screening import PendingScore, ScoreRow
 
 METHODS = ("probs", "generate")
 WEIGHTINGS = ("mean", "checked")
-# The packaged judges that order known pairs (`forgetless judge-check`, README): SmolLM2's rating and three
-# signals. Gemma-3-270M base rates at or below chance on every degradation kind, so it is not a default.
-DEFAULT_JUDGES = ("smollm2-135m-instruct", f"relevance:{DEFAULT_EMBEDDER}", "completeness:smollm2-135m-instruct",
-                  "fluency:smollm2-135m-instruct")
+# The packaged judges whose consensus orders known pairs best (`forgetless judge-check`, README): relevance
+# and completeness. SmolLM2-135M's own 1-5 rating and Gemma-3-270M base's were near or below chance, and the
+# fluency signal, though strong on degradations, prefers the measuring model's own answers to better ones.
+DEFAULT_JUDGES = (f"relevance:{DEFAULT_EMBEDDER}", "completeness:smollm2-135m-instruct")
 JUDGES_HELP = ("comma-separated MODEL specs, and signals SIGNAL:MODEL "
                f"({', '.join(SIGNALS)}; relevance takes an embedder), e.g. "
                "smollm2-135m-instruct,relevance:all-minilm-l6-v2,completeness:smollm2-135m-instruct")
