@@ -234,3 +234,17 @@ def test_cli_weighting_errors_before_a_job_and_reports_weights(tmp_path, tiny_mo
     result = forgetless("judge", "--judges", model, workspace=tmp_path)
     assert result.returncode == 0, result.stderr
     assert f"warning: {model} is no better than chance in judge check check-1" in result.stdout
+
+
+def test_the_default_judges_order_every_kind_of_a_held_out_check(real_workspace):
+    """The issue's target on a slice of the held-out Arena-Hard check (its default 400-word references): the
+    default judges' consensus picks the reference over each degraded copy on at least 80% of every kind."""
+    store = Store.for_workspace(real_workspace)
+    config = JudgeCheckConfig(source="arenahard", seed=1, pairs_per_kind=20,
+                              job_id="default-judges-check")
+    assert config.judges == JudgeConfig().judges and all(parse_signal(judge) for judge in config.judges)
+    summary = run_judge_check(config, store, lambda spec: InProcessEngine(load_model(spec, real_workspace)))
+    consensus = {kind: accuracy["consensus"] for kind, accuracy in summary["by_kind"].items()}
+    print(f"default judges' consensus on 20 Arena-Hard pairs per kind: {consensus}")
+    assert set(consensus) == {"off_topic", "truncated", "shuffled"}
+    assert all(accuracy >= 0.8 for accuracy in consensus.values()), consensus
