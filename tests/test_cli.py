@@ -124,3 +124,12 @@ def test_damaged_gguf_is_one_line_naming_the_file(tmp_path: Path):
         result = forgetless("prequery", str(bad), workspace=tmp_path / "ws")
         assert result.returncode == 2
         assert_one_line_error(result, f"{bad} is not a readable GGUF file (corrupt or truncated): ")
+
+
+@pytest.mark.parametrize(("stage", "fragment"), [
+    ("respond", "no instructions in the store yet: run `forgetless reconstruct` first"),
+    ("profile", "no instructions to profile: run `forgetless reconstruct` first"),
+])
+def test_stages_on_an_empty_store_are_one_line_and_leave_no_job(stage: str, fragment: str, tmp_path: Path):
+    assert_one_line_error(forgetless(stage, workspace=tmp_path), fragment)
+    assert not (tmp_path / "jobs").exists()

@@ -6,9 +6,10 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from core.cli.common import Stages, add_stage, emit, run_job
+from core.cli.common import Stages, add_stage, check_models, emit, run_job
 from core.cli.flags import add_settings, config_from_args
 from core.engines.choice import engine_choice
+from core.errors import ForgetlessError
 from core.screen.judge import JudgeConfig, checked_weights, run_judging
 from core.screen.respond import RespondConfig, run_responses
 from core.screen.signals import check_embedders, loaded_models
@@ -17,7 +18,10 @@ from core.store import Store
 
 def cmd_respond(args: argparse.Namespace) -> None:
     config = config_from_args(RespondConfig, args)
+    check_models(config.models, args.workspace)
     store = Store.for_workspace(args.workspace)
+    if store.count_instructions() == 0:  # before the job: an empty store leaves no failed job behind
+        raise ForgetlessError("no instructions in the store yet: run `forgetless reconstruct` first")
     summary = run_job(args, "respond", config,
                       lambda **hooks: run_responses(config, store, **hooks),
                       models=config.models, serving=engine_choice(config), sampling=True)
