@@ -10,6 +10,7 @@ from core.cli.flags import add_settings, config_values
 from core.engines.choice import engine_choice
 from core.engines.models import load_tokenizer, resolve_model
 from core.errors import ForgetlessError
+from core.reconstruct.corpus import load_corpus
 from core.reconstruct.prequery import PreQuery, derive_prequery
 from core.reconstruct.reconstruction import ReconstructConfig, run_reconstruction
 from core.store import Store
@@ -31,14 +32,20 @@ def cmd_reconstruct(args: argparse.Namespace) -> None:
     if not args.config and args.n is None:
         raise ForgetlessError("reconstruct needs --n (how many instructions to store) or --config")
     config = ReconstructConfig(**config_values(ReconstructConfig, args))
+    # Read the corpus first: a missing, empty or binary file is one error line before a job folder or row exists.
+    corpus = load_corpus(config.from_corpus, config.passage_max_words) if config.from_corpus else None
     store = Store.for_workspace(args.workspace)
 
-    summary = run_job(args, "reconstruct", config, lambda **hooks: run_reconstruction(config, store, **hooks),
+    summary = run_job(args, "reconstruct", config,
+                      lambda **hooks: run_reconstruction(config, store, corpus=corpus, **hooks),
                       unit_key="stored", models=(config.model,), serving=engine_choice(config), sampling=True)
     state = "cancelled" if summary["cancelled"] else "done"
+    seeded = summary.get("corpus")
+    source = (f", seeded from {seeded['name']} ({seeded['rows_used']} of {seeded['rows']} rows, prompt "
+              f"{seeded['prompt_id']})" if seeded else "")
     human = (f"{state}: {summary['stored']}/{summary['target']} instructions for job {summary['job_id']} in "
-             f"{summary['db']} ({summary['new']} new, dropped {summary['dropped']}, {summary['tokens_per_s']} tok/s, "
-             f"{summary['seconds']} s)")
+             f"{summary['db']}{source} ({summary['new']} new, dropped {summary['dropped']}, "
+             f"{summary['tokens_per_s']} tok/s, {summary['seconds']} s)")
     emit(summary, args.json, human)
 
 
@@ -50,6 +57,7 @@ def add_reconstruct_stages(stages: Stages) -> None:
     pre.add_argument("--stop", action="append", help="override the stop strings (repeatable)")
     pre.set_defaults(handler=cmd_prequery)
 
-    rec = add_stage(stages, "reconstruct", "sample instructions from a model's pre-query template into the store")
+    rec = add_stage(stages, "reconstruct", "sample instructions from a model's pre-query template (or, with "
+                    "--from-corpus, requests about a corpus's rows) into the store")
     add_settings(rec, ReconstructConfig, asked=("n",))
     rec.set_defaults(handler=cmd_reconstruct)

@@ -3,6 +3,9 @@
 Prompted with only the part of its chat template that precedes a user's message, an aligned model
 writes a user instruction like those it was tuned on (the Magpie trick). Every batch is committed
 with its bookkeeping row, so a killed run resumes at the next batch and stops at exactly ``n``.
+
+With ``from_corpus`` the model instead writes, in its own words, one request about each of a batch's seed
+rows from a corpus (core/reconstruct/seeded.py); each row records its corpus, seed row id and prompt id.
 """
 
 from __future__ import annotations
@@ -14,13 +17,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.config import fingerprint, to_yaml
-from core.engines.base import Engine, OpenEngine, SampleSettings
+from core.engines.base import Engine, OpenEngine, SampleSettings, cut_at_stop
 from core.engines.choice import serving_fields, serving_setting
 from core.errors import ForgetlessError
 from core.progress import Cancelled, Progress
+from core.reconstruct.corpus import Corpus, check_corpus_spec, load_corpus
 from core.reconstruct.prequery import derive_prequery, stop_token_ids
+from core.reconstruct.seeded import PLAIN_STOPS, CorpusSeeds, copies_seed, unwrap_request
 from core.settings import setting
 from core.store import InstructionRow, Store
+from core.store.instructions import CORPUS, PLAIN
 
 # Give up when this many batches in a row add nothing: the model or prefix is not producing instructions.
 _MAX_BARREN_BATCHES = 20
@@ -45,6 +51,15 @@ class ReconstructConfig:
                                            list_form="repeat", label="Stop strings, one per line")
     min_chars: int = setting(12, help="shorter instructions are dropped", flag=None)
     max_chars: int = setting(2000, help="longer instructions are dropped", flag=None)
+    from_corpus: str | None = setting(
+        None, help="steer by a corpus: FILE (.jsonl/.json/.csv/.parquet with a text, instruction, prompt, messages or "
+                   "conversations column; .txt paragraphs or lines), builtin:sharegpt or builtin:alpacaeval; the "
+                   "model writes one request in its own words about each seed row (default: free Magpie sampling)",
+        label="Seed corpus (empty: free sampling)")
+    corpus_rows: int = setting(0, help="with --from-corpus: seed from a seeded sample of at most this many of the "
+                                       "corpus's rows (0: all of them)", minimum=0)
+    passage_max_words: int = setting(120, help="with --from-corpus: a seed text is cut to this many words before "
+                                               "it goes into the prompt", minimum=1)
     job_id: str | None = setting(None, help="name the job (default: derived from the settings, so reruns resume)")
     serving: dict[str, Any] = serving_setting()
     extra: dict[str, Any] = setting(help="free-form notes kept with the job", default_factory=dict, flag=None)
@@ -52,9 +67,14 @@ class ReconstructConfig:
     def __post_init__(self) -> None:
         self.serving = serving_fields(self.serving)
         whole = all(isinstance(getattr(self, name), int) and not isinstance(getattr(self, name), bool)
-                    for name in ("n", "batch_size", "max_new_tokens", "seed", "min_chars", "max_chars"))
+                    for name in ("n", "batch_size", "max_new_tokens", "seed", "min_chars", "max_chars",
+                                 "corpus_rows", "passage_max_words"))
         if not whole:
-            raise ForgetlessError("n, batch size, max new tokens, seed, min/max chars must be whole numbers")
+            raise ForgetlessError("n, batch size, max new tokens, seed, min/max chars, corpus rows and passage max "
+                                  "words must be whole numbers")
+        self.from_corpus = (self.from_corpus or "").strip() or None
+        if self.from_corpus is not None:
+            check_corpus_spec(self.from_corpus)
         checks = [
             (bool(self.model.strip()), "model must be given: an alias, a model folder or a .gguf file"),
             (self.n >= 1, "n must be at least 1"),
@@ -64,6 +84,11 @@ class ReconstructConfig:
             (1 <= self.max_new_tokens <= 8192, "max new tokens must be between 1 and 8192"),
             (0 < self.min_chars <= self.max_chars, "min chars must be positive and at most max chars"),
             (self.stop is None or all(self.stop), "stop strings must not be empty"),
+            (self.corpus_rows >= 0, "corpus rows must be 0 (all) or more"),
+            (self.passage_max_words >= 1, "passage max words must be at least 1"),
+            (self.from_corpus is None or self.prefix is None,
+             "--prefix sets the pre-query text of free sampling; a corpus-seeded run prompts through the chat "
+             "template: drop --prefix or --from-corpus"),
         ]
         for ok, message in checks:
             if not ok:
@@ -72,7 +97,9 @@ class ReconstructConfig:
             self.stop = tuple(self.stop)
 
     def resolved_job_id(self) -> str:
-        return self.job_id or "reconstruct-" + fingerprint(self, exclude=("job_id", "extra"))
+        # The corpus settings count only when a corpus is used: free sampling keeps the ids it had before them.
+        unused = () if self.from_corpus else ("from_corpus", "corpus_rows", "passage_max_words")
+        return self.job_id or "reconstruct-" + fingerprint(self, exclude=("job_id", "extra", *unused))
 
 
 def clean_instruction(
@@ -115,23 +142,89 @@ def run_reconstruction(
     store: Store,
     engines: OpenEngine,
     *,
+    corpus: Corpus | None = None,
     on_progress: Callable[[dict[str, Any]], None] | None = None,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> dict[str, Any]:
-    """Sample, clean and store instructions until the job holds ``config.n`` of them (or is cancelled)."""
+    """Sample, clean and store instructions until the job holds ``config.n`` of them (or is cancelled).
+
+    ``corpus``: ``config.from_corpus`` already read (the CLI reads it before it writes a job folder, so a bad file
+    leaves no trace); read here when not given.
+    """
+    if config.from_corpus is None and corpus is not None:
+        raise ValueError("a corpus was given for a job without from_corpus")
+    if config.from_corpus is not None and corpus is None:
+        corpus = load_corpus(config.from_corpus, config.passage_max_words)
     with engines(config.model) as engine:
-        return _reconstruct(config, store, engine, on_progress, should_stop)
+        return _reconstruct(config, store, engine, corpus, on_progress, should_stop)
 
 
-def _reconstruct(config: ReconstructConfig, store: Store, engine: Engine,
+@dataclass(frozen=True)
+class _Prompt:
+    """One prompt of a batch and what to store about it with each sample it gives."""
+
+    text: str
+    seed_text: str | None = None  # a corpus row's text (None: free sampling)
+    seed_id: str | None = None
+
+
+class _Prompter:
+    """The prompts of each batch: the pre-query prefix sampled ``batch_size`` times (free sampling), or one
+    rendered prompt per seed row of the corpus, each sampled once."""
+
+    def __init__(self, config: ReconstructConfig, tokenizer: Any, corpus: Corpus | None) -> None:
+        self.config, self.tokenizer = config, tokenizer
+        self.seeds = None if corpus is None else CorpusSeeds(corpus, tokenizer, seed=config.seed,
+                                                             limit=config.corpus_rows)
+        if self.seeds is None:
+            derived = derive_prequery(tokenizer) if config.prefix is None or config.stop is None else None
+            self.prefix = config.prefix if config.prefix is not None else derived.prefix
+            self.stop = tuple(config.stop) if config.stop is not None else derived.stop
+        else:
+            self.prefix = None
+            derived_stop = derive_prequery(tokenizer).stop if self.seeds.chat else PLAIN_STOPS
+            self.stop = tuple(config.stop) if config.stop is not None else derived_stop
+
+    @property
+    def per_prompt(self) -> int:
+        return self.config.batch_size if self.seeds is None else 1
+
+    def batch(self, batch: int) -> list[_Prompt]:
+        if self.seeds is None:
+            return [_Prompt(self.prefix)]
+        return [_Prompt(p.text, p.row.text, p.row.row_id) for p in self.seeds.prompts(batch, self.config.batch_size)]
+
+    def token_ids(self, prompts: list[_Prompt]) -> list[list[int]]:
+        # A chat template (and the pre-query prefix read off it) writes its own BOS text; a plain prompt needs
+        # the tokenizer's.
+        plain_format = self.seeds is not None and not self.seeds.chat
+        return self.tokenizer([p.text for p in prompts], add_special_tokens=plain_format)["input_ids"]
+
+    def steering(self, prompt: _Prompt) -> dict[str, Any]:
+        if self.seeds is None:
+            return {}
+        return {"steer_mode": CORPUS, "steer_source": self.seeds.corpus.name, "steer_seed_ids": (prompt.seed_id,),
+                "steer_prompt": self.seeds.prompt_id}
+
+    def clean(self, text: str, stopped: bool, prompt: _Prompt, markers: list[str]) -> tuple[str | None, str | None]:
+        config = self.config
+        if prompt.seed_text is None:
+            return clean_instruction(text, stopped, self.stop, markers, config.min_chars, config.max_chars)
+        text, found = cut_at_stop(text, self.stop)
+        cleaned, reason = clean_instruction(unwrap_request(text), stopped or found, (), markers, config.min_chars,
+                                            config.max_chars)
+        if cleaned is not None and copies_seed(cleaned, prompt.seed_text):
+            return None, "copied_seed"
+        return cleaned, reason
+
+
+def _reconstruct(config: ReconstructConfig, store: Store, engine: Engine, corpus: Corpus | None,
                  on_progress: Callable[[dict[str, Any]], None] | None,
                  should_stop: Callable[[], bool]) -> dict[str, Any]:
     job_id = config.resolved_job_id()
     tokenizer = engine.tokenizer
-    derived = derive_prequery(tokenizer) if config.prefix is None or config.stop is None else None
-    prefix = config.prefix if config.prefix is not None else derived.prefix
-    stop = tuple(config.stop) if config.stop is not None else derived.stop
-    prompt = tokenizer(prefix, add_special_tokens=False)["input_ids"]
+    prompter = _Prompter(config, tokenizer, corpus)
+    stop = prompter.stop
     stop_ids = tuple(stop_token_ids(tokenizer, stop))
     markers = template_markers(tokenizer)
     store.register_job(job_id, "reconstruct", to_yaml(config))
@@ -147,26 +240,27 @@ def _reconstruct(config: ReconstructConfig, store: Store, engine: Engine,
             break
         seed = batch_seed(config.seed, job_id, batch)
         began = time.monotonic()
+        prompts = prompter.batch(batch)
         # Special tokens stay in the text: an instruction holding one is a leak of the template.
         settings = SampleSettings(
             max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_p=config.top_p,
-            n=config.batch_size, stop=stop, stop_token_ids=stop_ids, seed=seed, skip_special_tokens=False,
+            n=prompter.per_prompt, stop=stop, stop_token_ids=stop_ids, seed=seed, skip_special_tokens=False,
         )
         try:
-            samples = engine.sample([prompt], settings, on_tokens=progress.on_token)
+            samples = engine.sample(prompter.token_ids(prompts), settings, on_tokens=progress.on_token)
         except Cancelled:
             cancelled = True
             break
         rows, dropped = [], {}
-        for item in samples:
-            cleaned, reason = clean_instruction(item.text, item.stopped, stop, markers, config.min_chars,
-                                                config.max_chars)
+        for index, item in enumerate(samples):
+            prompt = prompts[index // prompter.per_prompt]
+            cleaned, reason = prompter.clean(item.text, item.stopped, prompt, markers)
             if cleaned is None:
                 dropped[reason] = dropped.get(reason, 0) + 1
                 continue
             rows.append(InstructionRow(
-                cleaned, len(item.token_ids), engine.name, prefix, config.temperature, config.top_p,
-                config.max_new_tokens, seed, job_id, batch,
+                cleaned, len(item.token_ids), engine.name, prompt.text, config.temperature, config.top_p,
+                config.max_new_tokens, seed, job_id, batch, **prompter.steering(prompt),
             ))
         batch_tokens = sum(len(item.token_ids) for item in samples)
         result = store.add_instruction_batch(
@@ -184,9 +278,13 @@ def _reconstruct(config: ReconstructConfig, store: Store, engine: Engine,
 
     seconds = progress.elapsed
     final = store.job_progress(job_id)
-    return {
+    summary = {
         "job_id": job_id, "model": engine.name, "stored": final["stored"], "new": progress.done_now,
         "target": config.n, "dropped": final["dropped"], "sampled": final["sampled"], "batches": final["batches"],
         "db": str(store.path), "tokens_per_s": round(progress.tokens / seconds, 2),
-        "seconds": round(seconds, 2), "cancelled": cancelled, "prefix": prefix, "stop": list(stop),
+        "seconds": round(seconds, 2), "cancelled": cancelled, "prefix": prompter.prefix, "stop": list(stop),
+        "mode": PLAIN if prompter.seeds is None else CORPUS,
     }
+    if prompter.seeds is not None:
+        summary["corpus"] = prompter.seeds.describe()
+    return summary

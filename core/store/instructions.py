@@ -9,19 +9,30 @@ from typing import Any
 
 from core.store.base import StoreBase, now, text_key
 
+PLAIN, CORPUS, CELL = "plain", "corpus", "cell"  # how a row was steered (store v6; cell: issue 15 item 2)
+
 
 @dataclass(frozen=True)
 class InstructionRow:
     text: str
     n_tokens: int
     model: str
-    prefix: str
+    prefix: str  # the prompt text the model continued: the pre-query prefix, or a steered row's rendered prompt
     temperature: float
     top_p: float
     max_new_tokens: int
     seed: int
     job_id: str
     batch: int
+    steer_mode: str = PLAIN  # plain (free Magpie sampling) | corpus | cell
+    steer_source: str | None = None  # corpus: builtin:NAME or the file's path; cell: the cell's key
+    steer_seed_ids: tuple[str, ...] | None = None  # corpus: seed row ids; cell: example instruction ids
+    steer_prompt: str | None = None  # the steering template's id and version, e.g. corpus-request-v1
+
+
+_INSTRUCTION_COLUMNS = ("id", "text", "n_chars", "n_tokens", "model", "prefix", "temperature", "top_p",
+                        "max_new_tokens", "seed", "job_id", "batch", "created_at", "steer_mode", "steer_source",
+                        "steer_seed_ids", "steer_prompt")
 
 
 @dataclass(frozen=True)
@@ -60,10 +71,12 @@ class InstructionQueries(StoreBase):
             created = now()
             if fresh:
                 con.executemany(
-                    "INSERT INTO instructions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    f"INSERT INTO instructions ({', '.join(_INSTRUCTION_COLUMNS)}) "
+                    f"VALUES ({', '.join('?' * len(_INSTRUCTION_COLUMNS))})",
                     [
                         (key, r.text, len(r.text), r.n_tokens, r.model, r.prefix, r.temperature, r.top_p,
-                         r.max_new_tokens, r.seed, r.job_id, r.batch, created)
+                         r.max_new_tokens, r.seed, r.job_id, r.batch, created, r.steer_mode, r.steer_source,
+                         None if r.steer_seed_ids is None else list(r.steer_seed_ids), r.steer_prompt)
                         for key, r in fresh
                     ],
                 )
@@ -120,6 +133,16 @@ class InstructionQueries(StoreBase):
         where, params = _instruction_filter("", job_id)
         with self.read() as con:
             return [n for (n,) in con.execute(f"SELECT n_tokens FROM instructions {where}", params).fetchall()]
+
+    def instruction_steering(self, job_id: str | None = None) -> list[dict[str, Any]]:
+        """How each instruction was steered (mode, source, seed ids, prompt id) with its text, oldest first."""
+        where, params = _instruction_filter("", job_id)
+        with self.read() as con:
+            cursor = con.execute(
+                f"SELECT id, text, job_id, batch, steer_mode, steer_source, steer_seed_ids, steer_prompt, prefix "
+                f"FROM instructions {where} ORDER BY created_at, batch, id", params)
+            names = [column[0] for column in cursor.description]
+            return [dict(zip(names, values, strict=True)) for values in cursor.fetchall()]
 
     def job_instruction_ids(self, job_id: str) -> list[str]:
         with self.read() as con:

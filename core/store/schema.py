@@ -181,6 +181,22 @@ JUDGE_CHECK_TABLES = [
 ]
 
 
+# -- version 6: how each instruction was steered (issue 15). Rows of earlier stores were sampled freely: 'plain'. --
+STEERING_PROVENANCE = [
+    f"ALTER TABLE instructions ADD COLUMN IF NOT EXISTS {column}"
+    for column in (
+        "steer_mode VARCHAR DEFAULT 'plain'",  # plain: free Magpie sampling | corpus: about a corpus row |
+                                               # cell: aimed at a profile cell (issue 15 item 2)
+        "steer_source VARCHAR",                # corpus: builtin:NAME or the corpus file's path; cell: the cell's key;
+                                               # NULL when plain
+        "steer_seed_ids VARCHAR[]",            # corpus: the seed rows' ids (sharegpt:<id>, alpacaeval:<n>, line:<n>,
+                                               # record:<n>); cell: the example instructions' ids; NULL when plain
+        "steer_prompt VARCHAR",                # the steering prompt template's id with its version
+                                               # (corpus-request-v1, corpus-passage-v1-plain); NULL when plain
+    )
+]
+
+
 def _create(statements: Sequence[str]) -> Callable[[duckdb.DuckDBPyConnection], None]:
     """A migration that runs DDL statements (IF NOT EXISTS: stores written before versions were counted have some)."""
     def migration(con: duckdb.DuckDBPyConnection) -> None:
@@ -195,6 +211,7 @@ MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [
     _create(EVALUATION_TABLES),  # -> 3
     _create(ENGINE_PROVENANCE),  # -> 4
     _create(JUDGE_CHECK_TABLES),  # -> 5
+    _create(STEERING_PROVENANCE),  # -> 6
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
