@@ -76,7 +76,8 @@ def build_store(path: Path, n_instructions: int, k: int, n_judges: int) -> dict[
         timings[name] = round(time.perf_counter() - start, 2)
 
     step("instructions", f"""
-        INSERT INTO instructions
+        INSERT INTO instructions (id, text, n_chars, n_tokens, model, prefix, temperature, top_p, max_new_tokens, seed,
+                                  job_id, batch, created_at)
         SELECT substr(md5('i' || i), 1, 20), text, length(text), n_words + n_words // 3, 'synthetic-aligned',
                '<|im_start|>user\n', 1.0, 1.0, 256, i // 1000, 'bench', i // 1000,
                TIMESTAMPTZ '2025-01-01 00:00:00+00' + to_microseconds(i)

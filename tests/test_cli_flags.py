@@ -37,6 +37,7 @@ COMMON = {"--workspace", "--json", "--debug", "--config"}
 MODEL_FACING = ("reconstruct", "respond", "judge", "profile", "eval")
 ADDED = {stage: {"--engine", "--engine-url"} if stage in MODEL_FACING else set() for stage in FIXTURE}
 ADDED["judge"].add("--weighting")  # the consensus weighted by the judge check (issue 14)
+ADDED["reconstruct"] |= {"--from-corpus", "--corpus-rows", "--passage-max-words"}  # corpus seeding (issue 15)
 
 
 def stage_actions(stage: str) -> dict[str, argparse.Action]:

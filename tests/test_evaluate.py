@@ -203,7 +203,9 @@ def add_general_data(store: Store, n: int) -> list[str]:
             iid, rid = f"i{i:02d}", f"r{i:02d}"
             text = " ".join(words[(i + k) % len(words)] for k in range(4))
             response = " ".join(words[(3 * i + k) % len(words)] for k in range(6))
-            con.execute("INSERT INTO instructions VALUES (?, ?, 10, 4, 'm', '', 1, 1, 8, 0, 'j', 0, ?)",
+            con.execute("INSERT INTO instructions (id, text, n_chars, n_tokens, model, prefix, temperature, top_p, "
+                        "max_new_tokens, seed, job_id, batch, created_at) "
+                        "VALUES (?, ?, 10, 4, 'm', '', 1, 1, 8, 0, 'j', 0, ?)",
                         [iid, text, now()])
             con.execute("INSERT INTO responses VALUES (?, ?, 'm', 0, ?, 6, true, 'chat', 1, 1, 8, 0, 'j', ?, "
                         "'transformers', NULL)",

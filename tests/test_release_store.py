@@ -53,14 +53,19 @@ def test_a_fresh_store_has_the_migrated_release_stores_tables_and_columns(tmp_pa
     assert columns(fresh.path) == columns(release)
     added = set(columns(release)) - set(before)
     judge_check_tables = {"judge_check_pairs", "judge_check_scores", "judge_checks"}  # new tables (store v5)
-    assert {table for table, _, _ in added} - {"reconstruct_batches", "responses", "scores"} == judge_check_tables
-    assert {column for column in added if column[0] not in judge_check_tables} == {
+    altered = {"reconstruct_batches", "responses", "scores", "instructions"}
+    assert {table for table, _, _ in added} - altered == judge_check_tables
+    steering = {("instructions", "steer_mode", "VARCHAR"), ("instructions", "steer_source", "VARCHAR"),
+                ("instructions", "steer_seed_ids", "VARCHAR[]"), ("instructions", "steer_prompt", "VARCHAR")}  # v6
+    assert {column for column in added if column[0] not in judge_check_tables} == steering | {
         (table, column, "VARCHAR") for table in ("reconstruct_batches", "responses", "scores")
         for column in ("engine", "engine_url")}
     with duckdb.connect(str(release), read_only=True) as con:  # what made the release's rows: in-process only
         for table in ("reconstruct_batches", "responses", "scores"):
             found = con.execute(f"SELECT DISTINCT engine, engine_url FROM {table}").fetchall()
             assert found == [("transformers", None)]
+        found = con.execute("SELECT DISTINCT steer_mode, steer_source, steer_seed_ids, steer_prompt FROM instructions")
+        assert found.fetchall() == [("plain", None, None, None)]  # sampled freely, as every row before v6
 
 
 def test_a_column_change_is_one_appended_migration(tmp_path, monkeypatch):
