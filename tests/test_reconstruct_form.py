@@ -26,3 +26,27 @@ def test_override_fields_reach_the_config_and_come_back():
 def test_missing_number_is_one_clear_error():
     with pytest.raises(ForgetlessError, match="is empty"):
         reconstruct_config({**FORM, "n": None})
+
+
+def test_corpus_fields_reach_the_config_and_a_bad_file_is_one_message(tmp_path):
+    from core.data_paths import ReadableRoots
+    from ui.views.reconstruct import with_readable_corpus
+
+    config = reconstruct_config({**FORM, "from_corpus": "builtin:sharegpt", "corpus_rows": 50.0,
+                                 "passage_max_words": 80.0})
+    assert (config.from_corpus, config.corpus_rows, config.passage_max_words) == ("builtin:sharegpt", 50, 80)
+    back = reconstruct_form(config)
+    assert (back["from_corpus"], back["corpus_rows"]) == ("builtin:sharegpt", 50)
+    assert reconstruct_config({**FORM, "from_corpus": ""}).from_corpus is None  # empty: free sampling
+    assert reconstruct_form(reconstruct_config(FORM))["from_corpus"] == ""
+
+    good, empty = tmp_path / "seeds.txt", tmp_path / "empty.jsonl"
+    good.write_text("How do tides work?\nWhat is a prime number?\n")
+    empty.write_text("")
+    assert with_readable_corpus(reconstruct_config({**FORM, "from_corpus": str(good)})).from_corpus == str(good)
+    with pytest.raises(ForgetlessError) as error:
+        with_readable_corpus(reconstruct_config({**FORM, "from_corpus": str(empty)}))
+    assert "\n" not in str(error.value) and "empty" in str(error.value)
+    roots = ReadableRoots.for_app(tmp_path / "ws")  # the file lies outside the app's folders: refused first
+    with pytest.raises(ForgetlessError, match="outside the folders this app reads"):
+        roots.confine(reconstruct_config, "model", "from_corpus")({**FORM, "from_corpus": str(good)})

@@ -21,11 +21,13 @@ from ui.forms import Form, by_name, setting_widget, to_widgets
 from ui.job_controls import QUIET, JobControls, job_controls, wire_job
 from ui.views.jobs import LazyStore, StageJobs
 from ui.views.reconstruct import (
+    CORPUS_CHOICES,
     TABLE_HEADERS,
     length_histogram,
     read_instruction_view,
     reconstruct_config,
     reconstruct_form,
+    with_readable_corpus,
 )
 
 KIND = "reconstruct"
@@ -85,6 +87,14 @@ def _form() -> Form:
                                                                           "template (see `forgetless prequery MODEL`)")
         form["stop"] = setting_widget(gr.Textbox, ReconstructConfig, "stop", value="", lines=2, elem_id="rec-stop",
                                       placeholder="empty: the template's end-of-turn markers")
+    with gr.Accordion("Seed from a corpus (instead of free sampling)", open=False, elem_id="rec-corpus"):
+        form["from_corpus"] = setting_widget(gr.Dropdown, ReconstructConfig, "from_corpus", value="",
+                                             choices=list(CORPUS_CHOICES), allow_custom_value=True,
+                                             elem_id="rec-from-corpus",
+                                             info="Empty: free sampling. A built-in corpus, or type a file path "
+                                                  "(workspace or --data-dir) and press Enter.")
+        with gr.Row():
+            form |= {"corpus_rows": number("corpus_rows"), "passage_max_words": number("passage_max_words")}
     return form
 
 
@@ -119,8 +129,8 @@ def build_reconstruct_tab(demo: gr.Blocks, workspace: Path, roots: ReadableRoots
     seen = gr.State("")  # marker of the store state the table shows; "" forces the first refresh
     timer = gr.Timer(1.0)
 
-    build = roots.confine(reconstruct_config, "model")
-    wire_job(demo, controls, set(form.values()), lambda values: build(by_name(form, values)),
+    build = roots.confine(reconstruct_config, "model", "from_corpus")
+    wire_job(demo, controls, set(form.values()), lambda values: with_readable_corpus(build(by_name(form, values))),
              lambda config: to_widgets(form, reconstruct_form(config)))
     refresh_handler = partial(refresh, store, controls)
     refresh_inputs = [search, page, seen]

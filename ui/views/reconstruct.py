@@ -17,6 +17,7 @@ from typing import Any
 import plotly.graph_objects as go
 
 from core.jobs import new_job_id
+from core.reconstruct.corpus import load_corpus
 from core.reconstruct.reconstruction import ReconstructConfig
 from core.settings import config_from_form, form_values
 from core.store import Store
@@ -24,7 +25,9 @@ from ui.views.formatting import PAGE_SIZE, clamp_page, page_label
 
 TABLE_HEADERS = ["instruction", "tokens", "model", "temperature", "seed", "job", "created"]
 _TABLE_KEYS = ["text", "n_tokens", "model", "temperature", "seed", "job_id", "created_at"]
-FORM_FIELDS = ("model", "n", "batch_size", "temperature", "top_p", "max_new_tokens", "seed", "prefix", "stop")
+FORM_FIELDS = ("model", "n", "batch_size", "temperature", "top_p", "max_new_tokens", "seed", "prefix", "stop",
+               "from_corpus", "corpus_rows", "passage_max_words")
+CORPUS_CHOICES = ("", "builtin:sharegpt", "builtin:alpacaeval")  # "": free Magpie sampling; or type a file
 
 
 # -- the form ------------------------------------------------------------------------------------------
@@ -43,9 +46,18 @@ def reconstruct_config(values: Mapping[str, Any]) -> ReconstructConfig:
     return dataclasses.replace(config, stop=stops or None)
 
 
+def with_readable_corpus(config: ReconstructConfig) -> ReconstructConfig:
+    """``config`` once its corpus file (if any) reads, so a bad file is one message in the form rather than a
+    failed job; call it after the path is confined to the app's folders."""
+    if config.from_corpus and not config.from_corpus.startswith("builtin:"):
+        load_corpus(config.from_corpus, config.passage_max_words)
+    return config
+
+
 def reconstruct_form(config: ReconstructConfig) -> dict[str, Any]:
     """A job's settings back into the form, by field name."""
-    return {**form_values(config, FORM_FIELDS), "prefix": config.prefix or "", "stop": "\n".join(config.stop or ())}
+    return {**form_values(config, FORM_FIELDS), "prefix": config.prefix or "", "stop": "\n".join(config.stop or ()),
+            "from_corpus": config.from_corpus or ""}
 
 
 # -- the table and the chart -----------------------------------------------------------------------------
