@@ -171,7 +171,8 @@ def test_reconstruct_form_becomes_a_config_by_field_name_and_comes_back():
     assert reconstruct_config({**values, "stop": ""}).stop is None  # empty: the template's own markers
     restored = reconstruct_form(config)
     assert restored == {"model": "my models/tiny", "n": 3, "batch_size": 16, "temperature": 0.7, "top_p": 0.9,
-                        "max_new_tokens": 24, "seed": 5, "prefix": "", "stop": "<a>\n <b>"}
+                        "max_new_tokens": 24, "seed": 5, "prefix": "", "stop": "<a>\n <b>",
+                        "from_corpus": "", "corpus_rows": 0, "passage_max_words": 120}  # empty corpus: free sampling
     assert reconstruct_config(restored).stop == config.stop
     for changes, fragment in [({"n": 0}, "n must be at least 1"), ({"n": 2.5}, "whole number"),
                               ({"n": None}, "is empty"), ({"model": " "}, "model must be given")]:
