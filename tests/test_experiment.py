@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from core.public_data import read_json_records as read_records
 from experiments.forgetting_stats import all_finite, compare, drift_summary, items_needed, paired_difference, verdict
-from experiments.public_sft import looks_english, read_records, to_messages
+from experiments.public_sft import looks_english, to_messages
 
 ROOT = Path(__file__).resolve().parent.parent
 TASKS = ("arc_easy", "piqa", "hellaswag", "sciq", "medmcqa")
