@@ -128,7 +128,7 @@ def test_config_defaults_to_free_sampling_and_checks_steering():
 
 def test_steering_reads_the_profiles_deficits_and_examples(tmp_path: Path):
     store = profiled_store(tmp_path)
-    steering = CoverageSteering(store, "job-x", build_tiny_tokenizer(), examples_per_prompt=2, seed=0,
+    steering = CoverageSteering(store, "job-x", build_tiny_tokenizer(), examples_per_prompt=2,
                                 embed=embed_by_words)
     assert steering.base == {0: 8, 1: 8, 2: 1}  # representatives only
     assert steering.lacking() == {0: 0, 1: 0, 2: 5}  # uniform target at 17 rows: 5.67 each

@@ -265,7 +265,7 @@ def _reconstruct(config: ReconstructConfig, store: Store, engine: Engine, corpus
     job_id = config.resolved_job_id()
     tokenizer = engine.tokenizer
     steering = None if config.steer is None else CoverageSteering(
-        store, job_id, tokenizer, examples_per_prompt=config.steer_examples, seed=config.seed,
+        store, job_id, tokenizer, examples_per_prompt=config.steer_examples,
         keep_all=config.steer_keep_all, embed=embed)
     prompter = _Prompter(config, tokenizer, corpus, steering)
     stop = prompter.stop

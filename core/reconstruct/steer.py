@@ -109,11 +109,11 @@ class CoverageSteering:
     """The clusters, their centroids and examples read once from the profile; this job's rows placed in clusters as
     they are stored; each batch's prompts and which of its samples to keep."""
 
-    def __init__(self, store: Any, job_id: str, tokenizer: Any, *, examples_per_prompt: int, seed: int,
+    def __init__(self, store: Any, job_id: str, tokenizer: Any, *, examples_per_prompt: int,
                  keep_all: bool = False, embed: Embed | None = None) -> None:
         check_steerable(store)
         self.store, self.job_id, self.tokenizer = store, job_id, tokenizer
-        self.examples_per_prompt, self.seed, self.keep_all = examples_per_prompt, seed, keep_all
+        self.examples_per_prompt, self.keep_all = examples_per_prompt, keep_all
         self.chat = bool(getattr(tokenizer, "chat_template", None))
         self.prompt_id = cell_prompt_id(self.chat)
         self.embedder = store.profiled_embedder()
