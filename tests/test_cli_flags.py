@@ -38,6 +38,7 @@ MODEL_FACING = ("reconstruct", "respond", "judge", "profile", "eval")
 ADDED = {stage: {"--engine", "--engine-url"} if stage in MODEL_FACING else set() for stage in FIXTURE}
 ADDED["judge"].add("--weighting")  # the consensus weighted by the judge check (issue 14)
 ADDED["reconstruct"] |= {"--from-corpus", "--corpus-rows", "--passage-max-words"}  # corpus seeding (issue 15)
+ADDED["reconstruct"] |= {"--steer", "--steer-examples", "--steer-keep-all"}  # steered reconstruction (issue 15)
 
 
 def stage_actions(stage: str) -> dict[str, argparse.Action]:

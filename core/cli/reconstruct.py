@@ -13,6 +13,7 @@ from core.errors import ForgetlessError
 from core.reconstruct.corpus import load_corpus
 from core.reconstruct.prequery import PreQuery, derive_prequery
 from core.reconstruct.reconstruction import ReconstructConfig, run_reconstruction
+from core.reconstruct.steer import check_steerable
 from core.store import Store
 
 
@@ -35,6 +36,8 @@ def cmd_reconstruct(args: argparse.Namespace) -> None:
     # Read the corpus first: a missing, empty or binary file is one error line before a job folder or row exists.
     corpus = load_corpus(config.from_corpus, config.passage_max_words) if config.from_corpus else None
     store = Store.for_workspace(args.workspace)
+    if config.steer:  # no profile to steer by: one line before a job folder exists
+        check_steerable(store)
 
     summary = run_job(args, "reconstruct", config,
                       lambda **hooks: run_reconstruction(config, store, corpus=corpus, **hooks),
@@ -43,6 +46,11 @@ def cmd_reconstruct(args: argparse.Namespace) -> None:
     seeded = summary.get("corpus")
     source = (f", seeded from {seeded['name']} ({seeded['rows_used']} of {seeded['rows']} rows, prompt "
               f"{seeded['prompt_id']})" if seeded else "")
+    steered = summary.get("steer")
+    if steered:
+        met = "target spread met" if steered["target_met"] else f"stopped: {summary['stopped_because']}"
+        source = (f", steered to under-filled clusters ({met}; rows lacking per cluster "
+                  f"{steered['deficits_before']} -> {steered['deficits_after']}, prompt {steered['prompt_id']})")
     human = (f"{state}: {summary['stored']}/{summary['target']} instructions for job {summary['job_id']} in "
              f"{summary['db']}{source} ({summary['new']} new, dropped {summary['dropped']}, "
              f"{summary['tokens_per_s']} tok/s, {summary['seconds']} s)")
