@@ -23,6 +23,7 @@ class Progress:
         self._on_progress, self._should_stop = on_progress, should_stop
         self._start = time.monotonic()
         self._last = 0.0
+        self.details: dict[str, Any] = {}  # stage-specific figures sent with every report (e.g. live coverage)
 
     @property
     def elapsed(self) -> float:
@@ -59,4 +60,5 @@ class Progress:
         self._on_progress({
             "job_id": self.job_id, self.unit: self.done, "total": self.total, "tokens_per_s": self.tokens_per_s(),
             "eta_s": (self.total - self.done) / rate if rate > 0 else None, "elapsed_s": self.elapsed,
+            **self.details,
         })

@@ -146,6 +146,31 @@ def explore_ids() -> list[str]:
     return [text_key(text) for text, _ in EXPLORE_INSTRUCTIONS]
 
 
+# A steerable profile for the tiny model's vocabulary: cluster 0 code and maths, 1 daily life, 2 writing (thin).
+STEER_PROFILE = [
+    *[(f"write python code to sort list number {i}", 0, True) for i in range(8)],
+    ("write python code to sort list number 0 again", 0, False),
+    *[(f"give me a simple recipe to cook on day {i}", 1, True) for i in range(8)],
+    ("write a short poem about the sea", 2, True),
+]
+
+
+def build_steerable_store(folder: Path) -> Store:
+    """A workspace store profiled by hand (clusters, near-duplicate flags) with the packaged embedder's vectors,
+    so `reconstruct --steer coverage` runs on it as after a real `profile`."""
+    from core.engines.embedder import DEFAULT_EMBEDDER, open_embedder
+
+    store = Store.for_workspace(folder)
+    texts = [text for text, *_ in STEER_PROFILE]
+    rows = [InstructionRow(text, 8, "tiny", "<p>", 1.0, 1.0, 32, 7, "p", 0) for text in texts]
+    store.add_instruction_batch("p", 0, rows, limit=100, sampled=len(rows), dropped={}, new_tokens=0, seconds=0)
+    ids = [text_key(text) for text in texts]
+    store.replace_profile(pd.DataFrame({"instruction_id": ids, "cluster": [r[1] for r in STEER_PROFILE],
+                                        "is_representative": [r[2] for r in STEER_PROFILE]}))
+    store.save_embeddings(DEFAULT_EMBEDDER, ids, open_embedder()(texts))
+    return store
+
+
 def build_explore_store(path: Path, *, refresh: bool = True) -> ExploreStore:
     store = ExploreStore(path)
     rows = [InstructionRow(text, n, "tiny", "<p>", 1.0, 1.0, 32, 7, "job-r", 0) for text, n in EXPLORE_INSTRUCTIONS]

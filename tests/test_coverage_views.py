@@ -90,3 +90,31 @@ def test_views_draw_all_three_dimensions(tmp_path: Path) -> None:
     assert message.startswith("**Imbalance**")
     assert [len(figure.data) for figure in (clusters, categories, levels)] == [2, 2, 2]
     assert len(categories.data[0].x) == 8  # every category, empty ones too
+
+
+def test_reconstruct_tab_chart_shows_the_profile_until_a_steered_job_reports(tmp_path: Path) -> None:
+    """A free job (or none): the stored profile's clusters, with the rows not profiled yet said; a steered job:
+    the clusters its reports carry, the profile's rows and its own stacked."""
+    from core.jobs import JobInfo
+    from ui.views.coverage import reconstruct_coverage
+
+    store = _store(tmp_path)
+    store.add_instruction_batch("job-new", 0, [InstructionRow("A brand new request", 4, "tiny", "<p>", 1.0, 1.0, 32,
+                                                              7, "job-new", 0)],
+                                limit=1, sampled=1, dropped={}, new_tokens=0, seconds=0)
+    free = JobInfo("job-new", "reconstruct", "done", tmp_path, {"stored": 1}, None, {"stored": 1}, None)
+    figure = reconstruct_coverage(free, store)
+    assert [list(bar.y) for bar in figure.data] == [[3, 1], [0, 0]]
+    assert "1 rows not profiled yet" in figure.layout.title.text
+    assert list(figure.data[0].x) == ["0 · python, sort", "1 · haiku_*bold*"]
+
+    clusters = [{"cluster": 0, "label": "python, sort", "profiled": 3, "added": 0},
+                {"cluster": 1, "label": "haiku_*bold*", "profiled": 1, "added": 2}]
+    steered = JobInfo("job-s", "reconstruct", "done", tmp_path, {}, None,
+                      {"stored": 2, "steer": {"clusters": clusters}}, None)
+    figure = reconstruct_coverage(steered, store)
+    assert [list(bar.y) for bar in figure.data] == [[3, 1], [0, 2]]
+    assert figure.layout.shapes[0].y0 == 3.0  # the uniform line: 6 rows over 2 clusters
+    assert "KL 0.000 to uniform" in figure.layout.title.text  # 3 and 3: even
+    assert "profile the instructions" in reconstruct_coverage(None, Store.for_workspace(tmp_path / "empty")
+                                                              ).layout.title.text

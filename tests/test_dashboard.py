@@ -172,7 +172,8 @@ def test_reconstruct_form_becomes_a_config_by_field_name_and_comes_back():
     restored = reconstruct_form(config)
     assert restored == {"model": "my models/tiny", "n": 3, "batch_size": 16, "temperature": 0.7, "top_p": 0.9,
                         "max_new_tokens": 24, "seed": 5, "prefix": "", "stop": "<a>\n <b>",
-                        "from_corpus": "", "corpus_rows": 0, "passage_max_words": 120}  # empty corpus: free sampling
+                        "from_corpus": "", "corpus_rows": 0, "passage_max_words": 120, "steer_examples": 3,
+                        "steer_keep_all": False, "mode": "free"}
     assert reconstruct_config(restored).stop == config.stop
     for changes, fragment in [({"n": 0}, "n must be at least 1"), ({"n": 2.5}, "whole number"),
                               ({"n": None}, "is empty"), ({"model": " "}, "model must be given")]:
@@ -198,12 +199,18 @@ def test_reconstruct_tab_follows_its_newest_job_through_the_shared_job_controls(
     (folder / "config.yaml").write_text(to_yaml(ReconstructConfig(model="tiny", n=3, job_id="reconstruct-x")))
     (folder / "status.json").write_text('{"state": "cancelled", "kind": "reconstruct", "started_at": 1.0}')
     (folder / "progress.jsonl").write_text('{"stored": 1, "total": 3}\n')
-    status, start, cancel, command, table, page, label, histogram, seen = refresh(store, controls, "", 1, seen)
+    status, start, cancel, command, table, page, label, histogram, coverage, seen = refresh(store, controls, "", 1,
+                                                                                          seen)
     assert status == "cancelled · reconstruct-x · 1/3 stored · stopped on request"
     assert seen == "reconstruct-x|cancelled|1"
     assert "--job-id reconstruct-x" in command["value"] and command["visible"]
     assert table["headers"] == TABLE_HEADERS and page == 1 and histogram.layout.title.text
-    assert refresh(store, controls, "", 1, seen)[4:8] == (gr.skip(),) * 4  # nothing moved: no redraw
-    with (folder / "progress.jsonl").open("a") as progress:
-        progress.write('{"stored": 2, "total": 3}\n')  # a row arrived: the table follows
-    assert refresh(store, controls, "", 1, seen)[-1] == "reconstruct-x|cancelled|2"
+    assert "profile the instructions" in coverage.layout.title.text and not coverage.data  # no profile yet
+    assert refresh(store, controls, "", 1, seen)[4:9] == (gr.skip(),) * 5  # nothing moved: no redraw
+    with (folder / "progress.jsonl").open("a") as progress:  # a steered batch arrived: the chart follows it
+        progress.write('{"stored": 2, "total": 3, "clusters": [{"cluster": 0, "label": "code", "profiled": 5, '
+                       '"added": 0}, {"cluster": 1, "label": null, "profiled": 1, "added": 2}]}\n')
+    *_, coverage, seen = refresh(store, controls, "", 1, seen)
+    assert seen == "reconstruct-x|cancelled|2"
+    assert [list(bar.y) for bar in coverage.data] == [[5, 1], [0, 2]]  # profiled, then this job's rows, stacked
+    assert "job reconstruct-x: +2 rows" in coverage.layout.title.text and "KL" in coverage.layout.title.text

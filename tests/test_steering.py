@@ -33,7 +33,13 @@ from core.reconstruct.steer import (
     render_cell_prompt,
 )
 from core.store import InstructionRow, Store, text_key
-from tests.helpers import assert_one_line_error, build_tiny_tokenizer, forgetless
+from tests.helpers import (
+    STEER_PROFILE,
+    assert_one_line_error,
+    build_steerable_store,
+    build_tiny_tokenizer,
+    forgetless,
+)
 
 # A text's cluster by its words (words of the tiny model's vocabulary): 0 code and maths, 1 daily life, 2 writing.
 TOPICS = ({"python", "code", "math", "list"}, {"cook", "recipe", "travel", "health", "money", "plan"},
@@ -41,12 +47,7 @@ TOPICS = ({"python", "code", "math", "list"}, {"cook", "recipe", "travel", "heal
 CENTROIDS = np.eye(3)
 EMBEDDER = "stand-in-embedder"
 # cluster 2 is under-filled: 8, 8 and 1 representatives (plus one hidden duplicate in cluster 0)
-PROFILE = [
-    *[(f"write python code to sort list number {i}", 0, True) for i in range(8)],
-    ("write python code to sort list number 0 again", 0, False),
-    *[(f"give me a simple recipe to cook on day {i}", 1, True) for i in range(8)],
-    ("write a short poem about the sea", 2, True),
-]
+PROFILE = STEER_PROFILE
 UNDER_FILLED = 2
 
 
@@ -197,6 +198,24 @@ def test_steering_raises_the_under_filled_clusters_share_over_free_sampling(tiny
     assert summary["steer"]["deficits_after"]["2"] < summary["steer"]["deficits_before"]["2"]
 
 
+def test_progress_reports_carry_where_the_jobs_rows_landed(tiny_model_dir: Path, tmp_path: Path):
+    """The live coverage chart's data: every report after a batch holds, per cluster, the profile's rows and this
+    job's rows placed there, and the last one matches where the stored rows fall."""
+    lm = load_model(str(tiny_model_dir), tmp_path)
+    store = profiled_store(tmp_path / "ws")
+    config = config_of(tiny_model_dir, steer_keep_all=True, n=5, batch_size=3)
+    reports = []
+    summary = run_reconstruction(config, store, serving(lm), embed=embed_by_words, on_progress=reports.append)
+    after_batches = [r for r in reports if "clusters" in r and "stored" in r]
+    assert after_batches and json.loads(json.dumps(after_batches[-1])) == after_batches[-1]  # a progress file holds it
+    last = after_batches[-1]["clusters"]
+    assert [(c["cluster"], c["profiled"]) for c in last] == [(0, 8), (1, 8), (2, 1)]  # representatives only
+    landed = Counter(cluster_of(row["text"]) for row in store.instruction_steering(job_id=config.resolved_job_id()))
+    assert {c["cluster"]: c["added"] for c in last} == {cell: landed.get(cell, 0) for cell in range(3)}
+    assert sum(c["added"] for c in last) == summary["stored"] == 5
+    assert summary["steer"]["clusters"] == last
+
+
 def test_a_steered_run_stops_when_the_target_spread_is_met(tiny_model_dir: Path, tmp_path: Path):
     lm = load_model(str(tiny_model_dir), tmp_path)
     store = profiled_store(tmp_path / "ws", PROFILE[:2] + PROFILE[9:11] + PROFILE[-1:])
@@ -254,16 +273,9 @@ def test_steering_without_a_profile_is_one_line_and_no_job_folder(tiny_model_dir
 
 def test_the_cli_steers_with_the_profiles_embedder(tiny_model_dir: Path, tmp_path: Path):
     """A profile embedded by the packaged embedder: the CLI opens it by the name stored with the embeddings."""
-    from core.engines.embedder import DEFAULT_EMBEDDER, open_embedder
+    from core.engines.embedder import DEFAULT_EMBEDDER
 
-    store = Store.for_workspace(tmp_path / "ws")
-    texts = [text for text, *_ in PROFILE]
-    rows = [InstructionRow(text, 8, "tiny", "<p>", 1.0, 1.0, 32, 7, "p", 0) for text in texts]
-    store.add_instruction_batch("p", 0, rows, limit=100, sampled=len(rows), dropped={}, new_tokens=0, seconds=0)
-    ids = [text_key(text) for text in texts]
-    store.replace_profile(pd.DataFrame({"instruction_id": ids, "cluster": [r[1] for r in PROFILE],
-                                        "is_representative": [r[2] for r in PROFILE]}))
-    store.save_embeddings(DEFAULT_EMBEDDER, ids, open_embedder()(texts))
+    store = build_steerable_store(tmp_path / "ws")
     result = forgetless("reconstruct", "--model", str(tiny_model_dir), "--n", "3", "--batch-size", "8",
                         "--max-new-tokens", "24", "--steer", "coverage", "--steer-keep-all", "--json",
                         workspace=tmp_path / "ws")

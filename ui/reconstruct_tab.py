@@ -19,15 +19,20 @@ from core.reconstruct.reconstruction import ReconstructConfig
 from ui.alerts import markdown_literal, warn
 from ui.forms import Form, by_name, setting_widget, to_widgets
 from ui.job_controls import QUIET, JobControls, job_controls, wire_job
+from ui.views.coverage import reconstruct_coverage
 from ui.views.jobs import LazyStore, StageJobs
 from ui.views.reconstruct import (
     CORPUS_CHOICES,
+    FREE,
+    MODE_CHOICES,
     TABLE_HEADERS,
     length_histogram,
+    mode_fields,
     read_instruction_view,
     reconstruct_config,
     reconstruct_form,
     with_readable_corpus,
+    with_steerable,
 )
 
 KIND = "reconstruct"
@@ -41,14 +46,15 @@ def _table_value(rows: list[list[Any]]) -> dict[str, Any]:
 def refresh(store: LazyStore, controls: JobControls, search: str, page: float | None, seen: str) -> tuple[Any, ...]:
     """Timer tick and page load: status and buttons always; the rest only when the job or store moved."""
     head, marker = controls.poll()
-    unchanged = (gr.skip(),) * 4
+    unchanged = (gr.skip(),) * 5
     if marker == seen:
         return (*head, *unchanged, seen)
     try:
         view = read_instruction_view(store.get(), search, page)
+        coverage = reconstruct_coverage(controls.jobs.newest(), store.get())
     except ForgetlessError as error:  # e.g. a writer held the file longer than the lock wait: retried next tick
         return (f"{head[0]} · (store busy: {markdown_literal(error)})", *head[1:], *unchanged, seen)
-    return (*head, _table_value(view.rows), view.page, view.label, length_histogram(view.lengths), marker)
+    return (*head, _table_value(view.rows), view.page, view.label, length_histogram(view.lengths), coverage, marker)
 
 
 def show_page(store: LazyStore, search: str, page: float | None) -> tuple[Any, ...]:
@@ -67,13 +73,18 @@ def step_page(store: LazyStore, delta: int | None, search: str, page: float | No
     return show_page(store, search, target)
 
 
-def _form() -> Form:
-    """The job's settings as widgets by field name (labels, help and bounds from ReconstructConfig's fields)."""
+def _form() -> tuple[Form, dict[str, Any]]:
+    """The job's settings as widgets by field name (labels, help and bounds from ReconstructConfig's fields), and
+    the groups of fields only one mode uses (shown in that mode)."""
     def number(name: str) -> Any:
         return setting_widget(gr.Number, ReconstructConfig, name, precision=0, elem_id=f"rec-{name.replace('_', '-')}")
 
     form = {"model": setting_widget(gr.Dropdown, ReconstructConfig, "model", choices=list(ALIASES),
-                                    allow_custom_value=True, elem_id="rec-model")}
+                                    allow_custom_value=True, elem_id="rec-model"),
+            "mode": gr.Radio(MODE_CHOICES, value=FREE, label="Mode", elem_id="rec-mode",
+                             info="Free: the model writes whatever users it was tuned on asked. Steered: new samples "
+                                  "aim at the clusters the profile (Explore tab) finds thin. From a corpus: the model "
+                                  "rewrites public texts as requests in its own words.")}
     with gr.Row():
         form |= {"n": number("n"), "batch_size": number("batch_size")}
     with gr.Row():
@@ -81,21 +92,31 @@ def _form() -> Form:
                  for name in ("temperature", "top_p")}
     with gr.Row():
         form |= {"max_new_tokens": number("max_new_tokens"), "seed": number("seed")}
-    with gr.Accordion("Pre-query template override", open=False, elem_id="rec-override"):
+    groups = {}
+    with gr.Group(visible=False, elem_id="rec-steer") as groups["steer"], gr.Row():
+        form["steer_examples"] = number("steer_examples")
+        form["steer_keep_all"] = setting_widget(gr.Checkbox, ReconstructConfig, "steer_keep_all",
+                                                elem_id="rec-steer-keep-all")
+    with gr.Accordion("Pre-query template override", open=False, elem_id="rec-override") as groups["override"]:
         form["prefix"] = setting_widget(gr.Textbox, ReconstructConfig, "prefix", value="", lines=3,
                                         elem_id="rec-prefix", placeholder="empty: derived from the model's chat "
                                                                           "template (see `forgetless prequery MODEL`)")
         form["stop"] = setting_widget(gr.Textbox, ReconstructConfig, "stop", value="", lines=2, elem_id="rec-stop",
                                       placeholder="empty: the template's end-of-turn markers")
-    with gr.Accordion("Seed from a corpus (instead of free sampling)", open=False, elem_id="rec-corpus"):
-        form["from_corpus"] = setting_widget(gr.Dropdown, ReconstructConfig, "from_corpus", value="",
+    with gr.Group(visible=False, elem_id="rec-corpus") as groups["corpus"]:
+        form["from_corpus"] = setting_widget(gr.Dropdown, ReconstructConfig, "from_corpus", value=CORPUS_CHOICES[0],
                                              choices=list(CORPUS_CHOICES), allow_custom_value=True,
                                              elem_id="rec-from-corpus",
-                                             info="Empty: free sampling. A built-in corpus, or type a file path "
-                                                  "(workspace or --data-dir) and press Enter.")
+                                             info="A built-in corpus, or type a file path (workspace or --data-dir) "
+                                                  "and press Enter.")
         with gr.Row():
             form |= {"corpus_rows": number("corpus_rows"), "passage_max_words": number("passage_max_words")}
-    return form
+    return form, groups
+
+
+def show_mode(groups: dict[str, Any], mode: str) -> dict[Any, Any]:
+    """Show the groups of fields the mode uses, hide the others."""
+    return {groups[name]: gr.update(visible=shown) for name, shown in mode_fields(mode).items()}
 
 
 def build_reconstruct_tab(demo: gr.Blocks, workspace: Path, roots: ReadableRoots | None = None) -> None:
@@ -106,16 +127,19 @@ def build_reconstruct_tab(demo: gr.Blocks, workspace: Path, roots: ReadableRoots
     store = LazyStore(workspace)
     gr.Markdown(
         "Prompt the model with only the start of its chat template, up to where a user's message would "
-        "begin, and let it write the user's turn. Each cleaned, de-duplicated instruction is stored with its "
-        "sampling settings. The job runs in the background: you can reload the page or close the tab."
+        "begin, and let it write the user's turn (free sampling), or steer it toward the clusters the profile "
+        "finds thin, or seed it from a public corpus. Each cleaned, de-duplicated instruction is stored with its "
+        "sampling settings and how it was steered. The job runs in the background: you can reload the page or "
+        "close the tab."
     )
     with gr.Row(equal_height=False):
         with gr.Column(scale=2, min_width=320, elem_classes=["launcher"]):
-            form = _form()
+            form, groups = _form()
             controls = job_controls("rec", StageJobs(workspace, KIND, ReconstructConfig), "stored", IDLE,
                                     unit="stored", follow_rows=True)
         with gr.Column(scale=3, min_width=360):
             histogram = gr.Plot(label="Instruction lengths", elem_id="rec-histogram")
+            coverage = gr.Plot(label="Coverage of the profile's clusters", elem_id="rec-coverage")
     with gr.Row(equal_height=False, elem_id="rec-table-controls"):
         search = gr.Textbox(label="Search instructions", scale=4, elem_id="rec-search",
                             placeholder="substring, case-insensitive; Enter to apply")
@@ -130,11 +154,14 @@ def build_reconstruct_tab(demo: gr.Blocks, workspace: Path, roots: ReadableRoots
     timer = gr.Timer(1.0)
 
     build = roots.confine(reconstruct_config, "model", "from_corpus")
-    wire_job(demo, controls, set(form.values()), lambda values: with_readable_corpus(build(by_name(form, values))),
+    wire_job(demo, controls, set(form.values()),
+             lambda values: with_steerable(with_readable_corpus(build(by_name(form, values))), store.get()),
              lambda config: to_widgets(form, reconstruct_form(config)))
+    # .change, not .input: a page load restoring a steered job's settings shows its fields too.
+    form["mode"].change(partial(show_mode, groups), form["mode"], set(groups.values()), **QUIET)
     refresh_handler = partial(refresh, store, controls)
     refresh_inputs = [search, page, seen]
-    refresh_outputs = [*controls.outputs, table, page, page_info, histogram, seen]
+    refresh_outputs = [*controls.outputs, table, page, page_info, histogram, coverage, seen]
     timer.tick(refresh_handler, refresh_inputs, refresh_outputs, **QUIET)
     # Re-attach after a reload: gr.State restarts at "", so the first load redraws everything from disk.
     demo.load(refresh_handler, refresh_inputs, refresh_outputs, **QUIET)

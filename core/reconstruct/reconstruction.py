@@ -279,6 +279,8 @@ def _reconstruct(config: ReconstructConfig, store: Store, engine: Engine, corpus
 
     batch = state["next_batch"]
     lacking = steering.lacking() if steering is not None else {}
+    if steering is not None:
+        progress.details["clusters"] = steering.cluster_rows()
     while progress.done < config.n:
         if progress.stop_requested():
             cancelled, stopped_because = True, "cancelled"
@@ -323,11 +325,12 @@ def _reconstruct(config: ReconstructConfig, store: Store, engine: Engine, corpus
             dropped=dropped, new_tokens=batch_tokens, seconds=time.monotonic() - began,
             engine=engine.served_by, engine_url=engine.url,
         )
+        if steering is not None:  # counted before the report, so the live chart shows this batch's rows
+            lacking = steering.lacking()
+            progress.details["clusters"] = steering.cluster_rows()
         progress.batch_done(result.stored, batch_tokens)
         batch += 1
         barren = 0 if result.stored else barren + 1
-        if steering is not None:
-            lacking = steering.lacking()
         if barren >= _MAX_BARREN_BATCHES and steering is not None:
             # Steered samples kept landing in filled clusters (or failing the checks): stop, say where it stands.
             stopped_because = "no_progress"

@@ -124,6 +124,8 @@ class CoverageSteering:
         known = counts[counts["cluster"].notna()]
         base = dict(zip(known["cluster"].astype(int), known["rows"].astype(int), strict=True))
         self.base = {cell: base.get(cell, 0) for cell in self.cells}
+        labels = dict(zip(known["cluster"].astype(int), known["label"], strict=True))
+        self.labels = {cell: labels.get(cell) for cell in self.cells}
         frame = store.profile_frame()
         self.profiled = set(frame["instruction_id"])
         # Examples: the cluster's near-duplicate representatives (what the counts count), oldest first.
@@ -137,6 +139,7 @@ class CoverageSteering:
             embed = open_embedder(self.embedder)
         self.embed = embed
         self.placed: dict[str, int] = {}  # this job's stored rows (by id, the text's key) -> their cluster
+        self.added = dict.fromkeys(self.cells, 0)  # this job's rows per cluster, as of the last count
         self.before = self.lacking()
 
     # -- where rows fall ------------------------------------------------------------------------------------
@@ -159,10 +162,16 @@ class CoverageSteering:
         rows = [r for r in self.store.instruction_steering(job_id=self.job_id) if r["id"] not in self.profiled]
         unseen = [r for r in rows if r["id"] not in self.placed]
         self.placed.update(zip((r["id"] for r in unseen), self.assign([r["text"] for r in unseen]), strict=True))
-        counts = dict(self.base)
+        self.added = dict.fromkeys(self.cells, 0)
         for row in rows:
-            counts[self.placed[row["id"]]] += 1
-        return counts
+            self.added[self.placed[row["id"]]] += 1
+        return {cell: self.base[cell] + self.added[cell] for cell in self.cells}
+
+    def cluster_rows(self) -> list[dict[str, Any]]:
+        """Per cluster, as of the last count: its label, the profile's rows and this job's rows placed in it (what
+        the live coverage chart draws)."""
+        return [{"cluster": int(cell), "label": label if isinstance(label := self.labels[cell], str) else None,
+                 "profiled": int(self.base[cell]), "added": int(self.added[cell])} for cell in self.cells]
 
     def lacking(self) -> dict[int, int]:
         """Rows each cluster lacks against a uniform spread at the current total (0: filled)."""
@@ -206,4 +215,5 @@ class CoverageSteering:
                 "keep_all": self.keep_all, "prompt": CELL_TEMPLATE,
                 "deficits_before": {str(c): d for c, d in self.before.items()},
                 "deficits_after": {str(c): d for c, d in lacking_now.items()},
+                "clusters": self.cluster_rows(),
                 "target_met": not any(lacking_now.values())}

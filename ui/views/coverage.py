@@ -12,7 +12,19 @@ from typing import Any
 import plotly.graph_objects as go
 
 from core.errors import ForgetlessError
-from core.profile.coverage import DIMENSIONS, SHAREGPT, UNIFORM, CoverageConfig, coverage_report, under_filled_cells
+from core.jobs import JobInfo
+from core.profile.coverage import (
+    DIMENSIONS,
+    SHAREGPT,
+    SMOOTHING,
+    UNIFORM,
+    CoverageConfig,
+    coverage_report,
+    kl_divergence,
+    shares,
+    under_filled_cells,
+    uniform_shares,
+)
 from core.store import Store
 from ui.views.screen import empty_figure, escape_markdown, figure_layout, shorten
 
@@ -21,6 +33,8 @@ CHART_HEIGHT = 340
 TITLES = {"cluster": "Clusters", "category": "Task categories", "difficulty": "Difficulty levels"}
 LACKING_SHOWN = 3  # under-filled cells named per dimension in the summary
 _OBSERVED, _TARGET = "#4f6bed", "#c2c8d6"
+_PROFILED, _ADDED = "#c2c8d6", "#4f6bed"
+LIVE_HEIGHT = 320
 
 
 def _percent(value: float | None) -> str:
@@ -102,3 +116,60 @@ def coverage_views(store: Store, target: str) -> tuple[str, go.Figure, go.Figure
         return (f"Coverage: {message}", *(empty_figure(f"{TITLES[d]} (needs profiling)", CHART_HEIGHT)
                                           for d in DIMENSIONS))
     return (coverage_summary(report), *(coverage_figure(report, d) for d in DIMENSIONS))
+
+
+# -- the Reconstruct tab's live chart ------------------------------------------------------------------------
+def job_clusters(job: JobInfo | None) -> list[dict[str, Any]] | None:
+    """Where a steered job's rows landed, per cluster (its newest report, or its summary once it ended); None for
+    a free or corpus-seeded job, whose rows are placed only by the next profile."""
+    if job is None:
+        return None
+    summary = job.summary or {}
+    if "steer" in summary:
+        return summary["steer"].get("clusters")
+    return (job.progress or {}).get("clusters")
+
+
+def live_coverage_figure(clusters: list[dict[str, Any]], title: str) -> go.Figure:
+    """Rows per cluster, the profile's and this job's stacked, against the uniform spread of the current total
+    (dashed line); the title carries the cluster KL to uniform."""
+    if not clusters:
+        return empty_figure(title, LIVE_HEIGHT)
+    names = [cell_name({"cell": row["cluster"], "label": row.get("label")}, 22) for row in clusters]
+    totals = [row["profiled"] + row["added"] for row in clusters]
+    kl = kl_divergence(shares(totals, SMOOTHING), uniform_shares(len(totals)))
+    figure = go.Figure([
+        go.Bar(x=names, y=[row["profiled"] for row in clusters], name="profiled", marker_color=_PROFILED,
+               hovertemplate="%{x}<br>%{y} profiled rows<extra></extra>"),
+        go.Bar(x=names, y=[row["added"] for row in clusters], name="this job", marker_color=_ADDED,
+               hovertemplate="%{x}<br>%{y} rows of this job<extra></extra>"),
+    ])
+    figure.add_hline(y=sum(totals) / len(totals), line_dash="dash", line_color="#555",
+                     annotation_text="uniform", annotation_position="top right")
+    figure.update_layout(barmode="stack", bargap=0.2, legend={"orientation": "h", "y": 1.1, "x": 1,
+                                                                "xanchor": "right"})
+    figure.update_xaxes(type="category", tickangle=-30)
+    figure.update_yaxes(title="rows")
+    return figure_layout(figure, f"{title} · KL {_nats(kl)} to uniform", LIVE_HEIGHT)
+
+
+def reconstruct_coverage(job: JobInfo | None, store: Store) -> go.Figure:
+    """The Reconstruct tab's coverage chart: a steered job's clusters live as its batches finish; otherwise the
+    stored profile's clusters (new rows join them at the next profile), or why there is nothing to draw."""
+    clusters = job_clusters(job)
+    if clusters is not None:
+        added = sum(row["added"] for row in clusters)
+        return live_coverage_figure(clusters, f"Clusters · job {job.job_id}: +{added} rows")
+    try:
+        counts = store.coverage_counts()
+    except ForgetlessError as error:
+        return empty_figure(f"Clusters ({shorten(str(error), 60)})", LIVE_HEIGHT)
+    frame = counts["cluster"]
+    frame = frame[frame["cluster"].notna()]
+    if frame.empty:
+        return empty_figure("Clusters (none yet: profile the instructions in the Explore tab)", LIVE_HEIGHT)
+    clusters = [{"cluster": int(cell), "label": label if isinstance(label, str) else None, "profiled": int(rows),
+                 "added": 0} for cell, label, rows in zip(frame["cluster"], frame["label"], frame["rows"], strict=True)]
+    waiting = counts["instructions"] - counts["profiled"]
+    return live_coverage_figure(clusters, "Clusters of the profile" + (
+        f" ({waiting} rows not profiled yet)" if waiting > 0 else ""))

@@ -16,9 +16,11 @@ from typing import Any
 
 import plotly.graph_objects as go
 
+from core.errors import ForgetlessError
 from core.jobs import new_job_id
 from core.reconstruct.corpus import load_corpus
 from core.reconstruct.reconstruction import ReconstructConfig
+from core.reconstruct.steer import COVERAGE, check_steerable
 from core.settings import config_from_form, form_values
 from core.store import Store
 from ui.views.formatting import PAGE_SIZE, clamp_page, page_label
@@ -26,8 +28,22 @@ from ui.views.formatting import PAGE_SIZE, clamp_page, page_label
 TABLE_HEADERS = ["instruction", "tokens", "model", "temperature", "seed", "job", "created"]
 _TABLE_KEYS = ["text", "n_tokens", "model", "temperature", "seed", "job_id", "created_at"]
 FORM_FIELDS = ("model", "n", "batch_size", "temperature", "top_p", "max_new_tokens", "seed", "prefix", "stop",
-               "from_corpus", "corpus_rows", "passage_max_words")
-CORPUS_CHOICES = ("", "builtin:sharegpt", "builtin:alpacaeval")  # "": free Magpie sampling; or type a file
+               "from_corpus", "corpus_rows", "passage_max_words", "steer_examples", "steer_keep_all")
+CORPUS_CHOICES = ("builtin:sharegpt", "builtin:alpacaeval")  # or type a file
+FREE, STEERED, CORPUS = "free", "steered", "corpus"
+MODE_CHOICES = [("Free sampling (the pre-query prefix)", FREE), ("Steered to under-filled clusters", STEERED),
+                ("From a corpus", CORPUS)]
+
+
+def mode_of(config: ReconstructConfig) -> str:
+    """Which of the form's modes a job's config is."""
+    return STEERED if config.steer else CORPUS if config.from_corpus else FREE
+
+
+def mode_fields(mode: str) -> dict[str, bool]:
+    """Which groups of the form the mode uses (the others are hidden): the pre-query override belongs to free
+    sampling, the corpus fields to corpus seeding, the steering fields to steering."""
+    return {"override": mode == FREE, "corpus": mode == CORPUS, "steer": mode == STEERED}
 
 
 # -- the form ------------------------------------------------------------------------------------------
@@ -37,11 +53,19 @@ def reconstruct_config(values: Mapping[str, Any]) -> ReconstructConfig:
     An empty prefix box means the derived prefix; the stop box holds one stop string per line, kept exactly as
     typed (blank lines dropped; empty: the template's own markers).
     """
+    mode = values.get("mode") or FREE
+    if mode not in (FREE, STEERED, CORPUS):
+        raise ForgetlessError(f"mode must be one of {FREE}, {STEERED}, {CORPUS}")
     prefix, stop = values.get("prefix"), values.get("stop")
-    rest = {name: value for name, value in values.items() if name not in ("model", "prefix", "stop")}
+    corpus = str(values.get("from_corpus") or "").strip()
+    if mode == CORPUS and not corpus:
+        raise ForgetlessError("From a corpus needs a corpus: pick a built-in one or type a file path")
+    rest = {name: value for name, value in values.items() if name not in ("mode", "model", "prefix", "stop")}
     config = config_from_form(ReconstructConfig, {
-        **rest, "model": str(values.get("model") or "").strip(), "prefix": prefix if (prefix or "").strip() else None,
-        "job_id": new_job_id("reconstruct")})
+        **rest, "model": str(values.get("model") or "").strip(), "job_id": new_job_id("reconstruct"),
+        # A mode's fields count only in that mode: the hidden boxes of the others may still hold values.
+        "prefix": prefix if mode == FREE and (prefix or "").strip() else None,
+        "from_corpus": corpus if mode == CORPUS else None, "steer": COVERAGE if mode == STEERED else None})
     stops = tuple(line for line in (stop or "").splitlines() if line.strip())
     return dataclasses.replace(config, stop=stops or None)
 
@@ -54,10 +78,18 @@ def with_readable_corpus(config: ReconstructConfig) -> ReconstructConfig:
     return config
 
 
+def with_steerable(config: ReconstructConfig, store: Store) -> ReconstructConfig:
+    """``config`` once the store has a profile to steer by (a steered job), so a missing profile is one message in
+    the form rather than a failed job."""
+    if config.steer:
+        check_steerable(store)
+    return config
+
+
 def reconstruct_form(config: ReconstructConfig) -> dict[str, Any]:
-    """A job's settings back into the form, by field name."""
+    """A job's settings back into the form, by field name (and the mode they make)."""
     return {**form_values(config, FORM_FIELDS), "prefix": config.prefix or "", "stop": "\n".join(config.stop or ()),
-            "from_corpus": config.from_corpus or ""}
+            "from_corpus": config.from_corpus or "", "mode": mode_of(config)}
 
 
 # -- the table and the chart -----------------------------------------------------------------------------
