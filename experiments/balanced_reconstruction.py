@@ -156,12 +156,15 @@ def screen_stages(run: StageRunner, s: Settings, ws: Path, name: str) -> None:
 
 
 def copy_workspace(base: Path, target: Path) -> None:
-    """The base workspace (store and model cache, not its job folders) copied once, while nothing writes it."""
+    """The base workspace's store (not its job folders) copied once, while nothing writes it; its model cache is
+    linked, not copied (half a GB per arm, read only)."""
     if (target / "forgetless.duckdb").exists():
         return
     partial = target.with_name(target.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
-    shutil.copytree(base, partial, ignore=shutil.ignore_patterns("jobs", "state"))
+    shutil.copytree(base, partial, ignore=shutil.ignore_patterns("jobs", "state", "models"))
+    if (base / "models").is_dir():
+        (partial / "models").symlink_to((base / "models").resolve(), target_is_directory=True)
     partial.replace(target)
 
 
