@@ -19,10 +19,18 @@ from core.jobs import JobInfo, job_info, wait_for
 from core.mix.domain import BUILTIN_MEDMCQA
 from core.store import Store
 from core.store.evaluation import EvalResultRow
-from ui.views.eval_charts import CHANGE_COLORS, delta_figure, history_figure
+from ui.views.eval_charts import (
+    CHANGE_COLORS,
+    UNKNOWN_RATIO_COLOR,
+    delta_figure,
+    history_figure,
+    point_label,
+    short_run_name,
+)
 from ui.views.eval_form import plan_form, plan_from_form, run_choices
 from ui.views.evaluate import (
     HEADLINE,
+    POINT_COLUMNS,
     eval_deltas,
     eval_history,
     headline_deltas,
@@ -251,22 +259,68 @@ def test_delta_chart_without_comparable_results_is_labelled_empty():
     assert not figure.data and "no run and base" in figure.layout.title.text
 
 
-def test_history_places_each_run_at_its_mix_ratio(store: Store, two_runs, tmp_path: Path):
-    good, flat = two_runs
+def test_ratio_points_carry_each_runs_ratio_and_snapshot(store: Store, two_runs, tmp_path: Path):
     unknown = str(make_run(tmp_path / "ws" / "runs" / "noratio", ratio=None))
     add_result(store, unknown, "piqa", acc_norm=0.7, run_dir=unknown, base=BASE)
     points = ratio_points(eval_history(store)).set_index("run")
     assert list(points.index) == ["good", "flat", "noratio"]  # by ratio, the unknown one last
     assert points.loc["good", "mix_ratio"] == 0.3 and points.loc["flat", "mix_ratio"] == 0.7
+    assert points.loc["good", "mix"] == "good-mix" and points.loc["noratio", "mix"] == "noratio-mix"
     assert points.loc["good", "general_change"] == pytest.approx(-0.10 / 4)  # mean over the four benchmarks
     assert points.loc["good", "general_stderr"] == pytest.approx((4 * 2 * 0.01**2) ** 0.5 / 4)
     assert points.loc["good", "domain_gain"] == pytest.approx(0.15)
     assert points.loc["flat", "general_change"] == pytest.approx(0.005) and pd.isna(points.loc["flat", "domain_gain"])
-    figure = history_figure(points.reset_index())
-    general, domain = figure.data
-    assert list(general.x) == [0.3, 0.7] and list(general.text) == ["good", "flat"]
-    assert general.y[0] == pytest.approx(-2.5) and list(domain.x) == [0.3] and domain.y[0] == pytest.approx(15.0)
-    assert "1 run without a known mix ratio" in figure.layout.title.text
+
+
+def test_history_is_the_trade_off_with_the_base_at_the_origin(store: Store, two_runs, tmp_path: Path):
+    good, _ = two_runs
+    unknown = str(make_run(tmp_path / "ws" / "runs" / "20250301-101500-noratio", ratio=None))
+    add_result(store, unknown, "piqa", acc_norm=0.62, stderr=0.01, run_dir=unknown, base=BASE)
+    add_result(store, unknown, "medmcqa", acc=0.33, acc_norm=None, stderr=None, run_dir=unknown, base=BASE)
+    figure = history_figure(ratio_points(eval_history(store)))
+    base, runs, no_ratio = figure.data
+    assert (list(base.x), list(base.y), list(base.text)) == ([0.0], [0.0], ["base"])
+    assert BASE in base.hovertemplate
+    # good: domain +15 pp (x), general -2.5 pp (y), error bars of 2 SE in pp on both axes.
+    assert list(runs.x) == [pytest.approx(15.0)] and list(runs.y) == [pytest.approx(-2.5)]
+    assert runs.error_x.array[0] == pytest.approx(2 * (2 * 0.01**2) ** 0.5 * 100)
+    assert runs.error_y.array[0] == pytest.approx(2 * (4 * 2 * 0.01**2) ** 0.5 / 4 * 100)
+    assert list(runs.marker.color) == [0.3] and (runs.marker.cmin, runs.marker.cmax) == (0.0, 1.0)
+    assert runs.marker.showscale and runs.marker.colorbar.title.text == "mix ratio"
+    assert list(runs.text) == ["good r=0.3"]
+    name, ratio, mix, general, domain, compared_with = runs.customdata[0]
+    assert (name, ratio, mix, compared_with) == ("good", "0.3", "good-mix", BASE)
+    assert general == f"-2.5 ± {(4 * 2 * 0.01**2) ** 0.5 / 4 * 100:.1f} pp (1 SE)"
+    assert domain == "+15.0 ± 1.4 pp (1 SE)"
+    assert all(f"customdata[{i}]" in runs.hovertemplate for i in range(6))
+    # A run without a known ratio is grey, labelled by its name without its time stamp; its SE is unknown.
+    assert no_ratio.marker.color == UNKNOWN_RATIO_COLOR and list(no_ratio.text) == ["noratio"]
+    assert no_ratio.customdata[0][0] == "20250301-101500-noratio" and "SE unknown" in no_ratio.customdata[0][4]
+    assert no_ratio.error_x.array[0] is None and no_ratio.error_y.array[0] > 0  # no bar without an SE
+    # flat has no domain result: it cannot be placed, and the title says so.
+    assert "1 run without both general and domain results not shown" in figure.layout.title.text
+    assert "hover-only" not in figure.layout.title.text
+    assert figure.layout.xaxis.range[0] < 0 < 15 < figure.layout.xaxis.range[1]  # the origin and the run in view
+    assert figure.layout.yaxis.range[0] < -2.5 < 0 < figure.layout.yaxis.range[1]
+
+
+def test_history_without_placeable_runs_says_why():
+    empty = history_figure(pd.DataFrame(columns=POINT_COLUMNS))
+    assert not empty.data and "no run with general and domain results" in empty.layout.title.text
+    general_only = pd.DataFrame([{"run": "r", "run_dir": "/r", "mix_ratio": 0.5, "mix": None, "base": BASE,
+                                  "general_change": -0.01, "general_stderr": 0.01, "domain_gain": None,
+                                  "domain_stderr": None}], columns=POINT_COLUMNS)
+    figure = history_figure(general_only)
+    assert not figure.data and "1 run without both general and domain results" in figure.layout.title.text
+
+
+def test_run_labels_are_short_names_with_the_ratio():
+    assert short_run_name("20250101-000000-tuned") == "tuned"
+    assert short_run_name("20250101-120000-smollm2-135m-instruct-lora") == "smollm2…uct-lora"
+    assert len(short_run_name("20250101-120000-smollm2-135m-instruct-lora")) == 16
+    assert short_run_name("20250101-120000-") == "20250101-120000-"  # nothing but a stamp: kept whole
+    assert point_label("20250101-000000-arm-c-s1", 0.25) == "arm-c-s1 r=0.25"
+    assert point_label("arm-c", 0.1) == "arm-c r=0.1" and point_label("arm-c", None) == "arm-c"
 
 
 def test_a_run_is_compared_with_its_own_base_when_that_was_evaluated(store: Store, tmp_path: Path):
@@ -335,7 +389,7 @@ def test_plan_runs_in_the_background_one_target_after_another(tiny_model_dir: Pa
     views = read_eval_views(Store.for_workspace(workspace), str(tiny_model_dir), [str(run)])
     assert views.rows and "(base)" in views.headers[3] and views.headers[4] == "tuned"
     assert [trace.name for trace in views.deltas.data] == ["tuned"]  # a full copy: every delta is 0
-    assert list(views.history.data[0].x) == [0.25]
+    assert not views.history.data and "1 run without both" in views.history.layout.title.text  # general only
 
     # Cancelled before its driver even got going: the plan stops without starting an evaluation.
     jobs.start(EvalPlan(base=str(tiny_model_dir), runs=(str(run),), suite=("piqa",), limit=3, seed=1))

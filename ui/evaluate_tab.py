@@ -119,7 +119,7 @@ def build_evaluate_tab(demo: gr.Blocks, workspace: Path, roots: ReadableRoots | 
     table = gr.Dataframe(value={"headers": ["benchmark"], "data": []}, interactive=False, wrap=True,
                          max_height=560, elem_id="eval-table")
     deltas = gr.Plot(label="Change vs the base", elem_id="eval-deltas")
-    history = gr.Plot(label="Runs by mix ratio", elem_id="eval-history")
+    history = gr.Plot(label="Trade-off: forgetting vs domain gain, per run", elem_id="eval-history")
     seen = gr.State("")  # the newest plan's marker; a change redraws the views
     timer = gr.Timer(1.0)
     base, runs = form["base"], form["runs"]

@@ -124,22 +124,28 @@ def _deltas(latest: pd.DataFrame, base: str, tuned: str) -> pd.DataFrame:
 
 
 def eval_history(store: Store) -> pd.DataFrame:
-    """Every stored result, oldest first, with each run's mix ratio (from its snapshot manifest) when known."""
+    """Every stored result, oldest first, with each run's mix ratio and mix snapshot's name when known."""
     results = _expanded(store.eval_results())
     if results.empty:
         return results
-    ratios = {run: _mix_ratio(run) for run in results["run_dir"].dropna().unique()}
-    results["mix_ratio"] = [ratios.get(run) if isinstance(run, str) else None for run in results["run_dir"]]
+    mixes = {run: _mix_of(run) for run in results["run_dir"].dropna().unique()}
+    for index, column in enumerate(("mix_ratio", "mix")):
+        results[column] = [mixes[run][index] if isinstance(run, str) else None for run in results["run_dir"]]
     return results.reset_index(drop=True)
 
 
-def _mix_ratio(run_dir: str) -> float | None:
+def _mix_of(run_dir: str) -> tuple[float | None, str | None]:
+    """The run's mix ratio (from its snapshot manifest) and its snapshot folder's name, each None when unknown."""
     try:
         run = yaml.safe_load((Path(run_dir) / "config.yaml").read_text(encoding="utf-8")) or {}
-        manifest = yaml.safe_load((Path(str(run.get("data"))) / "manifest.yaml").read_text(encoding="utf-8")) or {}
-        return float(manifest["ratio"])
+        snapshot = Path(run["data"])
+    except (OSError, yaml.YAMLError, KeyError, TypeError, AttributeError):  # TypeError: no data path in it
+        return None, None
+    try:
+        manifest = yaml.safe_load((snapshot / "manifest.yaml").read_text(encoding="utf-8")) or {}
+        return float(manifest["ratio"]), snapshot.name
     except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError, AttributeError):
-        return None
+        return None, snapshot.name
 
 
 # -- the Evaluate tab's table and chart data ----------------------------------------------------------------
@@ -159,7 +165,7 @@ METRIC_LABELS = {"acc": "acc %", "acc_norm": "acc_norm %", "top_letter_share": "
 CHANGE_SYMBOLS = {"gain": "▲", "loss": "▼", "within noise": "≈"}
 TABLE_LEGEND = ("Accuracies in %, ± one standard error. In a run's column, (Δ vs the base): ▲ gain, ▼ loss, "
                 "≈ within noise (2 standard errors). n: items per task (several when the columns differ).")
-POINT_COLUMNS = ["run", "run_dir", "mix_ratio", "base", "general_change", "general_stderr", "domain_gain",
+POINT_COLUMNS = ["run", "run_dir", "mix_ratio", "mix", "base", "general_change", "general_stderr", "domain_gain",
                  "domain_stderr"]
 
 
@@ -245,7 +251,7 @@ def _mean_delta(deltas: pd.DataFrame, wanted: Sequence[tuple[str, str]]) -> tupl
 
 
 def ratio_points(history: pd.DataFrame, fallback_base: str | None = None) -> pd.DataFrame:
-    """One row per evaluated run: its mix ratio, the mean change of the general benchmarks and the domain gain.
+    """One row per evaluated run: its mix ratio and snapshot, the mean general change and the domain gain.
 
     Each run is compared with its own base (the model it was trained from) when that was evaluated, else
     with ``fallback_base``; the general change averages the headline metric of every general benchmark
@@ -269,8 +275,10 @@ def ratio_points(history: pd.DataFrame, fallback_base: str | None = None) -> pd.
         if general_change is None and domain_gain is None:
             continue
         ratio = group["mix_ratio"].dropna() if "mix_ratio" in group else pd.Series(dtype=float)
+        mix = group["mix"].dropna() if "mix" in group else pd.Series(dtype=object)
         rows.append({"run": target_label(str(run_dir)), "run_dir": run_dir,
-                     "mix_ratio": float(ratio.iloc[0]) if len(ratio) else None, "base": base,
+                     "mix_ratio": float(ratio.iloc[0]) if len(ratio) else None,
+                     "mix": str(mix.iloc[0]) if len(mix) else None, "base": base,
                      "general_change": general_change, "general_stderr": general_stderr,
                      "domain_gain": domain_gain, "domain_stderr": domain_stderr})
     points = pd.DataFrame(rows, columns=POINT_COLUMNS)
