@@ -38,7 +38,7 @@ from experiments.forgetting_report import per_item, write_outputs  # noqa: E402
 from experiments.forgetting_stats import GENERAL, IFEVAL, all_finite, compare, drift_summary, reading  # noqa: E402
 from experiments.math_domain import write_file as write_arithmetic  # noqa: E402
 from experiments.public_sft import build_public_mix, write_public_subset  # noqa: E402
-from experiments.stage_runner import REPO_ROOT, StageRunner  # noqa: E402
+from experiments.stage_runner import REPO_ROOT, StageRunner, train_once  # noqa: E402
 
 ARM_NAMES = {"a": "domain only", "b": "domain + public SFT (ShareGPT)", "c": "domain + reconstructed (ours)"}
 DOMAIN = "builtin:medmcqa"
@@ -58,6 +58,7 @@ class Settings:
     k: int = 2  # responses per instruction (the judge picks the best)
     respond_tokens: int = 192  # max new tokens per response
     screen_quantile: float = 0.25  # drop best responses scoring below this quantile
+    general_holdout: float = 0.2  # share of the general candidates every arm's mix sets aside for drift
     ratio: float = 0.5  # general share of the examples in arms (b) and (c)
     steps: int = 30
     batch_size: int = 8
@@ -100,8 +101,9 @@ class Settings:
         return hashlib.sha1(json.dumps(values, sort_keys=True).encode()).hexdigest()[:8]
 
 
-QUICK = {"n_general": 8, "k": 1, "respond_tokens": 48, "steps": 4, "batch_size": 2, "max_length": 256,
-         "limit": 8, "domain_rows": 4, "arithmetic_questions": 60, "ifeval_limit": 2, "ifeval_tokens": 16}
+QUICK = {"n_general": 8, "k": 1, "general_holdout": 0.5, "respond_tokens": 48, "steps": 4, "batch_size": 2,
+         "max_length": 256, "limit": 8, "domain_rows": 4, "arithmetic_questions": 60, "ifeval_limit": 2,
+         "ifeval_tokens": 16}
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[Settings, Path, Path]:
@@ -119,6 +121,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, Path, Path]:
                              ("domain_rows", int, "domain rows per arm (default steps*batch*(1-ratio))"),
                              ("respond_tokens", int, "max new tokens per response"),
                              ("screen_quantile", float, "drop best responses below this score quantile"),
+                             ("general_holdout", float, "share of general candidates held out for drift"),
                              ("threads", int, "OMP threads per stage (default 1; 0: torch's default)"),
                              ("domain", str, f"{DOMAIN} (default), {ARITHMETIC} (generated), or a domain FILE"),
                              ("domain_test_fraction", float, "held-out share of arithmetic or a FILE (default 0.2)"),
@@ -185,14 +188,6 @@ def _on_disk_snapshot(folder: Path) -> Any:
     return read
 
 
-def _on_disk_run(folder: Path) -> Any:
-    """For ``StageRunner.cli(existing=...)``: a finished training run's summary.json, else None."""
-    def read() -> dict[str, Any] | None:
-        done = (folder / "adapter").is_dir() and (folder / "summary.json").exists()
-        return json.loads((folder / "summary.json").read_text(encoding="utf-8")) if done else None
-    return read
-
-
 def _snapshot_summary(folder: Path, summary: dict[str, Any]) -> dict[str, Any]:
     return {"counts": summary["counts"], "tokens": summary["tokens"], "ratio_achieved": summary["ratio_achieved"],
             "notes": summary.get("notes", []), "snapshot": str(folder)}
@@ -201,19 +196,31 @@ def _snapshot_summary(folder: Path, summary: dict[str, Any]) -> dict[str, Any]:
 def build_mixes(run: StageRunner, s: Settings, ws: Path, general: dict[str, Any], domain: tuple[str, float]
                 ) -> dict[str, Any]:
     """Arm (c) first (the general candidates may limit it), then (a) and (b) with exactly its domain rows."""
-    fields = ("model", "domain", "ratio", "domain_rows", "seed", "n_general", "k", "screen_quantile", "respond_tokens")
+    fields = ("model", "domain", "ratio", "domain_rows", "seed", "n_general", "k", "screen_quantile", "respond_tokens",
+              "general_holdout")
     # MedMCQA's folder names stay as they were before a domain could be held out.
     tag = s.tag(*fields, *(("domain_test_fraction", "arithmetic_questions") if s.domain != DOMAIN else ()))
     mixes = ws / "mixes"
     screen = ["--min-score", general["min_score"]] if general["min_score"] is not None else []
     c_out = mixes / f"arm-c-{tag}"
+    holdout = ["--general-holdout", s.general_holdout]
     c = run.cli("mix-c", ["mix", "--workspace", ws, *domain_args(domain), "--ratio", s.ratio, "--max-domain",
-                          s.domain_rows, "--seed", s.seed, *screen, "--tokenizer-model", s.model, "--out", c_out],
+                          s.domain_rows, "--seed", s.seed, *screen, *holdout, "--tokenizer-model", s.model,
+                          "--out", c_out],
                 existing=_on_disk_snapshot(c_out))
+    from core.mix.snapshot import read_manifest
+
+    held = read_manifest(c_out)["general"].get("held_out_ids") or []
+    if not held:
+        raise RuntimeError(f"the mixes hold out no general rows for drift (--general-holdout {s.general_holdout:g} "
+                           f"of the screened candidates): raise it or reconstruct more")
+    general["held_out"] = len(held)
     domain_rows, general_rows = c["counts"]["domain"], c["counts"]["general"]
     a_out = mixes / f"arm-a-{tag}"
+    # The same screen and holdout as (c), though (a) mixes no general rows: its manifest lists the same held-out
+    # rows, so every arm's drift scores the same texts.
     a = run.cli("mix-a", ["mix", "--workspace", ws, *domain_args(domain), "--ratio", 0, "--max-domain", domain_rows,
-                          "--seed", s.seed, "--tokenizer-model", s.model, "--out", a_out],
+                          "--seed", s.seed, *screen, *holdout, "--tokenizer-model", s.model, "--out", a_out],
                 existing=_on_disk_snapshot(a_out))
     public_path = ws / "public" / f"sharegpt-en-1-2-seed{s.seed}.jsonl"
     public = run.step("public-subset", f"write a seeded ShareGPT subset to {public_path} (experiments/public_sft.py)",
@@ -225,10 +232,12 @@ def build_mixes(run: StageRunner, s: Settings, ws: Path, general: dict[str, Any]
                  lambda: build_public_mix(ws, b_out, public_path, domain=domain[0], domain_test_fraction=domain[1],
                                           ratio=s.ratio,
                                           domain_rows=domain_rows, general_rows=general_rows, seed=s.seed,
-                                          tokenizer_model=s.model))
+                                          tokenizer_model=s.model, general_holdout=s.general_holdout,
+                                          held_out_ids=held))
     for name, summary in (("a", a), ("b", b), ("c", c)):
         if summary["counts"]["domain"] != domain_rows:
             raise RuntimeError(f"arm ({name}) has {summary['counts']['domain']} domain rows, not {domain_rows}")
+
     general["candidates"] = c.get("candidates")
     return {"arms": {"a": _snapshot_summary(a_out, a), "b": _snapshot_summary(b_out, b),
                      "c": _snapshot_summary(c_out, c)}, "public": public}
@@ -243,10 +252,7 @@ def train_arms(run: StageRunner, s: Settings, ws: Path, snapshots: dict[str, Any
                 "--max-steps", s.steps, "--batch-size", s.batch_size, "--lr", s.lr, "--max-length", s.max_length,
                 "--lora-r", s.lora_r, "--lora-alpha", s.lora_alpha, "--lora-dropout", s.lora_dropout,
                 "--seed", s.seed, "--save-steps", max(1, min(50, s.steps // 4 or 1))]
-        key = " ".join(map(str, argv))
-        resume = out.is_dir() and any((out / "checkpoints").glob("checkpoint-*")) and not (out / "adapter").is_dir()
-        summary = run.cli(f"train-{arm}", [*argv, "--resume"] if resume else argv, resume_key=key,
-                          existing=_on_disk_run(out))
+        summary = train_once(run, f"train-{arm}", argv, out)
         runs[arm] = {"run": str(out), **{k: summary.get(k) for k in ("steps", "final_loss", "train_loss",
                                                                       "tokens_per_s", "seconds", "dtype")}}
     return runs

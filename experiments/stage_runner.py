@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -128,3 +129,33 @@ class StageRunner:
         self.timings[name] = round(seconds, 1)
         self.say(f"{name}: finished in {seconds:.1f} s")
         return summary
+
+
+def finished_run(folder: Path) -> Callable[[], dict[str, Any] | None]:
+    """For ``StageRunner.cli(existing=...)``: a finished training run's summary.json (its ``adapter/`` or full
+    ``model/`` saved), else None."""
+    def read() -> dict[str, Any] | None:
+        done = ((folder / "adapter").is_dir() or (folder / "model").is_dir()) and (folder / "summary.json").exists()
+        return json.loads((folder / "summary.json").read_text(encoding="utf-8")) if done else None
+    return read
+
+
+def checkpoint_every(steps: int) -> int:
+    """``--save-steps`` for a run of ``steps``: about four checkpoints, at most every 50 steps; a run of a few
+    steps saves only at its end (a full model's checkpoint with optimizer state is ~1.6 GB at 135M)."""
+    return max(1, min(50, steps // 4)) if steps >= 8 else steps
+
+
+def train_once(run: StageRunner, name: str, argv: Sequence[Any], out: Path) -> dict[str, Any]:
+    """``forgetless train <argv>`` (its ``--out`` is ``out``) once: skipped when finished, continued with
+    ``--resume`` from its newest checkpoint when an earlier attempt was interrupted. A finished run's
+    checkpoints are deleted: its saved model or adapter is what the experiment uses, and full fine-tuning
+    checkpoints fill a disk quickly."""
+    argv = [str(part) for part in argv]
+    interrupted = (out.is_dir() and any((out / "checkpoints").glob("checkpoint-*"))
+                   and finished_run(out)() is None)
+    summary = run.cli(name, [*argv, "--resume"] if interrupted else argv, resume_key=" ".join(argv),
+                      existing=finished_run(out))
+    if finished_run(out)() is not None:
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    return summary

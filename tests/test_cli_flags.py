@@ -39,6 +39,7 @@ ADDED = {stage: {"--engine", "--engine-url"} if stage in MODEL_FACING else set()
 ADDED["judge"].add("--weighting")  # the consensus weighted by the judge check (issue 14)
 ADDED["reconstruct"] |= {"--from-corpus", "--corpus-rows", "--passage-max-words"}  # corpus seeding (issue 15)
 ADDED["reconstruct"] |= {"--steer", "--steer-examples", "--steer-keep-all"}  # steered reconstruction (issue 15)
+ADDED["mix"].add("--general-holdout")  # general rows set aside for drift (issue 16)
 
 
 def stage_actions(stage: str) -> dict[str, argparse.Action]:

@@ -16,7 +16,15 @@ from core.engines.in_process import InProcessEngine
 from core.engines.models import load_model
 from core.errors import ForgetlessError
 from core.eval.benchmarks.domain_mcq import letter_metrics, score_letters
-from core.eval.benchmarks.drift import drift_metrics, drift_scores, drift_text, mix_general_ids
+from core.eval.benchmarks.drift import (
+    HELD_OUT,
+    NOT_TRAINED,
+    drift_metrics,
+    drift_scores,
+    drift_text,
+    mix_general_ids,
+    mix_held_out_ids,
+)
 from core.eval.benchmarks.general import (
     McItem,
     McScore,
@@ -267,6 +275,7 @@ def test_evaluation_stores_results_resumes_and_feeds_the_views(tmp_path: Path, f
     summary = run_evaluation(config, store, load)
     assert not summary["cancelled"] and summary["items_scored"] == 4 + 7  # 4 domain items, 7 held-out texts
     assert summary["results"]["drift"]["n"] == 7 and summary["results"]["drift"]["kl"] > 0
+    assert summary["results"]["drift"]["texts"] == NOT_TRAINED  # an old manifest: no held-out list
     assert summary["results"]["medmcqa"]["n"] == 4 and summary["results"]["arc_easy"]["n"] == 4
     again = run_evaluation(config, store, load)
     assert again["items_scored"] == 0 and again["results"] == summary["results"]
@@ -287,6 +296,25 @@ def test_evaluation_stores_results_resumes_and_feeds_the_views(tmp_path: Path, f
     assert set(deltas["change"]) <= {"gain", "loss", "within noise"}
     history = eval_history(store)
     assert len(history) == 5 and set(history.loc[history["run_dir"].notna(), "mix_ratio"]) == {0.5}
+
+
+def test_drift_scores_exactly_the_rows_the_mix_held_out(tmp_path: Path):
+    """A manifest listing held-out ids: drift scores those (never the trained rows, nor the other untrained
+    ones) and says which texts they are."""
+    model = letter_model(tmp_path)
+    store = Store.for_workspace(tmp_path / "ws")
+    ids = add_general_data(store, 12)
+    used, held = ids[:5], ids[9:]
+    snapshot = tmp_path / "mix"
+    snapshot.mkdir()
+    (snapshot / "manifest.yaml").write_text(yaml.safe_dump(
+        {"ratio": 0.5, "general": {"instruction_ids": used, "holdout": 0.25, "held_out_ids": held}}))
+    run = make_run(tmp_path / "run", model, data=snapshot)
+    assert mix_held_out_ids({"data": str(snapshot)}) == set(held)
+    summary = run_evaluation(EvalConfig(model=str(run), suite=("drift",), drift_n=100), store,
+                             lambda spec: InProcessEngine(load_model(spec, tmp_path)))
+    assert summary["results"]["drift"]["n"] == 3 and summary["results"]["drift"]["texts"] == HELD_OUT
+    assert {row.item_id for row in store.eval_items(summary["job_id"], "drift")} == set(held)
 
 
 def test_kl_is_zero_when_the_base_is_the_model_itself(tiny_model_dir: Path, tmp_path: Path):

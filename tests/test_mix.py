@@ -15,7 +15,7 @@ from core.cli.main import main
 from core.config import load_yaml, to_yaml
 from core.errors import ForgetlessError
 from core.mix.domain_map import map_overlay
-from core.mix.mixing import MixConfig, TokenCounter, freeze_mix, load_counter, plan_mix
+from core.mix.mixing import MixConfig, TokenCounter, freeze_mix, held_out_general, load_counter, plan_mix
 from core.mix.snapshot import list_snapshots, read_manifest
 from core.store import ExploreFilters, Store
 from tests.helpers import FAKE_EMBEDDER, N_DOMAIN, N_GENERAL, build_mix_store, write_domain
@@ -45,8 +45,9 @@ def counter(tiny_model_dir: Path, workspace: Path) -> TokenCounter:
 
 @pytest.fixture()
 def make(domain_file: Path, tiny_model_dir: Path, store: Store, workspace: Path, counter: TokenCounter):
-    def plan(**values):
-        config = MixConfig(domain=str(domain_file), tokenizer_model=str(tiny_model_dir), **values)
+    def plan(**values):  # the counting rules on every candidate: no general holdout unless a test asks
+        config = MixConfig(domain=str(domain_file), tokenizer_model=str(tiny_model_dir),
+                           **{"general_holdout": 0.0, **values})
         return plan_mix(config, store, workspace, counter=counter)
     return plan
 
@@ -188,6 +189,32 @@ def test_config_yaml_round_trip(tmp_path):
     assert load_yaml(MixConfig, tmp_path / "c.yaml") == config
 
 
+def test_held_out_general_is_a_stable_hash_share():
+    ids = [f"id-{i}" for i in range(2000)]
+    tenth, fifth = held_out_general(ids, 0.1), held_out_general(ids, 0.2)
+    assert 150 < tenth.sum() < 250 and 320 < fifth.sum() < 480  # about the share asked
+    assert not (tenth & ~fifth).any()  # a larger share holds out a superset
+    assert (held_out_general(list(reversed(ids)), 0.1) == tenth[::-1]).all()  # by id, not by position
+    assert not held_out_general(ids, 0.0).any()
+
+
+def test_the_general_holdout_never_trains_and_is_the_same_in_every_mix(make, tmp_path, store, workspace, counter):
+    plans = [make(ratio=ratio, seed=seed, balance=balance, general_holdout=0.2)
+             for ratio, seed, balance in ((0.25, 0, "proportional"), (0.8, 3, "clusters"), (0.0, 1, "difficulty"))]
+    held = plans[0].general_held_out
+    assert 3 <= len(held) <= 25 and all(plan.general_held_out == held for plan in plans)
+    for plan in plans:
+        assert not set(plan.general_ids()) & set(held)
+        assert plan.candidates == N_GENERAL - len(held)
+    config = MixConfig(**{**plans[1].config.__dict__, "out": str(tmp_path / "held")})
+    summary = freeze_mix(config, store, workspace, counter=counter)
+    manifest = read_manifest(tmp_path / "held")
+    assert manifest["general"]["held_out_ids"] == held and manifest["general"]["holdout"] == 0.2
+    assert summary["general_held_out"] == len(held)
+    with pytest.raises(ForgetlessError, match="general holdout must be in"):
+        MixConfig(domain="x", general_holdout=1.0)
+
+
 def test_snapshot_round_trips_through_datasets_and_manifest(make, tmp_path, store, workspace, counter, domain_file):
     from datasets import load_dataset
 
@@ -216,6 +243,7 @@ def test_snapshot_round_trips_through_datasets_and_manifest(make, tmp_path, stor
     general_ids = sorted(r for r, s in zip(train["origin_id"], train["source"], strict=True) if s == "general")
     assert manifest["general"]["instruction_ids"] == general_ids
     assert manifest["general"]["selection"] is None and manifest["general"]["candidates"] == N_GENERAL
+    assert "held_out_ids" not in manifest["general"]  # no holdout: the manifest stays as before it existed
     assert manifest["forgetless_version"] and manifest["created"]
     assert load_yaml(MixConfig, out / "config.yaml") == config
     assert "| general | 60 |" in (out / "README.md").read_text()

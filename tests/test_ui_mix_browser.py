@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 from core.jobs import job_info
-from core.store import STORE_FILE
+from core.mix.mixing import MixConfig, held_out_general
+from core.store import STORE_FILE, Store
 from core.train.runs import runs_root
 from tests.helpers import (
     CHROMIUM,
@@ -109,17 +110,21 @@ def test_mix_freeze_and_train_in_the_browser(mix_server, tiny_model_dir, monkeyp
             wait_until(lambda: len(table_rows(page, "mix-preview")) > 0, 15, "the preview rows")  # rendered ones
             answers = page.locator("#mix-preview [data-testid^='cell-'][data-testid$='-1']").all_inner_texts()
             assert answers and all(re.match(r"[A-D]\. ", answer) for answer in answers)  # letter, option text
-            # Ratio 0.5 with 60 general candidates: general-limited, 60 + 60.
-            _wait_counts(page, 2 * N_GENERAL, "the first plan", PLAN_TIMEOUT_S)
+            # Ratio 0.5 with 60 general rows, the default holdout setting some aside for drift: general-limited.
+            usable = N_GENERAL - len(Store.for_workspace(workspace).general_pairs().pipe(
+                lambda pairs: pairs[held_out_general(pairs["id"], MixConfig.general_holdout)]))
+            assert 0 < usable < N_GENERAL
+            _wait_counts(page, 2 * usable, "the first plan", PLAN_TIMEOUT_S)
+            assert f"{N_GENERAL - usable} more held out for drift" in _counts(page)
             print(f"first plan shown after {time.monotonic() - started:.1f} s")
             assert "general-limited" in _counts(page) and markdown_text(page, "mix-message") == ""
             assert page.locator("#mix-composition .js-plotly-plot").count() == 1
             wait_until(lambda: "needs profiling" in page.inner_text("#mix-map"), 20, "the map's profiling note")
 
-            # Moving the ratio re-plans: 0.25 → 60 general + 180 domain.
+            # Moving the ratio re-plans: 0.25 → every usable general row + three times as many domain rows.
             started = time.monotonic()
             set_slider(page, "mix-ratio", 0.25)
-            _wait_counts(page, 240, "ratio 0.25")
+            _wait_counts(page, 4 * usable, "ratio 0.25")
             print(f"ratio update shown after {time.monotonic() - started:.2f} s")
             assert "general share 25.0%" in _counts(page)
 
@@ -127,7 +132,7 @@ def test_mix_freeze_and_train_in_the_browser(mix_server, tiny_model_dir, monkeyp
             name = "medmcqa-r25-examples-proportional-s0"
             wait_until(lambda: name in table_rows(page, "mix-snapshots"), 30, "the snapshot listed")
             froze = markdown_text(page, "mix-message")
-            assert froze.startswith(f"Froze {name}: 240 examples (60 general + 180 domain)")
+            assert froze.startswith(f"Froze {name}: {4 * usable} examples ({usable} general + {3 * usable} domain)")
             assert (workspace / "mixes" / name / "train.parquet").is_file()
             assert page.locator("#mix-name input, #mix-name textarea").first.get_attribute("placeholder") == \
                 f"{name}-2"

@@ -162,7 +162,8 @@ def _mix_form() -> tuple[Form, gr.Button]:
             "by": setting_widget(gr.Radio, MixConfig, "by", elem_id="mix-by"),
             "balance": setting_widget(gr.Radio, MixConfig, "balance", elem_id="mix-balance"),
             "domain_test_fraction": setting_widget(gr.Number, MixConfig, "domain_test_fraction",
-                                                   elem_id="mix-test-fraction")}
+                                                   elem_id="mix-test-fraction"),
+            "general_holdout": setting_widget(gr.Number, MixConfig, "general_holdout", elem_id="mix-general-holdout")}
     with gr.Row():
         form["seed"] = setting_widget(gr.Number, MixConfig, "seed", precision=0, min_width=90, elem_id="mix-seed")
         form["tokenizer_model"] = setting_widget(gr.Dropdown, MixConfig, "tokenizer_model", choices=list(ALIASES),
@@ -228,7 +229,7 @@ def build_mix_tab(demo: gr.Blocks, workspace: Path, roots: ReadableRoots | None 
     for choice in (form["by"], form["balance"], group_by):
         choice.input(**plan_event)
     form["tokenizer_model"].change(**plan_event)  # a picked alias or a typed model folder, once committed
-    for number in (form["seed"], form["domain_test_fraction"]):
+    for number in (form["seed"], form["domain_test_fraction"], form["general_holdout"]):
         number.submit(**plan_event)
         number.blur(**plan_event)
     selection.input(**plan_event).then(**map_event)

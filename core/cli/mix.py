@@ -47,6 +47,8 @@ def cmd_mix(args: argparse.Namespace) -> None:
              f"domain), general share {summary['ratio_achieved']:.4f} by {summary['by']} (asked {summary['ratio']:g}), "
              f"{tokens['total']} tokens ({tokens['general']} general + {tokens['domain']} domain, "
              f"{tokens['tokenizer']})",
+             *([f"{summary['general_held_out']} general rows held out for drift (general holdout "
+                f"{config.general_holdout:g}), never mixed"] if summary["general_held_out"] else []),
              *summary["notes"]]
     emit(summary, args.json, "\n".join(lines))
 

@@ -26,6 +26,11 @@ mix is shuffled with its own stream. The same config, store and domain data give
 (``core.mix.domain.split_by_content``: by content hash, independent of the seed and the row order), so the mix
 never trains on them and ``forgetless eval --domain <same data> --domain-test-fraction <same F>`` scores
 exactly them. builtin:medmcqa has a fixed test split already (never mixed), so a fraction is rejected for it.
+
+``general_holdout`` sets aside that share of the general candidates before anything is sampled, by a hash of the
+instruction id (:func:`held_out_general`: independent of the seed, the filters and the ratio, so every mix of a
+store holds out the same instructions); the snapshot lists them and ``eval --suite drift`` measures drift and
+held-out perplexity on exactly them.
 """
 
 from __future__ import annotations
@@ -100,6 +105,11 @@ class MixConfig:
         0.0, label="Hold out for testing (share of your domain rows)", minimum=0.0, maximum=0.9, step=0.05,
         help="hold out this share of your own domain rows (by content hash) and never train on them; "
              "`eval --domain` with the same fraction scores them (not for builtin:medmcqa)")
+    general_holdout: float = setting(
+        0.1, label="Hold out for drift (share of general rows)", minimum=0.0, maximum=0.9, step=0.05,
+        help="set aside this share of the general candidates (by instruction id hash: the same instructions in "
+             "every mix) and never train on them; `eval --suite drift` measures drift and held-out perplexity on "
+             "them")
 
     def __post_init__(self) -> None:
         self.domain = str(self.domain or "").strip()
@@ -110,6 +120,7 @@ class MixConfig:
         try:
             self.ratio = float(self.ratio)
             self.domain_test_fraction = float(self.domain_test_fraction or 0.0)
+            self.general_holdout = float(self.general_holdout or 0.0)
             self.seed = int(self.seed)
             self.max_domain = None if self.max_domain in (None, "", 0) else int(self.max_domain)
         except (TypeError, ValueError) as error:
@@ -122,6 +133,7 @@ class MixConfig:
             (self.seed >= 0, "seed must be >= 0"),
             (self.max_domain is None or self.max_domain >= 1, "max_domain must be at least 1"),
             (0.0 <= self.domain_test_fraction < 1.0, "domain test fraction must be in [0, 1)"),
+            (0.0 <= self.general_holdout < 1.0, "general holdout must be in [0, 1)"),
             (not (self.domain.startswith("builtin:") and self.domain_test_fraction > 0),
              "builtin:medmcqa has a fixed test split: a domain test fraction applies to your own data only"),
             (bool(self.tokenizer_model), "give a tokenizer model"),
@@ -232,6 +244,16 @@ def _prefix_reaching(tokens: np.ndarray, budget: int) -> int:
     return int(min(len(tokens), np.searchsorted(np.cumsum(tokens), budget, side="left") + 1))
 
 
+def held_out_general(instruction_ids: Iterable[str], share: float) -> np.ndarray:
+    """Which instructions are held out at ``share``: the first 8 bytes of sha256 of the id, read as a number in
+    [0, 1), below ``share`` (so a larger share holds out a superset)."""
+    ids = [str(i) for i in instruction_ids]
+    if share <= 0:
+        return np.zeros(len(ids), dtype=bool)
+    draws = [int.from_bytes(hashlib.sha256(i.encode()).digest()[:8], "big") / 2 ** 64 for i in ids]
+    return np.asarray(draws, dtype=np.float64) < share
+
+
 def general_messages(instruction: str, response: str) -> Messages:
     return [{"role": "user", "content": instruction}, {"role": "assistant", "content": response}]
 
@@ -252,7 +274,7 @@ class MixPlan:
     config: MixConfig
     filters: ExploreFilters  # the filters the general candidates were read with (a selection's, resolved)
     rows: pd.DataFrame  # the mix in its final shuffled order (see MIX_COLUMNS)
-    candidates: int  # general rows that match the filters and have a best response
+    candidates: int  # general rows that match the filters and have a best response (held-out ones excluded)
     domain_available: int  # domain train rows before any cap or downsampling
     limited_by: str | None  # "general" when too few general candidates made the domain side give way
     notes: list[str]
@@ -260,6 +282,7 @@ class MixPlan:
     domain: Any  # the DomainData the rows came from
     general_conversations: Sequence[Messages] = ()  # the general rows' conversations, by side_index
     domain_rows: Sequence[Messages] = ()  # the domain rows' conversations, by side_index
+    general_held_out: list[str] = dataclasses.field(default_factory=list)  # candidates' ids set aside for drift
 
     def conversation_batches(self, size: int = 1024) -> Iterator[list[Messages]]:
         """The conversations in row order, ``size`` rows at a time (one spool read per batch)."""
@@ -323,6 +346,7 @@ class MixPlan:
             "ratio_achieved": round(self.ratio_achieved, 6), "by": self.config.by, "balance": self.config.balance,
             "seed": self.config.seed, "selection": self.config.selection, "candidates": self.candidates,
             "domain_available": self.domain_available, "limited_by": self.limited_by, "notes": list(self.notes),
+            "general_held_out": len(self.general_held_out),
         }
 
 
@@ -354,9 +378,13 @@ def plan_mix(config: MixConfig, store: Any, workspace: Path, *, domain: Any = No
         raise ForgetlessError(f"domain data {config.domain} has no training rows")
     filters = config.general_filters(store)
     general = store.general_rows(store.explore_ids(filters))
+    held = held_out_general(general["instruction_id"], config.general_holdout)
+    held_out_ids = sorted(general["instruction_id"][held].astype(str))
+    general = general[~held].reset_index(drop=True)
     if config.ratio > 0 and not len(general):
         raise ForgetlessError("no general candidates: nothing judged matches the selection/filters "
-                              "(run judge, or widen the filters)")
+                              "(run judge, or widen the filters)" + (
+                                  f"; {len(held_out_ids)} are held out for drift" if held_out_ids else ""))
     counter = counter or load_counter(config, workspace)
     notes: list[str] = []
     r = config.ratio
@@ -419,7 +447,7 @@ def plan_mix(config: MixConfig, store: Any, workspace: Path, *, domain: Any = No
     for column in ("cluster_label", "category"):
         rows[column] = rows[column].astype(object).where(rows[column].notna(), None)
     return MixPlan(config, filters, rows[list(MIX_COLUMNS)], len(general), len(domain.train), limited_by, notes,
-                   counter.name, domain, general_conversations, domain_rows)
+                   counter.name, domain, general_conversations, domain_rows, held_out_ids)
 
 
 def freeze_mix(config: MixConfig, store: Any, workspace: Path, *, domain: Any = None,

@@ -178,6 +178,9 @@ def write_snapshot(plan: Any, out: Path) -> dict[str, Any]:
             "general": {
                 "selection": plan.config.selection, "filters": json.loads(plan.filters.to_json()),
                 "candidates": plan.candidates, "instruction_ids": plan.general_ids(),
+                # only when rows were held out, so manifests of other mixes stay as they were
+                **({"holdout": plan.config.general_holdout, "held_out_ids": list(plan.general_held_out)}
+                   if plan.config.general_holdout > 0 else {}),
             },
             "files": {TRAIN_FILE: {"sha256": file_sha256(staging / TRAIN_FILE), "rows": len(plan.rows)}},
         }

@@ -142,7 +142,9 @@ def counts_markdown(plan: MixPlan, seconds: float | None = None) -> str:
         f"{tokens['domain']:,} |",
         f"| total | {counts['total']:,} | {tokens['total']:,} |",
         "",
-        f"{plan.candidates:,} general candidates ({source}) · {plan.domain_available:,} domain train rows · "
+        f"{plan.candidates:,} general candidates ({source}" + (
+            f"; {len(plan.general_held_out):,} more held out for drift" if plan.general_held_out else "") +
+        f") · {plan.domain_available:,} domain train rows · "
         f"balance {config.balance} · seed {config.seed}" + _timing(seconds),
     ]
     lines.extend(f"\n⚠️ {note}" for note in plan.notes)  # notes are our own text

@@ -4,6 +4,11 @@ On held-out screened general data (an instruction and its best response, in the 
 every response token: KL(base || tuned) between the two models' next-token distributions, and both
 models' negative log-likelihood of the actual token. Sums per text are stored, so the token-weighted
 means (mean KL, perplexities) combine over batches and resumed runs.
+
+Which texts: the general candidates the run's mix set aside before sampling (``mix --general-holdout``, listed in
+its manifest as ``general.held_out_ids``): screened like the rows it trained on, never trained on. A mix written
+before the holdout existed lists none; then the texts are the stored pairs the run did not train on (which,
+after a min-score filter, are mostly the rows that failed it), and the result says so.
 """
 
 from __future__ import annotations
@@ -126,17 +131,48 @@ def drift_metrics(scores: Sequence[DriftScore]) -> dict[str, Any]:
     }
 
 
-def mix_general_ids(run_config: dict[str, Any]) -> set[str] | None:
-    """The general instruction ids a run trained on: its mix snapshot's ``general.instruction_ids`` (None: unknown)."""
+HELD_OUT = "held out by the mix"
+NOT_TRAINED = "stored pairs the run did not train on (its mix holds none out)"
+ANY_PAIRS = "stored pairs (no mix known)"
+
+
+def _manifest_general(run_config: dict[str, Any]) -> dict[str, Any] | None:
     data = run_config.get("data")
     if not data:
         return None
     try:
         manifest = yaml.safe_load((Path(str(data)) / "manifest.yaml").read_text(encoding="utf-8")) or {}
-        ids = manifest["general"]["instruction_ids"]
+        general = manifest["general"]
     except (OSError, yaml.YAMLError, KeyError, TypeError):
         return None
-    return {str(i) for i in ids} if isinstance(ids, list) else None
+    return general if isinstance(general, dict) else None
+
+
+def _id_set(value: Any) -> set[str] | None:
+    return {str(i) for i in value} if isinstance(value, list) else None
+
+
+def mix_general_ids(run_config: dict[str, Any]) -> set[str] | None:
+    """The general instruction ids a run trained on: its mix snapshot's ``general.instruction_ids`` (None: unknown)."""
+    general = _manifest_general(run_config)
+    return None if general is None else _id_set(general.get("instruction_ids"))
+
+
+def mix_held_out_ids(run_config: dict[str, Any]) -> set[str] | None:
+    """The general instruction ids the run's mix set aside for drift (None: its manifest lists none)."""
+    general = _manifest_general(run_config)
+    return None if general is None else _id_set(general.get("held_out_ids"))
+
+
+def drift_source(run: TaskRun) -> tuple[str, set[str] | None, set[str] | None]:
+    """Which texts drift scores for this run: (what they are, the ids to keep or None, the ids to leave out)."""
+    if not run.target.data_dir:
+        return ANY_PAIRS, None, None
+    run_config = {"data": run.target.data_dir}
+    held, used = mix_held_out_ids(run_config), mix_general_ids(run_config)
+    if held is not None:
+        return HELD_OUT, held, used
+    return NOT_TRAINED, None, used
 
 
 def in_process_model(engine: Any, task: str) -> Any:
@@ -150,10 +186,12 @@ def in_process_model(engine: Any, task: str) -> Any:
 
 
 def held_out_texts(run: TaskRun, tokenizer: Any) -> list[DriftText]:
-    """A seeded pick of the screened general pairs the run did not train on, as drift texts."""
+    """A seeded pick of the general pairs the run's mix held out (see the module's docstring), as drift texts."""
     config = run.config
     pairs = run.store.general_pairs()
-    used = mix_general_ids({"data": run.target.data_dir}) if run.target.data_dir else None
+    _, keep, used = drift_source(run)
+    if keep is not None:
+        pairs = pairs[pairs["id"].isin(keep)]
     if used:
         pairs = pairs[~pairs["id"].isin(used)]
     rows = seeded_pick(list(pairs.itertuples(index=False)), config.drift_n, config.seed)
@@ -201,10 +239,10 @@ class DriftTask:
         return rows, text_tokens(batch)
 
     def metrics(self, rows: Sequence[EvalItemRow], run: TaskRun) -> dict[str, Any]:
-        return drift_metrics([DriftScore(**(r.extra or {})) for r in rows])
+        return {**drift_metrics([DriftScore(**(r.extra or {})) for r in rows]), "texts": drift_source(run)[0]}
 
     def headline(self, metrics: dict[str, Any]) -> dict[str, Any]:
-        return {key: metrics.get(key) for key in ("kl", "ppl_base", "ppl_tuned", "kl_stderr", "n", "tokens")}
+        return {key: metrics.get(key) for key in ("kl", "ppl_base", "ppl_tuned", "kl_stderr", "n", "tokens", "texts")}
 
     def table_cells(self, metrics: dict[str, Any]) -> tuple[Any, Any, Any, str]:
         notes = (f"kl={metric_cell(metrics.get('kl'))} ppl base={metric_cell(metrics.get('ppl_base'))} "
