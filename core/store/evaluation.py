@@ -80,6 +80,15 @@ class EvaluationQueries(StoreBase):
         with self.read() as con:
             return con.sql(query + " ORDER BY created_at, job_id, task", params=params).df()
 
+    def response_pairs(self) -> pd.DataFrame:
+        """Every stored response with its instruction, screened or not: id (the instruction's), instruction,
+        response_id, response; by instruction id, then response id."""
+        with self.read() as con:
+            return con.execute(
+                """SELECT i.id, i.text AS instruction, r.id AS response_id, r.text AS response
+                   FROM responses r JOIN instructions i ON i.id = r.instruction_id ORDER BY i.id, r.id"""
+            ).df()
+
     def general_pairs(self) -> pd.DataFrame:
         """Every instruction with a best response (the screened general data): id, instruction, response."""
         with self.read() as con:

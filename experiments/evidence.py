@@ -1,0 +1,274 @@
+"""Evidence that it works (issue 16), headless: first a regime where domain-only full fine-tuning forgets.
+
+Stage ``grid``: domain-only full fine-tuning of the packaged SmolLM2-135M-Instruct on MedMCQA's train split, over
+domain rows x epochs x learning rate, cheapest first; each run's primary metric (declared in
+experiments/evidence_grid.py before any final run: IFEval prompt-level strict, all 541 prompts) is compared with
+the base's, item by item; the search stops at the first setting that loses by more than 3 paired standard errors
+(``--grid-all`` runs every point). Every stage is the real CLI (``forgetless mix/train/eval``) run as a subprocess,
+recorded, and skipped when rerun; an interrupted training run continues from its checkpoint.
+
+    python experiments/evidence.py --quick --workspace /tmp/ev          # tiny, a few minutes (CI)
+    python experiments/evidence.py --workspace workspace/evidence       # the grid (hours on 2 CPU cores)
+
+Writes ``<out>/evidence_grid.json`` and ``<out>/evidence_grid.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shlex
+import sys
+from dataclasses import asdict, dataclass, field, fields
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from experiments.evidence_grid import (  # noqa: E402
+    FORGET_SIGMAS,
+    IFEVAL_TOKENS,
+    PRIMARY_DESCRIPTION,
+    PRIMARY_METRIC,
+    chosen_point,
+    grid_points,
+    grid_table,
+    outcome,
+)
+from experiments.forgetting_report import per_item  # noqa: E402
+from experiments.forgetting_stats import paired_difference  # noqa: E402
+from experiments.stage_runner import REPO_ROOT, StageRunner, checkpoint_every, train_once  # noqa: E402
+
+DOMAIN = "builtin:medmcqa"
+
+
+@dataclass
+class Settings:
+    """Everything that decides the grid's numbers (recorded in its JSON)."""
+
+    quick: bool = False
+    model: str = "smollm2-135m-instruct"
+    grid_rows: list[int] = field(default_factory=lambda: [400, 1600])
+    grid_epochs: list[int] = field(default_factory=lambda: [1, 3])
+    grid_lrs: list[float] = field(default_factory=lambda: [2e-5, 1e-4])
+    grid_all: bool = False  # evaluate every point, not only up to the first that forgets
+    batch_size: int = 8
+    max_length: int = 512
+    ifeval_limit: int = 0  # 0: all 541 prompts
+    ifeval_tokens: int = IFEVAL_TOKENS
+    seed: int = 0
+    threads: int = 0  # OMP threads per stage; 0: torch's default
+    # -- the arms (stage "arms"): the grid's chosen setting unless given
+    domain_rows: int | None = None
+    epochs: int | None = None
+    lr: float | None = None
+    n_general: int = 2000  # instructions to reconstruct: enough screened rows for the sweep's largest ratio
+    k: int = 2  # responses per instruction (the judges pick the best)
+    respond_tokens: int = 192
+    screen_quantile: float = 0.25  # drop best responses scoring below this quantile
+    general_holdout: float = 0.2  # share of the general candidates every mix sets aside (drift's texts)
+    ratio: float = 0.5  # general share of arms (b), (c), (d)
+    ratios: list[float] = field(default_factory=lambda: [0.1, 0.25, 0.5, 0.75])  # arm (c)'s sweep
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    sweep_all_seeds: bool = False  # the sweep's other ratios on every seed (default: the first only)
+    general_limit: int = 500  # items per general benchmark (0: all)
+    domain_limit: int = 0  # domain test items (0: the whole MedMCQA test split)
+    wise_alpha: float = 0.5
+
+    @property
+    def steps(self) -> int:
+        return max(1, -(-(self.domain_rows or 0) * (self.epochs or 1) // self.batch_size))
+
+
+QUICK = {"grid_rows": [4], "grid_epochs": [1], "grid_lrs": [1e-5, 1e-3], "grid_all": True, "batch_size": 2,
+         "max_length": 128, "ifeval_limit": 3, "ifeval_tokens": 8, "domain_rows": 4, "epochs": 1, "lr": 1e-3,
+         "n_general": 24, "k": 1, "respond_tokens": 24, "general_holdout": 0.5, "ratios": [0.25, 0.5], "seeds": [0],
+         "general_limit": 4, "domain_limit": 4}
+STAGES = ("grid", "arms", "all")
+
+
+_NONE_TYPES = {"domain_rows": int, "epochs": int, "lr": float}  # fields whose default (None) names no type
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[Settings, Path, Path, str]:
+    """Every Settings field is a flag (lists take several values; a bool is a switch)."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="a tiny run (CI): " + json.dumps(QUICK))
+    parser.add_argument("--stage", choices=STAGES, default="all", help="grid, arms (at the grid's choice) or all")
+    parser.add_argument("--workspace", type=Path, help="experiment workspace (default workspace/evidence[-quick])")
+    parser.add_argument("--out", type=Path, help="where the JSON/Markdown go (default docs/; quick: WS/report)")
+    for item in fields(Settings):
+        if item.name == "quick":
+            continue
+        flag, default = f"--{item.name.replace('_', '-')}", Settings().__getattribute__(item.name)
+        if isinstance(default, bool):
+            parser.add_argument(flag, dest=item.name, action="store_true", default=None)
+        elif isinstance(default, list):
+            parser.add_argument(flag, dest=item.name, type=type(default[0]), nargs="+", help=f"default {default}")
+        else:
+            kind = _NONE_TYPES.get(item.name, type(default))
+            parser.add_argument(flag, dest=item.name, type=kind, help=f"default {default}")
+    args = parser.parse_args(argv)
+    chosen = {k: v for k, v in vars(args).items() if v is not None and k not in ("quick", "workspace", "out", "stage")}
+    settings = Settings(quick=args.quick, **{**(QUICK if args.quick else {}), **chosen})
+    workspace = args.workspace or REPO_ROOT / "workspace" / ("evidence-quick" if args.quick else "evidence")
+    out = args.out or (workspace / "report" if args.quick else REPO_ROOT / "docs")
+    return settings, workspace.resolve(), out.resolve(), args.stage
+
+
+def ifeval(run: StageRunner, s: Settings, ws: Path, name: str, model: str) -> dict[str, Any]:
+    """The primary metric for ``model`` (a model spec or a run folder): one eval job, resumable."""
+    limit = ["--limit", s.ifeval_limit] if s.ifeval_limit else []
+    return run.cli(name, ["eval", "--workspace", ws, "--model", model, "--suite", "ifeval", *limit, "--seed", s.seed,
+                          "--ifeval-max-new-tokens", s.ifeval_tokens, "--batch-size", 32])
+
+
+def search(run: StageRunner, s: Settings, ws: Path) -> dict[str, Any]:
+    base = ifeval(run, s, ws, "grid-base", s.model)
+    base_items = per_item(ws, {"base": base["job_id"]}, (PRIMARY_METRIC,))["correct"]["base"][PRIMARY_METRIC]
+    outcomes = []
+    for point in grid_points(s.grid_rows, s.grid_epochs, s.grid_lrs):
+        snapshot = ws / "mixes" / f"grid-a-rows{point.domain_rows}-seed{s.seed}"
+        run.cli(f"grid-mix-rows{point.domain_rows}",
+                ["mix", "--workspace", ws, "--domain", DOMAIN, "--ratio", 0, "--max-domain", point.domain_rows,
+                 "--seed", s.seed, "--tokenizer-model", s.model, "--out", snapshot],
+                existing=lambda folder=snapshot: ({"out": str(folder)} if (folder / "manifest.yaml").exists()
+                                                  else None))
+        out = ws / "runs" / f"grid-{point.name}-seed{s.seed}"
+        steps = point.steps(s.batch_size)
+        train = train_once(run, f"grid-train-{point.name}",
+                           ["train", "--workspace", ws, "--data", snapshot, "--model", s.model, "--out", out, "--full",
+                            "--max-steps", steps, "--batch-size", s.batch_size, "--lr", point.lr, "--max-length",
+                            s.max_length, "--seed", s.seed, "--save-steps", checkpoint_every(steps),
+                            "--keep-checkpoints", 1], out)
+        tuned = ifeval(run, s, ws, f"grid-eval-{point.name}", str(out))
+        tuned_items = per_item(ws, {"t": tuned["job_id"]}, (PRIMARY_METRIC,))["correct"]["t"][PRIMARY_METRIC]
+        result = outcome(point, s.batch_size, paired_difference(tuned_items, base_items), train,
+                         base["results"][PRIMARY_METRIC]["acc"], tuned["results"][PRIMARY_METRIC]["acc"])
+        outcomes.append(result)
+        verdict = "forgets" if result["forgets"] else "does not forget clearly"
+        run.say(f"grid {point.name}: {PRIMARY_METRIC} {result['base']:.3f} -> {result['tuned']:.3f} "
+                f"({verdict})")
+        if result["forgets"] and not s.grid_all:
+            break
+    return {"base": base, "outcomes": outcomes, "chosen": chosen_point(outcomes)}
+
+
+def machine() -> dict[str, Any]:
+    """The CPU this ran on (the figures depend on it): model name and its bf16 support."""
+    info = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace") if Path("/proc/cpuinfo").exists() else ""
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
+                platform.processor())
+    flags = next((line for line in info.splitlines() if line.startswith("flags")), "")
+    kind = "AMX bf16" if "amx_bf16" in flags else "AVX512-BF16" if "avx512_bf16" in flags else "no native bf16"
+    return {"cpu": name, "bf16": kind, "python": platform.python_version()}
+
+
+def write_grid(found: dict[str, Any], s: Settings, out: Path, run: StageRunner, invocation: str) -> dict[str, Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    chosen = found["chosen"]
+    record = {"experiment": "evidence-grid", "created": datetime.now(UTC).isoformat(timespec="seconds"),
+              "primary_metric": PRIMARY_METRIC, "primary_description": PRIMARY_DESCRIPTION,
+              "forget_rule": f"tuned - base < -{FORGET_SIGMAS:g} paired standard errors", "settings": asdict(s),
+              "machine": machine(), "outcomes": found["outcomes"], "chosen": chosen, "invocation": invocation,
+              "commands": run.commands, "timings": run.timings}
+    json_path = out / "evidence_grid.json"
+    json_path.write_text(json.dumps(record, indent=1, default=str), encoding="utf-8")
+    verdict = (f"Chosen: **{chosen['name']}** ({chosen['steps']} steps), the cheapest setting that forgets."
+               if chosen else "No setting of the grid forgets clearly: widen it (more epochs, rows or a higher lr).")
+    markdown = "\n\n".join([
+        "# Forgetting regime search (domain-only full fine-tuning)",
+        f"Primary metric (declared before the final runs): {PRIMARY_DESCRIPTION}. A setting forgets when it is more "
+        f"than {FORGET_SIGMAS:g} paired standard errors below the base. Machine: {record['machine']['cpu']} "
+        f"({record['machine']['bf16']}). Written by `{invocation}` on {record['created']}.",
+        grid_table(found["outcomes"]), verdict,
+        "Commands:\n\n```bash\n" + "\n".join(run.commands) + "\n```"])
+    md_path = out / "evidence_grid.md"
+    md_path.write_text(markdown + "\n", encoding="utf-8")
+    return {"json": json_path, "markdown": md_path}
+
+
+def arms_stage(run: StageRunner, s: Settings, ws: Path, out: Path, grid: dict[str, Any] | None,
+               invocation: str) -> dict[str, Any]:
+    """The arms at the grid's chosen setting (or the one given), every seed; evidence.json and its Markdown."""
+    from experiments.evidence_arms import build_mixes, evaluate, general_data, scores, train_arms
+    from experiments.evidence_report import evidence, markdown
+
+    if s.domain_rows is None or s.epochs is None or s.lr is None:
+        chosen = (grid or {}).get("chosen")
+        if not chosen:
+            raise SystemExit("the grid chose no setting that forgets: run the grid, or give --domain-rows, --epochs "
+                             "and --lr")
+        point = chosen["point"]
+        s.domain_rows, s.epochs, s.lr = point["domain_rows"], point["epochs"], point["lr"]
+    run.say(f"arms at {s.domain_rows} domain rows, {s.epochs} epoch(s), lr {s.lr:g}: {s.steps} steps each")
+    general = general_data(run, s, ws)
+    base = scores(ws, evaluate(run, s, ws, "base", s.model, drift=False))
+    arms: dict[str, list[Any]] = {}
+    drift: dict[str, Any] = {}
+    costs: dict[str, Any] = {}
+    synthesis = general["cost"]
+    for seed in s.seeds:
+        mixes = build_mixes(run, s, ws, general, seed)
+        for arm, info in train_arms(run, s, ws, mixes, seed).items():
+            jobs = evaluate(run, s, ws, f"{arm}-s{seed}", info["run"], drift=True)
+            arms.setdefault(arm, []).append(scores(ws, jobs))
+            name = "c" if arm == f"c@{s.ratio:g}" else arm
+            kl = run.state[f"eval-domain-{arm}-s{seed}"]["summary"]["results"].get("drift", {})
+            drift.setdefault(name, []).append(kl)
+            cost = costs.setdefault(name, {"synthesis_seconds": 0.0, "synthesis_tokens": 0, "train_seconds": 0.0,
+                                           "train_tokens": 0})
+            trained = info.get("seconds") or 0.0
+            cost["train_seconds"] += trained
+            cost["train_tokens"] += round(trained * (info.get("tokens_per_s") or 0))
+    stages = {"c": ("reconstruct", "respond", "judge"), "d": ("reconstruct", "respond")}
+    for name, cost in costs.items():
+        used = stages.get(name.split("@")[0], ())
+        cost["synthesis_seconds"] = sum(synthesis[st]["seconds"] or 0 for st in used)
+        cost["synthesis_tokens"] = sum(synthesis[st]["tokens"] or 0 for st in used)
+        if name == "e":  # WiSE-FT needs (a)'s training first
+            cost["train_seconds"] += costs["a"]["train_seconds"]
+            cost["train_tokens"] += costs["a"]["train_tokens"]
+    drift_mean = {arm: {"kl": sum(d.get("kl") or 0 for d in ds) / len(ds), "texts": ds[0].get("texts"),
+                        "n": ds[0].get("n")} for arm, ds in drift.items()}
+    record = evidence(base, arms, ratio=s.ratio, seeds=s.seeds, drift=drift_mean, costs=costs, settings=asdict(s),
+                      machine=machine())
+    record.update(general={k: v for k, v in general.items() if k != "cost"}, synthesis=general["cost"],
+                  invocation=invocation, commands=run.commands, timings=run.timings)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "evidence.json").write_text(json.dumps(record, indent=1, default=str), encoding="utf-8")
+    (out / "evidence.md").write_text("# Evidence: forgetting with and without the reconstructed data\n\n"
+                                     + markdown(record, run.commands) + "\n", encoding="utf-8")
+    return record
+
+
+def main(argv: list[str] | None = None) -> int:
+    s, ws, out, stage = parse_args(argv)
+    ws.mkdir(parents=True, exist_ok=True)
+    run = StageRunner(ws / "experiment", threads=s.threads)
+    run.say(f"workspace {ws}; settings {json.dumps(asdict(s))}")
+    invocation = shlex.join(["python", "experiments/evidence.py", *(sys.argv[1:] if argv is None else argv)])
+    grid = None
+    if stage in ("grid", "all"):
+        found = search(run, s, ws)
+        paths = write_grid(found, s, out, run, invocation)
+        run.say(f"wrote {paths['markdown']} and {paths['json']}")
+        grid = {"chosen": found["chosen"]}
+    elif (out / "evidence_grid.json").exists():
+        grid = json.loads((out / "evidence_grid.json").read_text(encoding="utf-8"))
+    result: dict[str, Any] = {"grid": str(out / "evidence_grid.json"), "chosen": ((grid or {}).get("chosen") or {})
+                              .get("name")}
+    if stage in ("arms", "all") and (grid and grid.get("chosen") or s.domain_rows is not None):
+        record = arms_stage(run, s, ws, out, grid, invocation)
+        result |= {"evidence": str(out / "evidence.json"), "summary": {k: v for k, v in record["summary"].items()
+                                                                         if k != "by_arm"}}
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

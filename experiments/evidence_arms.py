@@ -1,0 +1,153 @@
+"""The evidence experiment's arms (issue 16 item 2), at the setting the grid chose: every arm gets the same
+domain rows, steps, seed and hyper-parameters (full fine-tuning).
+
+  (a) domain only; (b) + public SFT (ShareGPT); (c) + reconstructed and screened data (ours) at each ratio of the
+  sweep; (d) + reconstructed data without screening (random responses, same count as (c)); (e) WiSE-FT: (a)'s
+  weights halfway back to the base, no training.
+
+Every arm's mix holds out the same general rows (by instruction id hash), and drift scores exactly them. Each
+model gets the general benchmarks (``--limit`` items each), the whole domain test, drift and all of IFEval.
+Stages are the real CLI, recorded and skipped on a rerun; costs (seconds, generated and trained tokens) are
+read from the stages' summaries.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from experiments.evidence_grid import PRIMARY_METRIC
+from experiments.forgetting_stats import GENERAL
+from experiments.public_sft import build_public_mix, write_public_subset
+from experiments.stage_runner import StageRunner, checkpoint_every, train_once
+from experiments.unscreened import build_unscreened_mix
+from experiments.wise_ft import interpolate_run
+
+DOMAIN = "builtin:medmcqa"
+DOMAIN_TASK = "medmcqa"
+ARM_NAMES = {"a": "domain only", "b": "+ public SFT (ShareGPT)", "c": "+ reconstructed, screened (ours)",
+             "d": "+ reconstructed, not screened", "e": "WiSE-FT of (a), alpha 0.5"}
+
+
+def _snapshot(folder: Path) -> Any:
+    def read() -> dict[str, Any] | None:
+        if not (folder / "manifest.yaml").exists():
+            return None
+        from core.mix.snapshot import read_manifest
+
+        manifest = read_manifest(folder)
+        return {"counts": manifest["counts"], "tokens": manifest["tokens"], "out": str(folder)}
+    return read
+
+
+def general_data(run: StageRunner, s: Any, ws: Path) -> dict[str, Any]:
+    """Reconstruct, respond and judge with the default (checked) judges, then the screening threshold."""
+    batch = min(64, max(8, math.ceil(s.n_general * 1.5)))
+    rec = run.cli("reconstruct", ["reconstruct", "--workspace", ws, "--model", s.model, "--n", s.n_general,
+                                  "--batch-size", batch, "--seed", s.seeds[0]])
+    respond = run.cli("respond", ["respond", "--workspace", ws, "--models", s.model, "--k", s.k,
+                                  "--max-new-tokens", s.respond_tokens, "--batch-size", 32, "--seed", s.seeds[0]])
+    judge = run.cli("judge", ["judge", "--workspace", ws])
+    query = (f"SELECT count(*) AS n, quantile_cont(mean, {s.screen_quantile}) AS q FROM best_responses "
+             "WHERE isfinite(mean)")
+    n, q = run.cli("screen-threshold", ["sql", "--workspace", ws, query], always=True)["rows"][0]
+    min_score = math.floor(q * 1e4) / 1e4 if s.screen_quantile > 0 and q is not None else None
+    return {"reconstructed": rec.get("stored"), "with_best": n, "min_score": min_score,
+            "cost": {"reconstruct": _cost(rec), "respond": _cost(respond), "judge": _cost(judge)}}
+
+
+def _cost(summary: dict[str, Any]) -> dict[str, Any]:
+    seconds = summary.get("seconds")
+    rate = summary.get("tokens_per_s")
+    tokens = round(seconds * rate) if seconds and rate else summary.get("new_tokens")
+    return {"seconds": seconds, "tokens": tokens}
+
+
+def build_mixes(run: StageRunner, s: Any, ws: Path, general: dict[str, Any], seed: int) -> dict[str, Any]:
+    """Every arm's snapshot for one seed: (c) at each ratio first (it names the held-out rows and the general
+    count), then (a), (b), (d) with exactly its domain rows."""
+    mixes, rows = ws / "mixes", s.domain_rows
+    screen = ["--min-score", general["min_score"]] if general["min_score"] is not None else []
+    common = ["--domain", DOMAIN, "--max-domain", rows, "--seed", seed, *screen, "--general-holdout",
+              s.general_holdout, "--tokenizer-model", s.model]
+    out: dict[str, Any] = {}
+    for ratio in (s.ratios if seed == s.seeds[0] or s.sweep_all_seeds else [s.ratio]):
+        folder = mixes / f"c-r{ratio:g}-rows{rows}-s{seed}"
+        out[f"c@{ratio:g}"] = run.cli(f"mix-c-r{ratio:g}-s{seed}", ["mix", "--workspace", ws, "--ratio", ratio,
+                                                                    *common, "--out", folder],
+                                      existing=_snapshot(folder))
+    from core.mix.snapshot import read_manifest
+
+    final = ws / "mixes" / f"c-r{s.ratio:g}-rows{rows}-s{seed}"
+    held = read_manifest(final)["general"].get("held_out_ids") or []
+    general_rows = out[f"c@{s.ratio:g}"]["counts"]["general"]
+    folder = mixes / f"a-rows{rows}-s{seed}"
+    out["a"] = run.cli(f"mix-a-s{seed}", ["mix", "--workspace", ws, "--ratio", 0, *common, "--out", folder],
+                       existing=_snapshot(folder))
+    public = ws / "public" / f"sharegpt-en-1-2-seed{seed}.jsonl"
+    run.step(f"public-subset-s{seed}", f"write a seeded ShareGPT subset to {public}", public,
+             lambda: write_public_subset(public, pool=max(2000, general_rows), seed=seed))
+    folder = mixes / f"b-r{s.ratio:g}-rows{rows}-s{seed}"
+    out["b"] = run.step(f"mix-b-s{seed}", f"freeze arm (b) at {folder} (experiments/public_sft.py)",
+                        folder / "manifest.yaml",
+                        lambda: build_public_mix(ws, folder, public, domain=DOMAIN, ratio=s.ratio, domain_rows=rows,
+                                                 general_rows=general_rows, seed=seed, tokenizer_model=s.model,
+                                                 general_holdout=s.general_holdout, held_out_ids=held))
+    folder = mixes / f"d-r{s.ratio:g}-rows{rows}-s{seed}"
+    out["d"] = run.step(f"mix-d-s{seed}", f"freeze arm (d) at {folder} (experiments/unscreened.py)",
+                        folder / "manifest.yaml",
+                        lambda: build_unscreened_mix(ws, folder, domain=DOMAIN, ratio=s.ratio, domain_rows=rows,
+                                                     general_rows=general_rows, seed=seed, tokenizer_model=s.model,
+                                                     general_holdout=s.general_holdout, held_out_ids=held))
+    for arm, summary in out.items():
+        if summary["counts"]["domain"] != rows:
+            raise RuntimeError(f"arm {arm} (seed {seed}) has {summary['counts']['domain']} domain rows, not {rows}: "
+                               "too few screened general rows for its ratio; reconstruct more (--n-general)")
+    return {arm: {**summary, "out": summary.get("out")} for arm, summary in out.items()}
+
+
+def train_arms(run: StageRunner, s: Any, ws: Path, mixes: dict[str, Any], seed: int) -> dict[str, Any]:
+    runs = {}
+    for arm, mix in mixes.items():
+        out = ws / "runs" / f"{arm.replace('@', '-r')}-s{seed}"
+        runs[arm] = {"run": str(out), **train_once(
+            run, f"train-{arm}-s{seed}",
+            ["train", "--workspace", ws, "--data", mix["out"], "--model", s.model, "--out", out, "--full",
+             "--max-steps", s.steps, "--batch-size", s.batch_size, "--lr", s.lr, "--max-length", s.max_length,
+             "--seed", seed, "--save-steps", checkpoint_every(s.steps), "--keep-checkpoints", 1], out)}
+    wise = ws / "runs" / f"e-s{seed}"
+    runs["e"] = {"run": str(wise), **run.step(f"wise-ft-s{seed}", f"WiSE-FT of {runs['a']['run']} (alpha "
+                                              f"{s.wise_alpha:g}) at {wise}", wise / "summary.json",
+                                              lambda: interpolate_run(Path(runs["a"]["run"]), wise, s.wise_alpha, ws))}
+    return runs
+
+
+def evaluate(run: StageRunner, s: Any, ws: Path, name: str, model: str, drift: bool) -> dict[str, str]:
+    """The evaluations of one model (base or run): general (limited), domain (+ drift), IFEval (all). Job ids."""
+    general_limit = ["--limit", s.general_limit] if s.general_limit else []
+    jobs = {
+        "general": run.cli(f"eval-general-{name}", ["eval", "--workspace", ws, "--model", model, "--suite", "general",
+                                                    *general_limit, "--seed", 0])["job_id"],
+        # --limit caps the domain test only here: drift's texts are capped by --drift-n (all held-out rows)
+        "domain": run.cli(f"eval-domain-{name}", ["eval", "--workspace", ws, "--model", model, "--suite",
+                                                  "domain,drift" if drift else "domain", "--seed", 0,
+                                                  *(["--limit", s.domain_limit] if s.domain_limit else []),
+                                                  *(["--drift-n", 100000] if drift else [])])["job_id"],
+    }
+    ifeval_limit = ["--limit", s.ifeval_limit] if s.ifeval_limit else []
+    jobs[PRIMARY_METRIC] = run.cli(f"eval-ifeval-{name}", [
+        "eval", "--workspace", ws, "--model", model, "--suite", "ifeval", *ifeval_limit, "--seed", 0,
+        "--ifeval-max-new-tokens", s.ifeval_tokens, "--batch-size", 32])["job_id"]
+    return jobs
+
+
+def scores(ws: Path, jobs: dict[str, str]) -> dict[str, dict[str, float]]:
+    """Per task, per item scores (1/0) of one model's evaluation jobs."""
+    from experiments.forgetting_report import per_item
+
+    tasks: dict[str, dict[str, float]] = {}
+    for group, names in (("general", GENERAL), ("domain", (DOMAIN_TASK,)), (PRIMARY_METRIC, (PRIMARY_METRIC,))):
+        correct = per_item(ws, {"m": jobs[group]}, names)["correct"]["m"]
+        tasks.update(correct)
+    return tasks

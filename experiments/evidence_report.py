@@ -1,0 +1,115 @@
+"""The evidence experiment's outputs (issue 16 item 6): ``evidence.json`` (changes vs the base per arm and metric,
+the forgetting reduction and domain gain retention with intervals, the ratio sweep, costs) and its Markdown
+section. Pure: it works on per-item scores already read from the store."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from experiments.evidence_arms import ARM_NAMES, DOMAIN_TASK
+from experiments.evidence_grid import PRIMARY_DESCRIPTION, PRIMARY_METRIC
+from experiments.evidence_stats import change, summary
+from experiments.forgetting_stats import GENERAL, combine_tasks
+
+Scores = Mapping[str, Mapping[str, float]]  # task -> item -> score
+TASKS = (*GENERAL, DOMAIN_TASK, PRIMARY_METRIC)
+
+
+def arm_changes(base: Scores, seeds: Sequence[Scores]) -> dict[str, dict[str, Any]]:
+    """Per task (and the general benchmarks' mean): the change vs the base over the seeds' runs."""
+    out = {task: change(base[task], [s[task] for s in seeds]) for task in TASKS}
+    mean = combine_tasks([{"diff": out[t]["delta"], "se": out[t]["stderr"], "n": out[t]["n"]} for t in GENERAL])
+    out["general_mean"] = {"delta": mean["diff"], "stderr": mean["se"], "n": mean["n"], "seeds": len(seeds)}
+    return out
+
+
+def evidence(base: Scores, arms: Mapping[str, Sequence[Scores]], *, ratio: float, seeds: Sequence[int],
+             drift: Mapping[str, Any], costs: Mapping[str, Any], settings: Mapping[str, Any],
+             machine: Mapping[str, Any]) -> dict[str, Any]:
+    """The evidence record. ``arms`` maps an arm key (a, b, d, e, and c@<ratio> for every ratio of the sweep) to
+    its per-seed scores; (c) at ``ratio`` is arm c."""
+    final = f"c@{ratio:g}"
+    order = sorted(arms, key=lambda key: ("c" if key == final else key.split("@")[0],
+                                          "@" in key and key != final, float(key.split("@")[1]) if "@" in key else 0))
+    named = {("c" if key == final else key): arms[key] for key in order}
+    changes = {arm: arm_changes(base, scores) for arm, scores in named.items()}
+    main_arms = {arm: {task: [s[task] for s in scores] for task in (PRIMARY_METRIC, DOMAIN_TASK)}
+                 for arm, scores in named.items() if "@" not in arm}
+    ratios = summary({t: base[t] for t in (PRIMARY_METRIC, DOMAIN_TASK)}, main_arms, primary=PRIMARY_METRIC,
+                     domain=DOMAIN_TASK)
+    ours = ratios.get("c", {})
+    sweep = sorted(((float(key.split("@")[1]) if "@" in key else ratio), arm) for key, arm in
+                   ((key, ("c" if key == final else key)) for key in arms) if key.startswith("c@"))
+    return {
+        "primary_metric": PRIMARY_METRIC, "primary_description": PRIMARY_DESCRIPTION, "seeds": list(seeds),
+        "n_items": {task: changes["a"][task]["n"] for task in TASKS},
+        "arm_names": {arm: ARM_NAMES[arm.split("@")[0]] + (f" at ratio {arm.split('@')[1]}" if "@" in arm else "")
+                      for arm in changes},
+        "arms": {arm: {task: {"delta": v["delta"], "stderr": v["stderr"], "n": v["n"],
+                              "per_seed": v.get("per_seed")} for task, v in tasks.items()}
+                 for arm, tasks in changes.items()},
+        "drift": dict(drift),
+        "summary": {
+            "forgetting_reduction": ours.get("forgetting_reduction", {}).get("value"),
+            "forgetting_reduction_ci": ours.get("forgetting_reduction", {}).get("ci"),
+            "domain_gain_retention": ours.get("domain_gain_retention", {}).get("value"),
+            "domain_gain_retention_ci": ours.get("domain_gain_retention", {}).get("ci"),
+            "by_arm": ratios,
+        },
+        "sweep": [{"ratio": r, "arm": arm, "forgetting": _neg(changes[arm][PRIMARY_METRIC]),
+                   "domain_gain": changes[arm][DOMAIN_TASK]} for r, arm in sweep],
+        "costs": dict(costs), "settings": dict(settings), "machine": dict(machine),
+    }
+
+
+def _neg(entry: Mapping[str, Any]) -> dict[str, Any]:
+    return {"value": None if entry["delta"] is None else -entry["delta"], "stderr": entry["stderr"]}
+
+
+def _pm(entry: Mapping[str, Any] | None) -> str:
+    if not entry or entry.get("delta") is None:
+        return "-"
+    return f"{100 * entry['delta']:+.1f} ± {100 * (entry.get('stderr') or 0):.1f}"
+
+
+def _interval(value: float | None, ci: Sequence[float] | None) -> str:
+    if value is None:
+        return "undefined"
+    return f"{value:.2f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci and ci[0] is not None else "")
+
+
+def _entry(value: Mapping[str, Any]) -> str:
+    return _interval(value["value"], value["ci"])
+
+
+def markdown(record: Mapping[str, Any], commands: Sequence[str]) -> str:
+    """The results section: a table per arm, the two ratios with their intervals, the sweep and the costs."""
+    arms = record["arms"]
+    header = ("| arm | IFEval (primary) | general mean | " + " | ".join(GENERAL) + f" | {DOMAIN_TASK} | drift KL |")
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+    for arm, tasks in arms.items():
+        drift = record["drift"].get(arm) or {}
+        kl = "-" if drift.get("kl") is None else f"{drift['kl']:.3f}"
+        lines.append(f"| ({arm}) {record['arm_names'][arm]} | {_pm(tasks[PRIMARY_METRIC])} | "
+                     f"{_pm(tasks['general_mean'])} | " + " | ".join(_pm(tasks[t]) for t in GENERAL) +
+                     f" | {_pm(tasks[DOMAIN_TASK])} | {kl} |")
+    s = record["summary"]
+    ratio_lines = [f"- ({arm}): forgetting reduction {_entry(v['forgetting_reduction'])}, domain gain retention "
+                   f"{_entry(v['domain_gain_retention'])}" for arm, v in s["by_arm"].items()]
+    sweep = ["| ratio | forgetting (pts) | domain gain (pts) |", "|---|---|---|"] + [
+        f"| {row['ratio']:g} | {_pm({'delta': row['forgetting']['value'], 'stderr': row['forgetting']['stderr']})} "
+        f"| {_pm(row['domain_gain'])} |" for row in record["sweep"]]
+    costs = ["| arm | synthesis s | synthesis tokens | training s | training tokens |", "|---|---|---|---|---|"] + [
+        f"| ({arm}) | {c.get('synthesis_seconds', 0):.0f} | {c.get('synthesis_tokens', 0):,} | "
+        f"{c.get('train_seconds', 0):.0f} | {c.get('train_tokens', 0):,} |" for arm, c in record["costs"].items()]
+    return "\n\n".join([
+        f"Changes vs the base in points (mean ± stderr over items, each item averaged over seeds "
+        f"{record['seeds']}); primary metric: {record['primary_description']}.",
+        "\n".join(lines),
+        f"**Forgetting reduction** (1 − forgetting(c)/forgetting(a)): "
+        f"{_interval(s['forgetting_reduction'], s['forgetting_reduction_ci'])}; **domain gain retention** "
+        f"(gain(c)/gain(a)): {_interval(s['domain_gain_retention'], s['domain_gain_retention_ci'])} (95% bootstrap "
+        "intervals over items).",
+        "\n".join(ratio_lines), "Ratio sweep of (c):\n\n" + "\n".join(sweep), "Cost per arm:\n\n" + "\n".join(costs),
+        "Commands:\n\n```bash\n" + "\n".join(commands) + "\n```"])

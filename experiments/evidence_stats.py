@@ -1,0 +1,94 @@
+"""The evidence experiment's figures (issue 16 item 6), pure: changes vs the base over seeds and items, and the
+two ratios the method is judged by, with bootstrap intervals.
+
+Per-item scores come as ``{item_id: score}`` (1/0 for accuracy-like tasks). A model evaluated with several seeds
+(several trained runs) is compared item by item with the base: each item's change is averaged over the seeds
+first, so the standard error is over items (the same items for every seed) and the seeds' spread is reported
+beside it.
+
+* ``forgetting(arm) = base − arm`` on the primary metric (positive: it forgot);
+* ``forgetting_reduction = 1 − forgetting(c) / forgetting(a)`` (1: none of (a)'s forgetting is left; 0: as much);
+* ``domain_gain_retention = gain(c) / gain(a)`` on the domain test (1: all of (a)'s gain kept).
+
+Their 95% intervals resample items with replacement (the same resample for both arms, so their pairing is kept).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+Scores = Mapping[str, float]  # item id -> score
+BOOTSTRAP_SAMPLES = 2000
+
+
+def item_changes(base: Scores, seeds: Sequence[Scores]) -> dict[str, float]:
+    """Per item scored by the base and every seed: the seeds' mean score minus the base's."""
+    common = set(base).intersection(*seeds) if seeds else set()
+    return {item: sum(s[item] for s in seeds) / len(seeds) - base[item] for item in sorted(common)}
+
+
+def change(base: Scores, seeds: Sequence[Scores]) -> dict[str, Any]:
+    """Mean change vs the base, its stderr over items, the per-seed means and the item count."""
+    changes = np.array(list(item_changes(base, seeds).values()), dtype=np.float64)
+    if not len(changes):
+        return {"delta": None, "stderr": None, "n": 0, "seeds": len(seeds), "per_seed": []}
+    stderr = float(changes.std(ddof=1) / math.sqrt(len(changes))) if len(changes) > 1 else None
+    common = sorted(item_changes(base, seeds))
+    per_seed = [float(np.mean([s[i] - base[i] for i in common])) for s in seeds]
+    return {"delta": float(changes.mean()), "stderr": stderr, "n": len(changes), "seeds": len(seeds),
+            "per_seed": per_seed}
+
+
+def ratio_with_interval(numerator: Mapping[str, float], denominator: Mapping[str, float], *, one_minus: bool,
+                        seed: int = 0, samples: int = BOOTSTRAP_SAMPLES) -> dict[str, Any]:
+    """``mean(numerator) / mean(denominator)`` over their common items (``1 −`` it when ``one_minus``), with a
+    95% percentile bootstrap interval over items. None where the denominator's mean is not positive (nothing to
+    reduce or retain); resamples with a non-positive denominator are dropped and counted."""
+    items = sorted(set(numerator) & set(denominator))
+    top = np.array([numerator[i] for i in items], dtype=np.float64)
+    bottom = np.array([denominator[i] for i in items], dtype=np.float64)
+    if not len(items) or bottom.mean() <= 0:
+        return {"value": None, "ci": None, "n": len(items), "dropped_resamples": None,
+                "note": "undefined: the reference arm shows no positive effect to compare with"}
+
+    def value(t: np.ndarray, b: np.ndarray) -> np.ndarray:
+        ratio = t.mean(axis=-1) / b.mean(axis=-1)
+        return 1.0 - ratio if one_minus else ratio
+
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, len(items), size=(samples, len(items)))
+    kept = bottom[picks].mean(axis=1) > 0
+    boot = value(top[picks][kept], bottom[picks][kept])
+    low, high = (float(q) for q in np.percentile(boot, [2.5, 97.5])) if len(boot) else (None, None)
+    return {"value": float(value(top, bottom)), "ci": [low, high], "n": len(items),
+            "dropped_resamples": int((~kept).sum()), "note": None}
+
+
+def forgetting_items(base: Scores, seeds: Sequence[Scores]) -> dict[str, float]:
+    """Per item, how much the arm lost against the base (base − arm, averaged over seeds)."""
+    return {item: -value for item, value in item_changes(base, seeds).items()}
+
+
+def summary(base: Mapping[str, Scores], arms: Mapping[str, Mapping[str, Sequence[Scores]]], *, primary: str,
+            domain: str, reference: str = "a", seed: int = 0) -> dict[str, Any]:
+    """``forgetting_reduction`` and ``domain_gain_retention`` (with intervals) of every arm against ``reference``.
+
+    ``base``: task -> scores; ``arms``: arm -> task -> per-seed scores."""
+    ref = arms[reference]
+    ref_forgetting = forgetting_items(base[primary], ref[primary])
+    ref_gain = item_changes(base[domain], ref[domain])
+    result = {}
+    for arm, tasks in arms.items():
+        if arm == reference:
+            continue
+        result[arm] = {
+            "forgetting_reduction": ratio_with_interval(forgetting_items(base[primary], tasks[primary]),
+                                                        ref_forgetting, one_minus=True, seed=seed),
+            "domain_gain_retention": ratio_with_interval(item_changes(base[domain], tasks[domain]), ref_gain,
+                                                         one_minus=False, seed=seed),
+        }
+    return result

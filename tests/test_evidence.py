@@ -1,0 +1,125 @@
+"""The forgetting regime search of the evidence experiment (issue 16 item 1): the grid runs cheapest first, a
+setting forgets only beyond 3 paired standard errors, the cheapest forgetting one is chosen, and the quick run
+goes end to end through the real CLI and skips everything on a rerun."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from experiments.evidence_grid import GridPoint, chosen_point, forgets, grid_points, grid_table, outcome
+from tests.helpers import ROOT
+
+
+def test_the_grid_runs_cheapest_first():
+    points = grid_points([1600, 400], [3, 1], [1e-4, 2e-5])
+    assert [(p.domain_rows, p.epochs, p.lr) for p in points] == [
+        (400, 1, 2e-5), (400, 1, 1e-4), (400, 3, 2e-5), (400, 3, 1e-4),
+        (1600, 1, 2e-5), (1600, 1, 1e-4), (1600, 3, 2e-5), (1600, 3, 1e-4)]
+    assert points[0].steps(8) == 50 and GridPoint(10, 10, 1, 1e-5).steps(8) == 2  # a partial batch is a step
+
+
+def test_forgetting_needs_more_than_three_paired_standard_errors():
+    assert forgets(-0.031, 0.01) and not forgets(-0.03, 0.01) and not forgets(-0.5, None)
+    assert not forgets(0.2, 0.01) and not forgets(None, 0.01) and not forgets(-0.1, 0.0)
+
+
+def test_the_cheapest_forgetting_setting_is_chosen_and_tabled():
+    diff = {"diff": -0.1, "se": 0.02, "n": 541}
+    weak = {"diff": -0.01, "se": 0.02, "n": 541}
+    outcomes = [outcome(GridPoint(400, 400, 1, 2e-5), 8, weak, {"seconds": 300}, 0.2, 0.19),
+                outcome(GridPoint(1200, 400, 3, 1e-4), 8, diff, {"seconds": 900}, 0.2, 0.1),
+                outcome(GridPoint(400, 400, 1, 1e-4), 8, diff, {"seconds": 310}, 0.2, 0.1)]
+    assert [o["forgets"] for o in outcomes] == [False, True, True]
+    assert chosen_point(outcomes)["name"] == "rows400-ep1-lr0.0001"
+    assert chosen_point(outcomes[:1]) is None
+    table = grid_table(outcomes)
+    assert "| rows400-ep1-lr2e-05 | 400 | 1 | 2e-05 | 50 | 0.200 | 0.190 | -1.0 ± 2.0 | no | 300 |" in table
+    assert table.count("**yes**") == 2
+
+
+@pytest.mark.integration
+def test_quick_experiment_runs_end_to_end_and_resumes(tmp_path: Path):
+    """The grid (two points, both recorded) then every arm at the quick setting, through the real CLI on the
+    packaged model; a rerun retrains and re-evaluates nothing."""
+    workspace, out = tmp_path / "ws", tmp_path / "report"
+    command = [sys.executable, str(ROOT / "experiments" / "evidence.py"), "--quick", "--workspace", str(workspace),
+               "--out", str(out), "--threads", "1"]
+    first = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=1800)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    grid = json.loads((out / "evidence_grid.json").read_text(encoding="utf-8"))
+    assert grid["primary_metric"] == "ifeval" and len(grid["outcomes"]) == 2  # --grid-all in quick mode
+    for result in grid["outcomes"]:
+        assert result["n"] == 3 and 0.0 <= result["tuned"] <= 1.0 and result["train_seconds"] > 0
+    assert grid["machine"]["bf16"] in ("AMX bf16", "AVX512-BF16", "no native bf16")
+    assert "| setting | rows |" in (out / "evidence_grid.md").read_text(encoding="utf-8")
+
+    record = json.loads((out / "evidence.json").read_text(encoding="utf-8"))
+    assert list(record["arms"]) == ["a", "b", "c", "c@0.25", "d", "e"]
+    assert record["n_items"] == {"arc_easy": 4, "piqa": 4, "hellaswag": 4, "sciq": 4, "medmcqa": 4, "ifeval": 3}
+    for arm, tasks in record["arms"].items():
+        assert set(tasks) == {"arc_easy", "piqa", "hellaswag", "sciq", "medmcqa", "ifeval", "general_mean"}
+        assert all(-1.0 <= task["delta"] <= 1.0 for task in tasks.values()), arm
+        assert record["drift"][arm]["texts"] == "held out by the mix" and record["drift"][arm]["n"] >= 1
+    assert {"forgetting_reduction", "forgetting_reduction_ci", "domain_gain_retention",
+            "domain_gain_retention_ci"} <= set(record["summary"])
+    assert [row["ratio"] for row in record["sweep"]] == [0.25, 0.5]
+    assert record["costs"]["c"]["synthesis_seconds"] > 0 and record["costs"]["a"]["synthesis_seconds"] == 0
+    assert record["costs"]["e"]["train_seconds"] >= record["costs"]["a"]["train_seconds"]  # (a)'s training first
+    runs = sorted(p.name for p in (workspace / "runs").iterdir())
+    assert not any((workspace / "runs" / name / "checkpoints").exists() for name in runs)  # pruned when finished
+
+    again = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "forgetless train" not in again.stdout and "forgetless eval" not in again.stdout  # all skipped
+    assert json.loads((out / "evidence.json").read_text(encoding="utf-8"))["arms"] == record["arms"]
+
+
+def test_wise_ft_interpolates_every_weight_and_writes_a_run_eval_can_read(tmp_path: Path):
+    import torch
+    import yaml
+    from safetensors.torch import load_file
+
+    from core.eval.evaluation import EvalConfig, resolve_target
+    from experiments.wise_ft import interpolate_run
+    from tests.helpers import build_tiny_model_folder
+
+    base = build_tiny_model_folder(tmp_path / "base", seed=0)
+    tuned = tmp_path / "run"
+    build_tiny_model_folder(tuned / "model", seed=1)
+    (tuned / "config.yaml").write_text(yaml.safe_dump({"model": str(base), "data": str(tmp_path / "mix")}))
+    summary = interpolate_run(tuned, tmp_path / "wise", 0.25, tmp_path / "ws")
+    assert summary["alpha"] == 0.25 and (tmp_path / "wise" / "summary.json").exists()
+
+    folders = (base, tuned / "model", tmp_path / "wise" / "model")
+    weights = [load_file(folder / "model.safetensors") for folder in folders]
+    for name, mixed in weights[2].items():
+        expected = 0.25 * weights[1][name].float() + 0.75 * weights[0][name].float()
+        assert torch.allclose(mixed.float(), expected, atol=1e-6), name
+    target = resolve_target(EvalConfig(model=str(tmp_path / "wise")))
+    assert target.load_spec == str(tmp_path / "wise" / "model") and target.base == str(base)
+    assert target.data_dir == str(tmp_path / "mix")  # drift reads the tuned run's mix: the same held-out texts
+
+
+def test_the_unscreened_arm_draws_random_instructions_and_responses_outside_the_held_out_rows():
+    import pandas as pd
+
+    from experiments.unscreened import unscreened_rows
+
+    pairs = pd.DataFrame([{"id": f"i{i}", "instruction": f"ask {i}", "response_id": f"i{i}-r{k}",
+                           "response": f"answer {i}.{k}"} for i in range(10) for k in range(3)])
+    rows = unscreened_rows(pairs, 6, seed=0, held_out_ids=["i0", "i1"])
+    ids = [iid for iid, _ in rows]
+    assert len(ids) == len(set(ids)) == 6 and not {"i0", "i1"} & set(ids)
+    for iid, messages in rows:
+        assert messages[0] == {"role": "user", "content": f"ask {iid[1:]}"}
+        assert messages[1]["content"].startswith(f"answer {iid[1:]}.")  # one of its own responses
+    assert unscreened_rows(pairs, 6, seed=0, held_out_ids=["i0", "i1"]) == rows  # seeded
+    picks = {messages[1]["content"][-1] for seed in range(8) for _, messages in unscreened_rows(pairs, 8, seed, [])}
+    assert picks == {"0", "1", "2"}  # not always the first response
+    with pytest.raises(RuntimeError, match="only 8 instructions"):
+        unscreened_rows(pairs, 9, seed=0, held_out_ids=["i0", "i1"])

@@ -1,0 +1,46 @@
+"""The evidence experiment's figures: changes over seeds and items, forgetting reduction and domain gain
+retention with bootstrap intervals (experiments/evidence_stats.py), on constructed scores."""
+
+from __future__ import annotations
+
+import pytest
+
+from experiments.evidence_stats import change, item_changes, ratio_with_interval, summary
+
+
+def test_changes_average_the_seeds_per_item_before_the_stderr():
+    base = {"q1": 1.0, "q2": 1.0, "q3": 0.0, "q4": 1.0}
+    seeds = [{"q1": 0.0, "q2": 1.0, "q3": 0.0, "q4": 1.0}, {"q1": 0.0, "q2": 0.0, "q3": 1.0, "q4": 1.0, "q9": 1.0}]
+    assert item_changes(base, seeds) == {"q1": -1.0, "q2": -0.5, "q3": 0.5, "q4": 0.0}  # q9: not in the base
+    result = change(base, seeds)
+    assert result["delta"] == pytest.approx(-0.25) and result["n"] == 4 and result["seeds"] == 2
+    assert result["stderr"] == pytest.approx(0.6454972 / 2)  # sample std of the item means over sqrt(4)
+    assert result["per_seed"] == pytest.approx([-0.25, -0.25])
+    assert change(base, [])["delta"] is None
+
+
+def test_forgetting_reduction_and_its_interval():
+    # (a) forgets 0.4 on average, (c) 0.1: three quarters of the forgetting is prevented.
+    n = 200
+    reference = {f"q{i}": (1.0 if i < 80 else 0.0) for i in range(n)}
+    ours = {f"q{i}": (1.0 if i < 20 else 0.0) for i in range(n)}
+    result = ratio_with_interval(ours, reference, one_minus=True)
+    assert result["value"] == pytest.approx(0.75) and result["n"] == n
+    low, high = result["ci"]
+    assert low < 0.75 < high and low > 0.5 and high < 0.95
+    assert ratio_with_interval(ours, {k: 0.0 for k in reference}, one_minus=True)["value"] is None  # nothing forgot
+
+
+def test_summary_compares_every_arm_with_domain_only():
+    items = [f"q{i}" for i in range(100)]
+    base = {"ifeval": dict.fromkeys(items, 1.0), "medmcqa": dict.fromkeys(items, 0.0)}
+    lose = {i: (0.0 if n < 50 else 1.0) for n, i in enumerate(items)}  # forgets half
+    keep = {i: (0.0 if n < 10 else 1.0) for n, i in enumerate(items)}  # forgets a tenth
+    gain = {i: (1.0 if n < 40 else 0.0) for n, i in enumerate(items)}
+    half_gain = {i: (1.0 if n < 20 else 0.0) for n, i in enumerate(items)}
+    arms = {"a": {"ifeval": [lose, lose], "medmcqa": [gain, gain]},
+            "c": {"ifeval": [keep, keep], "medmcqa": [half_gain, half_gain]}}
+    result = summary(base, arms, primary="ifeval", domain="medmcqa")
+    assert set(result) == {"c"}
+    assert result["c"]["forgetting_reduction"]["value"] == pytest.approx(0.8)
+    assert result["c"]["domain_gain_retention"]["value"] == pytest.approx(0.5)
