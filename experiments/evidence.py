@@ -196,7 +196,7 @@ def arms_stage(run: StageRunner, s: Settings, ws: Path, out: Path, grid: dict[st
                invocation: str) -> dict[str, Any]:
     """The arms at the grid's chosen setting (or the one given), every seed; evidence.json and its Markdown."""
     from experiments.evidence_arms import build_mixes, evaluate, general_data, scores, train_arms
-    from experiments.evidence_report import evidence, markdown
+    from experiments.evidence_report import evidence, markdown, reading
 
     if s.domain_rows is None or s.epochs is None or s.lr is None:
         chosen = (grid or {}).get("chosen")
@@ -237,6 +237,7 @@ def arms_stage(run: StageRunner, s: Settings, ws: Path, out: Path, grid: dict[st
                         "n": ds[0].get("n")} for arm, ds in drift.items()}
     record = evidence(base, arms, ratio=s.ratio, seeds=s.seeds, drift=drift_mean, costs=costs, settings=asdict(s),
                       machine=machine())
+    record["reading"] = reading(record)
     record.update(general={k: v for k, v in general.items() if k != "cost"}, synthesis=general["cost"],
                   invocation=invocation, commands=run.commands, timings=run.timings)
     out.mkdir(parents=True, exist_ok=True)

@@ -63,6 +63,41 @@ def evidence(base: Scores, arms: Mapping[str, Sequence[Scores]], *, ratio: float
     }
 
 
+def _interval_says(name: str, value: float | None, ci: Sequence[float | None] | None, what: str) -> str:
+    """One plain sentence on a ratio and its interval (``what``: what 1.0 would mean)."""
+    if value is None:
+        return f"{name}: undefined — arm (a) shows no positive effect to compare with."
+    low, high = (ci or (None, None))[:2]
+    shown = f"{value:.2f}" + (f" (95% interval {low:.2f} to {high:.2f})" if low is not None else "")
+    if low is not None and low > 0:
+        return f"{name} {shown}: clearly above 0 ({what} would be 1)."
+    if high is not None and high < 0:
+        return f"{name} {shown}: clearly below 0 — the opposite of the intended effect."
+    return f"{name} {shown}: the interval includes 0, so no effect is shown."
+
+
+def reading(record: Mapping[str, Any], sigmas: float = 3.0) -> list[str]:
+    """What the numbers show, in plain sentences, including an absent or reversed effect."""
+    a = record["arms"]["a"][PRIMARY_METRIC]
+    lines = []
+    if a["delta"] is None or not a["stderr"]:
+        lines.append("Arm (a) has no primary-metric change to read.")
+    elif a["delta"] < -sigmas * a["stderr"]:
+        lines.append(f"Domain-only training forgets: IFEval {100 * a['delta']:+.1f} ± {100 * a['stderr']:.1f} "
+                     f"points vs the base (more than {sigmas:g} standard errors).")
+    else:
+        lines.append(f"Domain-only training does not clearly forget here (IFEval {100 * a['delta']:+.1f} ± "
+                     f"{100 * a['stderr']:.1f} points), so no arm can show what it prevents.")
+    for arm, values in record["summary"]["by_arm"].items():
+        name = record["arm_names"].get(arm, arm)
+        lines.append(f"({arm}) {name}: " + _interval_says(
+            "forgetting reduction", values["forgetting_reduction"]["value"], values["forgetting_reduction"]["ci"],
+            "preventing all of (a)'s forgetting") + " " + _interval_says(
+            "Domain gain retention", values["domain_gain_retention"]["value"], values["domain_gain_retention"]["ci"],
+            "keeping all of (a)'s domain gain"))
+    return lines
+
+
 def _neg(entry: Mapping[str, Any]) -> dict[str, Any]:
     return {"value": None if entry["delta"] is None else -entry["delta"], "stderr": entry["stderr"]}
 
@@ -104,6 +139,7 @@ def markdown(record: Mapping[str, Any], commands: Sequence[str]) -> str:
         f"| ({arm}) | {c.get('synthesis_seconds', 0):.0f} | {c.get('synthesis_tokens', 0):,} | "
         f"{c.get('train_seconds', 0):.0f} | {c.get('train_tokens', 0):,} |" for arm, c in record["costs"].items()]
     return "\n\n".join([
+        "\n".join(f"- {line}" for line in reading(record)),
         f"Changes vs the base in points (mean ± stderr over items, each item averaged over seeds "
         f"{record['seeds']}); primary metric: {record['primary_description']}.",
         "\n".join(lines),
