@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import tempfile
 import time
@@ -56,13 +55,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def cpu_kind() -> str:
     """The CPU's model name and its bf16 support, written beside every figure."""
-    from core.engines.models import cpu_has_native_bf16
+    from core.engines.models import cpu_bf16_support, cpu_has_native_bf16, cpu_model_name
 
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
-                platform.processor() or "unknown CPU")
-    flags = "AMX" if "amx_bf16" in info else "AVX512-BF16" if "avx512_bf16" in info else "no native bf16"
-    return f"{name}, {flags}{'' if cpu_has_native_bf16() else ' (bf16 emulated)'}"
+    return f"{cpu_model_name()}, {cpu_bf16_support()}{'' if cpu_has_native_bf16() else ' (bf16 emulated)'}"
 
 
 class Prefix:

@@ -46,10 +46,9 @@ WORDS = (
 
 
 def cpu_kind() -> str:
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = next((line.split(":", 1)[1].strip() for line in flags.splitlines() if line.startswith("model name")), "?")
-    bf16 = "AMX" if "amx_bf16" in flags else "AVX512-BF16" if "avx512_bf16" in flags else "no native bf16"
-    return f"{model}, {os.cpu_count()} cores, {bf16}"
+    from core.engines.models import cpu_bf16_support, cpu_model_name
+
+    return f"{cpu_model_name()}, {os.cpu_count()} cores, {cpu_bf16_support()}"
 
 
 def write_domain(path: Path, size_bytes: int, seed: int = 0) -> int:

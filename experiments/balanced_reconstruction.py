@@ -362,10 +362,10 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def machine() -> dict[str, Any]:
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    return {"name": MACHINE, "cpu": model, "cores": os.cpu_count(), "amx_bf16": "amx_bf16" in flags,
+    from core.engines.models import cpu_bf16_support, cpu_model_name
+
+    return {"name": MACHINE, "cpu": cpu_model_name(), "cores": os.cpu_count(),
+            "amx_bf16": cpu_bf16_support() == "AMX bf16",
             "load_average": [round(x, 2) for x in os.getloadavg()], "python": platform.python_version()}
 
 

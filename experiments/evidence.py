@@ -160,12 +160,9 @@ def search(run: StageRunner, s: Settings, ws: Path) -> dict[str, Any]:
 
 def machine() -> dict[str, Any]:
     """The CPU this ran on (the figures depend on it): model name and its bf16 support."""
-    info = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace") if Path("/proc/cpuinfo").exists() else ""
-    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
-                platform.processor())
-    flags = next((line for line in info.splitlines() if line.startswith("flags")), "")
-    kind = "AMX bf16" if "amx_bf16" in flags else "AVX512-BF16" if "avx512_bf16" in flags else "no native bf16"
-    return {"cpu": name, "bf16": kind, "python": platform.python_version()}
+    from core.engines.models import cpu_bf16_support, cpu_model_name
+
+    return {"cpu": cpu_model_name(), "bf16": cpu_bf16_support(), "python": platform.python_version()}
 
 
 def write_grid(found: dict[str, Any], s: Settings, out: Path, run: StageRunner, invocation: str) -> dict[str, Path]:

@@ -60,6 +60,15 @@ def test_cpu_dtype_follows_the_cpus_bf16_flags(cpuinfo: str, expected: torch.dty
     # sampling decodes in bf16 only with AMX (measured faster there; slower with AVX512-BF16 alone)
     assert models.generation_dtype("cpu") == (torch.bfloat16 if "amx_bf16" in cpuinfo else torch.float32)
     assert models.generation_dtype("cpu", cpuinfo) == models.generation_dtype("cpu")
+    # the name written beside every figure says the same
+    assert models.cpu_bf16_support(cpuinfo) == ("AMX bf16" if "amx_bf16" in cpuinfo else "AVX512-BF16"
+                                                if "avx512_bf16" in cpuinfo else "no native bf16")
+
+
+def test_the_cpu_model_name_is_read_from_cpuinfo():
+    assert models.cpu_model_name("processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Gold  \nflags\t: avx2\n") == \
+        "Intel(R) Xeon(R) Gold"
+    assert models.cpu_model_name("flags\t: avx2\n")  # none listed: the platform's string, never empty
 
 
 def test_this_machine_gets_the_dtype_of_its_cpu():

@@ -120,6 +120,23 @@ def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
     return bool(re.search(r"\b(avx512_bf16|amx_bf16)\b", _cpuinfo() if cpuinfo is None else cpuinfo))
 
 
+def cpu_bf16_support(cpuinfo: str | None = None) -> str:
+    """How this CPU runs bf16, the thing every speed figure depends on: "AMX bf16", "AVX512-BF16" or
+    "no native bf16" (``cpuinfo`` as for :func:`cpu_has_native_bf16`)."""
+    text = _cpuinfo() if cpuinfo is None else cpuinfo
+    return ("AMX bf16" if re.search(r"\bamx_bf16\b", text) else
+            "AVX512-BF16" if re.search(r"\bavx512_bf16\b", text) else "no native bf16")
+
+
+def cpu_model_name(cpuinfo: str | None = None) -> str:
+    """The CPU's model name from /proc/cpuinfo (the platform's processor string where it has none)."""
+    import platform
+
+    text = _cpuinfo() if cpuinfo is None else cpuinfo
+    found = re.search(r"^model name\s*:\s*(.+)$", text, re.M)
+    return found.group(1).strip() if found else (platform.processor() or "unknown CPU")
+
+
 def choose_dtype(device: str, cpuinfo: str | None = None) -> torch.dtype:
     """bf16 where the hardware runs it natively, else fp32 (fp16 on pre-Ampere GPUs); ``cpuinfo`` as for
     :func:`cpu_has_native_bf16`."""
