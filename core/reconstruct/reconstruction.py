@@ -25,7 +25,7 @@ from core.errors import ForgetlessError
 from core.progress import Cancelled, Progress
 from core.reconstruct.corpus import Corpus, check_corpus_spec, load_corpus
 from core.reconstruct.prequery import derive_prequery, stop_token_ids
-from core.reconstruct.seeded import PLAIN_STOPS, CorpusSeeds, copies_seed, unwrap_request
+from core.reconstruct.seeded import PLAIN_STOPS, CorpusSeeds, unwrap_request
 from core.reconstruct.steer import STEER_MODES, CoverageSteering, Embed, cell_key, copies_an_example
 from core.settings import setting
 from core.store import InstructionRow, Store
@@ -252,10 +252,8 @@ class _Prompter:
         text, found = cut_at_stop(text, self.stop)
         cleaned, reason = clean_instruction(unwrap_request(text), stopped or found, (), markers, config.min_chars,
                                             config.max_chars)
-        if cleaned is not None and self.seeds is not None and copies_seed(cleaned, prompt.seed_texts[0]):
-            return None, "copied_seed"
         if cleaned is not None and copies_an_example(cleaned, prompt.seed_texts):
-            return None, "copied_example"
+            return None, "copied_seed" if self.seeds is not None else "copied_example"
         return cleaned, reason
 
 
