@@ -139,6 +139,15 @@ def dimension_report(cells: Sequence[Cell], counts: Sequence[int], target: Seque
     return {"target": target_name, "rows": total, "missing": int(missing), "kl": kl, "note": note, "cells": rows}
 
 
+def profiled_clusters(counts: dict[str, Any]) -> list[dict[str, Any]]:
+    """The profile's clusters in ``Store.coverage_counts()``: number, label (None without one) and rows counted,
+    as plain values (a job's progress file and the Reconstruct tab's chart hold them)."""
+    frame = counts["cluster"]
+    frame = frame[frame["cluster"].notna()]
+    return [{"cluster": int(cell), "label": label if isinstance(label, str) else None, "rows": int(rows)}
+            for cell, label, rows in zip(frame["cluster"], frame["label"], frame["rows"], strict=True)]
+
+
 def under_filled_cells(report: dict[str, Any], dimension: str) -> list[tuple[Cell, int]]:
     """(cell, rows it lacks) of one dimension of a :func:`coverage_report`, largest deficit first, only cells
     below their target: what a steered reconstruction should add more of."""

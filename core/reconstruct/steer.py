@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from core.errors import ForgetlessError
-from core.profile.coverage import deficits, nearest_centroid, uniform_shares
+from core.profile.coverage import deficits, nearest_centroid, profiled_clusters, uniform_shares
 from core.reconstruct.seeded import PLAIN_LEAD, copies_seed
 from core.store.base import text_key
 
@@ -120,12 +120,9 @@ class CoverageSteering:
         centroids = store.cluster_centroids(self.embedder)
         self.cells = sorted(centroids)
         self.centroids = np.stack([centroids[c] for c in self.cells])
-        counts = store.coverage_counts()["cluster"]
-        known = counts[counts["cluster"].notna()]
-        base = dict(zip(known["cluster"].astype(int), known["rows"].astype(int), strict=True))
-        self.base = {cell: base.get(cell, 0) for cell in self.cells}
-        labels = dict(zip(known["cluster"].astype(int), known["label"], strict=True))
-        self.labels = {cell: labels.get(cell) for cell in self.cells}
+        known = {row["cluster"]: row for row in profiled_clusters(store.coverage_counts())}
+        self.base = {cell: known[cell]["rows"] if cell in known else 0 for cell in self.cells}
+        self.labels = {cell: known[cell]["label"] if cell in known else None for cell in self.cells}
         frame = store.profile_frame()
         self.profiled = set(frame["instruction_id"])
         # Examples: the cluster's near-duplicate representatives (what the counts count), oldest first.
@@ -170,8 +167,8 @@ class CoverageSteering:
     def cluster_rows(self) -> list[dict[str, Any]]:
         """Per cluster, as of the last count: its label, the profile's rows and this job's rows placed in it (what
         the live coverage chart draws)."""
-        return [{"cluster": int(cell), "label": label if isinstance(label := self.labels[cell], str) else None,
-                 "profiled": int(self.base[cell]), "added": int(self.added[cell])} for cell in self.cells]
+        return [{"cluster": int(cell), "label": self.labels[cell], "profiled": self.base[cell],
+                 "added": self.added[cell]} for cell in self.cells]
 
     def lacking(self) -> dict[int, int]:
         """Rows each cluster lacks against a uniform spread at the current total (0: filled)."""

@@ -21,6 +21,7 @@ from core.profile.coverage import (
     CoverageConfig,
     coverage_report,
     kl_divergence,
+    profiled_clusters,
     shares,
     under_filled_cells,
     uniform_shares,
@@ -164,12 +165,9 @@ def reconstruct_coverage(job: JobInfo | None, store: Store) -> go.Figure:
         counts = store.coverage_counts()
     except ForgetlessError as error:
         return empty_figure(f"Clusters ({shorten(str(error), 60)})", LIVE_HEIGHT)
-    frame = counts["cluster"]
-    frame = frame[frame["cluster"].notna()]
-    if frame.empty:
+    clusters = [{**row, "profiled": row["rows"], "added": 0} for row in profiled_clusters(counts)]
+    if not clusters:
         return empty_figure("Clusters (none yet: profile the instructions in the Explore tab)", LIVE_HEIGHT)
-    clusters = [{"cluster": int(cell), "label": label if isinstance(label, str) else None, "profiled": int(rows),
-                 "added": 0} for cell, label, rows in zip(frame["cluster"], frame["label"], frame["rows"], strict=True)]
     waiting = counts["instructions"] - counts["profiled"]
     return live_coverage_figure(clusters, "Clusters of the profile" + (
         f" ({waiting} rows not profiled yet)" if waiting > 0 else ""))
