@@ -28,6 +28,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from experiments.evidence_arms import build_mixes, evaluate, general_data, ifeval, scores, train_arms  # noqa: E402
 from experiments.evidence_grid import (  # noqa: E402
     FORGET_SIGMAS,
     IFEVAL_TOKENS,
@@ -38,9 +39,16 @@ from experiments.evidence_grid import (  # noqa: E402
     grid_table,
     outcome,
 )
+from experiments.evidence_report import evidence, markdown, reading  # noqa: E402
 from experiments.forgetting_report import per_item  # noqa: E402
 from experiments.forgetting_stats import paired_difference  # noqa: E402
-from experiments.stage_runner import REPO_ROOT, StageRunner, checkpoint_every, train_once  # noqa: E402
+from experiments.stage_runner import (  # noqa: E402
+    REPO_ROOT,
+    StageRunner,
+    checkpoint_every,
+    finished_snapshot,
+    train_once,
+)
 
 DOMAIN = "builtin:medmcqa"
 
@@ -120,13 +128,6 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, Path, Path, str
     return settings, workspace.resolve(), out.resolve(), args.stage
 
 
-def ifeval(run: StageRunner, s: Settings, ws: Path, name: str, model: str) -> dict[str, Any]:
-    """The primary metric for ``model`` (a model spec or a run folder): one eval job, resumable."""
-    limit = ["--limit", s.ifeval_limit] if s.ifeval_limit else []
-    return run.cli(name, ["eval", "--workspace", ws, "--model", model, "--suite", "ifeval", *limit, "--seed", s.seed,
-                          "--ifeval-max-new-tokens", s.ifeval_tokens, "--batch-size", 32])
-
-
 def search(run: StageRunner, s: Settings, ws: Path) -> dict[str, Any]:
     base = ifeval(run, s, ws, "grid-base", s.model)
     base_items = per_item(ws, {"base": base["job_id"]}, (PRIMARY_METRIC,))["correct"]["base"][PRIMARY_METRIC]
@@ -136,8 +137,7 @@ def search(run: StageRunner, s: Settings, ws: Path) -> dict[str, Any]:
         run.cli(f"grid-mix-rows{point.domain_rows}",
                 ["mix", "--workspace", ws, "--domain", DOMAIN, "--ratio", 0, "--max-domain", point.domain_rows,
                  "--seed", s.seed, "--tokenizer-model", s.model, "--out", snapshot],
-                existing=lambda folder=snapshot: ({"out": str(folder)} if (folder / "manifest.yaml").exists()
-                                                  else None))
+                existing=finished_snapshot(snapshot))
         out = ws / "runs" / f"grid-{point.name}-seed{s.seed}"
         steps = point.steps(s.batch_size)
         train = train_once(run, f"grid-train-{point.name}",
@@ -192,9 +192,6 @@ def write_grid(found: dict[str, Any], s: Settings, out: Path, run: StageRunner, 
 def arms_stage(run: StageRunner, s: Settings, ws: Path, out: Path, grid: dict[str, Any] | None,
                invocation: str) -> dict[str, Any]:
     """The arms at the grid's chosen setting (or the one given), every seed; evidence.json and its Markdown."""
-    from experiments.evidence_arms import build_mixes, evaluate, general_data, scores, train_arms
-    from experiments.evidence_report import evidence, markdown, reading
-
     if s.domain_rows is None or s.epochs is None or s.lr is None:
         chosen = (grid or {}).get("chosen")
         if not chosen:

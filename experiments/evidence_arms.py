@@ -13,14 +13,20 @@ read from the stages' summaries.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
 from experiments.evidence_grid import PRIMARY_METRIC
 from experiments.forgetting_stats import GENERAL
 from experiments.public_sft import build_public_mix, write_public_subset
-from experiments.stage_runner import StageRunner, checkpoint_every, train_once
+from experiments.stage_runner import (
+    StageRunner,
+    checkpoint_every,
+    finished_snapshot,
+    reconstruct_batch_size,
+    screen_threshold,
+    train_once,
+)
 from experiments.unscreened import build_unscreened_mix
 from experiments.wise_ft import interpolate_run
 
@@ -30,29 +36,14 @@ ARM_NAMES = {"a": "domain only", "b": "+ public SFT (ShareGPT)", "c": "+ reconst
              "d": "+ reconstructed, not screened", "e": "WiSE-FT of (a), alpha 0.5"}
 
 
-def _snapshot(folder: Path) -> Any:
-    def read() -> dict[str, Any] | None:
-        if not (folder / "manifest.yaml").exists():
-            return None
-        from core.mix.snapshot import read_manifest
-
-        manifest = read_manifest(folder)
-        return {"counts": manifest["counts"], "tokens": manifest["tokens"], "out": str(folder)}
-    return read
-
-
 def general_data(run: StageRunner, s: Any, ws: Path) -> dict[str, Any]:
     """Reconstruct, respond and judge with the default (checked) judges, then the screening threshold."""
-    batch = min(64, max(8, math.ceil(s.n_general * 1.5)))
     rec = run.cli("reconstruct", ["reconstruct", "--workspace", ws, "--model", s.model, "--n", s.n_general,
-                                  "--batch-size", batch, "--seed", s.seeds[0]])
+                                  "--batch-size", reconstruct_batch_size(s.n_general), "--seed", s.seeds[0]])
     respond = run.cli("respond", ["respond", "--workspace", ws, "--models", s.model, "--k", s.k,
                                   "--max-new-tokens", s.respond_tokens, "--batch-size", 32, "--seed", s.seeds[0]])
     judge = run.cli("judge", ["judge", "--workspace", ws])
-    query = (f"SELECT count(*) AS n, quantile_cont(mean, {s.screen_quantile}) AS q FROM best_responses "
-             "WHERE isfinite(mean)")
-    n, q = run.cli("screen-threshold", ["sql", "--workspace", ws, query], always=True)["rows"][0]
-    min_score = math.floor(q * 1e4) / 1e4 if s.screen_quantile > 0 and q is not None else None
+    n, min_score = screen_threshold(run, ws, s.screen_quantile)
     return {"reconstructed": rec.get("stored"), "with_best": n, "min_score": min_score,
             "cost": {"reconstruct": _cost(rec), "respond": _cost(respond), "judge": _cost(judge)}}
 
@@ -76,7 +67,7 @@ def build_mixes(run: StageRunner, s: Any, ws: Path, general: dict[str, Any], see
         folder = mixes / f"c-r{ratio:g}-rows{rows}-s{seed}"
         out[f"c@{ratio:g}"] = run.cli(f"mix-c-r{ratio:g}-s{seed}", ["mix", "--workspace", ws, "--ratio", ratio,
                                                                     *common, "--out", folder],
-                                      existing=_snapshot(folder))
+                                      existing=finished_snapshot(folder))
     from core.mix.snapshot import read_manifest
 
     final = ws / "mixes" / f"c-r{s.ratio:g}-rows{rows}-s{seed}"
@@ -84,7 +75,7 @@ def build_mixes(run: StageRunner, s: Any, ws: Path, general: dict[str, Any], see
     general_rows = out[f"c@{s.ratio:g}"]["counts"]["general"]
     folder = mixes / f"a-rows{rows}-s{seed}"
     out["a"] = run.cli(f"mix-a-s{seed}", ["mix", "--workspace", ws, "--ratio", 0, *common, "--out", folder],
-                       existing=_snapshot(folder))
+                       existing=finished_snapshot(folder))
     public = ws / "public" / f"sharegpt-en-1-2-seed{seed}.jsonl"
     run.step(f"public-subset-s{seed}", f"write a seeded ShareGPT subset to {public}", public,
              lambda: write_public_subset(public, pool=max(2000, general_rows), seed=seed))
@@ -135,11 +126,16 @@ def evaluate(run: StageRunner, s: Any, ws: Path, name: str, model: str, drift: b
                                                   *(["--limit", s.domain_limit] if s.domain_limit else []),
                                                   *(["--drift-n", 100000] if drift else [])])["job_id"],
     }
-    ifeval_limit = ["--limit", s.ifeval_limit] if s.ifeval_limit else []
-    jobs[PRIMARY_METRIC] = run.cli(f"eval-ifeval-{name}", [
-        "eval", "--workspace", ws, "--model", model, "--suite", "ifeval", *ifeval_limit, "--seed", 0,
-        "--ifeval-max-new-tokens", s.ifeval_tokens, "--batch-size", 32])["job_id"]
+    jobs[PRIMARY_METRIC] = ifeval(run, s, ws, f"eval-ifeval-{name}", model)["job_id"]
     return jobs
+
+
+def ifeval(run: StageRunner, s: Any, ws: Path, name: str, model: str) -> dict[str, Any]:
+    """The primary metric for ``model`` (a model spec or a run folder): one eval job, resumable (the grid's
+    base and the arms' base are the same job)."""
+    limit = ["--limit", s.ifeval_limit] if s.ifeval_limit else []
+    return run.cli(name, ["eval", "--workspace", ws, "--model", model, "--suite", "ifeval", *limit, "--seed", s.seed,
+                          "--ifeval-max-new-tokens", s.ifeval_tokens, "--batch-size", 32])
 
 
 def scores(ws: Path, jobs: dict[str, str]) -> dict[str, dict[str, float]]:

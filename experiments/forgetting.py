@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
 import shlex
 import sys
 from dataclasses import asdict, dataclass
@@ -38,7 +37,14 @@ from experiments.forgetting_report import per_item, write_outputs  # noqa: E402
 from experiments.forgetting_stats import GENERAL, IFEVAL, all_finite, compare, drift_summary, reading  # noqa: E402
 from experiments.math_domain import write_file as write_arithmetic  # noqa: E402
 from experiments.public_sft import build_public_mix, write_public_subset  # noqa: E402
-from experiments.stage_runner import REPO_ROOT, StageRunner, train_once  # noqa: E402
+from experiments.stage_runner import (  # noqa: E402
+    REPO_ROOT,
+    StageRunner,
+    finished_snapshot,
+    reconstruct_batch_size,
+    screen_threshold,
+    train_once,
+)
 
 ARM_NAMES = {"a": "domain only", "b": "domain + public SFT (ShareGPT)", "c": "domain + reconstructed (ours)"}
 DOMAIN = "builtin:medmcqa"
@@ -140,18 +146,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, Path, Path]:
 
 def general_data(run: StageRunner, s: Settings, ws: str) -> dict[str, Any]:
     """Reconstruct, respond and judge (the CLI stages resume themselves), then the screening threshold."""
-    batch = min(64, max(8, math.ceil(s.n_general * 1.5)))  # about a quarter of samples are dropped as fragments
+    batch = reconstruct_batch_size(s.n_general)
     rec = run.cli("reconstruct", ["reconstruct", "--workspace", ws, "--model", s.model, "--n", s.n_general,
                                   "--batch-size", batch, "--seed", s.seed])
     run.cli("respond", ["respond", "--workspace", ws, "--models", s.model, "--k", s.k, "--max-new-tokens",
                         s.respond_tokens, "--batch-size", min(64, s.n_general * s.k), "--seed", s.seed])
     run.cli("judge", ["judge", "--workspace", ws, "--judges", s.model, "--method", "probs"])
-    query = (f"SELECT count(*) AS n, quantile_cont(mean, {s.screen_quantile}) AS q FROM best_responses "
-             "WHERE isfinite(mean)")
-    stats = run.cli("screen-threshold", ["sql", "--workspace", ws, query], always=True)
-    n, q = stats["rows"][0]
-    # Rounded down so the row at the quantile itself passes `>=` despite float printing.
-    min_score = math.floor(q * 1e4) / 1e4 if s.screen_quantile > 0 and q is not None else None
+    n, min_score = screen_threshold(run, ws, s.screen_quantile)
     return {"reconstructed": rec.get("stored"), "with_best": n, "min_score": min_score,
             "reconstruct_job": rec.get("job_id")}
 
@@ -176,18 +177,6 @@ def domain_args(domain: tuple[str, float]) -> list[Any]:
     return ["--domain", spec, *(["--domain-test-fraction", fraction] if fraction else [])]
 
 
-def _on_disk_snapshot(folder: Path) -> Any:
-    """For ``StageRunner.cli(existing=...)``: a finished snapshot's summary from its manifest, else None."""
-    def read() -> dict[str, Any] | None:
-        if not (folder / "manifest.yaml").exists():
-            return None
-        from core.mix.snapshot import read_manifest
-
-        manifest = read_manifest(folder)
-        return {**manifest, "candidates": manifest.get("general", {}).get("candidates"), "out": str(folder)}
-    return read
-
-
 def _snapshot_summary(folder: Path, summary: dict[str, Any]) -> dict[str, Any]:
     return {"counts": summary["counts"], "tokens": summary["tokens"], "ratio_achieved": summary["ratio_achieved"],
             "notes": summary.get("notes", []), "snapshot": str(folder)}
@@ -207,7 +196,7 @@ def build_mixes(run: StageRunner, s: Settings, ws: Path, general: dict[str, Any]
     c = run.cli("mix-c", ["mix", "--workspace", ws, *domain_args(domain), "--ratio", s.ratio, "--max-domain",
                           s.domain_rows, "--seed", s.seed, *screen, *holdout, "--tokenizer-model", s.model,
                           "--out", c_out],
-                existing=_on_disk_snapshot(c_out))
+                existing=finished_snapshot(c_out))
     from core.mix.snapshot import read_manifest
 
     held = read_manifest(c_out)["general"].get("held_out_ids") or []
@@ -221,7 +210,7 @@ def build_mixes(run: StageRunner, s: Settings, ws: Path, general: dict[str, Any]
     # rows, so every arm's drift scores the same texts.
     a = run.cli("mix-a", ["mix", "--workspace", ws, *domain_args(domain), "--ratio", 0, "--max-domain", domain_rows,
                           "--seed", s.seed, *screen, *holdout, "--tokenizer-model", s.model, "--out", a_out],
-                existing=_on_disk_snapshot(a_out))
+                existing=finished_snapshot(a_out))
     public_path = ws / "public" / f"sharegpt-en-1-2-seed{s.seed}.jsonl"
     public = run.step("public-subset", f"write a seeded ShareGPT subset to {public_path} (experiments/public_sft.py)",
                       public_path, lambda: write_public_subset(public_path, pool=2000, seed=s.seed))

@@ -10,6 +10,7 @@ so a stage interrupted halfway continues where it stopped.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shlex
 import shutil
@@ -129,6 +130,34 @@ class StageRunner:
         self.timings[name] = round(seconds, 1)
         self.say(f"{name}: finished in {seconds:.1f} s")
         return summary
+
+
+def finished_snapshot(folder: Path) -> Callable[[], dict[str, Any] | None]:
+    """For ``StageRunner.cli(existing=...)``: a finished mix snapshot's summary from its manifest, else None."""
+    def read() -> dict[str, Any] | None:
+        if not (folder / "manifest.yaml").exists():
+            return None
+        from core.mix.snapshot import read_manifest
+
+        manifest = read_manifest(folder)
+        return {**manifest, "candidates": manifest.get("general", {}).get("candidates"), "out": str(folder)}
+    return read
+
+
+def reconstruct_batch_size(n: int) -> int:
+    """Samples per reconstruction batch for ``n`` instructions: about a quarter of samples are dropped as
+    fragments, so half again as many, between 8 and 64."""
+    return min(64, max(8, math.ceil(n * 1.5)))
+
+
+def screen_threshold(run: StageRunner, workspace: Any, quantile: float) -> tuple[int, float | None]:
+    """How many instructions have a best response, and the ``quantile`` of their consensus scores: the
+    ``--min-score`` that drops the rest (None at quantile 0). Asked every time: the store may have changed."""
+    query = (f"SELECT count(*) AS n, quantile_cont(mean, {quantile}) AS q FROM best_responses "
+             "WHERE isfinite(mean)")
+    n, q = run.cli("screen-threshold", ["sql", "--workspace", workspace, query], always=True)["rows"][0]
+    # Rounded down so the row at the quantile itself passes `>=` despite float printing.
+    return n, (math.floor(q * 1e4) / 1e4 if quantile > 0 and q is not None else None)
 
 
 def finished_run(folder: Path) -> Callable[[], dict[str, Any] | None]:
