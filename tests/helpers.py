@@ -155,19 +155,23 @@ STEER_PROFILE = [
 ]
 
 
-def build_steerable_store(folder: Path) -> Store:
-    """A workspace store profiled by hand (clusters, near-duplicate flags) with the packaged embedder's vectors,
-    so `reconstruct --steer coverage` runs on it as after a real `profile`."""
-    from core.engines.embedder import DEFAULT_EMBEDDER, open_embedder
-
+def build_steerable_store(folder: Path, profile: Sequence[tuple[str, int, bool]] = STEER_PROFILE,
+                          embedding: tuple[str, np.ndarray] | None = None) -> Store:
+    """A workspace store profiled by hand (``profile``: text, cluster, near-duplicate representative), so
+    `reconstruct --steer coverage` runs on it as after a real `profile`. ``embedding``: the embedder's name and a
+    vector per row (default: the packaged embedder on the texts)."""
     store = Store.for_workspace(folder)
-    texts = [text for text, *_ in STEER_PROFILE]
+    texts = [text for text, *_ in profile]
     rows = [InstructionRow(text, 8, "tiny", "<p>", 1.0, 1.0, 32, 7, "p", 0) for text in texts]
     store.add_instruction_batch("p", 0, rows, limit=100, sampled=len(rows), dropped={}, new_tokens=0, seconds=0)
     ids = [text_key(text) for text in texts]
-    store.replace_profile(pd.DataFrame({"instruction_id": ids, "cluster": [r[1] for r in STEER_PROFILE],
-                                        "is_representative": [r[2] for r in STEER_PROFILE]}))
-    store.save_embeddings(DEFAULT_EMBEDDER, ids, open_embedder()(texts))
+    store.replace_profile(pd.DataFrame({"instruction_id": ids, "cluster": [r[1] for r in profile],
+                                        "is_representative": [r[2] for r in profile]}))
+    if embedding is None:
+        from core.engines.embedder import DEFAULT_EMBEDDER, open_embedder
+
+        embedding = DEFAULT_EMBEDDER, open_embedder()(texts)
+    store.save_embeddings(embedding[0], ids, embedding[1])
     return store
 
 

@@ -66,15 +66,8 @@ def cluster_of(text: str) -> int:
 
 
 def profiled_store(folder: Path, profile: list[tuple[str, int, bool]] = PROFILE) -> Store:
-    store = Store.for_workspace(folder)
-    rows = [InstructionRow(text, 8, "tiny", "<p>", 1.0, 1.0, 32, 7, "job-profiled", 0) for text, *_ in profile]
-    store.add_instruction_batch("job-profiled", 0, rows, limit=100, sampled=len(rows), dropped={}, new_tokens=0,
-                                seconds=0)
-    ids = [text_key(text) for text, *_ in profile]
-    store.replace_profile(pd.DataFrame({"instruction_id": ids, "cluster": [r[1] for r in profile],
-                                        "is_representative": [r[2] for r in profile]}))
-    store.save_embeddings(EMBEDDER, ids, np.stack([CENTROIDS[r[1]] for r in profile]))
-    return store
+    """The hand-built profile with the stand-in embedder: each row's vector is its cluster's centroid."""
+    return build_steerable_store(folder, profile, (EMBEDDER, np.stack([CENTROIDS[r[1]] for r in profile])))
 
 
 def serving(lm):
