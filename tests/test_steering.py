@@ -186,7 +186,9 @@ def test_steering_raises_the_under_filled_clusters_share_over_free_sampling(tiny
 
     free_share, steered_share = share(free_store, free.resolved_job_id()), share(steered_store,
                                                                                  steered.resolved_job_id())
-    assert steered_share == 1.0 and free_share < 0.5, (free_share, steered_share)
+    # Free sampling's share depends on what the random model happens to write on this CPU's kernels (0.17-0.67
+    # seen); steering keeps only the under-filled cluster's rows, so it is all of them and more than free's.
+    assert steered_share == 1.0 > free_share, (free_share, steered_share)
     assert summary["dropped"].get("off_cell", 0) > 0  # samples that landed elsewhere were rejected, and counted
     assert summary["steer"]["deficits_after"]["2"] < summary["steer"]["deficits_before"]["2"]
 
