@@ -16,6 +16,7 @@ from core.cli.engine import add_engine_stage
 from core.cli.eval import add_eval_stage
 from core.cli.judge_check import add_judge_check_stage
 from core.cli.mix import add_mix_stage
+from core.cli.pipeline import add_pipeline_stage
 from core.cli.profile import add_profile_stage
 from core.cli.reconstruct import add_reconstruct_stages
 from core.cli.screen import add_screen_stages
@@ -41,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_mix_stage(stages)
     add_sql_stage(stages)
     add_engine_stage(stages)  # start, status, stop: the managed vLLM servers
+    add_pipeline_stage(stages)  # every stage in order from one YAML
     return parser
 
 
