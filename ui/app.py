@@ -9,6 +9,7 @@ from typing import Any
 import gradio as gr
 
 from core.data_paths import ReadableRoots
+from ui.compare_tab import build_compare_tab
 from ui.engine_panel import build_engine_panel
 from ui.evaluate_tab import build_evaluate_tab
 from ui.explore_tab import build_explore_tab
@@ -52,6 +53,8 @@ def build_app(workspace: Path, data_dirs: Sequence[Path] = ()) -> gr.Blocks:
                 build_train_tab(demo, workspace, roots)
             with gr.Tab("6 · Evaluate", elem_id="tab-evaluate"):
                 build_evaluate_tab(demo, workspace, roots)
+            with gr.Tab("7 · Compare", elem_id="tab-compare"):
+                build_compare_tab(demo, workspace, roots)
     return demo
 
 

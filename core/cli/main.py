@@ -11,6 +11,7 @@ import argparse
 import sys
 
 from core.cli.common import Parser, quiet_libraries
+from core.cli.compare import add_compare_stage
 from core.cli.coverage import add_coverage_stage
 from core.cli.engine import add_engine_stage
 from core.cli.eval import add_eval_stage
@@ -38,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_profile_stage(stages)
     add_coverage_stage(stages)
     add_eval_stage(stages)
+    add_compare_stage(stages)
     add_train_stage(stages)
     add_mix_stage(stages)
     add_sql_stage(stages)

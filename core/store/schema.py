@@ -197,6 +197,30 @@ STEERING_PROVENANCE = [
 ]
 
 
+# -- version 7: comparisons (each model's reply to one prompt, side by side; see core/eval/compare.py) --
+COMPARE_TABLES = [
+    """CREATE TABLE IF NOT EXISTS comparisons (
+        id VARCHAR PRIMARY KEY,              -- hash of (job id, model): a rerun of the job adds no second reply
+        job_id VARCHAR NOT NULL,             -- the compare job (same models, prompt and settings: same id, resumes)
+        position INTEGER NOT NULL,           -- the model's place in the job's list (the base first)
+        prompt VARCHAR NOT NULL,
+        source VARCHAR NOT NULL,             -- typed | held-out (a general instruction the mix held out) | domain
+        source_id VARCHAR,                   -- held-out: the instruction id; domain: the test row's id; NULL when typed
+        model VARCHAR NOT NULL,              -- the MODEL spec or run folder that answered
+        run_dir VARCHAR,                     -- the training run folder (NULL for a plain model)
+        base_model VARCHAR,                  -- a run's base model (NULL for a plain model)
+        reply VARCHAR NOT NULL,
+        n_tokens INTEGER NOT NULL,
+        stopped BOOLEAN NOT NULL,            -- ended at its end of turn (false: cut at max new tokens)
+        sampling_json VARCHAR NOT NULL,      -- temperature, top_p, max_new_tokens, seed, prompt_format (chat | plain)
+        seed BIGINT NOT NULL,
+        seconds DOUBLE NOT NULL,             -- generating the reply (loading the model not counted)
+        engine VARCHAR NOT NULL,
+        engine_url VARCHAR,
+        created_at TIMESTAMPTZ NOT NULL)""",
+]
+
+
 def _create(statements: Sequence[str]) -> Callable[[duckdb.DuckDBPyConnection], None]:
     """A migration that runs DDL statements (IF NOT EXISTS: stores written before versions were counted have some)."""
     def migration(con: duckdb.DuckDBPyConnection) -> None:
@@ -212,6 +236,7 @@ MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [
     _create(ENGINE_PROVENANCE),  # -> 4
     _create(JUDGE_CHECK_TABLES),  # -> 5
     _create(STEERING_PROVENANCE),  # -> 6
+    _create(COMPARE_TABLES),  # -> 7
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -285,5 +310,5 @@ def table_names() -> frozenset[str]:
     a migration that creates a table adds its statement here too."""
     pattern = re.compile(r"CREATE\s+(?:OR\s+REPLACE\s+)?(?:TABLE|VIEW)\s+(?:IF\s+NOT\s+EXISTS\s+)?(\w+)", re.I)
     statements = (VERSION_TABLE, *RECONSTRUCT_TABLES, *SCREENING_AND_PROFILE_TABLES, *EVALUATION_TABLES,
-                  *JUDGE_CHECK_TABLES, *EXPLORE_SCHEMA)
+                  *JUDGE_CHECK_TABLES, *COMPARE_TABLES, *EXPLORE_SCHEMA)
     return frozenset(name.lower() for statement in statements for name in pattern.findall(statement))
