@@ -53,11 +53,12 @@ def test_a_fresh_store_has_the_migrated_release_stores_tables_and_columns(tmp_pa
     assert columns(fresh.path) == columns(release)
     added = set(columns(release)) - set(before)
     judge_check_tables = {"judge_check_pairs", "judge_check_scores", "judge_checks"}  # new tables (store v5)
+    new_tables = judge_check_tables | {"comparisons"}  # store v7
     altered = {"reconstruct_batches", "responses", "scores", "instructions"}
-    assert {table for table, _, _ in added} - altered == judge_check_tables
+    assert {table for table, _, _ in added} - altered == new_tables
     steering = {("instructions", "steer_mode", "VARCHAR"), ("instructions", "steer_source", "VARCHAR"),
                 ("instructions", "steer_seed_ids", "VARCHAR[]"), ("instructions", "steer_prompt", "VARCHAR")}  # v6
-    assert {column for column in added if column[0] not in judge_check_tables} == steering | {
+    assert {column for column in added if column[0] not in new_tables} == steering | {
         (table, column, "VARCHAR") for table in ("reconstruct_batches", "responses", "scores")
         for column in ("engine", "engine_url")}
     with duckdb.connect(str(release), read_only=True) as con:  # what made the release's rows: in-process only
