@@ -2,7 +2,8 @@
 
 The UI process never loads torch: Start writes a run folder under ``<workspace>/runs`` and spawns
 ``forgetless train`` (core.train.runs). The status line, loss curve and run list are read from the run
-folders on a timer, so a reloaded page or a second browser follows the same runs.
+folders on a timer, so a reloaded page or a second browser follows the same runs. "Export selected run" writes
+a finished run as one model folder with a model card, as a background ``forgetless export`` job.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import gradio as gr
 from core.data_paths import ReadableRoots
 from core.engines.models import ALIASES
 from core.errors import ForgetlessError
+from core.jobs import job_info
 from core.mix.snapshot import list_snapshots, mixes_dir
 from core.train.runs import list_runs, new_run_dir
 from core.train.training import TrainConfig
@@ -23,18 +25,22 @@ from ui.alerts import markdown_literal, warn
 from ui.forms import Form, by_name, setting_widget, to_widgets
 from ui.job_controls import QUIET, JobControls, job_controls
 from ui.views.train import (
+    EXPORT_IDLE,
     IDLE_LINE,
     RUN_HEADERS,
     TrainRuns,
     config_form,
+    export_status_line,
     followed_run,
     loss_figure,
+    newest_export,
     read_run_view,
     resolve_data,
     run_command,
     run_label,
     run_rows,
     snapshot_choices,
+    start_export,
     train_config,
 )
 
@@ -125,6 +131,28 @@ class _Runs:
         return (status, start, cancel, command, gr.update(interactive=view.resumable), figure, view.marker, table,
                 gr.skip() if same_names else gr.update(choices=names), marker)
 
+    # -- export --------------------------------------------------------------------------------------------
+    def export(self, name: str | None, typed_out: str | None) -> tuple[str, str]:
+        """Start exporting the picked run; (the line, the export job folder the timer follows: none on an error,
+        so the error stays on the line)."""
+        try:
+            message, folder = start_export(self.root, name, typed_out, self.roots)
+        except ForgetlessError as error:
+            return f"Not exported: {warn(error)}", ""
+        return message, str(folder)
+
+    def export_poll(self, folder: str) -> tuple[Any, str]:
+        """Timer tick: the followed export's line, followed until it ends (no redraw while none is followed)."""
+        if not folder:
+            return gr.skip(), ""
+        job = job_info(Path(folder))
+        return export_status_line(job), folder if job.active else ""
+
+    def export_on_load(self) -> tuple[str, str]:
+        """A fresh page follows the newest export, so one started before a reload or restart shows its end."""
+        job = newest_export(self.root)
+        return export_status_line(job), str(job.folder) if job is not None else ""
+
     def on_load(self) -> dict[Any, Any]:
         """A fresh page: the snapshot list, and the followed run's settings in the form (defaults without one)."""
         choices = self.data_choices()
@@ -204,7 +232,14 @@ def build_train_tab(demo: gr.Blocks, workspace: Path, roots: ReadableRoots | Non
     gr.Markdown("### Runs")
     table = gr.Dataframe(value={"headers": RUN_HEADERS, "data": []}, interactive=False, wrap=True,
                          max_height=360, elem_id="train-runs")
-    plot_marker, runs_marker = gr.State(""), gr.State("")
+    with gr.Row(equal_height=True):
+        export_out = gr.Textbox(label="Export folder", scale=3, elem_id="train-export-out",
+                                placeholder="empty: exports/<run> in the workspace; a name: exports/<name>",
+                                info="The selected run as one model folder (LoRA merged into its base) with a model "
+                                     "card; a path must lie in the workspace or a --data-dir folder.")
+        export = gr.Button("Export selected run", scale=1, min_width=200, elem_id="train-export")
+    export_line = gr.Markdown(EXPORT_IDLE, elem_id="train-export-line")
+    plot_marker, runs_marker, export_job = gr.State(""), gr.State(""), gr.State("")
     timer = gr.Timer(1.0)
 
     inputs = set(runs.form.values())
@@ -214,6 +249,9 @@ def build_train_tab(demo: gr.Blocks, workspace: Path, roots: ReadableRoots | Non
     controls.cancel.click(runs.cancel, run, controls.message, **QUIET)
     resume.click(runs.resume, run, controls.message, **QUIET)
     table.select(_row_name, None, run, **QUIET)
+    export.click(runs.export, [run, export_out], [export_line, export_job], **QUIET)
+    timer.tick(runs.export_poll, export_job, [export_line, export_job], **QUIET)
+    demo.load(runs.export_on_load, None, [export_line, export_job], **QUIET)
     poll_outputs = [*controls.outputs, resume, plot, plot_marker, table, run, runs_marker]
     poll_inputs = [run, plot_marker, runs_marker]
     timer.tick(runs.poll, poll_inputs, poll_outputs, **QUIET)

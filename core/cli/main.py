@@ -15,6 +15,7 @@ from core.cli.compare import add_compare_stage
 from core.cli.coverage import add_coverage_stage
 from core.cli.engine import add_engine_stage
 from core.cli.eval import add_eval_stage
+from core.cli.export import add_export_stage
 from core.cli.judge_check import add_judge_check_stage
 from core.cli.mix import add_mix_stage
 from core.cli.pipeline import add_pipeline_stage
@@ -41,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_stage(stages)
     add_compare_stage(stages)
     add_train_stage(stages)
+    add_export_stage(stages)
     add_mix_stage(stages)
     add_sql_stage(stages)
     add_engine_stage(stages)  # start, status, stop: the managed vLLM servers

@@ -20,19 +20,23 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from core.cli.flags import cli_command
+from core.data_paths import ReadableRoots
 from core.errors import ForgetlessError
-from core.jobs import ACTIVE_STATES, JobInfo, job_info
+from core.jobs import ACTIVE_STATES, JobInfo, job_info, list_jobs, load_job_config, new_job_id, start_background
 from core.settings import config_from_form, form_values
 from core.train.data import snapshot_file
+from core.train.export import ExportConfig, check_out_free, finished_run
 from core.train.progress import read_progress
 from core.train.runs import cancel_run, list_runs, resume_training, runs_root, start_training
 from core.train.training import TrainConfig, last_checkpoint
 from ui.views.formatting import format_duration
 from ui.views.jobs import StageJobs
-from ui.views.screen import empty_figure, short_model
+from ui.views.screen import empty_figure, markdown_literal, short_model
 
 RUN_HEADERS = ["name", "status", "model", "method", "step", "final loss", "started"]
 IDLE_LINE = "No training run yet: pick a frozen mix and a model, then press Start."
+EXPORTS_DIR = "exports"  # under the workspace: where an export goes unless a folder is typed
+EXPORT_IDLE = "No export yet: pick a finished run, then press Export selected run."
 RESUMABLE_STATES = ("cancelled", "interrupted", "failed")  # a done run has nothing left to continue
 LOSS_COLOUR, LR_COLOUR = "#4f6bed", "#e8871e"
 FORM_FIELDS = ("data", "model", "method", "max_steps", "epochs", "learning_rate", "batch_size", "grad_accum",
@@ -297,3 +301,61 @@ class TrainRuns(StageJobs):
     def command(self, job: JobInfo | None) -> str | None:
         config = self.config(job)
         return None if config is None else run_command(config, self.workspace)
+
+
+# -- exports --------------------------------------------------------------------------------------------
+def export_folder(workspace: Path, run_name: str, typed: str | None, roots: ReadableRoots) -> Path:
+    """Where the app writes an export: nothing typed, ``<workspace>/exports/<run>``; a bare name, under
+    ``<workspace>/exports``; a path, only under the folders the app may use (the workspace, ``--data-dir``)."""
+    text = str(typed or "").strip()
+    if not text:
+        return Path(workspace) / EXPORTS_DIR / run_name
+    if "/" not in text and text not in (".", ".."):
+        return Path(workspace) / EXPORTS_DIR / text
+    return Path(roots.check(text))
+
+
+def start_export(workspace: Path, run_name: str | None, typed: str | None, roots: ReadableRoots) -> tuple[str, Path]:
+    """Check the picked run and the folder, then start ``forgetless export`` in the background; return the
+    message and the export's job folder (a ForgetlessError says why not, before anything is written)."""
+    if not run_name:
+        raise ForgetlessError("pick a run first (the Run dropdown, or click a row of the run list)")
+    run = finished_run(runs_root(workspace) / Path(run_name).name)
+    out = export_folder(workspace, run.folder.name, typed, roots)
+    check_out_free(out)
+    config = ExportConfig(run=str(run.folder), out=str(out), job_id=new_job_id("export"))
+    folder = start_background(Path(workspace).resolve(), "export", config, str(config.job_id))
+    message = f"Exporting **{markdown_literal(run.folder.name)}** to {markdown_literal(config.out)} in the background…"
+    return message, folder
+
+
+def newest_export(workspace: Path) -> JobInfo | None:
+    jobs = list_jobs(workspace, "export")
+    return jobs[0] if jobs else None
+
+
+def export_status_line(job: JobInfo | None) -> str:
+    """One line for an export job: its phase while it runs, then where the model went (or why it did not)."""
+    if job is None:
+        return EXPORT_IDLE
+    try:
+        config = load_job_config(job.folder, ExportConfig)
+        what = f"**{markdown_literal(Path(config.run).name)}** → {markdown_literal(config.out)}"
+    except ForgetlessError:
+        what = f"**{markdown_literal(job.job_id)}**"
+    progress, summary = job.progress or {}, job.summary or {}
+    if job.state == "queued":
+        holder = progress.get("waiting_for")
+        return f"Export {what} · waiting for {f'job {holder}' if holder else 'another job'} to finish"
+    if job.state in ACTIVE_STATES:
+        return f"Exporting {what} · {progress.get('phase') or 'starting'}…"
+    if job.state == "done":
+        tasks = summary.get("eval_tasks") or []
+        evaluated = f"eval vs base: {', '.join(tasks)}" if tasks else "no stored eval (see its README.md)"
+        size = f"{(summary.get('bytes') or 0) / 1e6:.1f} MB"
+        return (f"Exported {what} · {summary.get('method')}, {summary.get('dtype')}, {size} · {evaluated} · took "
+                f"{format_duration(_number(summary.get('seconds')))}")
+    if job.state == "failed":
+        return f"Export {what} failed: {markdown_literal(job.error or f'see log.txt in {job.folder}')}"
+    ended = "stopped on request" if job.state == "cancelled" else "ended without finishing"
+    return f"Export {what} {ended}; nothing was written there"
