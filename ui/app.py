@@ -14,6 +14,7 @@ from ui.engine_panel import build_engine_panel
 from ui.evaluate_tab import build_evaluate_tab
 from ui.explore_tab import build_explore_tab
 from ui.mix_tab import build_mix_tab
+from ui.pipeline_tab import build_pipeline_tab
 from ui.reconstruct_tab import build_reconstruct_tab
 from ui.screen_tab import build_screen_tab
 from ui.train_tab import build_train_tab
@@ -41,6 +42,8 @@ def build_app(workspace: Path, data_dirs: Sequence[Path] = ()) -> gr.Blocks:
         gr.Markdown(f"Workspace: `{workspace}`", elem_id="app-workspace")
         build_engine_panel(demo, workspace, roots)  # where every tab's jobs run: one choice per workspace
         with gr.Tabs(elem_id="stages"):
+            with gr.Tab("0 · Pipeline", elem_id="tab-pipeline"):
+                build_pipeline_tab(demo, workspace, roots)
             with gr.Tab("1 · Reconstruct", elem_id="tab-reconstruct"):
                 build_reconstruct_tab(demo, workspace, roots)
             with gr.Tab("2 · Screen", elem_id="tab-screen"):

@@ -43,6 +43,7 @@ from core.settings import setting
 from core.train.training import TrainConfig
 
 PRESETS_DIR = Path(__file__).resolve().parents[2] / "assets" / "pipelines"
+WORKSPACE_PRESETS = "pipelines"  # <workspace>/pipelines/*.yaml: a workspace's own presets
 SECTIONS: dict[str, type] = {
     "reconstruct": ReconstructConfig, "respond": RespondConfig, "judge": JudgeConfig, "profile": ProfileConfig,
     "mix": MixConfig, "train": TrainConfig, "eval": EvalPlan,
@@ -256,6 +257,8 @@ def load_pipeline(path: Path) -> PipelineConfig:
     return pipeline_from_text(text, Path(path).name)
 
 
-def preset_paths() -> dict[str, Path]:
-    """The shipped presets (assets/pipelines/*.yaml) by name."""
-    return {path.stem: path for path in sorted(PRESETS_DIR.glob("*.yaml"))}
+def preset_paths(workspace: Path | None = None) -> dict[str, Path]:
+    """The presets by name: the shipped ones (assets/pipelines/*.yaml), then the workspace's own
+    (``<workspace>/pipelines/*.yaml``; one with a shipped preset's name replaces it)."""
+    folders = [PRESETS_DIR, *([Path(workspace) / WORKSPACE_PRESETS] if workspace is not None else [])]
+    return {path.stem: path for folder in folders for path in sorted(folder.glob("*.yaml"))}
