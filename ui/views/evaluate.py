@@ -17,24 +17,14 @@ import pandas as pd
 import plotly.graph_objects as go
 import yaml
 
+from core.eval.deltas import DRIFT_TASK, METRICS, RATE_METRICS, STDERR_OF, metric_value, task_deltas
 from core.eval.plan import normalised_spec, target_label
 from core.store import Store
 from ui.views.eval_charts import delta_figure, history_figure
 
-# (task, metric, higher is better) in display order; drift compares the tuned model with its own base.
-METRICS: tuple[tuple[str, str, bool], ...] = (
-    ("arc_easy", "acc", True), ("arc_easy", "acc_norm", True), ("piqa", "acc", True), ("piqa", "acc_norm", True),
-    ("hellaswag", "acc", True), ("hellaswag", "acc_norm", True), ("sciq", "acc", True), ("sciq", "acc_norm", True),
-    ("medmcqa", "acc", True), ("medmcqa", "top_letter_share", False),
-    ("domain_mcq", "acc", True), ("domain_mcq", "top_letter_share", False),
-    ("ifeval", "prompt_strict", True), ("ifeval", "instruction_strict", True), ("ifeval", "prompt_loose", True),
-    ("domain_ppl", "nll", False), ("domain_ppl", "ppl", False), ("drift", "kl", False), ("drift", "ppl_tuned", False),
-)
-# domain_ppl (a user's held-out rows, lower is better) is in the table only: the charts plot HEADLINE accuracies.
-_NOISE_Z = 2.0  # a delta beyond this many combined standard errors is called a gain or a loss
-# metric -> its standard error
-STDERR_OF = {"acc": "stderr", "acc_norm": "acc_norm_stderr", "kl": "kl_stderr", "nll": "nll_stderr",
-             "prompt_strict": "prompt_strict_stderr", "prompt_loose": "prompt_loose_stderr"}
+# The metrics, their standard errors and the deltas' verdicts are core.eval.deltas' (the model card reads the
+# same); domain_ppl (a user's held-out rows, lower is better) is in the table only: the charts plot HEADLINE
+# accuracies.
 DELTA_COLUMNS = ["task", "metric", "base", "tuned", "delta", "stderr", "change"]
 
 
@@ -55,16 +45,6 @@ def _latest(store: Store, models: Sequence[str]) -> pd.DataFrame:
     return results.sort_values("created_at", kind="stable").groupby(["model", "task"]).tail(1)
 
 
-def _value(row: pd.Series | None, metric: str) -> float | None:
-    if row is None or metric not in row or row[metric] is None:
-        return None
-    try:
-        value = float(row[metric])
-    except (TypeError, ValueError):  # pandas' NA, or a text metric such as top_letter
-        return None
-    return None if math.isnan(value) else value
-
-
 def eval_results_frame(store: Store, models: Sequence[str]) -> pd.DataFrame:
     """One row per (task, metric), one column per model (its newest result; NaN where not evaluated)."""
     latest = _latest(store, models)
@@ -72,7 +52,7 @@ def eval_results_frame(store: Store, models: Sequence[str]) -> pd.DataFrame:
     for task, metric, _ in METRICS:
         row: dict[str, Any] = {"task": task, "metric": metric}
         for model in models:
-            row[model] = _value(_newest_row(latest, model, task), metric)
+            row[model] = metric_value(_newest_row(latest, model, task), metric)
         if any(row[model] is not None for model in models):
             rows.append(row)
     return pd.DataFrame(rows, columns=["task", "metric", *models])
@@ -97,29 +77,14 @@ def _newest_row(latest: pd.DataFrame, model: str, task: str) -> pd.Series | None
 
 def _deltas(latest: pd.DataFrame, base: str, tuned: str) -> pd.DataFrame:
     rows = []
-    for task, metric, higher_better in METRICS:
+    for task in dict.fromkeys(task for task, _, _ in METRICS):
         tuned_row = _newest_row(latest, tuned, task)
         if tuned_row is None:
             continue
-        if task == "drift":
-            before = _value(tuned_row, "ppl_base") if metric == "ppl_tuned" else 0.0
-            after, stderr = _value(tuned_row, metric), _value(tuned_row, "kl_stderr") if metric == "kl" else None
-        else:
-            base_row = _newest_row(latest, base, task)
-            if base_row is None:
-                continue
-            before, after = _value(base_row, metric), _value(tuned_row, metric)
-            errors = [_value(base_row, STDERR_OF[metric]), _value(tuned_row, STDERR_OF[metric])] \
-                if metric in STDERR_OF else [None]
-            stderr = math.sqrt(sum(e * e for e in errors)) if all(e is not None for e in errors) else None
-        if before is None or after is None:
-            continue
-        delta = after - before
-        better = delta > 0 if higher_better else delta < 0
-        noisy = abs(delta) <= _NOISE_Z * stderr if stderr else delta == 0  # no error estimate: any change counts
-        change = "within noise" if noisy else ("gain" if better else "loss")
-        rows.append({"task": task, "metric": metric, "base": before, "tuned": after, "delta": delta,
-                     "stderr": stderr, "change": change})
+        base_row = None if task == DRIFT_TASK else _newest_row(latest, base, task)
+        rows += [{"task": task, "metric": found.metric, "base": found.base, "tuned": found.tuned,
+                  "delta": found.delta, "stderr": found.stderr, "change": found.verdict}
+                 for found in task_deltas(task, base_row, tuned_row) if found.delta is not None]
     return pd.DataFrame(rows, columns=DELTA_COLUMNS)
 
 
@@ -156,8 +121,6 @@ HEADLINE: tuple[tuple[str, str], ...] = (
     ("ifeval", "prompt_strict"), ("domain_mcq", "acc"),
 )
 DOMAIN_TASKS = ("medmcqa", "domain_mcq")  # builtin:medmcqa's test split; a user's multiple-choice held-out rows
-PERCENT_METRICS = frozenset({"acc", "acc_norm", "top_letter_share", "prompt_strict", "instruction_strict",
-                             "prompt_loose"})
 METRIC_LABELS = {"acc": "acc %", "acc_norm": "acc_norm %", "top_letter_share": "top letter share %",
                  "kl": "KL per token (vs base)", "ppl_tuned": "perplexity (base → tuned)",
                  "nll": "NLL per answer token", "ppl": "answer perplexity", "prompt_strict": "prompt-level strict %",
@@ -177,16 +140,16 @@ def latest_results(history: pd.DataFrame) -> pd.DataFrame:
 
 
 def format_metric(metric: str, value: float) -> str:
-    if metric in PERCENT_METRICS:
+    if metric in RATE_METRICS:
         return f"{100 * value:.1f}"
     return f"{value:.4f}" if metric in ("kl", "nll") else f"{value:.2f}"
 
 
 def _cell(row: pd.Series | None, metric: str) -> str:
-    value = _value(row, metric)
+    value = metric_value(row, metric)
     if value is None:
         return "—"
-    error = _value(row, STDERR_OF[metric]) if metric in STDERR_OF else None
+    error = metric_value(row, STDERR_OF[metric]) if metric in STDERR_OF else None
     text = format_metric(metric, value)
     return f"{text} ± {format_metric(metric, error)}" if error is not None else text
 
