@@ -8,6 +8,7 @@ import json
 import urllib.request
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -19,9 +20,12 @@ from core.errors import ForgetlessError
 from core.eval.evaluation import EvalConfig, run_evaluation
 from core.jobs import JobInfo, list_jobs, wait_for
 from core.store import Store
+from core.store.evaluation import EvalResultRow
 from core.train.export import CARD_FILE, EXPORT_JSON, ExportConfig, export_run
+from core.train.model_card import eval_vs_base
 from core.train.training import TrainConfig, run_training
 from tests.helpers import assert_one_line_error, build_tiny_tokenizer, forgetless, write_snapshot
+from ui.views.evaluate import eval_deltas
 from ui.views.train import EXPORT_IDLE, export_folder, export_status_line, newest_export, start_export
 
 MANIFEST = {
@@ -148,6 +152,52 @@ def test_the_card_compares_stored_eval_results_with_the_base(runs, tiny_model_di
                 f"{100 * acc['change']:+.1f} ± {100 * acc['stderr']:.1f} pts |")
     assert expected in body and "No evaluation" not in body
 
+
+
+def test_the_card_and_the_evaluate_tab_read_the_same_deltas(tmp_path):
+    """Both read core.eval.deltas: the same metrics per task, values, changes, standard errors and verdicts; the
+    card also lists a task its base has no result for (the tab leaves it out)."""
+    workspace, base = tmp_path / "ws", "smollm2-135m-instruct"
+    run = str((tmp_path / "runs" / "r1").resolve())
+    store = Store.for_workspace(workspace)
+
+    def save(model: str, task: str, acc: float | None, stderr: float | None, **extra: float) -> None:
+        tuned = model == run
+        store.save_eval_result(EvalResultRow(f"eval-{'run' if tuned else 'base'}-{task}", task, "general", model,
+                                             run if tuned else None, base if tuned else None, acc,
+                                             extra.pop("acc_norm", None), stderr, 20, extra, 20, 0))
+
+    save(base, "arc_easy", 0.60, 0.02, acc_norm=0.55, acc_norm_stderr=0.02)
+    save(run, "arc_easy", 0.40, 0.02, acc_norm=0.56, acc_norm_stderr=0.02)
+    save(base, "ifeval", 0.30, 0.05, prompt_strict=0.30, prompt_strict_stderr=0.05, instruction_strict=0.40,
+         prompt_loose=0.35, prompt_loose_stderr=0.05)
+    save(run, "ifeval", 0.60, 0.05, prompt_strict=0.60, prompt_strict_stderr=0.05, instruction_strict=0.70,
+         prompt_loose=0.62, prompt_loose_stderr=0.05)
+    save(run, "drift", None, None, kl=0.03, kl_stderr=0.004, ppl_base=12.0, ppl_tuned=12.5)
+    save(run, "sciq", 0.70, 0.02, acc_norm=0.70, acc_norm_stderr=0.02)  # the base was not evaluated on it
+
+    card = {(row["task"], row["metric"]): row for row in eval_vs_base(workspace, Path(run), base)}
+    tab = eval_deltas(store, base, run)
+    verdicts = {("arc_easy", "acc"): "loss", ("arc_easy", "acc_norm"): "within noise",
+                ("ifeval", "prompt_strict"): "gain", ("ifeval", "instruction_strict"): "gain",
+                ("ifeval", "prompt_loose"): "gain", ("drift", "kl"): "loss", ("drift", "ppl_tuned"): "loss"}
+    assert list(zip(tab["task"], tab["metric"], tab["change"], strict=True)) == [(*key, verdict)
+                                                                                 for key, verdict in verdicts.items()]
+    assert set(card) == {*verdicts, ("sciq", "acc"), ("sciq", "acc_norm")}
+    for row in tab.to_dict("records"):
+        found = card[(row["task"], row["metric"])]
+        assert found["verdict"] == row["change"]
+        for card_key, tab_key in (("base", "base"), ("tuned", "tuned"), ("change", "delta"), ("stderr", "stderr")):
+            expected = None if pd.isna(row[tab_key]) else row[tab_key]
+            assert found[card_key] == (None if expected is None else pytest.approx(expected)), (card_key, row)
+    assert card[("arc_easy", "acc")]["stderr"] == pytest.approx(0.02 * 2 ** 0.5)
+    assert card[("drift", "kl")]["stderr"] == pytest.approx(0.004) and card[("drift", "kl")]["base"] == 0.0
+    assert card[("drift", "ppl_tuned")]["base"] == 12.0 and card[("drift", "ppl_tuned")]["stderr"] is None
+    assert card[("ifeval", "instruction_strict")]["stderr"] is None  # no stored error for it: none invented
+    assert (card[("arc_easy", "acc")]["n_base"], card[("drift", "kl")]["n_base"]) == (20, None)
+    sciq = card[("sciq", "acc")]
+    assert (sciq["base"], sciq["change"], sciq["stderr"], sciq["verdict"], sciq["tuned"]) == (None, None, None, None,
+                                                                                              0.70)
 
 def test_refusals_are_one_line_and_change_nothing(runs, tmp_path):
     occupied = tmp_path / "occupied"

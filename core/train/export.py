@@ -9,33 +9,27 @@ the mix snapshot and its manifest, evaluation results vs the base when the works
 ``forgetless_export.json`` (the same, for scripts).
 
 The folder is written into a hidden sibling and renamed into place, so a crash leaves no half folder at
-``--out``; an ``--out`` that exists and is not empty is refused, never overwritten.
+``--out``; an ``--out`` that exists and is not empty is refused, never overwritten. What the card says is
+core/train/model_card.py's.
 """
 
 from __future__ import annotations
 
 import json
-import math
-import shlex
 import shutil
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from core import __version__
 from core.config import fingerprint, load_yaml
-from core.engines.models import ALIASES, local_folder
+from core.engines.models import local_folder
 from core.errors import ForgetlessError
-from core.eval.plan import normalised_spec, target_label
 from core.jobs import job_info
 from core.settings import setting
-from core.store.base import STORE_FILE
+from core.train.model_card import export_info, model_card
 from core.train.training import DTYPES, TrainConfig
 
 EXPORT_JSON = "forgetless_export.json"
@@ -44,15 +38,6 @@ CARD_FILE = "README.md"
 TRAINER_FILES = ("training_args.bin", "optimizer.pt", "scheduler.pt", "rng_state*.pth", "trainer_state.json",
                  "checkpoint-*")
 PHASES = ("checking", "loading", "merging", "saving", "model card")
-# Per task, (metric, its standard error's key) in the card's order; tasks not listed report acc and acc_norm.
-CARD_METRICS: dict[str, tuple[tuple[str, str | None], ...]] = {
-    "ifeval": (("prompt_strict", "prompt_strict_stderr"), ("instruction_strict", None)),
-    "domain_ppl": (("nll", "nll_stderr"),),
-    "drift": (("kl", "kl_stderr"),),  # already a difference from the base: the base's own is 0
-}
-# The hub model each packaged alias was quantised from: the card's base_model, which the Hub links to.
-HUB_IDS = {"smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct", "gemma-3-270m": "google/gemma-3-270m"}
-RATE_METRICS = frozenset({"acc", "acc_norm", "prompt_strict", "instruction_strict"})
 
 
 @dataclass
@@ -212,7 +197,7 @@ def export_run(config: ExportConfig, workspace: Path,
         else:
             dtype, base_folder = _write_full(run, config.dtype, staging, phase), None
         phase("model card")
-        info = export_info(run, Path(workspace), dtype, base_folder)
+        info = export_info(run.folder, run.config, run.summary, Path(workspace), dtype, base_folder)
         (staging / EXPORT_JSON).write_text(json.dumps(info, indent=2, default=str), encoding="utf-8")
         (staging / CARD_FILE).write_text(model_card(info, out.name), encoding="utf-8")
         # safetensors writes its files owner-only (0600); a folder meant for serving and sharing gets the mode
@@ -236,203 +221,3 @@ def export_run(config: ExportConfig, workspace: Path,
             "dtype": dtype, "files": files, "bytes": sum((out / name).stat().st_size for name in files),
             "eval_tasks": sorted({row["task"] for row in info["eval"]["rows"]}),
             "seconds": round(time.monotonic() - started, 2)}
-
-
-# -- what the card says --------------------------------------------------------------------------------------
-def _mix_summary(data: str) -> dict[str, Any]:
-    """The snapshot's manifest in brief (what a reader needs to judge the data; the manifest has the rest)."""
-    try:
-        manifest = yaml.safe_load((Path(data) / "manifest.yaml").read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
-        manifest = None
-    if not isinstance(manifest, dict):
-        return {"path": data, "manifest": None}
-    domain, general = manifest.get("domain") or {}, manifest.get("general") or {}
-    keys = ("name", "created", "counts", "ratio", "ratio_achieved", "by", "balance", "seed")
-    return {"path": data, "manifest": {
-        **{key: manifest.get(key) for key in keys}, "domain": domain.get("spec"),
-        "domain_test_fraction": domain.get("test_fraction"), "general_holdout": general.get("holdout"),
-        "general_held_out": len(general.get("held_out_ids") or []),
-        "train_sha256": ((manifest.get("files") or {}).get("train.parquet") or {}).get("sha256"),
-    }}
-
-
-def _number(value: Any) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(number) else number
-
-
-def _limit(value: Any) -> int | None:
-    number = _number(value)
-    return None if number is None else int(number)
-
-
-def _newest(results: Any, model: str, task: str, prefer: tuple[int | None, int] | None = None) -> dict[str, Any] | None:
-    """The newest stored result of ``model`` on ``task``, with its extra metrics (one with ``prefer``'s item
-    limit and seed when there is one: the same items as the run's)."""
-    found = results[(results["model"] == model) & (results["task"] == task)]
-    if prefer is not None:
-        same = [(_limit(limit), int(seed)) == prefer for limit, seed in zip(found["item_limit"], found["seed"],
-                                                                              strict=True)]
-        found = found[same] if any(same) else found
-    if not len(found):
-        return None
-    row = found.iloc[-1].to_dict()  # eval_results lists oldest first
-    return {**row, **json.loads(row.get("extra_json") or "{}")}
-
-
-def eval_vs_base(workspace: Path, run_dir: Path, base: str) -> list[dict[str, Any]]:
-    """Per stored task of the run: each metric of the run and of its base (the same item limit and seed where
-    stored), the change and its standard error; [] when the workspace stores no evaluation of the run."""
-    if not (Path(workspace) / STORE_FILE).exists():
-        return []
-    from core.store import Store
-
-    tuned_key, base_key = str(Path(run_dir).resolve()), normalised_spec(base)  # as `forgetless eval` keys them
-    results = Store.for_workspace(workspace).eval_results([tuned_key, base_key])
-    rows = []
-    for task in dict.fromkeys(results.loc[results["model"] == tuned_key, "task"]):
-        tuned = _newest(results, tuned_key, task)
-        assert tuned is not None
-        prefer = (_limit(tuned["item_limit"]), int(tuned["seed"]))
-        before = _newest(results, base_key, task, prefer) if task != "drift" else None
-        for metric, stderr_key in CARD_METRICS.get(task, (("acc", "stderr"), ("acc_norm", "acc_norm_stderr"))):
-            after = _number(tuned.get(metric))
-            if after is None:
-                continue
-            drift = task == "drift"  # KL from the base: the base's own is 0, exactly
-            base_value = 0.0 if drift else _number(before.get(metric)) if before else None
-            base_error = 0.0 if drift else _number(before.get(stderr_key)) if before and stderr_key else None
-            tuned_error = _number(tuned.get(stderr_key)) if stderr_key else None
-            known = None not in (base_value, base_error, tuned_error)
-            rows.append({"task": task, "metric": metric, "base": base_value, "tuned": after,
-                         "change": None if base_value is None else after - base_value,
-                         "stderr": math.hypot(base_error, tuned_error) if known else None,
-                         "n_base": int(before["n"]) if before else None, "n_tuned": int(tuned["n"]),
-                         "item_limit": prefer[0], "seed": prefer[1]})
-    return rows
-
-
-def export_info(run: FinishedRun, workspace: Path, dtype: str, base_folder: str | None) -> dict[str, Any]:
-    """Everything the card says, as plain data (``forgetless_export.json``)."""
-    config = run.config
-    return {
-        "forgetless_version": __version__, "exported_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "run": str(run.folder.resolve()), "method": config.method, "base_model": config.model,
-        "base_folder": base_folder, "dtype": dtype,
-        # the learning rate used (the run's YAML keeps None for "the method's default")
-        "training": {**{key: value for key, value in asdict(config).items() if key != "out"},
-                     "learning_rate": config.resolved_learning_rate()},
-        "run_summary": {key: run.summary.get(key) for key in ("steps", "total_steps", "final_loss", "train_loss",
-                                                              "tokens_per_s", "seconds", "dtype", "device",
-                                                              "gradient_checkpointing")},
-        "mix": _mix_summary(config.data),
-        "eval": {"workspace": str(Path(workspace).resolve()),
-                 "rows": eval_vs_base(workspace, run.folder, config.model)},
-    }
-
-
-def _value(metric: str, value: float | None) -> str:
-    if value is None:
-        return "—"
-    return f"{100 * value:.1f}%" if metric in RATE_METRICS else f"{value:.4f}"
-
-
-def _change(row: dict[str, Any]) -> str:
-    if row["change"] is None:
-        return "— (base not evaluated)"
-    scale, digits, unit = (100, 1, " pts") if row["metric"] in RATE_METRICS else (1, 4, "")
-    error = f" ± {scale * row['stderr']:.{digits}f}" if row["stderr"] is not None else ""
-    return f"{scale * row['change']:+.{digits}f}{error}{unit}"
-
-
-def _eval_section(info: dict[str, Any]) -> str:
-    rows, workspace = info["eval"]["rows"], info["eval"]["workspace"]
-    run_cmd = shlex.join(["forgetless", "eval", "--model", info["run"], "--workspace", workspace])
-    base_cmd = shlex.join(["forgetless", "eval", "--model", info["base_model"], "--workspace", workspace])
-    if not rows:
-        return (f"No evaluation of this run was stored in the workspace `{workspace}` when it was exported. Measure "
-                f"it and its base with the same suite, limit and seed, then export again:\n\n```\n{run_cmd}\n"
-                f"{base_cmd}\n```\n")
-    limits = {(row["item_limit"], row["seed"]) for row in rows}
-    items = "; ".join(f"{'all items' if limit is None else f'{limit} items'} per task, seed {seed}"
-                      for limit, seed in sorted(limits, key=str))
-    lines = [f"Stored in `{workspace}` ({items}); change = tuned − base ± one combined standard error (drift: KL "
-             "of the tuned model from its base on held-out general text, lower is better).", "",
-             "| task | metric | n (base / tuned) | base | tuned | change ± stderr |", "|---|---|---|---|---|---|"]
-    for row in rows:
-        counts = f"{row['n_base'] if row['n_base'] is not None else '—'} / {row['n_tuned']}"
-        lines.append(f"| {row['task']} | {row['metric']} | {counts} | {_value(row['metric'], row['base'])} | "
-                     f"{_value(row['metric'], row['tuned'])} | {_change(row)} |")
-    if any(row["base"] is None for row in rows):
-        lines += ["", f"The base has no stored result for some tasks: `{base_cmd}` (same limit and seed)."]
-    return "\n".join(lines) + "\n"
-
-
-def _mix_section(mix: dict[str, Any]) -> str:
-    found = mix["manifest"]
-    if found is None:
-        return f"Mix snapshot `{mix['path']}` (its manifest.yaml was not readable at export).\n"
-    counts = found["counts"] or {}
-    achieved = _number(found["ratio_achieved"])
-    share = f"requested {found['ratio']}" + (f", achieved {achieved:.4f}" if achieved is not None else "")
-    lines = [f"Mix snapshot `{mix['path']}` (`{found['name']}`, created {found['created']}); its `manifest.yaml` "
-             "records where every row came from.", "",
-             f"- examples: {counts.get('general', '?')} general + {counts.get('domain', '?')} domain = "
-             f"{counts.get('total', '?')}",
-             f"- general share: {share}" + (f" (by {found['by']})" if found["by"] else ""),
-             f"- domain data: `{found['domain']}`" + (f" ({found['domain_test_fraction']} held out for its test)"
-                                                      if found["domain_test_fraction"] else ""),
-             f"- seed {found['seed']}; balance of the general rows: {found['balance']}",
-             f"- general holdout: {found['general_holdout'] or 0} ({found['general_held_out']} instructions never "
-             "trained on, kept for measuring drift)"]
-    if found["train_sha256"]:
-        lines.append(f"- train.parquet sha256 `{found['train_sha256']}`")
-    return "\n".join(lines) + "\n"
-
-
-def _training_section(info: dict[str, Any]) -> str:
-    training, summary = info["training"], info["run_summary"]
-    hidden = ("data", "model", "merge", "save_steps", "keep_checkpoints", "logging_steps")  # elsewhere, or no effect
-    shown = [key for key in training if key not in hidden and (info["method"] == "lora" or not key.startswith("lora_"))]
-    lines = ["| setting | value |", "|---|---|",
-             *(f"| {key} | {'default' if training[key] is None else training[key]} |" for key in shown)]
-    done = ", ".join(f"{key} {round(value, 4) if isinstance(value, float) else value}"
-                     for key, value in summary.items() if value is not None)
-    return "\n".join(lines) + (f"\n\nThe run: {done}.\n" if done else "\n")
-
-
-def model_card(info: dict[str, Any], name: str) -> str:
-    """README.md for the exported folder: Hugging Face front matter, then what it is, how it was made and measured."""
-    base = info["base_model"]
-    front = {"base_model": HUB_IDS.get(base, base), "library_name": "transformers", "pipeline_tag": "text-generation",
-             "tags": ["forgetless", "sft", "lora-merged" if info["method"] == "lora" else "full-fine-tune"]}
-    method = ("LoRA (PEFT), merged into the base weights" if info["method"] == "lora" else "full fine-tuning")
-    return f"""---
-{yaml.safe_dump(front, sort_keys=False, allow_unicode=True).strip()}
----
-# {name}
-
-`{target_label(base)}` fine-tuned with Forgetless {info['forgetless_version']} by {method}, on a mix of
-domain data and reconstructed general data (arXiv 2506.09428), so that it learns the domain while forgetting less of
-what it could do.
-
-- base model: `{base}`{f" ({ALIASES[base]})" if base in ALIASES else ""}
-- training run: `{info['run']}`
-- weights: safetensors, {info['dtype']}; tokenizer with the base's chat template; exported {info['exported_at']}
-
-Load it with `transformers.AutoModelForCausalLM.from_pretrained("<this folder>")`, or serve it with
-`vllm serve <this folder>`.
-
-## Training
-
-{_training_section(info)}
-## Training data
-
-{_mix_section(info['mix'])}
-## Evaluation vs the base
-
-{_eval_section(info)}"""
