@@ -167,6 +167,20 @@ def test_pipeline_runs_every_stage_and_a_rerun_skips_them(finished):
     assert count(store, "SELECT count(*) FROM responses") == responses
 
 
+def test_a_failing_stage_is_one_line_and_recorded(finished, tiny_model_dir: Path, tmp_path: Path):
+    """MedMCQA asks the tiny model for answer letters its vocabulary lacks: only the evaluation is new, and fails."""
+    workspace, _, first = finished
+    path = write_yaml(tmp_path / "domain.yaml", tiny_pipeline(tiny_model_dir, eval={"suite": ["general", "domain"]}))
+    result = forgetless("pipeline", "--config", str(path), "--json", workspace=workspace, timeout=600)
+    assert_one_line_error(result, f"stage eval failed: {tiny_model_dir.name}: the tokenizer has no single token for "
+                                  "'A'")  # the evaluation plan's first target, the base, named as the Evaluate tab does
+    folder = job_folder(workspace, load_pipeline(path).resolved_job_id())
+    assert job_info(folder).state == "failed" and job_info(folder).error.startswith("stage eval failed")
+    stages = last_progress(folder, keys=("stages",), tail_bytes=65536)["stages"]
+    assert [stage["status"] for stage in stages.values()] == ["skipped"] * 6 + ["failed"]
+    assert stages["train"]["job_id"] == first["stages"]["train"]["job_id"]
+
+
 def test_kill_9_mid_stage_then_rerun_resumes_without_duplicates(finished, tiny_model_dir: Path, tmp_path: Path):
     """A bigger N in the same workspace: reconstruct is a new job, killed (pipeline and stage) mid-way; the rerun
     resumes it to exactly N, and every later stage runs again (its inputs changed) rather than being skipped."""

@@ -165,8 +165,10 @@ class PipelineRun:
             request_cancel(folder)
             raise
 
-    def _job(self, name: str, folder: Path, finished: Callable[[], bool], start: Callable[[], None]) -> None:
-        """Skip the stage if ``finished()``, else join the job running in ``folder`` or ``start()`` it, and wait."""
+    def _job(self, name: str, folder: Path, finished: Callable[[], bool], start: Callable[[], None],
+             explain: Callable[[], str | None] = lambda: None) -> None:
+        """Skip the stage if ``finished()``, else join the job running in ``folder`` or ``start()`` it, and wait.
+        ``explain()`` says why a job that ended "done" is not finished (an evaluation plan with a failed target)."""
         if finished():
             self.mark(name, status="skipped", seconds=0.0)
             return
@@ -185,8 +187,10 @@ class PipelineRun:
                 raise _Stopped
             if state != "done" or not finished():
                 self.mark(name, status="failed", seconds=round(time.monotonic() - began, 1))
-                why = error or ("its process ended without finishing" if state != "done" else "it did not finish")
-                raise ForgetlessError(f"stage {name} {state}: {why} (log: {folder / 'log.txt'})")
+                why = error or ("its process ended without finishing" if state != "done" else
+                                explain() or "it did not finish")
+                ended = "was interrupted" if state == "interrupted" else "failed"
+                raise ForgetlessError(f"stage {name} {ended}: {why} (log: {folder / 'log.txt'})")
         self.mark(name, status="done", seconds=round(time.monotonic() - began, 1))
 
     def _check_cancel(self, name: str, began: float | None = None) -> None:
@@ -258,7 +262,12 @@ class PipelineRun:
             return (finished_at(folder) is not None and same_settings(folder, plan)
                     and summary.get("evaluated") == summary.get("total") == len(plan.configs()))
 
-        self._job(name, folder, finished, lambda: start_plan(self.workspace, plan))
+        def failures() -> str:
+            targets = (read_status(folder).get("summary") or {}).get("targets", [])
+            return "; ".join(f"{target['target']}: {target.get('error') or target.get('state')}"
+                             for target in targets if target.get("state") != "done")
+
+        self._job(name, folder, finished, lambda: start_plan(self.workspace, plan), failures)
         return plan
 
     def run(self) -> dict[str, Any]:
