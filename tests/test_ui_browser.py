@@ -47,8 +47,8 @@ def test_reconstruct_in_the_browser(app_server, tiny_model_dir):
             page = _open_app(browser, url)
             assert "No reconstruction job yet" in _status(page)
             assert [tab.strip() for tab in page.get_by_role("tab").all_inner_texts()] == [
-                "1 · Reconstruct", "2 · Screen", "3 · Explore", "4 · Mix", "5 · Train", "6 · Evaluate",
-                "7 · Compare"]
+                "0 · Pipeline", "1 · Reconstruct", "2 · Screen", "3 · Explore", "4 · Mix", "5 · Train",
+                "6 · Evaluate", "7 · Compare"]
 
             # Bad input is a visible message, not a crash or a job.
             set_number(page, "rec-n", 0)
