@@ -383,6 +383,12 @@ def stop_jobs(workspace: Path) -> None:
     wait_until(lambda: not any(job.active for job in list_jobs(workspace)), 30, "jobs to stop")
 
 
+def open_tab(page, name: str, element: str) -> None:
+    """Show a tab of the app (the Pipeline tab is the one open at first) and wait for one of its elements."""
+    page.get_by_role("tab", name=name).click()
+    page.wait_for_selector(element)
+
+
 def set_number(page, elem_id: str, value: int) -> None:
     page.fill(f"#{elem_id} input", str(value))
     page.locator(f"#{elem_id} input").press("Tab")  # commit the value, as leaving the field does

@@ -11,7 +11,7 @@ import re
 
 import pytest
 
-from tests.helpers import CHROMIUM, CHROMIUM_ARGS, ROOT, set_number, wait_until
+from tests.helpers import CHROMIUM, CHROMIUM_ARGS, ROOT, open_tab, set_number, wait_until
 
 sync_api = pytest.importorskip("playwright.sync_api")
 pytestmark = [
@@ -34,7 +34,7 @@ def _instruction_cells(page) -> list[str]:
 def _open_app(browser, url: str):
     page = browser.new_page(viewport={"width": 1400, "height": 1100})
     page.goto(url)
-    page.wait_for_selector("#rec-start")
+    open_tab(page, "1 · Reconstruct", "#rec-start")
     wait_until(lambda: _status(page) not in ("", "Reading jobs…"), 30, "the first status line")
     return page
 
@@ -76,7 +76,7 @@ def test_reconstruct_in_the_browser(app_server, tiny_model_dir):
 
             # A reload forgets everything in the page; the job folder tells it what is going on.
             page.reload()
-            page.wait_for_selector("#rec-start")
+            open_tab(page, "1 · Reconstruct", "#rec-start")
             wait_until(lambda: job_id in _status(page), 20, "the reloaded page to re-attach to the job")
             assert model.input_value() == model_spec  # the form shows what the job runs with
             assert page.locator("#rec-n input").input_value() == "3"

@@ -11,7 +11,15 @@ import re
 
 import pytest
 
-from tests.helpers import CHROMIUM, CHROMIUM_ARGS, build_steerable_store, markdown_text, set_number, wait_until
+from tests.helpers import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    build_steerable_store,
+    markdown_text,
+    open_tab,
+    set_number,
+    wait_until,
+)
 
 sync_api = pytest.importorskip("playwright.sync_api")
 pytestmark = [
@@ -39,7 +47,7 @@ def test_steered_reconstruction_in_the_browser(app_server, tiny_model_dir):
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1100})
             page.goto(url)
-            page.wait_for_selector("#rec-start")
+            open_tab(page, "1 · Reconstruct", "#rec-start")
             # Before any job: the stored profile's clusters, 17 rows of which 1 hidden duplicate.
             wait_until(lambda: _chart_title(page).startswith("Clusters of the profile"), 30, "the profile's chart")
             assert not _shown(page, "rec-steer") and not _shown(page, "rec-corpus") and _shown(page, "rec-override")
@@ -79,7 +87,7 @@ def test_steered_reconstruction_in_the_browser(app_server, tiny_model_dir):
 
             # A reload restores the mode and its fields from the job, and the chart from its summary.
             page.reload()
-            page.wait_for_selector("#rec-start")
+            open_tab(page, "1 · Reconstruct", "#rec-start")
             wait_until(lambda: "+4 rows" in _chart_title(page), 30, "the reloaded chart")
             wait_until(lambda: _shown(page, "rec-steer"), 10, "the restored steering fields")
             assert page.get_by_label("Steered to under-filled clusters").is_checked()
