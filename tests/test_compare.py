@@ -79,6 +79,7 @@ def test_each_model_answers_through_its_own_format_and_the_replies_are_stored_wi
     rows = comparisons(store, job_id=config.resolved_job_id())
     assert list(rows["position"]) == [0, 1, 2] and set(rows["prompt"]) == {PROMPT} and set(rows["source"]) == {"typed"}
     assert list(rows["run_dir"].isna()) == [True, False, True] and rows["run_dir"][1] == str(run.resolve())
+    assert rows["run_dir"][0] is None  # not NaN: the --json summary stays valid JSON
     assert rows["base_model"][1] == str(tiny_model_dir) and rows["base_model"].isna()[0]
     assert [s["prompt_format"] for s in rows["sampling"]] == ["chat", "chat", "plain"]  # the base model has no template
     for sampling in rows["sampling"]:

@@ -94,4 +94,6 @@ def comparisons(store: StoreBase, *, prompt: str = "", model: str = "", job_id: 
     with store.read() as con:
         frame = con.sql(query, params=params).df()
     frame["sampling"] = [json.loads(text) for text in frame.pop("sampling_json")]
+    for name in ("source_id", "run_dir", "base_model", "engine", "engine_url"):  # NULL is None, not NaN (JSON)
+        frame[name] = frame[name].astype(object).where(frame[name].notna(), None)
     return frame[list(COMPARISON_COLUMNS)]
