@@ -10,6 +10,7 @@ import json
 import os
 import random
 import re
+import shutil
 import socket
 import struct
 import subprocess
@@ -19,9 +20,11 @@ import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from core.engines.models import resolve_model
 from core.jobs import job_info, list_jobs, request_cancel, wait_for
@@ -381,6 +384,32 @@ def stop_jobs(workspace: Path) -> None:
         if job.active:
             request_cancel(job.folder)
     wait_until(lambda: not any(job.active for job in list_jobs(workspace)), 30, "jobs to stop")
+
+
+def build_finished_run(folder: Path, base: Path, data: Path | None = None, *, lora: bool = True,
+                       **config: Any) -> Path:
+    """A finished training run as the train stage leaves it: config.yaml naming the base (and the mix, and any
+    other ``config`` keys), and a LoRA adapter whose weights are not zero (PEFT starts B at zero: an untouched
+    adapter would change nothing), or a full model (a copy of the base)."""
+    folder.mkdir(parents=True)
+    values = {"model": str(base), **({"data": str(data)} if data else {}), **config}
+    (folder / "config.yaml").write_text(yaml.safe_dump(values))
+    if not lora:
+        shutil.copytree(base, folder / "model")
+        return folder
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
+                           LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.5)
+    model.save_pretrained(folder / "adapter")
+    return folder
 
 
 def open_tab(page, name: str, element: str) -> None:

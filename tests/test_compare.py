@@ -4,7 +4,6 @@ trained on, one-line errors for a missing source, reruns without duplicates, the
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -19,32 +18,9 @@ from core.jobs import job_folder, start_background, wait_for
 from core.mix.domain import load_domain, mcq_prompt, medmcqa_items
 from core.store import InstructionRow, Store, text_key
 from core.store.compare import comparisons
-from tests.helpers import assert_one_line_error, forgetless, write_domain
+from tests.helpers import assert_one_line_error, build_finished_run, forgetless, write_domain
 
 PROMPT = "please write a short poem about the travel"
-
-
-def make_run(folder: Path, base: Path, data: Path | None = None, *, lora: bool = True) -> Path:
-    """A finished training run as the train stage leaves it: a LoRA adapter whose weights are not zero (PEFT starts
-    B at zero), or a full model (a copy of the base)."""
-    folder.mkdir(parents=True)
-    (folder / "config.yaml").write_text(yaml.safe_dump({"model": str(base), **({"data": str(data)} if data else {})}))
-    if not lora:
-        shutil.copytree(base, folder / "model")
-        return folder
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
-                           LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if "lora_B" in name:
-                parameter.normal_(0, 0.5)
-    model.save_pretrained(folder / "adapter")
-    return folder
 
 
 def make_mix(folder: Path, general: dict | None = None, domain: dict | None = None) -> Path:
@@ -68,7 +44,7 @@ def engines(workspace: Path):
 
 def test_each_model_answers_through_its_own_format_and_the_replies_are_stored_with_settings(
         tiny_model_dir: Path, tiny_base_model_dir: Path, tmp_path: Path):
-    run = make_run(tmp_path / "runs" / "tuned", tiny_model_dir)
+    run = build_finished_run(tmp_path / "runs" / "tuned", tiny_model_dir)
     store = Store.for_workspace(tmp_path / "ws")
     config = CompareConfig(models=(str(tiny_model_dir), str(run), str(tiny_base_model_dir)), prompt=PROMPT,
                            max_new_tokens=12, temperature=0.8, top_p=0.95, seed=3)
@@ -99,7 +75,7 @@ def test_each_model_answers_through_its_own_format_and_the_replies_are_stored_wi
 
 
 def test_a_rerun_of_the_job_generates_only_the_missing_replies(tiny_model_dir: Path, tmp_path: Path):
-    run = make_run(tmp_path / "run", tiny_model_dir)
+    run = build_finished_run(tmp_path / "run", tiny_model_dir)
     store = Store.for_workspace(tmp_path / "ws")
     config = CompareConfig(models=(str(tiny_model_dir), str(run)), prompt=PROMPT, max_new_tokens=6)
     stop = {"now": False}
@@ -125,7 +101,7 @@ def test_held_out_prompts_come_only_from_what_every_run_s_mix_held_out(tiny_mode
     ids = stored_instructions(store, 12)
     texts = dict(zip(store.general_texts(ids)["instruction_id"], store.general_texts(ids)["instruction"], strict=True))
     mix = make_mix(tmp_path / "mix", {"instruction_ids": ids[:6], "holdout": 0.5, "held_out_ids": ids[6:]})
-    run = make_run(tmp_path / "run", tiny_model_dir, mix, lora=False)
+    run = build_finished_run(tmp_path / "run", tiny_model_dir, mix, lora=False)
     picks = [pick_prompt(CompareConfig(models=(str(tiny_model_dir), str(run)), source="held-out", pick_seed=seed),
                          store) for seed in range(12)]
     assert {pick.source for pick in picks} == {"held-out"}
@@ -135,7 +111,7 @@ def test_held_out_prompts_come_only_from_what_every_run_s_mix_held_out(tiny_mode
     assert again == picks[5]  # seeded: the background job draws what the page showed
 
     # Two runs: only what both mixes held out (ids 6 and 7).
-    other = make_run(tmp_path / "other", tiny_model_dir,
+    other = build_finished_run(tmp_path / "other", tiny_model_dir,
                      make_mix(tmp_path / "mix2", {"instruction_ids": ids[:4], "held_out_ids": ids[4:8]}), lora=False)
     both = {pick_prompt(CompareConfig(models=(str(tiny_model_dir), str(run), str(other)), source="held-out",
                                       pick_seed=seed), store).source_id for seed in range(12)}
@@ -146,7 +122,7 @@ def test_domain_prompts_come_from_the_domain_test_split(tiny_model_dir: Path, tm
     store = Store.for_workspace(tmp_path / "ws")
     data = write_domain(tmp_path / "domain.jsonl")
     mix = make_mix(tmp_path / "mix", domain={"spec": str(data), "test_fraction": 0.25})
-    run = make_run(tmp_path / "run", tiny_model_dir, mix, lora=False)
+    run = build_finished_run(tmp_path / "run", tiny_model_dir, mix, lora=False)
     split = load_domain(data, test_fraction=0.25)
     test = dict(zip(item_ids(split.test), (messages[0]["content"] for messages in split.test), strict=True))
     trained = {messages[0]["content"] for messages in split.train}
@@ -163,12 +139,13 @@ def test_domain_prompts_come_from_the_domain_test_split(tiny_model_dir: Path, tm
 
 
 def no_held_out_run(tmp: Path, base: Path) -> Path:
-    return make_run(tmp / "plain-run", base, make_mix(tmp / "old-mix", {"instruction_ids": ["a"]}), lora=False)
+    old_mix = make_mix(tmp / "old-mix", {"instruction_ids": ["a"]})
+    return build_finished_run(tmp / "plain-run", base, old_mix, lora=False)
 
 
 def no_test_split_run(tmp: Path, base: Path) -> Path:
     domain = write_domain(tmp / "domain.jsonl")
-    return make_run(tmp / "run", base, make_mix(tmp / "mix", domain={"spec": str(domain)}), lora=False)
+    return build_finished_run(tmp / "run", base, make_mix(tmp / "mix", domain={"spec": str(domain)}), lora=False)
 
 
 @pytest.mark.parametrize(("make", "fields", "fragment"), [
@@ -196,7 +173,7 @@ def test_cli_error_leaves_no_job_and_json_is_the_last_line_then_the_background_j
     assert_one_line_error(result, "pick at least one tuned run")
     assert not (workspace / "jobs").exists() or not any((workspace / "jobs").iterdir())
 
-    run = make_run(tmp_path / "run", tiny_model_dir)
+    run = build_finished_run(tmp_path / "run", tiny_model_dir)
     result = forgetless("compare", "--models", f"{tiny_model_dir},{run}", "--prompt", PROMPT, "--max-new-tokens", "8",
                         "--json", workspace=workspace)
     assert result.returncode == 0, result.stderr

@@ -35,7 +35,7 @@ from core.eval.benchmarks.general import (
 )
 from core.eval.evaluation import EvalConfig, open_target, resolve_target, run_evaluation
 from core.store import Store
-from tests.helpers import WORDS, assert_one_line_error, build_tiny_model_folder, forgetless
+from tests.helpers import WORDS, assert_one_line_error, build_finished_run, build_tiny_model_folder, forgetless
 from ui.views.evaluate import eval_deltas, eval_history, eval_results_frame
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -160,30 +160,10 @@ def test_kl_of_a_model_against_itself_is_zero_and_positive_when_perturbed(tiny_m
     assert alone.kl_sum == pytest.approx(drift_scores(base.model, other.model, texts)[0].kl_sum, rel=1e-4)
 
 
-def make_run(folder: Path, base_dir: Path, data: Path | None = None) -> Path:
-    """A fake training run: config.yaml naming the base and a saved LoRA adapter whose weights are not zero."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    folder.mkdir(parents=True)
-    config = {"model": str(base_dir), **({"data": str(data)} if data else {})}
-    (folder / "config.yaml").write_text(yaml.safe_dump(config))
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir),
-                           LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if "lora_B" in name:  # PEFT starts B at zero: an untouched adapter would change nothing
-                parameter.normal_(0, 0.5)
-    model.save_pretrained(folder / "adapter")
-    return folder
-
-
 def test_run_folder_applies_its_adapter_on_the_base(tiny_model_dir: Path, tmp_path: Path):
     import torch
 
-    run = make_run(tmp_path / "run", tiny_model_dir)
+    run = build_finished_run(tmp_path / "run", tiny_model_dir)
     target = resolve_target(EvalConfig(model=str(run)))
     assert target.run_dir == str(run.resolve()) and target.base == str(tiny_model_dir)
 
@@ -257,7 +237,7 @@ def test_evaluation_stores_results_resumes_and_feeds_the_views(tmp_path: Path, f
     snapshot = tmp_path / "mix"
     snapshot.mkdir()
     (snapshot / "manifest.yaml").write_text(yaml.safe_dump({"ratio": 0.5, "general": {"instruction_ids": used}}))
-    run = make_run(tmp_path / "run", model, data=snapshot)
+    run = build_finished_run(tmp_path / "run", model, data=snapshot)
     assert mix_general_ids({"data": str(snapshot)}) == set(used)
 
     def load(spec: str) -> InProcessEngine:
@@ -309,7 +289,7 @@ def test_drift_scores_exactly_the_rows_the_mix_held_out(tmp_path: Path):
     snapshot.mkdir()
     (snapshot / "manifest.yaml").write_text(yaml.safe_dump(
         {"ratio": 0.5, "general": {"instruction_ids": used, "holdout": 0.25, "held_out_ids": held}}))
-    run = make_run(tmp_path / "run", model, data=snapshot)
+    run = build_finished_run(tmp_path / "run", model, data=snapshot)
     assert mix_held_out_ids({"data": str(snapshot)}) == set(held)
     summary = run_evaluation(EvalConfig(model=str(run), suite=("drift",), drift_n=100), store,
                              lambda spec: InProcessEngine(load_model(spec, tmp_path)))

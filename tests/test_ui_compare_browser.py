@@ -14,7 +14,15 @@ import yaml
 
 from core.store import InstructionRow, Store, text_key
 from core.store.compare import ComparisonRow, add_comparison
-from tests.helpers import CHROMIUM, CHROMIUM_ARGS, markdown_text, set_number, table_rows, wait_until
+from tests.helpers import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    build_finished_run,
+    markdown_text,
+    set_number,
+    table_rows,
+    wait_until,
+)
 
 sync_api = pytest.importorskip("playwright.sync_api")
 pytestmark = [
@@ -30,10 +38,6 @@ TRAINED = ["plan a trip for my money", "why is the math hard"]
 def _lora_run(workspace: Path, base: Path) -> Path:
     """A finished LoRA run as the train stage leaves it (its adapter's B weights not zero, so it changes the base),
     trained on a mix whose manifest holds HELD_OUT out; all the instructions are in the workspace's store."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
     rows = [InstructionRow(text, 6, "tiny", "<p>", 1.0, 1.0, 32, 7, "job-r", 0) for text in [*TRAINED, *HELD_OUT]]
     Store.for_workspace(workspace).add_instruction_batch("job-r", 0, rows, limit=10, sampled=len(rows), dropped={},
                                                          new_tokens=0, seconds=0)
@@ -43,18 +47,8 @@ def _lora_run(workspace: Path, base: Path) -> Path:
                                           "held_out_ids": [text_key(t) for t in HELD_OUT]}}
     (mix / "manifest.yaml").write_text(yaml.safe_dump(manifest))
     run = workspace / "runs" / RUN
-    run.mkdir(parents=True)
-    (run / "config.yaml").write_text(yaml.safe_dump({"data": str(mix), "out": str(run), "model": str(base),
-                                                     "method": "lora"}))
+    build_finished_run(run, base, mix, out=str(run), method="lora")
     (run / "status.json").write_text('{"state": "done", "kind": "train", "started_at": 1}')
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
-                           LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if "lora_B" in name:
-                parameter.normal_(0, 0.5)
-    model.save_pretrained(run / "adapter")
     return run
 
 
