@@ -385,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown := set(s.arms) - set(ARMS):
         raise SystemExit(f"unknown arm(s): {', '.join(sorted(unknown))}")
     root = args.workspace.resolve()
-    run = StageRunner(root / "state", threads=s.threads)
+    run = StageRunner(root / "state", threads=s.threads, name="balanced")
     started, load_start = datetime.now(UTC), machine()["load_average"]
     base_ws = root / "base"
     base_run = base_stages(run, s, base_ws)

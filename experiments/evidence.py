@@ -244,7 +244,7 @@ def arms_stage(run: StageRunner, s: Settings, ws: Path, out: Path, grid: dict[st
 def main(argv: list[str] | None = None) -> int:
     s, ws, out, stage = parse_args(argv)
     ws.mkdir(parents=True, exist_ok=True)
-    run = StageRunner(ws / "experiment", threads=s.threads)
+    run = StageRunner(ws / "experiment", threads=s.threads, name="evidence")
     run.say(f"workspace {ws}; settings {json.dumps(asdict(s))}")
     invocation = shlex.join(["python", "experiments/evidence.py", *(sys.argv[1:] if argv is None else argv)])
     grid = None

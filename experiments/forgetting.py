@@ -275,7 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     s, ws, out = parse_args(argv)
     ws.mkdir(parents=True, exist_ok=True)
     # Another domain keeps its own stage record, so switching domains in one workspace reruns nothing twice.
-    run = StageRunner(ws / "experiment" / ("" if s.domain == DOMAIN else s.domain_label), threads=s.threads)
+    run = StageRunner(ws / "experiment" / ("" if s.domain == DOMAIN else s.domain_label), threads=s.threads,
+                      name="forgetting")
     run.say(f"workspace {ws}; settings {json.dumps(asdict(s))}")
     general = general_data(run, s, str(ws))
     domain = domain_source(run, s, ws)

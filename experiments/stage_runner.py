@@ -36,7 +36,8 @@ def _readable(argv: Sequence[str]) -> str:
 class StageRunner:
     """Runs CLI stages (or in-process steps) once per distinct argument list, with progress lines."""
 
-    def __init__(self, state_dir: Path, threads: int = 0, echo: bool = True) -> None:
+    def __init__(self, state_dir: Path, threads: int = 0, echo: bool = True, name: str = "experiment") -> None:
+        self.name = name  # the experiment's name, at the start of every progress line
         self.state_dir = Path(state_dir)
         self.logs = self.state_dir / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
@@ -51,7 +52,7 @@ class StageRunner:
 
     def say(self, message: str) -> None:
         if self.echo:
-            print(f"[forgetting {time.monotonic() - self.started:7.1f}s] {message}", flush=True)
+            print(f"[{self.name} {time.monotonic() - self.started:7.1f}s] {message}", flush=True)
 
     def _save(self) -> None:
         tmp = self.state_path.with_suffix(".tmp")
