@@ -132,7 +132,7 @@ def test_a_server_url_shows_what_it_serves_or_why_not(tmp_path, stand_in):
     assert "does not answer" in line and silent in line and "\n" not in line
 
 
-def test_a_managed_server_is_starting_until_it_answers_with_its_model(tmp_path, stand_in, sleeper):
+def test_a_managed_server_is_starting_then_warming_up_then_ready(tmp_path, stand_in, sleeper):
     managed = EngineChoice(engine="vllm")
     assert engine_status_line(tmp_path, managed) == IDLE_MANAGED
     # Recorded on a port nothing listens on: alive but not answering, so starting; its log's last line shows.
@@ -142,8 +142,10 @@ def test_a_managed_server_is_starting_until_it_answers_with_its_model(tmp_path, 
     line = engine_status_line(tmp_path, managed)
     assert line.startswith(markdown_literal(f"starting · {server.url} · m · up ")), line
     assert line.endswith("log: Loading weights took 3.2 s")
-    # The same record on the stand-in's port: it answers with "m", so ready.
-    ready = record_server(tmp_path, "k1", pid=sleeper.pid, port=_port(stand_in), served="m", settings={})
+    # The same record on the stand-in's port: it lists "m" but has not answered the warm-up yet; then it has.
+    listing = record_server(tmp_path, "k1", pid=sleeper.pid, port=_port(stand_in), served="m", settings={})
+    assert engine_status_line(tmp_path, managed).startswith(markdown_literal(f"warming up · {listing.url} · m · up "))
+    ready = record_server(tmp_path, "k1", pid=sleeper.pid, port=_port(stand_in), served="m", settings={}, warmed=True)
     assert engine_status_line(tmp_path, managed).startswith(markdown_literal(f"ready · {ready.url} · m · up "))
     # A dead process is no server.
     stop_process(sleeper, timeout_s=10)

@@ -8,16 +8,7 @@ import sys
 import time
 
 from core.cli.common import Parser, Stages, add_stage, emit
-from core.engines.server import ManagedServer, ensure_server, running_servers, stop_servers
-from core.engines.vllm import served_models
-from core.errors import ForgetlessError
-
-
-def _ready(server: ManagedServer) -> bool:
-    try:
-        return server.served in served_models(server.url, timeout_s=2)
-    except ForgetlessError:
-        return False
+from core.engines.server import ManagedServer, ensure_server, running_servers, server_state, stop_servers
 
 
 def _uptime(seconds: float) -> str:
@@ -43,15 +34,15 @@ def cmd_start(args: argparse.Namespace) -> None:
 
 def cmd_status(args: argparse.Namespace) -> None:
     servers = running_servers(args.workspace)
-    rows = [{**_as_dict(server), "ready": _ready(server)} for server in servers]
+    rows = [{**_as_dict(server), "state": server_state(server)} for server in servers]
+    rows = [{**row, "ready": row["state"] == "ready"} for row in rows]
     if args.json:
         emit({"servers": rows}, True, "")
         return
     if not rows:
         print(f"no vLLM server is running for {args.workspace}")
     for row in rows:
-        state = "ready" if row["ready"] else "starting"
-        print(f"{row['url']}  {row['served']}  {state}  pid {row['pid']}  up {_uptime(row['uptime_s'])}  "
+        print(f"{row['url']}  {row['served']}  {row['state']}  pid {row['pid']}  up {_uptime(row['uptime_s'])}  "
               f"log {row['log']}")
 
 

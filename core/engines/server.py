@@ -24,7 +24,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -54,6 +54,7 @@ class ManagedServer:
     pid: int
     log: Path  # <workspace>/engines/<key>/log.txt
     started_at: float
+    warmed: bool = field(default=False, compare=False)  # it answered the warm-up completion (as of its record)
 
 
 def vllm_python() -> Path:
@@ -180,15 +181,15 @@ def _terminate(pid: int, started: str | None) -> None:
 
 # -- records -----------------------------------------------------------------------------------------------
 def record_server(workspace: Path, key: str, *, pid: int, port: int, served: str, settings: dict[str, Any],
-                  started_at: float | None = None) -> ManagedServer:
+                  started_at: float | None = None, warmed: bool = False) -> ManagedServer:
     """Record a started server as ``<workspace>/engines/<key>/server.json``."""
     folder = engines_root(workspace) / key
     folder.mkdir(parents=True, exist_ok=True)
     server = ManagedServer(key, f"http://127.0.0.1:{port}/v1", served, pid, folder / "log.txt",
-                           time.time() if started_at is None else started_at)
+                           time.time() if started_at is None else started_at, warmed)
     _write_record(folder, {"key": key, "pid": pid, "port": port, "url": server.url, "served": served,
                            "settings": settings, "started_at": server.started_at, "process_start": _process_start(pid),
-                           "log": str(server.log)})
+                           "log": str(server.log), **({"warmed": True} if warmed else {})})
     return server
 
 
@@ -207,7 +208,7 @@ def _read_record(folder: Path) -> dict[str, Any] | None:
 
 def _as_server(record: dict[str, Any]) -> ManagedServer:
     return ManagedServer(record["key"], record["url"], record["served"], int(record["pid"]), Path(record["log"]),
-                         float(record["started_at"]))
+                         float(record["started_at"]), bool(record.get("warmed")))
 
 
 def _record_alive(record: dict[str, Any]) -> bool:
@@ -294,6 +295,14 @@ def _ready(server: ManagedServer) -> bool:
         return server.served in served_models(server.url, timeout_s=2)
     except ForgetlessError:
         return False
+
+
+def server_state(server: ManagedServer) -> str:
+    """"ready" once it lists its model and answered the warm-up, "warming up" while it only lists it (a job will
+    warm it up, or find it cannot run the model), else "starting"."""
+    if not _ready(server):
+        return "starting"
+    return "ready" if server.warmed else "warming up"
 
 
 def _warm_up(server: ManagedServer, record: dict[str, Any], timeout_s: float) -> None:

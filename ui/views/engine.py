@@ -16,7 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.engines.choice import EngineChoice
-from core.engines.server import ManagedServer, engines_root, running_servers, stop_servers, vllm_python
+from core.engines.server import (
+    ManagedServer,
+    engines_root,
+    running_servers,
+    server_state,
+    stop_servers,
+    vllm_python,
+)
 from core.engines.vllm import served_models
 from core.errors import ForgetlessError
 from core.jobs import REPO_ROOT
@@ -86,17 +93,10 @@ def _uptime(seconds: float) -> str:
     return f"up {seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
-def _answers(url: str, served: str | None = None) -> bool:
-    try:
-        names = served_models(url, timeout_s=POLL_TIMEOUT_S)
-    except ForgetlessError:
-        return False
-    return served is None or served in names
-
-
 def server_line(server: ManagedServer, now: float | None = None) -> str:
-    """``ready · URL · NAME · up 3 min · log: ...``: ready once the server answers with its model."""
-    state = "ready" if _answers(server.url, server.served) else "starting"
+    """``ready · URL · NAME · up 3 min · log: ...``: starting, warming up once it lists its model, ready once it has
+    also answered the warm-up completion."""
+    state = server_state(server)
     log = last_log_line(server.log)
     parts = [state, server.url, server.served, _uptime((now or time.time()) - server.started_at)]
     return markdown_literal(" · ".join(parts + ([f"log: {log}"] if log else [])))
