@@ -17,7 +17,6 @@ from core.eval.compare import CompareConfig, pick_prompt, run_comparison
 from core.jobs import job_folder, start_background, wait_for
 from core.mix.domain import load_domain, mcq_prompt, medmcqa_items
 from core.store import InstructionRow, Store, text_key
-from core.store.compare import comparisons
 from tests.helpers import assert_one_line_error, build_finished_run, forgetless, write_domain
 
 PROMPT = "please write a short poem about the travel"
@@ -52,7 +51,7 @@ def test_each_model_answers_through_its_own_format_and_the_replies_are_stored_wi
     assert summary["generated"] == 3 and not summary["cancelled"] and summary["source"] == "typed"
     assert [reply["model"] for reply in summary["replies"]] == list(config.models)
 
-    rows = comparisons(store, job_id=config.resolved_job_id())
+    rows = store.comparisons(job_id=config.resolved_job_id())
     assert list(rows["position"]) == [0, 1, 2] and set(rows["prompt"]) == {PROMPT} and set(rows["source"]) == {"typed"}
     assert list(rows["run_dir"].isna()) == [True, False, True] and rows["run_dir"][1] == str(run.resolve())
     assert rows["run_dir"][0] is None  # not NaN: the --json summary stays valid JSON
@@ -67,11 +66,11 @@ def test_each_model_answers_through_its_own_format_and_the_replies_are_stored_wi
     # Listing filters by prompt and by model.
     other = CompareConfig(models=(str(tiny_model_dir),), prompt="how to cook", max_new_tokens=4)
     run_comparison(other, store, engines(tmp_path))
-    assert len(comparisons(store)) == 4 and comparisons(store)["prompt"][0] == "how to cook"  # newest job first
-    assert list(comparisons(store, prompt="COOK")["model"]) == [str(tiny_model_dir)]
-    assert list(comparisons(store, model=tiny_base_model_dir.name)["model"]) == [str(tiny_base_model_dir)]
-    assert len(comparisons(store, prompt="poem", model=tiny_model_dir.name)) == 1
-    assert comparisons(store, prompt="nothing like this").empty
+    assert len(store.comparisons()) == 4 and store.comparisons()["prompt"][0] == "how to cook"  # newest job first
+    assert list(store.comparisons(prompt="COOK")["model"]) == [str(tiny_model_dir)]
+    assert list(store.comparisons(model=tiny_base_model_dir.name)["model"]) == [str(tiny_base_model_dir)]
+    assert len(store.comparisons(prompt="poem", model=tiny_model_dir.name)) == 1
+    assert store.comparisons(prompt="nothing like this").empty
 
 
 def test_a_rerun_of_the_job_generates_only_the_missing_replies(tiny_model_dir: Path, tmp_path: Path):
@@ -86,12 +85,12 @@ def test_a_rerun_of_the_job_generates_only_the_missing_replies(tiny_model_dir: P
     first = run_comparison(config, store, engines(tmp_path), on_progress=after_the_first_reply,
                            should_stop=lambda: stop["now"])
     assert first["cancelled"] and first["generated"] == 1 and len(first["replies"]) == 1
-    kept = comparisons(store).iloc[0]
+    kept = store.comparisons().iloc[0]
     second = run_comparison(config, store, engines(tmp_path))
     assert second["generated"] == 1 and not second["cancelled"] and len(second["replies"]) == 2
     again = run_comparison(config, store, engines(tmp_path))
     assert again["generated"] == 0 and again["replies"] == second["replies"]
-    rows = comparisons(store)
+    rows = store.comparisons()
     assert len(rows) == 2 and list(rows["model"]) == list(config.models)
     assert rows.iloc[0]["id"] == kept["id"] and rows.iloc[0]["created_at"] == kept["created_at"]  # not regenerated
 
@@ -190,4 +189,4 @@ def test_cli_error_leaves_no_job_and_json_is_the_last_line_then_the_background_j
     info = wait_for(folder, 120, lambda job: not job.active)
     assert info.state == "done", (folder / "log.txt").read_text()
     assert info.summary["generated"] == 0 and info.progress["done"] == info.progress["total"] == 2
-    assert len(comparisons(Store.for_workspace(workspace))) == 2
+    assert len(Store.for_workspace(workspace).comparisons()) == 2

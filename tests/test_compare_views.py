@@ -18,7 +18,7 @@ from core.errors import ForgetlessError
 from core.eval.compare import CompareConfig, pick_prompt
 from core.jobs import job_folder
 from core.store import Store
-from core.store.compare import ComparisonRow, add_comparison, comparisons
+from core.store.compare import ComparisonRow
 from ui.views.compare import (
     CompareJobs,
     compare_config,
@@ -52,7 +52,7 @@ def a_run(tmp_path: Path, name: str = "20250101-000000-tuned") -> Path:
 
 def stored(store: Store, job_id: str, model: str, position: int, reply: str, run_dir: str | None = None,
            prompt: str = "How do tides work?", source: str = "typed", source_id: str | None = None) -> None:
-    add_comparison(store, ComparisonRow(job_id, position, prompt, source, source_id, model, run_dir,
+    store.add_comparison(ComparisonRow(job_id, position, prompt, source, source_id, model, run_dir,
                                         "smollm2-135m-instruct" if run_dir else None, reply, 12, position == 0,
                                         {**SAMPLING, "prompt_format": "chat"}, 0, 1.25))
 
@@ -83,7 +83,7 @@ def test_replies_stand_side_by_side_with_names_settings_and_escaped_text(tmp_pat
     store = Store.for_workspace(tmp_path / "ws")
     run = a_run(tmp_path)
     stored(store, "compare-1", "smollm2-135m-instruct", 0, "Tides come from the <b>moon</b> & sun.")
-    rows = comparisons(store, job_id="compare-1")
+    rows = store.comparisons(job_id="compare-1")
     replies = replies_of(("smollm2-135m-instruct", str(run)), rows)
     assert [(reply.label, reply.role, reply.row is not None) for reply in replies] == [
         ("smollm2-135m-instruct", "base", True), (run.name, "run", False)]
@@ -124,7 +124,7 @@ def test_past_comparisons_are_listed_newest_first_and_filtered(tmp_path: Path):
     stored(store, "compare-old", "smollm2-135m-instruct", 0, "old reply", prompt="Name three colours")
     stored(store, "compare-new", "smollm2-135m-instruct", 0, "base reply")
     stored(store, "compare-new", "/runs/tuned", 1, "tuned reply", run_dir="/runs/tuned")
-    rows, job_ids = history_rows(comparisons(store))
+    rows, job_ids = history_rows(store.comparisons())
     assert job_ids == ["compare-new", "compare-new", "compare-old"]
     assert [row[3] for row in rows] == ["smollm2-135m-instruct", "tuned", "smollm2-135m-instruct"]
     assert rows[0][1] == "How do tides work?" and rows[0][2] == "typed" and rows[0][6] == 1.2

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from core.store import InstructionRow, Store, text_key
-from core.store.compare import ComparisonRow, add_comparison
+from core.store.compare import ComparisonRow
 from tests.helpers import (
     CHROMIUM,
     CHROMIUM_ARGS,
@@ -54,7 +54,7 @@ def _lora_run(workspace: Path, base: Path) -> Path:
 
 def _past_comparison(workspace: Path) -> None:
     """A comparison stored before this session (its job folder gone): the list shows it, a click shows it whole."""
-    add_comparison(Store.for_workspace(workspace), ComparisonRow(
+    Store.for_workspace(workspace).add_comparison(ComparisonRow(
         "compare-old", 0, "an old prompt about tides", "typed", None, "smollm2-135m-instruct", None, None,
         "the moon pulls the sea", 6, True, {"temperature": 0.2, "top_p": 1.0, "max_new_tokens": 32, "seed": 4,
                                            "prompt_format": "chat"}, 4, 0.5))

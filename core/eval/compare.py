@@ -38,7 +38,7 @@ from core.progress import Cancelled, Progress
 from core.screen.respond import sample_answers
 from core.settings import setting
 from core.store import Store
-from core.store.compare import ComparisonRow, add_comparison, compared_models, comparisons
+from core.store.compare import ComparisonRow
 
 SOURCES = ("typed", "held-out", "domain")
 
@@ -190,7 +190,7 @@ def run_comparison(
     picked = pick_prompt(config, store)
     targets = config.targets()
     store.register_job(job_id, "compare", to_yaml(config))
-    stored = compared_models(store, job_id)
+    stored = store.compared_models(job_id)
     progress = Progress(job_id, len(targets), sum(target.model in stored for target in targets),
                         on_progress=on_progress, should_stop=should_stop, unit="done")
     progress.report(force=True)
@@ -207,7 +207,7 @@ def run_comparison(
         except Cancelled:  # raised mid-generation by progress.on_token
             cancelled = True
             break
-    rows = comparisons(store, job_id=job_id, limit=None)
+    rows = store.comparisons(job_id=job_id, limit=None)
     replies = [{"model": row.model, "label": target_label(row.model), "run_dir": row.run_dir, "reply": row.reply,
                 "tokens": int(row.n_tokens), "stopped": bool(row.stopped), "seconds": float(row.seconds)}
                for row in rows.itertuples(index=False)]
@@ -231,7 +231,7 @@ def _answer(config: CompareConfig, store: Store, job_id: str, picked: PickedProm
                                         temperature=config.temperature, top_p=config.top_p, seed=config.seed,
                                         on_tokens=progress.on_token)
         seconds = time.monotonic() - started
-        add_comparison(store, ComparisonRow(
+        store.add_comparison(ComparisonRow(
             job_id, position, picked.text, picked.source, picked.source_id, target.model, target.run_dir,
             target.base if target.run_dir else None, sample.text.strip(), len(sample.token_ids), sample.stopped,
             {**sampling_settings(config), "prompt_format": fmt.name}, config.seed, round(seconds, 3),

@@ -1,6 +1,7 @@
 """The workspace's DuckDB store: one file, typed queries grouped by pipeline stage."""
 
 from core.store.base import STORE_FILE, StoreBase, text_key
+from core.store.compare import CompareQueries
 from core.store.evaluation import EvaluationQueries
 from core.store.explore import ExploreFilters, ExploreQueries, ExploreResult
 from core.store.instructions import BatchResult, InstructionQueries, InstructionRow
@@ -12,7 +13,7 @@ from core.store.screening import ScreeningQueries
 
 
 class Store(InstructionQueries, ScreeningQueries, ScreenTableQueries, ProfileQueries, ExploreQueries,
-            EvaluationQueries, MixQueries, JudgeCheckQueries, StoreBase):
+            EvaluationQueries, MixQueries, JudgeCheckQueries, CompareQueries, StoreBase):
     """The store of one workspace: every method opens the file, works in one transaction, closes it."""
 
 

@@ -20,7 +20,6 @@ from core.eval.plan import target_label
 from core.jobs import JobInfo, job_folder, job_info
 from core.settings import config_from_form, form_values
 from core.store import Store
-from core.store.compare import comparisons
 from ui.views.jobs import StageJobs
 from ui.views.screen import shorten
 
@@ -71,7 +70,7 @@ def job_prompt(store: Store, config: CompareConfig) -> str | None:
     """The prompt a job asked: its stored replies', else drawn again (None when it cannot be)."""
     if config.source == "typed":
         return config.prompt
-    rows = comparisons(store, job_id=config.resolved_job_id(), limit=1)
+    rows = store.comparisons(job_id=config.resolved_job_id(), limit=1)
     if len(rows):
         return str(rows["prompt"].iloc[0])
     try:
@@ -180,7 +179,7 @@ def read_replies(store: Store, jobs: CompareJobs, job_id: str | None = None) -> 
     if job_id is None:
         return replies_html([], None, None, None, "")
     config = jobs.config(job)
-    rows = comparisons(store, job_id=job_id, limit=None)
+    rows = store.comparisons(job_id=job_id, limit=None)
     first = rows.iloc[0] if len(rows) else None
     if first is not None:
         prompt, source = str(first["prompt"]), str(first["source"])
@@ -210,7 +209,7 @@ def history_rows(frame: pd.DataFrame) -> tuple[list[list[Any]], list[str]]:
 
 def read_history(store: Store, prompt: str = "", model: str = "") -> tuple[list[list[Any]], list[str], str]:
     """The past comparisons matching the filters, their job ids, and a line saying how many are shown."""
-    frame = comparisons(store, prompt=prompt or "", model=model or "", limit=HISTORY_ROWS)
+    frame = store.comparisons(prompt=prompt or "", model=model or "", limit=HISTORY_ROWS)
     rows, job_ids = history_rows(frame)
     filtered = bool((prompt or "").strip() or (model or "").strip())
     if not rows:
