@@ -21,7 +21,7 @@ from core.engines.models import ALIASES, DEFAULT_MODEL
 from core.errors import ForgetlessError
 from core.eval.compare import CompareConfig, pick_prompt
 from ui.alerts import markdown_literal, warn
-from ui.forms import Form, by_name, setting_widget, to_widgets
+from ui.forms import Form, by_name, run_picker, setting_widget, to_widgets
 from ui.job_controls import QUIET, job_controls, start_job
 from ui.views.compare import (
     HISTORY_HEADERS,
@@ -34,7 +34,6 @@ from ui.views.compare import (
     read_history,
     read_replies,
 )
-from ui.views.eval_form import run_choices
 from ui.views.jobs import LazyStore
 from ui.views.mix import domain_choices
 
@@ -78,14 +77,6 @@ def _form(workspace: Path) -> tuple[Form, gr.Button, gr.Button]:
     return form, refresh, drawer
 
 
-def _run_picker(workspace: Path, value: Any = None) -> Any:
-    try:
-        choices = run_choices(workspace)
-    except (ForgetlessError, OSError) as error:  # e.g. a run folder removed while listing
-        warn(f"Could not list the runs: {error}")
-        return gr.skip()
-    return gr.update(choices=choices) if value is None else gr.update(choices=choices, value=value)
-
 
 def _confined(roots: ReadableRoots, store: LazyStore, form: Form, values: dict[Any, Any]) -> CompareConfig:
     """The form's comparison, refused when a model, run or domain path lies outside the folders the app reads, or
@@ -123,7 +114,7 @@ def _on_load(jobs: CompareJobs, store: LazyStore, workspace: Path, form: Form) -
     except ForgetlessError:  # the store busy longer than the lock wait: the settings without a drawn prompt
         shown = form_of(config)
     return {**to_widgets(form, {name: value for name, value in shown.items() if name != "runs"}),
-            form["runs"]: _run_picker(workspace, shown.get("runs"))}
+            form["runs"]: run_picker(workspace, shown.get("runs"))}
 
 
 def _replies(store: LazyStore, jobs: CompareJobs, job_id: str | None = None) -> Any:
@@ -170,7 +161,7 @@ def build_compare_tab(demo: gr.Blocks, workspace: Path, roots: ReadableRoots | N
     controls.start.click(partial(start_job, jobs, partial(_confined, roots, store, form)), inputs, controls.message,
                          **QUIET)
     controls.cancel.click(jobs.cancel, None, controls.message, **QUIET)
-    refresh.click(partial(_run_picker, workspace), None, form["runs"], **QUIET)
+    refresh.click(partial(run_picker, workspace), None, form["runs"], **QUIET)
     demo.load(partial(_on_load, jobs, store, workspace, form), None, list(form.values()), **QUIET)
 
     draw_outputs = [form["pick_seed"], form["prompt"], controls.message]

@@ -17,10 +17,10 @@ from core.data_paths import ReadableRoots
 from core.engines.models import ALIASES
 from core.errors import ForgetlessError
 from core.eval.plan import EvalPlan
-from ui.alerts import markdown_literal, warn
-from ui.forms import Form, by_name, setting_widget, to_widgets
+from ui.alerts import markdown_literal
+from ui.forms import Form, by_name, run_picker, setting_widget, to_widgets
 from ui.job_controls import QUIET, job_controls, start_job
-from ui.views.eval_form import plan_form, plan_from_form, run_choices
+from ui.views.eval_form import plan_form, plan_from_form
 from ui.views.evaluate import TABLE_LEGEND, read_eval_views
 from ui.views.jobs import IDLE_EVAL as IDLE
 from ui.views.jobs import EvalJobs, LazyStore, plan_marker, plan_status_line
@@ -59,22 +59,13 @@ def _form(workspace: Path) -> tuple[Form, gr.Button]:
     return form, refresh
 
 
-def _run_picker(workspace: Path, value: Any = None) -> Any:
-    """The runs dropdown with fresh choices (and, when given, a value to show)."""
-    try:
-        choices = run_choices(workspace)
-    except (ForgetlessError, OSError) as error:  # e.g. a run folder removed while listing
-        warn(f"Could not list the runs: {error}")
-        return gr.skip()
-    return gr.update(choices=choices) if value is None else gr.update(choices=choices, value=value)
-
 
 def _on_load(jobs: EvalJobs, workspace: Path, form: Form) -> dict[Any, Any]:
     """Fresh run and domain choices, and the newest plan's settings so a reload shows what is running."""
     plan = jobs.config(jobs.newest())
     shown = {} if plan is None else plan_form(plan, form)
     domain = {"value": shown["domain"]} if "domain" in shown else {}
-    return {**to_widgets(form, shown), form["runs"]: _run_picker(workspace, shown.get("runs")),
+    return {**to_widgets(form, shown), form["runs"]: run_picker(workspace, shown.get("runs")),
             form["domain"]: gr.update(choices=domain_choices(workspace), **domain)}
 
 
@@ -127,7 +118,7 @@ def build_evaluate_tab(demo: gr.Blocks, workspace: Path, roots: ReadableRoots | 
     controls.start.click(partial(start_job, jobs, partial(_confined_plan, roots, form)), set(form.values()),
                          controls.message, **QUIET)
     controls.cancel.click(jobs.cancel, None, controls.message, **QUIET)
-    refresh.click(partial(_run_picker, workspace), None, runs, **QUIET)
+    refresh.click(partial(run_picker, workspace), None, runs, **QUIET)
     demo.load(partial(_on_load, jobs, workspace, form), None, list(form.values()), **QUIET)
 
     poll_outputs = [*controls.outputs, seen]

@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
+from core.errors import ForgetlessError
 from core.settings import declared, field_default, form_values, widget_hints
+from ui.alerts import warn
 from ui.job_controls import JobControls, wire_job
+from ui.views.eval_form import run_choices
 
 Form = dict[str, Any]  # field name -> its widget (a gradio component)
 
@@ -59,3 +63,13 @@ def wire_form(demo: gr.Blocks, controls: JobControls, form: Form, build_config: 
     page load shows the newest job's settings (``to_form``: a config's values by field name) in the form."""
     wire_job(demo, controls, set(form.values()), lambda values: build_config(by_name(form, values)),
              lambda config: to_widgets(form, {name: value for name, value in to_form(config).items() if name in form}))
+
+
+def run_picker(workspace: Path, value: Any = None) -> Any:
+    """A runs dropdown with fresh choices (and, when given, a value to show); unchanged when listing fails."""
+    try:
+        choices = run_choices(workspace)
+    except (ForgetlessError, OSError) as error:  # e.g. a run folder removed while listing
+        warn(f"Could not list the runs: {error}")
+        return gr.skip()
+    return gr.update(choices=choices) if value is None else gr.update(choices=choices, value=value)
