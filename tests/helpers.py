@@ -412,6 +412,22 @@ def build_finished_run(folder: Path, base: Path, data: Path | None = None, *, lo
     return folder
 
 
+def tiny_pipeline(model: Path, **sections: dict) -> dict:
+    """A pipeline on the tiny model: it reconstructs, answers, judges and is tuned; general benchmarks only (its
+    word-level vocabulary has no answer letters for MedMCQA)."""
+    config = {
+        "name": "tiny", "model": str(model), "threads": 1,
+        "reconstruct": {"n": 6, "batch_size": 8, "max_new_tokens": 24},
+        "respond": {"k": 1, "max_new_tokens": 12}, "judge": {"judges": [str(model)]}, "profile": {},
+        "mix": {"domain": "builtin:medmcqa", "ratio": 0.5, "max_domain": 4},
+        "train": {"max_steps": 2, "batch_size": 2, "max_length": 128},
+        "eval": {"suite": ["general"], "limit": 2},
+    }
+    for name, values in sections.items():
+        config[name] = {**config[name], **values}
+    return config
+
+
 def open_tab(page, name: str, element: str) -> None:
     """Show a tab of the app (the Pipeline tab is the one open at first) and wait for one of its elements."""
     page.get_by_role("tab", name=name).click()

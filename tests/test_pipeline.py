@@ -24,26 +24,10 @@ from core.jobs import job_folder, job_info, last_progress, request_cancel, start
 from core.pipeline.config import load_pipeline, pipeline_from_text, preset_paths
 from core.pipeline.runner import KIND, stage_plan
 from core.store import Store
-from tests.helpers import ROOT, assert_one_line_error, forgetless, wait_until, write_domain
+from tests.helpers import ROOT, assert_one_line_error, forgetless, tiny_pipeline, wait_until, write_domain
 
 STAGES = ["reconstruct", "respond", "judge", "profile", "mix", "train", "eval"]
 GENERAL_TASKS = {"arc_easy", "piqa", "hellaswag", "sciq"}
-
-
-def tiny_pipeline(model: Path, **sections: dict) -> dict:
-    """A pipeline on the tiny model: it reconstructs, answers, judges and is tuned; general benchmarks only (its
-    word-level vocabulary has no answer letters for MedMCQA)."""
-    config = {
-        "name": "tiny", "model": str(model), "threads": 1,
-        "reconstruct": {"n": 6, "batch_size": 8, "max_new_tokens": 24},
-        "respond": {"k": 1, "max_new_tokens": 12}, "judge": {"judges": [str(model)]}, "profile": {},
-        "mix": {"domain": "builtin:medmcqa", "ratio": 0.5, "max_domain": 4},
-        "train": {"max_steps": 2, "batch_size": 2, "max_length": 128},
-        "eval": {"suite": ["general"], "limit": 2},
-    }
-    for name, values in sections.items():
-        config[name] = {**config[name], **values}
-    return config
 
 
 def write_yaml(path: Path, config: dict) -> Path:

@@ -24,6 +24,7 @@ from tests.helpers import (
     set_number,
     stop_jobs,
     stop_runs,
+    tiny_pipeline,
     wait_until,
 )
 
@@ -37,16 +38,8 @@ STAGES = ["reconstruct", "respond", "judge", "profile", "mix", "train", "eval"]
 
 
 def _write_preset(workspace: Path, model: Path) -> None:
-    """The workspace's own preset: the tiny model reconstructs, answers, judges and is tuned; general benchmarks
-    only (its word-level vocabulary has no answer letters for MedMCQA)."""
-    preset = {
-        "name": "tiny", "model": str(model), "threads": 1,
-        "reconstruct": {"n": 4, "batch_size": 8, "max_new_tokens": 24},
-        "respond": {"k": 1, "max_new_tokens": 12}, "judge": {"judges": [str(model)]}, "profile": {},
-        "mix": {"domain": "builtin:medmcqa", "ratio": 0.5, "max_domain": 4},
-        "train": {"max_steps": 2, "batch_size": 2, "max_length": 128},
-        "eval": {"suite": ["general"], "limit": 2},
-    }
+    """The workspace's own preset: the tests' tiny pipeline (general benchmarks only), four instructions."""
+    preset = tiny_pipeline(model, reconstruct={"n": 4})
     (workspace / "pipelines").mkdir(parents=True)
     (workspace / "pipelines" / "tiny.yaml").write_text(yaml.safe_dump(preset, sort_keys=False))
 
