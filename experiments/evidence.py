@@ -77,7 +77,9 @@ class Settings:
     k: int = 2  # responses per instruction (the judges pick the best)
     respond_tokens: int = 192
     screen_quantile: float = 0.25  # drop best responses scoring below this quantile
-    general_holdout: float = 0.2  # share of the general candidates every mix sets aside (drift's texts)
+    # share of the general candidates every mix sets aside (drift's texts): ~200 of 2000, and leaves the sweep's
+    # largest ratio (0.75: 3 x domain_rows general rows) enough screened rows (2000 x 0.9 x 0.75 = 1350 >= 1200)
+    general_holdout: float = 0.1
     ratio: float = 0.5  # general share of arms (b), (c), (d)
     ratios: list[float] = field(default_factory=lambda: [0.1, 0.25, 0.5, 0.75])  # arm (c)'s sweep
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
