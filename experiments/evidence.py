@@ -39,7 +39,7 @@ from experiments.evidence_grid import (  # noqa: E402
     grid_table,
     outcome,
 )
-from experiments.evidence_report import evidence, markdown, reading  # noqa: E402
+from experiments.evidence_report import arm_costs, evidence, markdown, reading  # noqa: E402
 from experiments.forgetting_report import per_item  # noqa: E402
 from experiments.forgetting_stats import paired_difference  # noqa: E402
 from experiments.stage_runner import (  # noqa: E402
@@ -76,6 +76,7 @@ class Settings:
     n_general: int = 2000  # instructions to reconstruct: enough screened rows for the sweep's largest ratio
     k: int = 2  # responses per instruction (the judges pick the best)
     respond_tokens: int = 192
+    synthesis_batch_size: int = 128  # rows decoded together by reconstruct and respond (fuller batches, faster)
     screen_quantile: float = 0.25  # drop best responses scoring below this quantile
     # share of the general candidates every mix sets aside (drift's texts): ~200 of 2000, and leaves the sweep's
     # largest ratio (0.75: 3 x domain_rows general rows) enough screened rows (2000 x 0.9 x 0.75 = 1350 >= 1200)
@@ -84,6 +85,9 @@ class Settings:
     ratios: list[float] = field(default_factory=lambda: [0.1, 0.25, 0.5, 0.75])  # arm (c)'s sweep
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     sweep_all_seeds: bool = False  # the sweep's other ratios on every seed (default: the first only)
+    # IFEval's batch in the arms: 96 prompts took 89 s at batch 96 vs 152 s at 32 (machine C), as rows leave the
+    # batch when they stop and a small batch runs mostly empty
+    ifeval_batch_size: int = 128
     general_limit: int = 500  # items per general benchmark (0: all)
     domain_limit: int = 0  # domain test items (0: the whole MedMCQA test split)
     wise_alpha: float = 0.5
@@ -206,8 +210,7 @@ def arms_stage(run: StageRunner, s: Settings, ws: Path, out: Path, grid: dict[st
     base = scores(ws, evaluate(run, s, ws, "base", s.model, drift=False))
     arms: dict[str, list[Any]] = {}
     drift: dict[str, Any] = {}
-    costs: dict[str, Any] = {}
-    synthesis = general["cost"]
+    trained: dict[str, list[dict[str, Any]]] = {}
     for seed in s.seeds:
         mixes = build_mixes(run, s, ws, general, seed)
         for arm, info in train_arms(run, s, ws, mixes, seed).items():
@@ -216,19 +219,8 @@ def arms_stage(run: StageRunner, s: Settings, ws: Path, out: Path, grid: dict[st
             name = "c" if arm == f"c@{s.ratio:g}" else arm
             kl = run.state[f"eval-domain-{arm}-s{seed}"]["summary"]["results"].get("drift", {})
             drift.setdefault(name, []).append(kl)
-            cost = costs.setdefault(name, {"synthesis_seconds": 0.0, "synthesis_tokens": 0, "train_seconds": 0.0,
-                                           "train_tokens": 0})
-            trained = info.get("seconds") or 0.0
-            cost["train_seconds"] += trained
-            cost["train_tokens"] += round(trained * (info.get("tokens_per_s") or 0))
-    stages = {"c": ("reconstruct", "respond", "judge"), "d": ("reconstruct", "respond")}
-    for name, cost in costs.items():
-        used = stages.get(name.split("@")[0], ())
-        cost["synthesis_seconds"] = sum(synthesis[st]["seconds"] or 0 for st in used)
-        cost["synthesis_tokens"] = sum(synthesis[st]["tokens"] or 0 for st in used)
-        if name == "e":  # WiSE-FT needs (a)'s training first
-            cost["train_seconds"] += costs["a"]["train_seconds"]
-            cost["train_tokens"] += costs["a"]["train_tokens"]
+            trained.setdefault(name, []).append(info)
+    costs = arm_costs(general["cost"], trained)
     drift_mean = {arm: {"kl": sum(d.get("kl") or 0 for d in ds) / len(ds), "texts": ds[0].get("texts"),
                         "n": ds[0].get("n")} for arm, ds in drift.items()}
     record = evidence(base, arms, ratio=s.ratio, seeds=s.seeds, drift=drift_mean, costs=costs, settings=asdict(s),

@@ -38,10 +38,12 @@ ARM_NAMES = {"a": "domain only", "b": "+ public SFT (ShareGPT)", "c": "+ reconst
 
 def general_data(run: StageRunner, s: Any, ws: Path) -> dict[str, Any]:
     """Reconstruct, respond and judge with the default (checked) judges, then the screening threshold."""
+    batch = min(s.synthesis_batch_size, reconstruct_batch_size(s.n_general) * 4)
     rec = run.cli("reconstruct", ["reconstruct", "--workspace", ws, "--model", s.model, "--n", s.n_general,
-                                  "--batch-size", reconstruct_batch_size(s.n_general), "--seed", s.seeds[0]])
+                                  "--batch-size", batch, "--seed", s.seeds[0]])
     respond = run.cli("respond", ["respond", "--workspace", ws, "--models", s.model, "--k", s.k,
-                                  "--max-new-tokens", s.respond_tokens, "--batch-size", 32, "--seed", s.seeds[0]])
+                                  "--max-new-tokens", s.respond_tokens, "--batch-size", s.synthesis_batch_size,
+                                  "--seed", s.seeds[0]])
     judge = run.cli("judge", ["judge", "--workspace", ws])
     n, min_score = screen_threshold(run, ws, s.screen_quantile)
     return {"reconstructed": rec.get("stored"), "with_best": n, "min_score": min_score,
@@ -126,16 +128,21 @@ def evaluate(run: StageRunner, s: Any, ws: Path, name: str, model: str, drift: b
                                                   *(["--limit", s.domain_limit] if s.domain_limit else []),
                                                   *(["--drift-n", 100000] if drift else [])])["job_id"],
     }
-    jobs[PRIMARY_METRIC] = ifeval(run, s, ws, f"eval-ifeval-{name}", model)["job_id"]
+    # Its own job at the arms' batch size: greedy replies depend slightly on how prompts are batched (bf16,
+    # padding), so every arm and their base are generated alike (the grid's evaluations stay at batch 32).
+    jobs[PRIMARY_METRIC] = ifeval(run, s, ws, f"eval-ifeval-{name}", model, batch_size=s.ifeval_batch_size,
+                                  job_id=f"arms-ifeval-{name.replace('@', '-r')}-b{s.ifeval_batch_size}")["job_id"]
     return jobs
 
 
-def ifeval(run: StageRunner, s: Any, ws: Path, name: str, model: str) -> dict[str, Any]:
-    """The primary metric for ``model`` (a model spec or a run folder): one eval job, resumable (the grid's
-    base and the arms' base are the same job)."""
+def ifeval(run: StageRunner, s: Any, ws: Path, name: str, model: str, batch_size: int = 32,
+           job_id: str | None = None) -> dict[str, Any]:
+    """The primary metric for ``model`` (a model spec or a run folder): one eval job, resumable. Without
+    ``job_id`` the job is named from the settings (the grid's)."""
     limit = ["--limit", s.ifeval_limit] if s.ifeval_limit else []
+    named = ["--job-id", job_id] if job_id else []
     return run.cli(name, ["eval", "--workspace", ws, "--model", model, "--suite", "ifeval", *limit, "--seed", s.seed,
-                          "--ifeval-max-new-tokens", s.ifeval_tokens, "--batch-size", 32])
+                          "--ifeval-max-new-tokens", s.ifeval_tokens, "--batch-size", batch_size, *named])
 
 
 def scores(ws: Path, jobs: dict[str, str]) -> dict[str, dict[str, float]]:

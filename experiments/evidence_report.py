@@ -63,6 +63,50 @@ def evidence(base: Scores, arms: Mapping[str, Sequence[Scores]], *, ratio: float
     }
 
 
+SYNTHESIS_STAGES = {"c": ("reconstruct", "respond"), "d": ("reconstruct", "respond")}
+SCREENING_STAGES = {"c": ("judge",)}
+
+
+def run_seconds(info: Mapping[str, Any]) -> float:
+    """One training run's wall time for all its steps: a resumed run's summary times only the steps after its
+    checkpoint, so its rate is carried over to the whole run."""
+    seconds, total = info.get("seconds") or 0.0, info.get("total_steps") or info.get("steps") or 0
+    done = total - (info.get("resumed_from_step") or 0)
+    return seconds * total / done if total and done > 0 else seconds
+
+
+def arm_costs(stages: Mapping[str, Mapping[str, Any]], trained: Mapping[str, Sequence[Mapping[str, Any]]]
+              ) -> dict[str, dict[str, Any]]:
+    """Per arm, what it needed on this machine: synthesis (reconstruct + respond: (c) and (d)) and screening
+    (judge: (c)) once, and training per run (mean over its seeds); (e) is (a)'s training plus the interpolation.
+
+    ``stages``: stage -> {seconds, tokens}; ``trained``: arm -> its runs' summaries (train or WiSE-FT)."""
+    def stage_sum(names: Sequence[str], key: str) -> float:
+        return sum(stages[name][key] or 0 for name in names)
+
+    def per_run(runs: Sequence[Mapping[str, Any]]) -> tuple[float, float]:
+        seconds = [run_seconds(info) for info in runs]
+        tokens = [sec * (info.get("tokens_per_s") or 0) for sec, info in zip(seconds, runs, strict=True)]
+        return sum(seconds) / len(runs), sum(tokens) / len(runs)
+
+    costs = {}
+    for arm, runs in trained.items():
+        kind = arm.split("@")[0]
+        train_seconds, train_tokens = per_run(runs)
+        if kind == "e":
+            a_seconds, a_tokens = per_run(trained["a"])
+            train_seconds, train_tokens = train_seconds + a_seconds, a_tokens
+        synthesis, screening = SYNTHESIS_STAGES.get(kind, ()), SCREENING_STAGES.get(kind, ())
+        cost = {"synthesis_seconds": stage_sum(synthesis, "seconds"),
+                "synthesis_tokens": stage_sum(synthesis, "tokens"),
+                "screening_seconds": stage_sum(screening, "seconds"),
+                "screening_tokens": stage_sum(screening, "tokens"),
+                "train_seconds": round(train_seconds, 1), "train_tokens": round(train_tokens), "runs": len(runs)}
+        cost["total_seconds"] = round(cost["synthesis_seconds"] + cost["screening_seconds"] + train_seconds, 1)
+        costs[arm] = cost
+    return costs
+
+
 def _interval_says(name: str, value: float | None, ci: Sequence[float | None] | None, what: str) -> str:
     """One plain sentence on a ratio and its interval (``what``: what 1.0 would mean)."""
     if value is None:
@@ -135,9 +179,12 @@ def markdown(record: Mapping[str, Any], commands: Sequence[str]) -> str:
     sweep = ["| ratio | forgetting (pts) | domain gain (pts) |", "|---|---|---|"] + [
         f"| {row['ratio']:g} | {_pm({'delta': row['forgetting']['value'], 'stderr': row['forgetting']['stderr']})} "
         f"| {_pm(row['domain_gain'])} |" for row in record["sweep"]]
-    costs = ["| arm | synthesis s | synthesis tokens | training s | training tokens |", "|---|---|---|---|---|"] + [
-        f"| ({arm}) | {c.get('synthesis_seconds', 0):.0f} | {c.get('synthesis_tokens', 0):,} | "
-        f"{c.get('train_seconds', 0):.0f} | {c.get('train_tokens', 0):,} |" for arm, c in record["costs"].items()]
+    costs = ["| arm | synthesis s (tokens) | screening s (tokens) | training s per run (tokens) | total s |",
+             "|---|---|---|---|---|"] + [
+        f"| ({arm}) | {c['synthesis_seconds']:.0f} ({c['synthesis_tokens']:,.0f}) | {c['screening_seconds']:.0f} "
+        f"({c['screening_tokens']:,.0f}) | {c['train_seconds']:.0f} ({c['train_tokens']:,}) | "
+        f"{c['total_seconds']:.0f} |"
+        for arm, c in record["costs"].items()]
     return "\n\n".join([
         "\n".join(f"- {line}" for line in reading(record)),
         f"Changes vs the base in points (mean ± stderr over items, each item averaged over seeds "
@@ -147,5 +194,7 @@ def markdown(record: Mapping[str, Any], commands: Sequence[str]) -> str:
         f"{_interval(s['forgetting_reduction'], s['forgetting_reduction_ci'])}; **domain gain retention** "
         f"(gain(c)/gain(a)): {_interval(s['domain_gain_retention'], s['domain_gain_retention_ci'])} (95% bootstrap "
         "intervals over items).",
-        "\n".join(ratio_lines), "Ratio sweep of (c):\n\n" + "\n".join(sweep), "Cost per arm:\n\n" + "\n".join(costs),
+        "\n".join(ratio_lines), "Ratio sweep of (c):\n\n" + "\n".join(sweep),
+        "Cost per arm on this machine (synthesis and screening once; training per run, the mean over seeds):\n\n"
+        + "\n".join(costs),
         "Commands:\n\n```bash\n" + "\n".join(commands) + "\n```"])

@@ -68,8 +68,12 @@ def test_quick_experiment_runs_end_to_end_and_resumes(tmp_path: Path):
     assert {"forgetting_reduction", "forgetting_reduction_ci", "domain_gain_retention",
             "domain_gain_retention_ci"} <= set(record["summary"])
     assert [row["ratio"] for row in record["sweep"]] == [0.25, 0.5]
-    assert record["costs"]["c"]["synthesis_seconds"] > 0 and record["costs"]["a"]["synthesis_seconds"] == 0
-    assert record["costs"]["e"]["train_seconds"] >= record["costs"]["a"]["train_seconds"]  # (a)'s training first
+    costs = record["costs"]
+    assert costs["c"]["synthesis_seconds"] > 0 and costs["c"]["screening_seconds"] > 0
+    assert costs["d"]["synthesis_seconds"] == costs["c"]["synthesis_seconds"] and costs["d"]["screening_seconds"] == 0
+    assert costs["a"]["synthesis_seconds"] == 0 and costs["a"]["train_seconds"] > 0 and costs["a"]["train_tokens"] > 0
+    assert costs["e"]["train_seconds"] >= costs["a"]["train_seconds"]  # (a)'s training first
+    assert "| (c) |" in (out / "evidence.md").read_text(encoding="utf-8")
     runs = sorted(p.name for p in (workspace / "runs").iterdir())
     assert not any((workspace / "runs" / name / "checkpoints").exists() for name in runs)  # pruned when finished
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from experiments.evidence_report import arm_costs
 from experiments.evidence_stats import change, item_changes, ratio_with_interval, summary
 
 
@@ -62,3 +63,18 @@ def test_the_reading_says_when_the_effect_is_shown_absent_or_reversed():
     assert "no effect is shown" in reading(record(-0.1, 0.2, [-0.1, 0.5]))[1]
     assert "opposite of the intended effect" in reading(record(-0.1, -0.5, [-0.9, -0.2]))[1]
     assert "does not clearly forget" in reading(record(-0.02, None, None))[0]
+
+
+def test_costs_count_synthesis_and_screening_once_and_training_per_run():
+    stages = {"reconstruct": {"seconds": 10.0, "tokens": 100}, "respond": {"seconds": 30.0, "tokens": 600},
+              "judge": {"seconds": 5.0, "tokens": 50}}
+    run = {"seconds": 100.0, "total_steps": 10, "tokens_per_s": 2.0}
+    resumed = {"seconds": 50.0, "total_steps": 10, "resumed_from_step": 5, "tokens_per_s": 4.0}  # timed 5 of 10
+    costs = arm_costs(stages, {"a": [run, resumed], "c": [run], "d": [run], "e": [{"seconds": 3.0}]})
+    assert costs["a"] == {"synthesis_seconds": 0, "synthesis_tokens": 0, "screening_seconds": 0,
+                          "screening_tokens": 0, "train_seconds": 100.0, "train_tokens": 300, "runs": 2,
+                          "total_seconds": 100.0}
+    assert (costs["c"]["synthesis_seconds"], costs["c"]["screening_seconds"], costs["c"]["total_seconds"]) == (
+        40.0, 5.0, 145.0)
+    assert (costs["d"]["synthesis_tokens"], costs["d"]["screening_tokens"]) == (700, 0)
+    assert costs["e"]["train_seconds"] == 103.0 and costs["e"]["train_tokens"] == 300  # (a)'s run + interpolation
