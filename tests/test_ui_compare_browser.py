@@ -15,6 +15,7 @@ import yaml
 from core.store import InstructionRow, Store, text_key
 from core.store.compare import ComparisonRow
 from tests.helpers import (
+    BROWSER_TESTS,
     CHROMIUM,
     CHROMIUM_ARGS,
     build_finished_run,
@@ -25,10 +26,7 @@ from tests.helpers import (
 )
 
 sync_api = pytest.importorskip("playwright.sync_api")
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium is not installed (make browser)"),
-]
+pytestmark = BROWSER_TESTS
 JOB_TIMEOUT_S = 120
 RUN = "20250101-000000-lora"
 HELD_OUT = ["explain how to learn python", "give me a simple recipe to cook", "write a short poem about the sea"]

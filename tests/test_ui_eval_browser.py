@@ -15,13 +15,10 @@ import yaml
 
 from core.store import Store
 from core.store.evaluation import EvalResultRow
-from tests.helpers import CHROMIUM, CHROMIUM_ARGS, set_number, wait_until
+from tests.helpers import BROWSER_TESTS, CHROMIUM, CHROMIUM_ARGS, set_number, wait_until
 
 sync_api = pytest.importorskip("playwright.sync_api")
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium is not installed (make browser)"),
-]
+pytestmark = BROWSER_TESTS
 JOB_TIMEOUT_S = 120
 
 

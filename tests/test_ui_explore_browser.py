@@ -15,6 +15,7 @@ import pytest
 
 from core.store import STORE_FILE
 from tests.helpers import (
+    BROWSER_TESTS,
     CHROMIUM,
     CHROMIUM_ARGS,
     ROOT,
@@ -28,10 +29,7 @@ from tests.helpers import (
 )
 
 sync_api = pytest.importorskip("playwright.sync_api")
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium is not installed (make browser)"),
-]
+pytestmark = BROWSER_TESTS
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ from core.mix.mixing import MixConfig, held_out_general
 from core.store import STORE_FILE, Store
 from core.train.runs import runs_root
 from tests.helpers import (
+    BROWSER_TESTS,
     CHROMIUM,
     CHROMIUM_ARGS,
     N_GENERAL,
@@ -41,10 +42,7 @@ from tests.helpers import (
 )
 
 sync_api = pytest.importorskip("playwright.sync_api")
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium is not installed (make browser)"),
-]
+pytestmark = BROWSER_TESTS
 TRAIN_TIMEOUT_S = 120
 PLAN_TIMEOUT_S = 60  # the first plan loads the tokenizer and tokenizes MedMCQA's train rows
 

@@ -16,6 +16,7 @@ import yaml
 
 from core.jobs import job_info, list_jobs
 from tests.helpers import (
+    BROWSER_TESTS,
     CHROMIUM,
     CHROMIUM_ARGS,
     choose,
@@ -29,10 +30,7 @@ from tests.helpers import (
 )
 
 sync_api = pytest.importorskip("playwright.sync_api")
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium is not installed (make browser)"),
-]
+pytestmark = BROWSER_TESTS
 PIPELINE_TIMEOUT_S = 600
 STAGES = ["reconstruct", "respond", "judge", "profile", "mix", "train", "eval"]
 

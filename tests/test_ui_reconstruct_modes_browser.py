@@ -12,6 +12,7 @@ import re
 import pytest
 
 from tests.helpers import (
+    BROWSER_TESTS,
     CHROMIUM,
     CHROMIUM_ARGS,
     build_steerable_store,
@@ -22,10 +23,7 @@ from tests.helpers import (
 )
 
 sync_api = pytest.importorskip("playwright.sync_api")
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium is not installed (make browser)"),
-]
+pytestmark = BROWSER_TESTS
 JOB_TIMEOUT_S = 120
 
 

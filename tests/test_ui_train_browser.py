@@ -18,6 +18,7 @@ import yaml
 
 from core.train.runs import runs_root
 from tests.helpers import (
+    BROWSER_TESTS,
     CHROMIUM,
     CHROMIUM_ARGS,
     choose,
@@ -31,10 +32,7 @@ from tests.helpers import (
 )
 
 sync_api = pytest.importorskip("playwright.sync_api")
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium is not installed (make browser)"),
-]
+pytestmark = BROWSER_TESTS
 RUN_TIMEOUT_S = 75
 SNAPSHOT = "tiny-mix"
 LONG_STEPS = 100_000  # never finishes: it is cancelled, resumed and cancelled again
