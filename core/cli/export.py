@@ -9,8 +9,9 @@ from typing import Any, NoReturn
 
 from core.cli.common import Stages, add_stage, emit, progress_bar
 from core.cli.flags import add_settings, config_values
+from core.folders import check_out_free
 from core.jobs import job_folder, job_session
-from core.train.export import ExportConfig, check_out_free, export_run, finished_run
+from core.train.export import ExportConfig, export_run, finished_run
 
 
 def export_config(args: argparse.Namespace) -> ExportConfig:

@@ -48,9 +48,10 @@ import pandas as pd
 
 from core.engines.models import load_tokenizer
 from core.errors import ForgetlessError
+from core.folders import check_out_free
 from core.mix.domain import load_domain, split_by_content
 from core.mix.rows import canonical_json, join_rows, take_rows
-from core.mix.snapshot import check_out_free, write_snapshot
+from core.mix.snapshot import write_snapshot
 from core.settings import setting
 from core.store.explore import ExploreFilters
 

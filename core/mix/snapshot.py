@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
-import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ import yaml
 from core import __version__
 from core.config import to_yaml
 from core.errors import ForgetlessError
+from core.folders import check_out_free, staged_folder
 from core.mix.rows import rows_sha256
 
 MIXES_DIR = "mixes"
@@ -35,14 +34,6 @@ SNAPSHOT_COLUMNS = ("name", "created", "general", "domain", "total", "ratio", "r
 def mixes_dir(workspace: Path) -> Path:
     """Where the app keeps snapshots: ``<workspace>/mixes/<name>``."""
     return Path(workspace) / MIXES_DIR
-
-
-def check_out_free(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise ForgetlessError(f"{out} is a file: --out must name a folder")
-    if out.exists() and any(out.iterdir()):
-        raise ForgetlessError(f"{out} already exists and is not empty: choose another --out (snapshots are "
-                              "never overwritten)")
 
 
 def file_sha256(path: Path) -> str:
@@ -152,10 +143,7 @@ def write_snapshot(plan: Any, out: Path) -> dict[str, Any]:
     """Write ``plan`` (a MixPlan) as a snapshot folder at ``out``; return its summary (with ``out``)."""
     out = Path(out)
     check_out_free(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
-    staging.mkdir()
-    try:
+    with staged_folder(out) as staging:
         write_train_file(plan, staging / TRAIN_FILE)
         summary = plan.summary()
         report = plan.domain.report
@@ -188,12 +176,6 @@ def write_snapshot(plan: Any, out: Path) -> dict[str, Any]:
                                              encoding="utf-8")
         (staging / "config.yaml").write_text(to_yaml(plan.config), encoding="utf-8")
         (staging / "README.md").write_text(_card(out.name, manifest), encoding="utf-8")
-        if out.exists():  # an empty folder (checked above) is replaced
-            out.rmdir()
-        staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return {**summary, "out": str(out), "sha256": manifest["files"][TRAIN_FILE]["sha256"]}
 
 

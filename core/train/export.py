@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import shutil
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Any
 from core.config import fingerprint, load_yaml
 from core.engines.models import local_folder
 from core.errors import ForgetlessError
+from core.folders import check_out_free, staged_folder
 from core.jobs import job_info
 from core.settings import setting
 from core.train.model_card import export_info, model_card
@@ -100,16 +100,6 @@ def finished_run(run: Path) -> FinishedRun:
     except (OSError, ValueError):
         summary = info.summary or {}
     return FinishedRun(folder, config, summary if isinstance(summary, dict) else {}, weights)
-
-
-def check_out_free(out: Path) -> None:
-    """Refuse an ``--out`` that is a file, or a folder with anything in it (an export never overwrites)."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ForgetlessError(f"{out} is a file: export into a folder")
-    if out.is_dir() and any(out.iterdir()):
-        raise ForgetlessError(f"{out} already exists and is not empty: choose another folder (an export never "
-                              "overwrites one)")
 
 
 def _folder_dtype(folder: Path) -> str | None:
@@ -188,34 +178,24 @@ def export_run(config: ExportConfig, workspace: Path,
             on_progress({"phase": name, "done": PHASES.index(name), "total": len(PHASES)})
 
     phase("checking")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
-    staging.mkdir()
     try:
-        if run.config.method == "lora":
-            dtype, base_folder = _write_merged(run, Path(workspace), config.dtype, staging, phase)
-        else:
-            dtype, base_folder = _write_full(run, config.dtype, staging, phase), None
-        phase("model card")
-        info = export_info(run.folder, run.config, run.summary, Path(workspace), dtype, base_folder)
-        (staging / EXPORT_JSON).write_text(json.dumps(info, indent=2, default=str), encoding="utf-8")
-        (staging / CARD_FILE).write_text(model_card(info, out.name), encoding="utf-8")
-        # safetensors writes its files owner-only (0600); a folder meant for serving and sharing gets the mode
-        # of any file this process writes (the card's, from the umask)
-        mode = (staging / CARD_FILE).stat().st_mode & 0o777
-        for path in staging.iterdir():
-            if path.is_file():
-                path.chmod(mode)
-        check_out_free(out)  # again: something may have appeared there while the model was written
-        if out.exists():
-            out.rmdir()  # empty (checked); a file written into it since makes this fail, and nothing is lost
-        staging.rename(out)
+        with staged_folder(out) as staging:
+            if run.config.method == "lora":
+                dtype, base_folder = _write_merged(run, Path(workspace), config.dtype, staging, phase)
+            else:
+                dtype, base_folder = _write_full(run, config.dtype, staging, phase), None
+            phase("model card")
+            info = export_info(run.folder, run.config, run.summary, Path(workspace), dtype, base_folder)
+            (staging / EXPORT_JSON).write_text(json.dumps(info, indent=2, default=str), encoding="utf-8")
+            (staging / CARD_FILE).write_text(model_card(info, out.name), encoding="utf-8")
+            # safetensors writes its files owner-only (0600); a folder meant for serving and sharing gets the mode
+            # of any file this process writes (the card's, from the umask)
+            mode = (staging / CARD_FILE).stat().st_mode & 0o777
+            for path in staging.iterdir():
+                if path.is_file():
+                    path.chmod(mode)
     except OSError as error:
-        shutil.rmtree(staging, ignore_errors=True)
         raise ForgetlessError(f"cannot write {out}: {error.strerror or error}") from error
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     files = sorted(path.name for path in out.iterdir() if path.is_file())
     return {"run": str(run.folder), "out": str(out), "method": run.config.method, "base_model": run.config.model,
             "dtype": dtype, "files": files, "bytes": sum((out / name).stat().st_size for name in files),

@@ -22,10 +22,11 @@ from plotly.subplots import make_subplots
 from core.cli.flags import cli_command
 from core.data_paths import ReadableRoots
 from core.errors import ForgetlessError
+from core.folders import check_out_free
 from core.jobs import ACTIVE_STATES, JobInfo, job_info, list_jobs, load_job_config, new_job_id, start_background
 from core.settings import config_from_form, form_values
 from core.train.data import snapshot_file
-from core.train.export import ExportConfig, check_out_free, finished_run
+from core.train.export import ExportConfig, finished_run
 from core.train.progress import read_progress
 from core.train.runs import cancel_run, list_runs, resume_training, runs_root, start_training
 from core.train.training import TrainConfig, last_checkpoint
