@@ -221,8 +221,8 @@ def arms_stage(run: StageRunner, s: Settings, ws: Path, out: Path, grid: dict[st
             drift.setdefault(name, []).append(kl)
             trained.setdefault(name, []).append(info)
     costs = arm_costs(general["cost"], trained)
-    drift_mean = {arm: {"kl": sum(d.get("kl") or 0 for d in ds) / len(ds), "texts": ds[0].get("texts"),
-                        "n": ds[0].get("n")} for arm, ds in drift.items()}
+    drift_mean = {arm: {**{key: _mean(d.get(key) for d in ds) for key in ("kl", "ppl_base", "ppl_tuned")},
+                        "texts": ds[0].get("texts"), "n": ds[0].get("n")} for arm, ds in drift.items()}
     record = evidence(base, arms, ratio=s.ratio, seeds=s.seeds, drift=drift_mean, costs=costs, settings=asdict(s),
                       machine=machine())
     record["reading"] = reading(record)
@@ -233,6 +233,12 @@ def arms_stage(run: StageRunner, s: Settings, ws: Path, out: Path, grid: dict[st
     (out / "evidence.md").write_text("# Evidence: forgetting with and without the reconstructed data\n\n"
                                      + markdown(record, run.commands) + "\n", encoding="utf-8")
     return record
+
+
+def _mean(values: Any) -> float | None:
+    """The mean of the values that are there (None when none is)."""
+    present = [value for value in values if value is not None]
+    return sum(present) / len(present) if present else None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -165,14 +165,18 @@ def _entry(value: Mapping[str, Any]) -> str:
 def markdown(record: Mapping[str, Any], commands: Sequence[str]) -> str:
     """The results section: a table per arm, the two ratios with their intervals, the sweep and the costs."""
     arms = record["arms"]
-    header = ("| arm | IFEval (primary) | general mean | " + " | ".join(GENERAL) + f" | {DOMAIN_TASK} | drift KL |")
+    header = ("| arm | IFEval (primary) | general mean | " + " | ".join(GENERAL) +
+              f" | {DOMAIN_TASK} | drift KL | held-out ppl (base → tuned) |")
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for arm, tasks in arms.items():
         drift = record["drift"].get(arm) or {}
         kl = "-" if drift.get("kl") is None else f"{drift['kl']:.3f}"
+        ppl = ("-" if drift.get("ppl_tuned") is None else
+               f"{drift['ppl_base']:.2f} → {drift['ppl_tuned']:.2f}" if drift.get("ppl_base") is not None else
+               f"{drift['ppl_tuned']:.2f}")
         lines.append(f"| ({arm}) {record['arm_names'][arm]} | {_pm(tasks[PRIMARY_METRIC])} | "
                      f"{_pm(tasks['general_mean'])} | " + " | ".join(_pm(tasks[t]) for t in GENERAL) +
-                     f" | {_pm(tasks[DOMAIN_TASK])} | {kl} |")
+                     f" | {_pm(tasks[DOMAIN_TASK])} | {kl} | {ppl} |")
     s = record["summary"]
     ratio_lines = [f"- ({arm}): forgetting reduction {_entry(v['forgetting_reduction'])}, domain gain retention "
                    f"{_entry(v['domain_gain_retention'])}" for arm, v in s["by_arm"].items()]

@@ -65,6 +65,7 @@ def test_quick_experiment_runs_end_to_end_and_resumes(tmp_path: Path):
         assert set(tasks) == {"arc_easy", "piqa", "hellaswag", "sciq", "medmcqa", "ifeval", "general_mean"}
         assert all(-1.0 <= task["delta"] <= 1.0 for task in tasks.values()), arm
         assert record["drift"][arm]["texts"] == "held out by the mix" and record["drift"][arm]["n"] >= 1
+        assert record["drift"][arm]["ppl_tuned"] > 1 and record["drift"][arm]["ppl_base"] > 1  # held-out perplexity
     assert {"forgetting_reduction", "forgetting_reduction_ci", "domain_gain_retention",
             "domain_gain_retention_ci"} <= set(record["summary"])
     assert [row["ratio"] for row in record["sweep"]] == [0.25, 0.5]
