@@ -4,6 +4,7 @@ one is never overwritten."""
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 import uuid
@@ -31,7 +32,7 @@ def staged_folder(out: Path) -> Iterator[Path]:
     that a killed process left for the same ``out`` (their process gone) are removed first."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    for stale in out.parent.glob(f".{out.name}.partial-*"):
+    for stale in out.parent.glob(f".{glob.escape(out.name)}.partial-*"):
         if not _writer_alive(stale.name.removeprefix(f".{out.name}.partial-")):
             shutil.rmtree(stale, ignore_errors=True)
     staging = out.parent / f".{out.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"

@@ -57,3 +57,8 @@ def test_staging_left_by_a_dead_writer_is_removed_and_a_live_one_kept(tmp_path: 
         (staging / "done").write_text("y")
     assert not dead.exists() and alive.exists() and legacy.exists() and other.exists()
     assert (tmp_path / "model" / "done").exists()
+    bracketed = tmp_path / f".mix[1].partial-{finished.stdout.strip()}-0123abcd"  # a name glob would misread
+    bracketed.mkdir()
+    with staged_folder(tmp_path / "mix[1]") as staging:
+        (staging / "rows").write_text("z")
+    assert not bracketed.exists() and (tmp_path / "mix[1]" / "rows").exists()
