@@ -61,7 +61,8 @@ class Settings:
     model: str = "smollm2-135m-instruct"
     grid_rows: list[int] = field(default_factory=lambda: [400, 1600])
     grid_epochs: list[int] = field(default_factory=lambda: [1, 3])
-    grid_lrs: list[float] = field(default_factory=lambda: [2e-5, 1e-4])
+    # 3e-4 and 1e-3 were added mid-grid, when the smaller ones did not forget (docs/results.md)
+    grid_lrs: list[float] = field(default_factory=lambda: [2e-5, 1e-4, 3e-4, 1e-3])
     grid_all: bool = False  # evaluate every point, not only up to the first that forgets
     batch_size: int = 8
     max_length: int = 512
