@@ -1,13 +1,15 @@
 """Training throughput: SFT tokens/s of our trainer vs TRL with the same settings vs TRL's defaults, same run.
 
-All three train the same model on the same short conversations with the same LoRA settings (or, with
-``--full``, every weight), each for one warm-up step and then the same ``--steps`` timed steps; a rate is
-the timed steps' tokens (not padding) over their wall time.
+All three train the same model on the same conversations (short fixed chats, or the first rows of a mix
+snapshot with ``--data``) with the same LoRA settings (or, with ``--full``, every weight), each for one warm-up
+step and then the same ``--steps`` timed steps; a rate is the timed steps' tokens (not padding) over their wall
+time.
 
 - **ours**: `core.train.training.build_trainer` with TrainConfig's defaults (the hardware's dtype: bf16
-  autocast where bf16 is native, else fp32; no gradient checkpointing on a CPU).
+  autocast where bf16 is native, else fp32; no gradient checkpointing on a CPU; padding-free batches).
 - **TRL, same settings**: a plain `SFTTrainer` given our dtype (weights and autocast) and no gradient
-  checkpointing, so ours / this ratio is what our own code adds beyond choosing those two settings.
+  checkpointing, batches padded as TRL does by default: ours / this ratio is what our own code adds beyond
+  choosing those two settings (padding-free batches: it shows on conversations of different lengths, ``--data``).
 - **TRL defaults**: `SFTConfig`'s defaults (bf16 autocast, gradient checkpointing) on the model as the app
   loads it, except what is needed to run and time it here (CPU, no saving, a log line per step).
 
@@ -108,7 +110,7 @@ def run_ours(data: Path, model: str, workspace: Path, steps: int, batch_size: in
 
     clock = StepClock()
     config = TrainConfig(data=str(data), out=str(out), model=model, method=method, max_steps=steps + 1,
-                         batch_size=batch_size, save_steps=10_000)
+                         batch_size=batch_size, save_steps=10_000, seed=0)
     trainer = build_trainer(config, workspace, callbacks=[clock])
     trainer.train()
     flops, frozen, trained = matmul_flops_per_token(trainer.model)
@@ -140,7 +142,8 @@ def run_trl(data: Path, model: str, workspace: Path, steps: int, batch_size: int
     loaded = load_model(model, workspace, device="cpu", dtype=dtype)
     clock = StepClock()
     args = SFTConfig(output_dir=str(out), max_steps=steps + 1, per_device_train_batch_size=batch_size,
-                     logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True, use_cpu=True,
+                     max_length=ours.max_length, seed=ours.seed, logging_steps=1, save_strategy="no",
+                     report_to="none", disable_tqdm=True, use_cpu=True,
                      **settings)
     lora = None
     if method == "lora":
@@ -161,6 +164,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--steps", type=int, default=4, help="timed steps of each run (after one warm-up step)")
     parser.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA")
+    parser.add_argument("--data", type=Path, help="a mix snapshot folder: train on its first batch x (steps + 1) "
+                        "conversations (lengths as they come) instead of the fixed short chats")
     parser.add_argument("--no-trl-defaults", action="store_true", help="skip the run with TRL's defaults")
     parser.add_argument("--threads", type=int, help="torch threads for everything measured, matmul bound included "
                         "(default: torch's choice; 1 when other work shares the cores, see the module docstring)")
@@ -179,7 +184,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         data = Path(folder) / "mix"
         data.mkdir()
-        pd.DataFrame({"messages": conversations(args.batch_size * (args.steps + 1))}).to_parquet(data / "train.parquet")
+        rows = args.batch_size * (args.steps + 1)
+        chats = (pd.read_parquet(args.data / "train.parquet", columns=["messages"])["messages"].head(rows).tolist()
+                 if args.data else conversations(rows))
+        pd.DataFrame({"messages": chats}).to_parquet(data / "train.parquet")
         load_before = os.getloadavg()[0]
         runs: dict[str, dict] = {}
         runs["ours"] = run_ours(data, args.model, args.workspace, args.steps, args.batch_size, method,

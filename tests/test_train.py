@@ -80,7 +80,43 @@ def test_labels_cover_only_the_final_assistant_turn(tiny_model_dir, snapshot, tm
         assert all(label == -100 for label in labels[:first_trained])  # system, user, earlier turns: context
         assert tokenizer.decode(ids[:first_trained]).split()[-2:] == ["<|im_start|>", "assistant"]
     batch = trainer.data_collator([trainer.train_dataset[0], trainer.train_dataset[2]])
-    assert (batch["labels"][batch["attention_mask"] == 0] == -100).all()  # padding is never a target
+    starts = batch["position_ids"][0] == 0  # padding-free: one row, positions restart at each conversation
+    assert "attention_mask" not in batch and batch["input_ids"].shape[0] == 1 and int(starts.sum()) == 2
+    assert (batch["labels"][0][starts] == -100).all()  # a conversation's end never predicts the next one's start
+
+
+def test_padding_free_batches_give_the_padded_loss_and_gradients(tiny_model_dir, snapshot, tmp_path):
+    import torch
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    trainer = build_trainer(tiny_config(tmp_path, tiny_model_dir, snapshot, method="full", dtype="float32"),
+                            tmp_path / "ws")
+    model, rows = trainer.model, [trainer.train_dataset[i] for i in range(4)]
+    assert len({len(row["input_ids"]) for row in rows}) > 1  # lengths differ, so the padded batch has padding
+    padded = DataCollatorForLanguageModeling(pad_token_id=trainer.processing_class.pad_token_id)(rows)
+    assert (padded["attention_mask"] == 0).any()
+
+    def loss_and_grads(batch):
+        model.zero_grad()
+        loss = model(**batch).loss
+        loss.backward()
+        return loss.detach(), [param.grad.clone() for param in model.parameters()]
+
+    free_loss, free_grads = loss_and_grads(trainer.data_collator(rows))
+    padded_loss, padded_grads = loss_and_grads(padded)
+    assert torch.allclose(free_loss, padded_loss, atol=1e-5)  # each conversation sees only itself
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(free_grads, padded_grads, strict=True))
+
+
+def test_conversations_longer_than_max_length_are_cut_like_trl_does(tiny_model_dir, snapshot, tmp_path):
+    full = build_trainer(tiny_config(tmp_path, tiny_model_dir, snapshot), tmp_path / "ws").train_dataset
+    first_trained = [next(i for i, label in enumerate(row["labels"]) if label != -100) for row in full]
+    max_length = sorted(first_trained)[len(first_trained) // 2]  # half the rows keep no answer token
+    cut = build_trainer(tiny_config(tmp_path, tiny_model_dir, snapshot, max_length=max_length),
+                        tmp_path / "ws").train_dataset
+    assert 0 < len(cut) == sum(start < max_length for start in first_trained) < len(full)
+    assert max(len(row["input_ids"]) for row in cut) == max_length
+    assert all(len(row["labels"]) == len(row["input_ids"]) for row in cut)
 
 
 def test_full_fine_tune_two_steps_writes_the_model(tiny_model_dir, snapshot, tmp_path):

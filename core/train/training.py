@@ -180,7 +180,10 @@ def build_trainer(config: TrainConfig, workspace: Path, callbacks: list[Any] | N
         max_steps=config.max_steps or -1, num_train_epochs=config.epochs,
         learning_rate=config.resolved_learning_rate(), warmup_steps=config.warmup_ratio,  # below 1: a share
         per_device_train_batch_size=config.batch_size, gradient_accumulation_steps=config.grad_accum,
-        max_length=config.max_length, completion_only_loss=True, seed=config.seed,
+        # Padding-free: a batch is one row of its conversations back to back, each attending only to itself
+        # (position ids restart per conversation), so no pad token is computed (half of a padded MedMCQA batch was
+        # padding). TRL refuses max_length then, unless it packs: cut below, as TRL would.
+        padding_free=True, max_length=None, completion_only_loss=True, seed=config.seed,
         bf16=half and dtype == torch.bfloat16, fp16=half and dtype == torch.float16,
         activation_checkpointing=checkpointing, use_cpu=device == "cpu",  # gradient_checkpointing in transformers 5
         save_strategy="steps", save_steps=config.save_steps, save_total_limit=config.keep_checkpoints,
@@ -193,11 +196,19 @@ def build_trainer(config: TrainConfig, workspace: Path, callbacks: list[Any] | N
     except ValueError as error:  # e.g. LoRA target modules that the model does not have
         raise ForgetlessError(f"cannot set up training: {str(error).splitlines()[0]}") from error
     trainer.remove_callback(PrinterCallback)  # it prints every log dict to stdout
+    trainer.train_dataset = _cut_to(trainer.train_dataset, config.max_length)
     if len(trainer.train_dataset) == 0:
         raise ForgetlessError(f"no conversation of {config.data} has an answer within max length {config.max_length}")
     trainer.forgetless_precision = {"device": device, "dtype": str(dtype).removeprefix("torch."),
                                     "gradient_checkpointing": checkpointing}
     return trainer
+
+
+def _cut_to(dataset: Any, max_length: int) -> Any:
+    """TRL's own truncation (keep the start, drop rows left without a trained token), which it skips when batches
+    are padding-free."""
+    cut = dataset.map(lambda row: {"input_ids": row["input_ids"][:max_length], "labels": row["labels"][:max_length]})
+    return cut.filter(lambda row: any(label != -100 for label in row["labels"]))
 
 
 def _log_to_file(out: Path | None) -> Callable[[], None]:
