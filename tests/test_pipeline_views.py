@@ -63,6 +63,18 @@ def test_key_fields_and_yaml_follow_each_other():
         key_fields("name: [unclosed")
 
 
+def test_editing_a_key_field_keeps_the_yaml_comments_and_order():
+    preset = preset_text("quickstart")
+    comments = [line.strip() for line in preset.splitlines() if line.strip().startswith("#")]
+    assert comments  # the shipped preset explains itself
+    edited = with_key_fields(preset, {"ratio": "0.25", "n": 7})
+    assert [line.strip() for line in edited.splitlines() if line.strip().startswith("#")] == comments
+    assert list(yaml.safe_load(edited)) == list(yaml.safe_load(preset))  # sections stay where they were
+    assert key_fields(edited) | {"ratio": "0.5", "n": key_fields(preset)["n"]} == key_fields(preset)
+    assert key_fields(edited)["ratio"] == "0.25" and key_fields(edited)["n"] == 7
+    assert with_key_fields("# mine\nname: bare\n", {"limit": 5}).startswith("# mine\n")  # a new section too
+
+
 def test_the_app_engine_applies_when_the_yaml_names_none(tmp_path: Path):
     save_choice(tmp_path, EngineChoice(engine="vllm"))
     assert pipeline_config(SMALL, tmp_path).serving() == {"engine": "vllm"}

@@ -9,6 +9,7 @@ a reloaded page, a second browser or a restarted app shows the same table.
 from __future__ import annotations
 
 import dataclasses
+import io
 import time
 from pathlib import Path
 from typing import Any
@@ -92,8 +93,12 @@ def key_fields(text: str) -> dict[str, Any]:
 
 def with_key_fields(text: str, values: dict[str, Any]) -> str:
     """The YAML with the key fields set to ``values`` (an emptied steps or limit field drops the key: the stage's
-    default, train by epochs or score every item). Comments do not survive the rewrite."""
-    data = _mapping(text)
+    default, train by epochs or score every item); its comments, key order and styles are kept."""
+    from ruamel.yaml import YAML
+
+    _mapping(text)  # one clear error for YAML that is not a pipeline
+    round_trip = YAML()
+    data = round_trip.load(text or "") or {}
     for name, section, key in KEY_FIELDS:
         if name not in values:
             continue
@@ -113,7 +118,9 @@ def with_key_fields(text: str, values: dict[str, Any]) -> str:
             holder.pop(key, None)
         else:
             holder[key] = value
-    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+    out = io.StringIO()
+    round_trip.dump(data, out)
+    return out.getvalue()
 
 
 def pipeline_config(text: str, workspace: Path) -> PipelineConfig:
