@@ -158,8 +158,10 @@ def search(run: StageRunner, s: Settings, ws: Path) -> dict[str, Any]:
                          base["results"][PRIMARY_METRIC]["acc"], tuned["results"][PRIMARY_METRIC]["acc"])
         outcomes.append(result)
         verdict = "forgets" if result["forgets"] else "does not forget clearly"
-        run.say(f"grid {point.name}: {PRIMARY_METRIC} {result['base']:.3f} -> {result['tuned']:.3f}, "
-                f"{100 * result['diff']:+.1f} ± {100 * result['se']:.1f} pts paired ({verdict})")
+        paired = ("" if result["diff"] is None or result["se"] is None else
+                  f", {100 * result['diff']:+.1f} ± {100 * result['se']:.1f} pts paired")
+        run.say(f"grid {point.name}: {PRIMARY_METRIC} {result['base']:.3f} -> {result['tuned']:.3f}{paired} "
+                f"({verdict})")
         if result["forgets"] and not s.grid_all:
             break
     return {"base": base, "outcomes": outcomes, "chosen": chosen_point(outcomes)}
