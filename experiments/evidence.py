@@ -37,6 +37,7 @@ from experiments.evidence_grid import (  # noqa: E402
     chosen_point,
     grid_points,
     grid_table,
+    next_action,
     outcome,
 )
 from experiments.evidence_report import arm_costs, evidence, markdown, reading  # noqa: E402
@@ -138,8 +139,16 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, Path, Path, str
 def search(run: StageRunner, s: Settings, ws: Path) -> dict[str, Any]:
     base = ifeval(run, s, ws, "grid-base", s.model)
     base_items = per_item(ws, {"base": base["job_id"]}, (PRIMARY_METRIC,))["correct"]["base"][PRIMARY_METRIC]
-    outcomes = []
+    outcomes: list[dict[str, Any]] = []
+    skipped: list[str] = []
     for point in grid_points(s.grid_rows, s.grid_epochs, s.grid_lrs):
+        action = "run" if s.grid_all else next_action(point, outcomes)
+        if action == "stop":
+            break
+        if action == "skip" and f"grid-eval-{point.name}" not in run.state:  # one evaluated before is still read
+            skipped.append(point.name)
+            run.say(f"grid {point.name}: skipped (a higher learning rate at the same cost did not forget)")
+            continue
         snapshot = ws / "mixes" / f"grid-a-rows{point.domain_rows}-seed{s.seed}"
         run.cli(f"grid-mix-rows{point.domain_rows}",
                 ["mix", "--workspace", ws, "--domain", DOMAIN, "--ratio", 0, "--max-domain", point.domain_rows,
@@ -162,9 +171,7 @@ def search(run: StageRunner, s: Settings, ws: Path) -> dict[str, Any]:
                   f", {100 * result['diff']:+.1f} ± {100 * result['se']:.1f} pts paired")
         run.say(f"grid {point.name}: {PRIMARY_METRIC} {result['base']:.3f} -> {result['tuned']:.3f}{paired} "
                 f"({verdict})")
-        if result["forgets"] and not s.grid_all:
-            break
-    return {"base": base, "outcomes": outcomes, "chosen": chosen_point(outcomes)}
+    return {"base": base, "outcomes": outcomes, "skipped": skipped, "chosen": chosen_point(outcomes)}
 
 
 def machine() -> dict[str, Any]:
@@ -180,7 +187,8 @@ def write_grid(found: dict[str, Any], s: Settings, out: Path, run: StageRunner, 
     record = {"experiment": "evidence-grid", "created": datetime.now(UTC).isoformat(timespec="seconds"),
               "primary_metric": PRIMARY_METRIC, "primary_description": PRIMARY_DESCRIPTION,
               "forget_rule": f"tuned - base < -{FORGET_SIGMAS:g} paired standard errors", "settings": asdict(s),
-              "machine": machine(), "outcomes": found["outcomes"], "chosen": chosen, "invocation": invocation,
+              "machine": machine(), "outcomes": found["outcomes"], "skipped": found["skipped"], "chosen": chosen,
+              "invocation": invocation,
               "commands": run.commands, "timings": run.timings}
     json_path = out / "evidence_grid.json"
     json_path.write_text(json.dumps(record, indent=1, default=str), encoding="utf-8")
@@ -191,7 +199,10 @@ def write_grid(found: dict[str, Any], s: Settings, out: Path, run: StageRunner, 
         f"Primary metric (declared before the final runs): {PRIMARY_DESCRIPTION}. A setting forgets when it is more "
         f"than {FORGET_SIGMAS:g} paired standard errors below the base. Machine: {record['machine']['cpu']} "
         f"({record['machine']['bf16']}). Written by `{invocation}` on {record['created']}.",
-        grid_table(found["outcomes"]), verdict,
+        grid_table(found["outcomes"]),
+        *([f"Not run (a higher learning rate at the same cost did not forget): {', '.join(found['skipped'])}."]
+          if found["skipped"] else []),
+        verdict,
         "Commands:\n\n```bash\n" + "\n".join(run.commands) + "\n```"])
     md_path = out / "evidence_grid.md"
     md_path.write_text(markdown + "\n", encoding="utf-8")

@@ -37,8 +37,23 @@ class GridPoint:
 
 
 def grid_points(domain_rows: Iterable[int], epochs: Iterable[int], lrs: Iterable[float]) -> list[GridPoint]:
-    """Every combination, cheapest first (cost = rows x epochs; a smaller lr first at the same cost)."""
-    return sorted(GridPoint(rows * epoch, rows, epoch, lr) for rows in domain_rows for epoch in epochs for lr in lrs)
+    """Every combination, cheapest first (cost = rows x epochs; the learning rate costs nothing, and at one cost
+    the highest goes first: see ``next_action``)."""
+    points = (GridPoint(rows * epoch, rows, epoch, lr) for rows in domain_rows for epoch in epochs for lr in lrs)
+    return sorted(points, key=lambda point: (point.cost, -point.lr))
+
+
+def next_action(point: GridPoint, outcomes: Sequence[Mapping[str, Any]]) -> str:
+    """"run", "skip" or "stop" for ``point`` after ``outcomes`` (evaluated in ``grid_points``' order). At every cost
+    the grid tried, forgetting grew with the learning rate (docs/results.md), so: once a cheaper point forgets, no
+    costlier one can be the choice (stop); below a learning rate that did not forget at the same cost, a lower one
+    is not tried (skip); below one that forgot, the next lower one is, to find the gentlest that forgets."""
+    if any(o["forgets"] and o["point"]["cost"] < point.cost for o in outcomes):
+        return "stop"
+    higher = [o for o in outcomes if o["point"]["cost"] == point.cost and o["point"]["lr"] > point.lr]
+    if higher and not min(higher, key=lambda o: o["point"]["lr"])["forgets"]:
+        return "skip"
+    return "run"
 
 
 def forgets(diff: float | None, se: float | None, sigmas: float = FORGET_SIGMAS) -> bool:

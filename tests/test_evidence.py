@@ -11,16 +11,37 @@ from pathlib import Path
 
 import pytest
 
-from experiments.evidence_grid import GridPoint, chosen_point, forgets, grid_points, grid_table, outcome
+from experiments.evidence_grid import (
+    GridPoint,
+    chosen_point,
+    forgets,
+    grid_points,
+    grid_table,
+    next_action,
+    outcome,
+)
 from tests.helpers import ROOT
 
 
-def test_the_grid_runs_cheapest_first():
+def test_the_grid_runs_cheapest_first_and_the_highest_learning_rate_first_at_one_cost():
     points = grid_points([1600, 400], [3, 1], [1e-4, 2e-5])
     assert [(p.domain_rows, p.epochs, p.lr) for p in points] == [
-        (400, 1, 2e-5), (400, 1, 1e-4), (400, 3, 2e-5), (400, 3, 1e-4),
-        (1600, 1, 2e-5), (1600, 1, 1e-4), (1600, 3, 2e-5), (1600, 3, 1e-4)]
+        (400, 1, 1e-4), (400, 1, 2e-5), (400, 3, 1e-4), (400, 3, 2e-5),
+        (1600, 1, 1e-4), (1600, 1, 2e-5), (1600, 3, 1e-4), (1600, 3, 2e-5)]
     assert points[0].steps(8) == 50 and GridPoint(10, 10, 1, 1e-5).steps(8) == 2  # a partial batch is a step
+
+
+def test_lower_learning_rates_are_skipped_below_one_that_did_not_forget_and_searched_below_one_that_did():
+    strong, weak = {"diff": -0.1, "se": 0.02, "n": 541}, {"diff": -0.01, "se": 0.02, "n": 541}
+    high, mid, low = (GridPoint(400, 400, 1, lr) for lr in (1e-3, 3e-4, 1e-4))
+    costly = GridPoint(1200, 400, 3, 1e-3)
+    assert next_action(high, []) == "run"
+    missed = [outcome(high, 8, weak, {}, 0.2, 0.19)]
+    assert next_action(mid, missed) == "skip" and next_action(costly, missed) == "run"
+    hit = [outcome(high, 8, strong, {}, 0.2, 0.1)]
+    assert next_action(mid, hit) == "run" and next_action(costly, hit) == "stop"
+    assert next_action(low, [*hit, outcome(mid, 8, weak, {}, 0.2, 0.19)]) == "skip"
+    assert next_action(low, [*hit, outcome(mid, 8, strong, {}, 0.2, 0.1)]) == "run"
 
 
 def test_forgetting_needs_more_than_three_paired_standard_errors():
