@@ -110,7 +110,7 @@ def run_ours(data: Path, model: str, workspace: Path, steps: int, batch_size: in
 
     clock = StepClock()
     config = TrainConfig(data=str(data), out=str(out), model=model, method=method, max_steps=steps + 1,
-                         batch_size=batch_size, save_steps=10_000, seed=0)
+                         batch_size=batch_size, save_steps=10_000)
     trainer = build_trainer(config, workspace, callbacks=[clock])
     trainer.train()
     flops, frozen, trained = matmul_flops_per_token(trainer.model)
