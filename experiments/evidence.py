@@ -54,6 +54,8 @@ from experiments.stage_runner import (  # noqa: E402
 )
 
 DOMAIN = "builtin:medmcqa"
+NOT_RUN_BECAUSE = {"skip": "a higher learning rate at the same cost did not forget",
+                   "stop": "a cheaper setting forgot, so none of these can be the choice"}
 
 
 @dataclass
@@ -64,8 +66,8 @@ class Settings:
     model: str = "smollm2-135m-instruct"
     grid_rows: list[int] = field(default_factory=lambda: [400, 1600])
     grid_epochs: list[int] = field(default_factory=lambda: [1, 3])
-    # 3e-4 and 1e-3 were added mid-grid, when the smaller ones did not forget (docs/results.md)
-    grid_lrs: list[float] = field(default_factory=lambda: [2e-5, 1e-4, 3e-4, 1e-3])
+    # 3e-4, 1e-3 and 3e-3 were added mid-grid, when the smaller ones did not forget (docs/results.md)
+    grid_lrs: list[float] = field(default_factory=lambda: [2e-5, 1e-4, 3e-4, 1e-3, 3e-3])
     grid_all: bool = False  # evaluate every point, not only up to the first that forgets
     batch_size: int = 8
     max_length: int = 512
@@ -142,14 +144,12 @@ def search(run: StageRunner, s: Settings, ws: Path) -> dict[str, Any]:
     base = ifeval(run, s, ws, "grid-base", s.model)
     base_items = per_item(ws, {"base": base["job_id"]}, (PRIMARY_METRIC,))["correct"]["base"][PRIMARY_METRIC]
     outcomes: list[dict[str, Any]] = []
-    skipped: list[str] = []
+    not_run: dict[str, list[str]] = {"skip": [], "stop": []}
     for point in grid_points(s.grid_rows, s.grid_epochs, s.grid_lrs):
         action = "run" if s.grid_all else next_action(point, outcomes)
-        if action == "stop":
-            break
-        if action == "skip" and f"grid-eval-{point.name}" not in run.state:  # one evaluated before is still read
-            skipped.append(point.name)
-            run.say(f"grid {point.name}: skipped (a higher learning rate at the same cost did not forget)")
+        if action != "run" and f"grid-eval-{point.name}" not in run.state:  # one evaluated before is still read
+            not_run[action].append(point.name)
+            run.say(f"grid {point.name}: not run ({NOT_RUN_BECAUSE[action]})")
             continue
         snapshot = ws / "mixes" / f"grid-a-rows{point.domain_rows}-seed{s.seed}"
         run.cli(f"grid-mix-rows{point.domain_rows}",
@@ -173,7 +173,8 @@ def search(run: StageRunner, s: Settings, ws: Path) -> dict[str, Any]:
                   f", {100 * result['diff']:+.1f} ± {100 * result['se']:.1f} pts paired")
         run.say(f"grid {point.name}: {PRIMARY_METRIC} {result['base']:.3f} -> {result['tuned']:.3f}{paired} "
                 f"({verdict})")
-    return {"base": base, "outcomes": outcomes, "skipped": skipped, "chosen": chosen_point(outcomes)}
+    return {"base": base, "outcomes": outcomes, "skipped": not_run["skip"], "beyond_choice": not_run["stop"],
+            "chosen": chosen_point(outcomes)}
 
 
 def machine() -> dict[str, Any]:
@@ -189,7 +190,8 @@ def write_grid(found: dict[str, Any], s: Settings, out: Path, run: StageRunner, 
     record = {"experiment": "evidence-grid", "created": datetime.now(UTC).isoformat(timespec="seconds"),
               "primary_metric": PRIMARY_METRIC, "primary_description": PRIMARY_DESCRIPTION,
               "forget_rule": f"tuned - base < -{FORGET_SIGMAS:g} paired standard errors", "settings": asdict(s),
-              "machine": machine(), "outcomes": found["outcomes"], "skipped": found["skipped"], "chosen": chosen,
+              "machine": machine(), "outcomes": found["outcomes"], "skipped": found["skipped"],
+              "beyond_choice": found["beyond_choice"], "chosen": chosen,
               "invocation": invocation,
               "commands": run.commands, "timings": run.timings}
     json_path = out / "evidence_grid.json"
@@ -202,8 +204,8 @@ def write_grid(found: dict[str, Any], s: Settings, out: Path, run: StageRunner, 
         f"than {FORGET_SIGMAS:g} paired standard errors below the base. Machine: {record['machine']['cpu']} "
         f"({record['machine']['bf16']}). Written by `{invocation}` on {record['created']}.",
         grid_table(found["outcomes"]),
-        *([f"Not run (a higher learning rate at the same cost did not forget): {', '.join(found['skipped'])}."]
-          if found["skipped"] else []),
+        *(f"Not run ({NOT_RUN_BECAUSE[action]}): {', '.join(found[key])}."
+          for action, key in (("skip", "skipped"), ("stop", "beyond_choice")) if found[key]),
         verdict,
         "Commands:\n\n```bash\n" + "\n".join(run.commands) + "\n```"])
     md_path = out / "evidence_grid.md"

@@ -7,13 +7,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from experiments.evidence_arms import ARM_NAMES, DOMAIN_TASK
+from experiments.evidence_arms import ARM_NAMES, DOMAIN_FIT, DOMAIN_FIT_DESCRIPTION, DOMAIN_TASK
 from experiments.evidence_grid import PRIMARY_DESCRIPTION, PRIMARY_METRIC
 from experiments.evidence_stats import change, summary
 from experiments.forgetting_stats import GENERAL, combine_tasks
 
 Scores = Mapping[str, Mapping[str, float]]  # task -> item -> score
-TASKS = (*GENERAL, DOMAIN_TASK, PRIMARY_METRIC)
+TASKS = (*GENERAL, DOMAIN_TASK, DOMAIN_FIT, PRIMARY_METRIC)
 
 
 def arm_changes(base: Scores, seeds: Sequence[Scores]) -> dict[str, dict[str, Any]]:
@@ -34,15 +34,16 @@ def evidence(base: Scores, arms: Mapping[str, Sequence[Scores]], *, ratio: float
                                           "@" in key and key != final, float(key.split("@")[1]) if "@" in key else 0))
     named = {("c" if key == final else key): arms[key] for key in order}
     changes = {arm: arm_changes(base, scores) for arm, scores in named.items()}
-    main_arms = {arm: {task: [s[task] for s in scores] for task in (PRIMARY_METRIC, DOMAIN_TASK)}
+    main_arms = {arm: {task: [s[task] for s in scores] for task in (PRIMARY_METRIC, DOMAIN_FIT)}
                  for arm, scores in named.items() if "@" not in arm}
-    ratios = summary({t: base[t] for t in (PRIMARY_METRIC, DOMAIN_TASK)}, main_arms, primary=PRIMARY_METRIC,
-                     domain=DOMAIN_TASK)
+    ratios = summary({t: base[t] for t in (PRIMARY_METRIC, DOMAIN_FIT)}, main_arms, primary=PRIMARY_METRIC,
+                     domain=DOMAIN_FIT)
     ours = ratios.get("c", {})
     sweep = sorted(((float(key.split("@")[1]) if "@" in key else ratio), arm) for key, arm in
                    ((key, ("c" if key == final else key)) for key in arms) if key.startswith("c@"))
     return {
         "primary_metric": PRIMARY_METRIC, "primary_description": PRIMARY_DESCRIPTION, "seeds": list(seeds),
+        "domain_gain_metric": DOMAIN_FIT, "domain_gain_description": DOMAIN_FIT_DESCRIPTION,
         "n_items": {task: changes["a"][task]["n"] for task in TASKS},
         "arm_names": {arm: ARM_NAMES[arm.split("@")[0]] + (f" at ratio {arm.split('@')[1]}" if "@" in arm else "")
                       for arm in changes},
@@ -58,7 +59,7 @@ def evidence(base: Scores, arms: Mapping[str, Sequence[Scores]], *, ratio: float
             "by_arm": ratios,
         },
         "sweep": [{"ratio": r, "arm": arm, "forgetting": _neg(changes[arm][PRIMARY_METRIC]),
-                   "domain_gain": changes[arm][DOMAIN_TASK]} for r, arm in sweep],
+                   "domain_gain": changes[arm][DOMAIN_FIT]} for r, arm in sweep],
         "costs": dict(costs), "settings": dict(settings), "machine": dict(machine),
     }
 
@@ -152,6 +153,12 @@ def _pm(entry: Mapping[str, Any] | None) -> str:
     return f"{100 * entry['delta']:+.1f} ± {100 * (entry.get('stderr') or 0):.1f}"
 
 
+def _nats(entry: Mapping[str, Any] | None) -> str:
+    if not entry or entry.get("delta") is None:
+        return "-"
+    return f"{entry['delta']:+.3f} ± {entry.get('stderr') or 0:.3f}"
+
+
 def _interval(value: float | None, ci: Sequence[float] | None) -> str:
     if value is None:
         return "undefined"
@@ -166,7 +173,7 @@ def markdown(record: Mapping[str, Any], commands: Sequence[str]) -> str:
     """The results section: a table per arm, the two ratios with their intervals, the sweep and the costs."""
     arms = record["arms"]
     header = ("| arm | IFEval (primary) | general mean | " + " | ".join(GENERAL) +
-              f" | {DOMAIN_TASK} | drift KL | held-out ppl (base → tuned) |")
+              f" | {DOMAIN_TASK} | answer fit (nats/token) | drift KL | held-out ppl (base → tuned) |")
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for arm, tasks in arms.items():
         drift = record["drift"].get(arm) or {}
@@ -176,13 +183,13 @@ def markdown(record: Mapping[str, Any], commands: Sequence[str]) -> str:
                f"{drift['ppl_tuned']:.2f}")
         lines.append(f"| ({arm}) {record['arm_names'][arm]} | {_pm(tasks[PRIMARY_METRIC])} | "
                      f"{_pm(tasks['general_mean'])} | " + " | ".join(_pm(tasks[t]) for t in GENERAL) +
-                     f" | {_pm(tasks[DOMAIN_TASK])} | {kl} | {ppl} |")
+                     f" | {_pm(tasks[DOMAIN_TASK])} | {_nats(tasks[DOMAIN_FIT])} | {kl} | {ppl} |")
     s = record["summary"]
     ratio_lines = [f"- ({arm}): forgetting reduction {_entry(v['forgetting_reduction'])}, domain gain retention "
                    f"{_entry(v['domain_gain_retention'])}" for arm, v in s["by_arm"].items()]
-    sweep = ["| ratio | forgetting (pts) | domain gain (pts) |", "|---|---|---|"] + [
+    sweep = ["| ratio | forgetting (pts) | domain gain (answer fit, nats/token) |", "|---|---|---|"] + [
         f"| {row['ratio']:g} | {_pm({'delta': row['forgetting']['value'], 'stderr': row['forgetting']['stderr']})} "
-        f"| {_pm(row['domain_gain'])} |" for row in record["sweep"]]
+        f"| {_nats(row['domain_gain'])} |" for row in record["sweep"]]
     costs = ["| arm | synthesis s (tokens) | screening s (tokens) | training s per run (tokens) | total s |",
              "|---|---|---|---|---|"] + [
         f"| ({arm}) | {c['synthesis_seconds']:.0f} ({c['synthesis_tokens']:,.0f}) | {c['screening_seconds']:.0f} "
@@ -192,7 +199,8 @@ def markdown(record: Mapping[str, Any], commands: Sequence[str]) -> str:
     return "\n\n".join([
         "\n".join(f"- {line}" for line in reading(record)),
         f"Changes vs the base in points (mean ± stderr over items, each item averaged over seeds "
-        f"{record['seeds']}); primary metric: {record['primary_description']}.",
+        f"{record['seeds']}); primary metric: {record['primary_description']}; domain gain: "
+        f"{record['domain_gain_description']}.",
         "\n".join(lines),
         f"**Forgetting reduction** (1 − forgetting(c)/forgetting(a)): "
         f"{_interval(s['forgetting_reduction'], s['forgetting_reduction_ci'])}; **domain gain retention** "

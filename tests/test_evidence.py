@@ -81,15 +81,21 @@ def test_quick_experiment_runs_end_to_end_and_resumes(tmp_path: Path):
 
     record = json.loads((out / "evidence.json").read_text(encoding="utf-8"))
     assert list(record["arms"]) == ["a", "b", "c", "c@0.25", "d", "e"]
-    assert record["n_items"] == {"arc_easy": 4, "piqa": 4, "hellaswag": 4, "sciq": 4, "medmcqa": 4, "ifeval": 3}
+    assert record["n_items"] == {"arc_easy": 4, "piqa": 4, "hellaswag": 4, "sciq": 4, "medmcqa": 4,
+                                 "domain_ppl": 4, "ifeval": 3}
+    assert record["domain_gain_metric"] == "domain_ppl"
     for arm, tasks in record["arms"].items():
-        assert set(tasks) == {"arc_easy", "piqa", "hellaswag", "sciq", "medmcqa", "ifeval", "general_mean"}
-        assert all(-1.0 <= task["delta"] <= 1.0 for task in tasks.values()), arm
+        assert set(tasks) == {"arc_easy", "piqa", "hellaswag", "sciq", "medmcqa", "domain_ppl", "ifeval",
+                              "general_mean"}
+        assert all(-1.0 <= task["delta"] <= 1.0 for name, task in tasks.items() if name != "domain_ppl"), arm
+        assert tasks["domain_ppl"]["delta"] != 0.0, arm  # every trained arm moves its answers' likelihood
         assert record["drift"][arm]["texts"] == "held out by the mix" and record["drift"][arm]["n"] >= 1
         assert record["drift"][arm]["ppl_tuned"] > 1 and record["drift"][arm]["ppl_base"] > 1  # held-out perplexity
     assert {"forgetting_reduction", "forgetting_reduction_ci", "domain_gain_retention",
             "domain_gain_retention_ci"} <= set(record["summary"])
     assert [row["ratio"] for row in record["sweep"]] == [0.25, 0.5]
+    for row in record["sweep"]:  # the sweep's domain gain is the answer fit
+        assert row["domain_gain"]["delta"] == record["arms"][row["arm"]]["domain_ppl"]["delta"]
     costs = record["costs"]
     assert costs["c"]["synthesis_seconds"] > 0 and costs["c"]["screening_seconds"] > 0
     assert costs["d"]["synthesis_seconds"] == costs["c"]["synthesis_seconds"] and costs["d"]["screening_seconds"] == 0
