@@ -52,14 +52,19 @@ def general_data(run: StageRunner, s: Any, ws: Path) -> dict[str, Any]:
     judge = run.cli("judge", ["judge", "--workspace", ws])
     n, min_score = screen_threshold(run, ws, s.screen_quantile)
     return {"reconstructed": rec.get("stored"), "with_best": n, "min_score": min_score,
-            "cost": {"reconstruct": _cost(rec), "respond": _cost(respond), "judge": _cost(judge)}}
+            "cost": {"reconstruct": stage_cost(rec), "respond": stage_cost(respond), "judge": stage_cost(judge)}}
 
 
-def _cost(summary: dict[str, Any]) -> dict[str, Any]:
+def stage_cost(summary: dict[str, Any]) -> dict[str, Any]:
+    """Seconds and tokens a synthesis stage needed. A resumed reconstruction's summary times only the rows it
+    added (``new`` of ``stored``), so its rate is carried over to all of them (``scaled``: by how much)."""
     seconds = summary.get("seconds")
     rate = summary.get("tokens_per_s")
     tokens = round(seconds * rate) if seconds and rate else summary.get("new_tokens")
-    return {"seconds": seconds, "tokens": tokens}
+    stored, new = summary.get("stored") or 0, summary.get("new") or 0
+    scale = stored / new if 0 < new < stored else 1.0
+    return {"seconds": None if seconds is None else round(seconds * scale, 2),
+            "tokens": None if tokens is None else round(tokens * scale), "scaled": round(scale, 3)}
 
 
 def build_mixes(run: StageRunner, s: Any, ws: Path, general: dict[str, Any], seed: int) -> dict[str, Any]:

@@ -155,3 +155,13 @@ def test_the_unscreened_arm_draws_random_instructions_and_responses_outside_the_
     assert picks == {"0", "1", "2"}  # not always the first response
     with pytest.raises(RuntimeError, match="only 8 instructions"):
         unscreened_rows(pairs, 9, seed=0, held_out_ids=["i0", "i1"])
+
+
+def test_a_resumed_reconstruction_costs_all_its_rows_at_the_rate_it_ran():
+    from experiments.evidence_arms import stage_cost
+
+    fresh = stage_cost({"seconds": 10.0, "tokens_per_s": 50.0, "stored": 200, "new": 200})
+    assert fresh == {"seconds": 10.0, "tokens": 500, "scaled": 1.0}
+    resumed = stage_cost({"seconds": 10.0, "tokens_per_s": 50.0, "stored": 200, "new": 50})  # 150 made before
+    assert resumed == {"seconds": 40.0, "tokens": 2000, "scaled": 4.0}
+    assert stage_cost({"seconds": 3.0, "tokens_per_s": 2.0}) == {"seconds": 3.0, "tokens": 6, "scaled": 1.0}
