@@ -55,14 +55,18 @@ def general_data(run: StageRunner, s: Any, ws: Path) -> dict[str, Any]:
             "cost": {"reconstruct": stage_cost(rec), "respond": stage_cost(respond), "judge": stage_cost(judge)}}
 
 
+def resumed_scale(total: float, done: float) -> float:
+    """How much to scale a resumed stage's timing, which covers only the ``done`` part of ``total``."""
+    return total / done if 0 < done < total else 1.0
+
+
 def stage_cost(summary: dict[str, Any]) -> dict[str, Any]:
     """Seconds and tokens a synthesis stage needed. A resumed reconstruction's summary times only the rows it
     added (``new`` of ``stored``), so its rate is carried over to all of them (``scaled``: by how much)."""
     seconds = summary.get("seconds")
     rate = summary.get("tokens_per_s")
     tokens = round(seconds * rate) if seconds and rate else summary.get("new_tokens")
-    stored, new = summary.get("stored") or 0, summary.get("new") or 0
-    scale = stored / new if 0 < new < stored else 1.0
+    scale = resumed_scale(summary.get("stored") or 0, summary.get("new") or 0)
     return {"seconds": None if seconds is None else round(seconds * scale, 2),
             "tokens": None if tokens is None else round(tokens * scale), "scaled": round(scale, 3)}
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from experiments.evidence_arms import ARM_NAMES, DOMAIN_FIT, DOMAIN_FIT_DESCRIPTION, DOMAIN_TASK
+from experiments.evidence_arms import ARM_NAMES, DOMAIN_FIT, DOMAIN_FIT_DESCRIPTION, DOMAIN_TASK, resumed_scale
 from experiments.evidence_grid import PRIMARY_DESCRIPTION, PRIMARY_METRIC
 from experiments.evidence_stats import change, summary
 from experiments.forgetting_stats import GENERAL, combine_tasks
@@ -71,9 +71,8 @@ SCREENING_STAGES = {"c": ("judge",)}
 def run_seconds(info: Mapping[str, Any]) -> float:
     """One training run's wall time for all its steps: a resumed run's summary times only the steps after its
     checkpoint, so its rate is carried over to the whole run."""
-    seconds, total = info.get("seconds") or 0.0, info.get("total_steps") or info.get("steps") or 0
-    done = total - (info.get("resumed_from_step") or 0)
-    return seconds * total / done if total and done > 0 else seconds
+    total = info.get("total_steps") or info.get("steps") or 0
+    return (info.get("seconds") or 0.0) * resumed_scale(total, total - (info.get("resumed_from_step") or 0))
 
 
 def arm_costs(stages: Mapping[str, Mapping[str, Any]], trained: Mapping[str, Sequence[Mapping[str, Any]]]
