@@ -146,16 +146,15 @@ def _neg(entry: Mapping[str, Any]) -> dict[str, Any]:
     return {"value": None if entry["delta"] is None else -entry["delta"], "stderr": entry["stderr"]}
 
 
-def _pm(entry: Mapping[str, Any] | None) -> str:
+def _pm(entry: Mapping[str, Any] | None, scale: float = 100.0, digits: int = 1) -> str:
+    """A change ± its stderr: in points by default (fractions × 100)."""
     if not entry or entry.get("delta") is None:
         return "-"
-    return f"{100 * entry['delta']:+.1f} ± {100 * (entry.get('stderr') or 0):.1f}"
+    return f"{scale * entry['delta']:+.{digits}f} ± {scale * (entry.get('stderr') or 0):.{digits}f}"
 
 
 def _nats(entry: Mapping[str, Any] | None) -> str:
-    if not entry or entry.get("delta") is None:
-        return "-"
-    return f"{entry['delta']:+.3f} ± {entry.get('stderr') or 0:.3f}"
+    return _pm(entry, scale=1.0, digits=3)
 
 
 def _interval(value: float | None, ci: Sequence[float] | None) -> str:
