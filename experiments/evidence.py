@@ -30,8 +30,10 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from experiments.evidence_arms import build_mixes, evaluate, general_data, ifeval, scores, train_arms  # noqa: E402
+from experiments.evidence_arms import benchmarks, build_mixes, evaluate, general_data, scores, train_arms  # noqa: E402
 from experiments.evidence_grid import (  # noqa: E402
+    DOMAIN_FIT,
+    DOMAIN_FIT_DESCRIPTION,
     FORGET_SIGMAS,
     IFEVAL_TOKENS,
     PRIMARY_DESCRIPTION,
@@ -43,7 +45,6 @@ from experiments.evidence_grid import (  # noqa: E402
     outcome,
 )
 from experiments.evidence_report import arm_costs, evidence, markdown, reading  # noqa: E402
-from experiments.forgetting_report import per_item  # noqa: E402
 from experiments.forgetting_stats import paired_difference  # noqa: E402
 from experiments.stage_runner import (  # noqa: E402
     REPO_ROOT,
@@ -64,11 +65,12 @@ class Settings:
 
     quick: bool = False
     model: str = "smollm2-135m-instruct"
+    # The IFEval grid (docs/evidence_grid_ifeval.md) bounds this one: at 400 rows, 3 epochs made the domain
+    # answers *less* likely at lr 1e-3 (memorised) and lr 3e-3 did at one epoch; below 1e-4 nothing moved
     grid_rows: list[int] = field(default_factory=lambda: [400, 1600])
-    grid_epochs: list[int] = field(default_factory=lambda: [1, 3])
-    # 3e-4, 1e-3 and 3e-3 were added mid-grid, when the smaller ones did not forget (docs/results.md)
-    grid_lrs: list[float] = field(default_factory=lambda: [2e-5, 1e-4, 3e-4, 1e-3, 3e-3])
-    grid_all: bool = False  # evaluate every point, not only up to the first that forgets
+    grid_epochs: list[int] = field(default_factory=lambda: [1])
+    grid_lrs: list[float] = field(default_factory=lambda: [1e-4, 3e-4, 1e-3])
+    grid_all: bool = False  # evaluate every point, not only up to the first that qualifies
     batch_size: int = 8
     max_length: int = 512
     ifeval_limit: int = 0  # 0: all 541 prompts
@@ -141,13 +143,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, Path, Path, str
 
 
 def search(run: StageRunner, s: Settings, ws: Path) -> dict[str, Any]:
-    base = ifeval(run, s, ws, "grid-base", s.model)
-    base_items = per_item(ws, {"base": base["job_id"]}, (PRIMARY_METRIC,))["correct"]["base"][PRIMARY_METRIC]
+    base = scores(ws, benchmarks(run, s, ws, "base", s.model, drift=False))
     outcomes: list[dict[str, Any]] = []
     not_run: dict[str, list[str]] = {"skip": [], "stop": []}
     for point in grid_points(s.grid_rows, s.grid_epochs, s.grid_lrs):
         action = "run" if s.grid_all else next_action(point, outcomes)
-        if action != "run" and f"grid-eval-{point.name}" not in run.state:  # one evaluated before is still read
+        if action != "run" and f"eval-domain-grid-{point.name}" not in run.state:  # one evaluated before is read
             not_run[action].append(point.name)
             run.say(f"grid {point.name}: not run ({NOT_RUN_BECAUSE[action]})")
             continue
@@ -163,18 +164,22 @@ def search(run: StageRunner, s: Settings, ws: Path) -> dict[str, Any]:
                             "--max-steps", steps, "--batch-size", s.batch_size, "--lr", point.lr, "--max-length",
                             s.max_length, "--seed", s.seed, "--save-steps", checkpoint_every(steps),
                             "--keep-checkpoints", 1], out)
-        tuned = ifeval(run, s, ws, f"grid-eval-{point.name}", str(out))
-        tuned_items = per_item(ws, {"t": tuned["job_id"]}, (PRIMARY_METRIC,))["correct"]["t"][PRIMARY_METRIC]
-        result = outcome(point, s.batch_size, paired_difference(tuned_items, base_items), train,
-                         base["results"][PRIMARY_METRIC]["acc"], tuned["results"][PRIMARY_METRIC]["acc"])
+        tuned = scores(ws, benchmarks(run, s, ws, f"grid-{point.name}", str(out), drift=False))
+        result = outcome(point, s.batch_size, paired_difference(tuned[PRIMARY_METRIC], base[PRIMARY_METRIC]),
+                         paired_difference(tuned[DOMAIN_FIT], base[DOMAIN_FIT]), train,
+                         _mean(base[PRIMARY_METRIC].values()), _mean(tuned[PRIMARY_METRIC].values()))
         outcomes.append(result)
-        verdict = "forgets" if result["forgets"] else "does not forget clearly"
-        paired = ("" if result["diff"] is None or result["se"] is None else
-                  f", {100 * result['diff']:+.1f} ± {100 * result['se']:.1f} pts paired")
-        run.say(f"grid {point.name}: {PRIMARY_METRIC} {result['base']:.3f} -> {result['tuned']:.3f}{paired} "
-                f"({verdict})")
-    return {"base": base, "outcomes": outcomes, "skipped": not_run["skip"], "beyond_choice": not_run["stop"],
+        verdict = ("forgets and gains" if result["qualifies"] else "forgets but does not gain" if result["forgets"]
+                   else "does not forget clearly")
+        run.say(f"grid {point.name}: {PRIMARY_METRIC} {result['base']:.3f} -> {result['tuned']:.3f}"
+                f"{_paired(result['diff'], result['se'], 100, ' pts')}, answer fit"
+                f"{_paired(result['gain'], result['gain_se'], 1, ' nats/token')} ({verdict})")
+    return {"outcomes": outcomes, "skipped": not_run["skip"], "beyond_choice": not_run["stop"],
             "chosen": chosen_point(outcomes)}
+
+
+def _paired(diff: float | None, se: float | None, scale: float, unit: str) -> str:
+    return "" if diff is None or se is None else f" {scale * diff:+.3g} ± {scale * se:.2g}{unit} paired"
 
 
 def machine() -> dict[str, Any]:
@@ -189,19 +194,25 @@ def write_grid(found: dict[str, Any], s: Settings, out: Path, run: StageRunner, 
     chosen = found["chosen"]
     record = {"experiment": "evidence-grid", "created": datetime.now(UTC).isoformat(timespec="seconds"),
               "primary_metric": PRIMARY_METRIC, "primary_description": PRIMARY_DESCRIPTION,
-              "forget_rule": f"tuned - base < -{FORGET_SIGMAS:g} paired standard errors", "settings": asdict(s),
+              "domain_gain_metric": DOMAIN_FIT, "domain_gain_description": DOMAIN_FIT_DESCRIPTION,
+              "forget_rule": f"tuned - base < -{FORGET_SIGMAS:g} paired standard errors on the primary metric",
+              "gain_rule": f"tuned - base > {FORGET_SIGMAS:g} paired standard errors on the domain answer fit",
+              "settings": asdict(s),
               "machine": machine(), "outcomes": found["outcomes"], "skipped": found["skipped"],
               "beyond_choice": found["beyond_choice"], "chosen": chosen,
               "invocation": invocation,
               "commands": run.commands, "timings": run.timings}
     json_path = out / "evidence_grid.json"
     json_path.write_text(json.dumps(record, indent=1, default=str), encoding="utf-8")
-    verdict = (f"Chosen: **{chosen['name']}** ({chosen['steps']} steps), the cheapest setting that forgets."
-               if chosen else "No setting of the grid forgets clearly: widen it (more epochs, rows or a higher lr).")
+    verdict = (f"Chosen: **{chosen['name']}** ({chosen['steps']} steps), the cheapest setting that forgets while it "
+               "gains." if chosen else
+               "No setting of the grid both forgets and gains clearly: widen it (more epochs, rows or another lr).")
     markdown = "\n\n".join([
         "# Forgetting regime search (domain-only full fine-tuning)",
         f"Primary metric (declared before the final runs): {PRIMARY_DESCRIPTION}. A setting forgets when it is more "
-        f"than {FORGET_SIGMAS:g} paired standard errors below the base. Machine: {record['machine']['cpu']} "
+        f"than {FORGET_SIGMAS:g} paired standard errors below the base; it counts only if it also gains on the "
+        f"domain by more than {FORGET_SIGMAS:g} paired standard errors ({DOMAIN_FIT_DESCRIPTION}). Machine: "
+        f"{record['machine']['cpu']} "
         f"({record['machine']['bf16']}). Written by `{invocation}` on {record['created']}.",
         grid_table(found["outcomes"]),
         *(f"Not run ({NOT_RUN_BECAUSE[action]}): {', '.join(found[key])}."

@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from experiments.evidence_grid import PRIMARY_METRIC
+from experiments.evidence_grid import DOMAIN_FIT, IFEVAL, PRIMARY_METRIC
 from experiments.forgetting_stats import GENERAL
 from experiments.public_sft import build_public_mix, write_public_subset
 from experiments.stage_runner import (
@@ -32,11 +32,6 @@ from experiments.wise_ft import interpolate_run
 
 DOMAIN = "builtin:medmcqa"
 DOMAIN_TASK = "medmcqa"  # letter accuracy: at 135M a letter preference more than knowledge (docs/results.md)
-# The domain gain the ratios are judged by, declared before the arms ran: how much likelier the model finds the
-# gold answers of the whole MedMCQA test split (per item, minus the answer's NLL per token; up = better fit).
-DOMAIN_FIT = "domain_ppl"
-DOMAIN_FIT_DESCRIPTION = ("MedMCQA answer fit: minus the NLL per token of each test item's gold answer (letter and "
-                          "text, the tokens training teaches), all 839 test items; in nats/token, up = better")
 ARM_NAMES = {"a": "domain only", "b": "+ public SFT (ShareGPT)", "c": "+ reconstructed, screened (ours)",
              "d": "+ reconstructed, not screened", "e": "WiSE-FT of (a), alpha 0.5"}
 
@@ -130,11 +125,11 @@ def train_arms(run: StageRunner, s: Any, ws: Path, mixes: dict[str, Any], seed: 
     return runs
 
 
-def evaluate(run: StageRunner, s: Any, ws: Path, name: str, model: str, drift: bool) -> dict[str, str]:
-    """The evaluations of one model (base or run): general (limited), domain (accuracy and answer fit, + drift),
-    IFEval (all). Job ids."""
+def benchmarks(run: StageRunner, s: Any, ws: Path, name: str, model: str, drift: bool) -> dict[str, str]:
+    """The scored evaluations of one model (base or run): general (limited) and domain (accuracy and answer fit,
+    + drift). Job ids."""
     general_limit = ["--limit", s.general_limit] if s.general_limit else []
-    jobs = {
+    return {
         "general": run.cli(f"eval-general-{name}", ["eval", "--workspace", ws, "--model", model, "--suite", "general",
                                                     *general_limit, "--seed", 0])["job_id"],
         # --limit caps the domain test only here: drift's texts are capped by --drift-n (all held-out rows)
@@ -143,33 +138,32 @@ def evaluate(run: StageRunner, s: Any, ws: Path, name: str, model: str, drift: b
                                                   *(["--limit", s.domain_limit] if s.domain_limit else []),
                                                   *(["--drift-n", 100000] if drift else [])])["job_id"],
     }
-    # Its own job at the arms' batch size: greedy replies depend slightly on how prompts are batched (bf16,
-    # padding), so every arm and their base are generated alike (the grid's evaluations stay at batch 32).
-    jobs[PRIMARY_METRIC] = ifeval(run, s, ws, f"eval-ifeval-{name}", model, batch_size=s.ifeval_batch_size,
-                                  job_id=f"arms-ifeval-{name.replace('@', '-r')}-b{s.ifeval_batch_size}")["job_id"]
+
+
+def evaluate(run: StageRunner, s: Any, ws: Path, name: str, model: str, drift: bool) -> dict[str, str]:
+    """``benchmarks`` and IFEval (all prompts, at the arms' batch size: greedy replies depend slightly on how
+    prompts are batched, so every arm and their base are generated alike) of one model. Job ids."""
+    jobs = benchmarks(run, s, ws, name, model, drift)
+    limit = ["--limit", s.ifeval_limit] if s.ifeval_limit else []
+    jobs[IFEVAL] = run.cli(f"eval-ifeval-{name}", [
+        "eval", "--workspace", ws, "--model", model, "--suite", IFEVAL, *limit, "--seed", s.seed,
+        "--ifeval-max-new-tokens", s.ifeval_tokens, "--batch-size", s.ifeval_batch_size,
+        "--job-id", f"arms-ifeval-{name.replace('@', '-r')}-b{s.ifeval_batch_size}"])["job_id"]
     return jobs
 
 
-def ifeval(run: StageRunner, s: Any, ws: Path, name: str, model: str, batch_size: int = 32,
-           job_id: str | None = None) -> dict[str, Any]:
-    """The primary metric for ``model`` (a model spec or a run folder): one eval job, resumable. Without
-    ``job_id`` the job is named from the settings (the grid's)."""
-    limit = ["--limit", s.ifeval_limit] if s.ifeval_limit else []
-    named = ["--job-id", job_id] if job_id else []
-    return run.cli(name, ["eval", "--workspace", ws, "--model", model, "--suite", "ifeval", *limit, "--seed", s.seed,
-                          "--ifeval-max-new-tokens", s.ifeval_tokens, "--batch-size", batch_size, *named])
-
-
 def scores(ws: Path, jobs: dict[str, str]) -> dict[str, dict[str, float]]:
-    """Per task, per item scores of one model's evaluation jobs: 1/0 for the graded tasks, minus the answer's NLL
-    per token for the domain fit."""
+    """Per task, per item scores of one model's evaluation jobs: 1/0 for the graded tasks, their general items
+    pooled as the primary metric (ids prefixed by task), minus the answer's NLL per token for the domain fit."""
     from core.store import Store
     from experiments.forgetting_report import per_item
 
+    groups = (("general", GENERAL), ("domain", (DOMAIN_TASK,)), (IFEVAL, (IFEVAL,)))
     tasks: dict[str, dict[str, float]] = {}
-    for group, names in (("general", GENERAL), ("domain", (DOMAIN_TASK,)), (PRIMARY_METRIC, (PRIMARY_METRIC,))):
-        correct = per_item(ws, {"m": jobs[group]}, names)["correct"]["m"]
-        tasks.update(correct)
+    for group, names in groups:
+        if group in jobs:
+            tasks.update(per_item(ws, {"m": jobs[group]}, names)["correct"]["m"])
+    tasks[PRIMARY_METRIC] = {f"{task}/{item}": value for task in GENERAL for item, value in tasks[task].items()}
     rows = Store.for_workspace(ws).eval_items(jobs["domain"], DOMAIN_FIT)
     tasks[DOMAIN_FIT] = {row.item_id: -row.extra["nll"] / row.extra["tokens"] for row in rows
                          if row.extra and row.extra.get("tokens")}

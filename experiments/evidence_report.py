@@ -7,21 +7,25 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from experiments.evidence_arms import ARM_NAMES, DOMAIN_FIT, DOMAIN_FIT_DESCRIPTION, DOMAIN_TASK, resumed_scale
-from experiments.evidence_grid import PRIMARY_DESCRIPTION, PRIMARY_METRIC
+from experiments.evidence_arms import ARM_NAMES, DOMAIN_TASK, resumed_scale
+from experiments.evidence_grid import (
+    DOMAIN_FIT,
+    DOMAIN_FIT_DESCRIPTION,
+    IFEVAL,
+    PRIMARY_DESCRIPTION,
+    PRIMARY_METRIC,
+)
 from experiments.evidence_stats import change, summary
-from experiments.forgetting_stats import GENERAL, combine_tasks
+from experiments.forgetting_stats import GENERAL
 
 Scores = Mapping[str, Mapping[str, float]]  # task -> item -> score
-TASKS = (*GENERAL, DOMAIN_TASK, DOMAIN_FIT, PRIMARY_METRIC)
+TASKS = (PRIMARY_METRIC, *GENERAL, IFEVAL, DOMAIN_TASK, DOMAIN_FIT)
 
 
 def arm_changes(base: Scores, seeds: Sequence[Scores]) -> dict[str, dict[str, Any]]:
-    """Per task (and the general benchmarks' mean): the change vs the base over the seeds' runs."""
-    out = {task: change(base[task], [s[task] for s in seeds]) for task in TASKS}
-    mean = combine_tasks([{"diff": out[t]["delta"], "se": out[t]["stderr"], "n": out[t]["n"]} for t in GENERAL])
-    out["general_mean"] = {"delta": mean["diff"], "stderr": mean["se"], "n": mean["n"], "seeds": len(seeds)}
-    return out
+    """Per task (the primary metric pools the general benchmarks' items): the change vs the base over the seeds'
+    runs."""
+    return {task: change(base[task], [s[task] for s in seeds]) for task in TASKS}
 
 
 def evidence(base: Scores, arms: Mapping[str, Sequence[Scores]], *, ratio: float, seeds: Sequence[int],
@@ -127,10 +131,10 @@ def reading(record: Mapping[str, Any], sigmas: float = 3.0) -> list[str]:
     if a["delta"] is None or not a["stderr"]:
         lines.append("Arm (a) has no primary-metric change to read.")
     elif a["delta"] < -sigmas * a["stderr"]:
-        lines.append(f"Domain-only training forgets: IFEval {100 * a['delta']:+.1f} ± {100 * a['stderr']:.1f} "
-                     f"points vs the base (more than {sigmas:g} standard errors).")
+        lines.append(f"Domain-only training forgets: general accuracy {100 * a['delta']:+.1f} ± "
+                     f"{100 * a['stderr']:.1f} points vs the base (more than {sigmas:g} standard errors).")
     else:
-        lines.append(f"Domain-only training does not clearly forget here (IFEval {100 * a['delta']:+.1f} ± "
+        lines.append(f"Domain-only training does not clearly forget here (general accuracy {100 * a['delta']:+.1f} ± "
                      f"{100 * a['stderr']:.1f} points), so no arm can show what it prevents.")
     for arm, values in record["summary"]["by_arm"].items():
         name = record["arm_names"].get(arm, arm)
@@ -170,8 +174,8 @@ def _entry(value: Mapping[str, Any]) -> str:
 def markdown(record: Mapping[str, Any], commands: Sequence[str]) -> str:
     """The results section: a table per arm, the two ratios with their intervals, the sweep and the costs."""
     arms = record["arms"]
-    header = ("| arm | IFEval (primary) | general mean | " + " | ".join(GENERAL) +
-              f" | {DOMAIN_TASK} | answer fit (nats/token) | drift KL | held-out ppl (base → tuned) |")
+    header = ("| arm | general (primary) | " + " | ".join(GENERAL) +
+              f" | IFEval | {DOMAIN_TASK} | answer fit (nats/token) | drift KL | held-out ppl (base → tuned) |")
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for arm, tasks in arms.items():
         drift = record["drift"].get(arm) or {}
@@ -180,8 +184,9 @@ def markdown(record: Mapping[str, Any], commands: Sequence[str]) -> str:
                f"{drift['ppl_base']:.2f} → {drift['ppl_tuned']:.2f}" if drift.get("ppl_base") is not None else
                f"{drift['ppl_tuned']:.2f}")
         lines.append(f"| ({arm}) {record['arm_names'][arm]} | {_pm(tasks[PRIMARY_METRIC])} | "
-                     f"{_pm(tasks['general_mean'])} | " + " | ".join(_pm(tasks[t]) for t in GENERAL) +
-                     f" | {_pm(tasks[DOMAIN_TASK])} | {_nats(tasks[DOMAIN_FIT])} | {kl} | {ppl} |")
+                     + " | ".join(_pm(tasks[t]) for t in GENERAL) +
+                     f" | {_pm(tasks[IFEVAL])} | {_pm(tasks[DOMAIN_TASK])} | {_nats(tasks[DOMAIN_FIT])} | {kl} "
+                     f"| {ppl} |")
     s = record["summary"]
     ratio_lines = [f"- ({arm}): forgetting reduction {_entry(v['forgetting_reduction'])}, domain gain retention "
                    f"{_entry(v['domain_gain_retention'])}" for arm, v in s["by_arm"].items()]

@@ -15,12 +15,16 @@ from experiments.evidence_grid import (
     GridPoint,
     chosen_point,
     forgets,
+    gains,
     grid_points,
     grid_table,
     next_action,
     outcome,
 )
 from tests.helpers import ROOT
+
+LOSS, NO_LOSS = {"diff": -0.1, "se": 0.02, "n": 2000}, {"diff": -0.01, "se": 0.02, "n": 2000}
+GAIN, HARM = {"diff": 0.3, "se": 0.03, "n": 839}, {"diff": -0.7, "se": 0.05, "n": 839}
 
 
 def test_the_grid_runs_cheapest_first_and_the_highest_learning_rate_first_at_one_cost():
@@ -32,35 +36,44 @@ def test_the_grid_runs_cheapest_first_and_the_highest_learning_rate_first_at_one
 
 
 def test_lower_learning_rates_are_skipped_below_one_that_did_not_forget_and_searched_below_one_that_did():
-    strong, weak = {"diff": -0.1, "se": 0.02, "n": 541}, {"diff": -0.01, "se": 0.02, "n": 541}
     high, mid, low = (GridPoint(400, 400, 1, lr) for lr in (1e-3, 3e-4, 1e-4))
     costly = GridPoint(1200, 400, 3, 1e-3)
     assert next_action(high, []) == "run"
-    missed = [outcome(high, 8, weak, {}, 0.2, 0.19)]
+    missed = [outcome(high, 8, NO_LOSS, GAIN, {}, 0.5, 0.49)]
     assert next_action(mid, missed) == "skip" and next_action(costly, missed) == "run"
-    hit = [outcome(high, 8, strong, {}, 0.2, 0.1)]
+    hit = [outcome(high, 8, LOSS, GAIN, {}, 0.5, 0.4)]
     assert next_action(mid, hit) == "run" and next_action(costly, hit) == "stop"
-    assert next_action(low, [*hit, outcome(mid, 8, weak, {}, 0.2, 0.19)]) == "skip"
-    assert next_action(low, [*hit, outcome(mid, 8, strong, {}, 0.2, 0.1)]) == "run"
+    assert next_action(low, [*hit, outcome(mid, 8, NO_LOSS, GAIN, {}, 0.5, 0.49)]) == "skip"
+    assert next_action(low, [*hit, outcome(mid, 8, LOSS, GAIN, {}, 0.5, 0.4)]) == "run"
 
 
-def test_forgetting_needs_more_than_three_paired_standard_errors():
+def test_a_setting_that_forgets_while_its_domain_fit_falls_is_not_chosen_and_the_search_goes_on():
+    high, mid = GridPoint(400, 400, 1, 3e-3), GridPoint(400, 400, 1, 1e-3)
+    damaged = outcome(high, 8, LOSS, HARM, {}, 0.5, 0.4)
+    assert damaged["forgets"] and not damaged["gains"] and not damaged["qualifies"]
+    assert next_action(mid, [damaged]) == "run"  # it forgot, so a gentler lr may forget and gain
+    assert next_action(GridPoint(1600, 1600, 1, 1e-3), [damaged]) == "run"  # nothing cheaper qualified
+    assert chosen_point([damaged]) is None
+    assert chosen_point([damaged, outcome(mid, 8, LOSS, GAIN, {}, 0.5, 0.4)])["name"] == "rows400-ep1-lr0.001"
+
+
+def test_forgetting_and_gaining_need_more_than_three_paired_standard_errors():
     assert forgets(-0.031, 0.01) and not forgets(-0.03, 0.01) and not forgets(-0.5, None)
     assert not forgets(0.2, 0.01) and not forgets(None, 0.01) and not forgets(-0.1, 0.0)
+    assert gains(0.031, 0.01) and not gains(0.03, 0.01) and not gains(-0.5, 0.01) and not gains(0.5, None)
 
 
-def test_the_cheapest_forgetting_setting_is_chosen_and_tabled():
-    diff = {"diff": -0.1, "se": 0.02, "n": 541}
-    weak = {"diff": -0.01, "se": 0.02, "n": 541}
-    outcomes = [outcome(GridPoint(400, 400, 1, 2e-5), 8, weak, {"seconds": 300}, 0.2, 0.19),
-                outcome(GridPoint(1200, 400, 3, 1e-4), 8, diff, {"seconds": 900}, 0.2, 0.1),
-                outcome(GridPoint(400, 400, 1, 1e-4), 8, diff, {"seconds": 310}, 0.2, 0.1)]
-    assert [o["forgets"] for o in outcomes] == [False, True, True]
+def test_the_cheapest_qualifying_setting_is_chosen_and_tabled():
+    outcomes = [outcome(GridPoint(400, 400, 1, 2e-5), 8, NO_LOSS, GAIN, {"seconds": 300}, 0.5, 0.49),
+                outcome(GridPoint(1200, 400, 3, 1e-4), 8, LOSS, GAIN, {"seconds": 900}, 0.5, 0.4),
+                outcome(GridPoint(400, 400, 1, 1e-4), 8, LOSS, GAIN, {"seconds": 310}, 0.5, 0.4)]
+    assert [o["qualifies"] for o in outcomes] == [False, True, True]
     assert chosen_point(outcomes)["name"] == "rows400-ep1-lr0.0001"
     assert chosen_point(outcomes[:1]) is None
     table = grid_table(outcomes)
-    assert "| rows400-ep1-lr2e-05 | 400 | 1 | 2e-05 | 50 | 0.200 | 0.190 | -1.0 ± 2.0 | no | 300 |" in table
-    assert table.count("**yes**") == 2
+    assert ("| rows400-ep1-lr2e-05 | 400 | 1 | 2e-05 | 50 | 0.500 | 0.490 | -1.0 ± 2.0 | no | +0.300 ± 0.030 | "
+            "**yes** | 300 |") in table
+    assert table.count("| **yes** | +0.300") == 2
 
 
 @pytest.mark.integration
@@ -73,20 +86,22 @@ def test_quick_experiment_runs_end_to_end_and_resumes(tmp_path: Path):
     first = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=1800)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     grid = json.loads((out / "evidence_grid.json").read_text(encoding="utf-8"))
-    assert grid["primary_metric"] == "ifeval" and len(grid["outcomes"]) == 2  # --grid-all in quick mode
+    assert grid["primary_metric"] == "general" and len(grid["outcomes"]) == 2  # --grid-all in quick mode
     for result in grid["outcomes"]:
-        assert result["n"] == 3 and 0.0 <= result["tuned"] <= 1.0 and result["train_seconds"] > 0
+        assert result["n"] == 16 and 0.0 <= result["tuned"] <= 1.0 and result["train_seconds"] > 0  # 4 tasks x 4
+        assert result["gain_n"] == 4 and result["gain"] != 0.0  # every trained model moves its answers' fit
     assert grid["machine"]["bf16"] in ("AMX bf16", "AVX512-BF16", "no native bf16")
     assert "| setting | rows |" in (out / "evidence_grid.md").read_text(encoding="utf-8")
 
     record = json.loads((out / "evidence.json").read_text(encoding="utf-8"))
     assert list(record["arms"]) == ["a", "b", "c", "c@0.25", "d", "e"]
-    assert record["n_items"] == {"arc_easy": 4, "piqa": 4, "hellaswag": 4, "sciq": 4, "medmcqa": 4,
+    assert record["n_items"] == {"general": 16, "arc_easy": 4, "piqa": 4, "hellaswag": 4, "sciq": 4, "medmcqa": 4,
                                  "domain_ppl": 4, "ifeval": 3}
     assert record["domain_gain_metric"] == "domain_ppl"
     for arm, tasks in record["arms"].items():
-        assert set(tasks) == {"arc_easy", "piqa", "hellaswag", "sciq", "medmcqa", "domain_ppl", "ifeval",
-                              "general_mean"}
+        assert set(tasks) == {"general", "arc_easy", "piqa", "hellaswag", "sciq", "medmcqa", "domain_ppl", "ifeval"}
+        general = [tasks[name]["delta"] for name in ("arc_easy", "piqa", "hellaswag", "sciq")]
+        assert tasks["general"]["delta"] == pytest.approx(sum(general) / 4), arm  # pooled 4 x 4 items
         assert all(-1.0 <= task["delta"] <= 1.0 for name, task in tasks.items() if name != "domain_ppl"), arm
         assert tasks["domain_ppl"]["delta"] != 0.0, arm  # every trained arm moves its answers' likelihood
         assert record["drift"][arm]["texts"] == "held out by the mix" and record["drift"][arm]["n"] >= 1

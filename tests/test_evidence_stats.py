@@ -51,13 +51,13 @@ def test_the_reading_says_when_the_effect_is_shown_absent_or_reversed():
     from experiments.evidence_report import reading
 
     def record(a_delta, ratio, ci):
-        return {"arms": {"a": {"ifeval": {"delta": a_delta, "stderr": 0.01}}},
+        return {"arms": {"a": {"general": {"delta": a_delta, "stderr": 0.01}}},
                 "arm_names": {"c": "ours"},
                 "summary": {"by_arm": {"c": {"forgetting_reduction": {"value": ratio, "ci": ci},
                                              "domain_gain_retention": {"value": None, "ci": None}}}}}
 
     shown = reading(record(-0.1, 0.6, [0.3, 0.9]))
-    assert shown[0].startswith("Domain-only training forgets: IFEval -10.0 ± 1.0 points")
+    assert shown[0].startswith("Domain-only training forgets: general accuracy -10.0 ± 1.0 points")
     assert "forgetting reduction 0.60 (95% interval 0.30 to 0.90): clearly above 0" in shown[1]
     assert "Domain gain retention: undefined" in shown[1]
     assert "no effect is shown" in reading(record(-0.1, 0.2, [-0.1, 0.5]))[1]
