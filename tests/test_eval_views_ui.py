@@ -304,6 +304,32 @@ def test_history_is_the_trade_off_with_the_base_at_the_origin(store: Store, two_
     assert figure.layout.yaxis.range[0] < -2.5 < 0 < figure.layout.yaxis.range[1]
 
 
+def test_the_domain_axis_is_the_answer_fit_when_every_run_with_a_domain_result_has_it(store: Store, two_runs,
+                                                                                      tmp_path: Path):
+    good, _ = two_runs  # flat has no domain result at all: it does not decide the unit
+    fit = {"acc": None, "acc_norm": None, "stderr": None}
+    add_result(store, BASE, "domain_ppl", **fit, nll=3.0, nll_stderr=0.03)
+    add_result(store, good, "domain_ppl", **fit, nll=2.7, nll_stderr=0.04, run_dir=good, base=BASE)
+    points = ratio_points(eval_history(store))
+    assert set(points["domain_measure"]) == {"answer fit"}
+    good_point = points.set_index("run").loc["good"]
+    assert good_point["domain_gain"] == pytest.approx(0.3) and good_point["domain_stderr"] == pytest.approx(0.05)
+    figure = history_figure(points)
+    runs = figure.data[1]
+    assert list(runs.x) == [pytest.approx(0.3)] and runs.error_x.array[0] == pytest.approx(0.1)  # nats, 2 SE
+    assert "answer fit" in figure.layout.xaxis.title.text and "nats/token" in figure.layout.xaxis.title.text
+    assert runs.customdata[0][4] == "+0.300 ± 0.050 nats/token (1 SE)"
+    assert figure.layout.xaxis.range[0] < 0 < 0.3 < figure.layout.xaxis.range[1] < 1  # not padded to 2 "pp"
+
+    letters_only = str(make_run(tmp_path / "ws" / "runs" / "letters", ratio=0.5))  # one run without the fit
+    add_result(store, letters_only, "medmcqa", acc=0.35, acc_norm=None, stderr=0.01, run_dir=letters_only,
+               base=BASE)
+    mixed = ratio_points(eval_history(store)).set_index("run")
+    assert set(mixed["domain_measure"]) == {"accuracy"}  # one chart, one unit: every run by its accuracy
+    assert mixed.loc["good", "domain_gain"] == pytest.approx(0.15)
+    assert "pp" in history_figure(mixed.reset_index()).layout.xaxis.title.text
+
+
 def test_history_without_placeable_runs_says_why():
     empty = history_figure(pd.DataFrame(columns=POINT_COLUMNS))
     assert not empty.data and "no run with general and domain results" in empty.layout.title.text

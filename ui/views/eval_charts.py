@@ -4,7 +4,8 @@
   run, green for a gain, red for a loss, grey within noise, with error bars of 2 standard errors (the same
   band that decides the colour, so a bar is grey exactly when its error bar crosses zero).
 * ``history_figure``: the trade-off a mix ratio is chosen by: one point per evaluated run at (domain gain,
-  mean change of the general benchmarks), both against the run's base, which sits at the origin; coloured by
+  mean change of the general benchmarks), both against the run's base, which sits at the origin (the domain gain
+  in nats/token when it is the answer fit, else in percentage points); coloured by
   mix ratio so a sweep reads as a curve; each run labelled by its name and ratio where the label has room
   (ui/views/label_placement.py), every run detailed on hover.
 """
@@ -102,13 +103,15 @@ def point_label(run: str, ratio: float | None) -> str:
     return f"{short_run_name(run)} r={format_ratio(ratio)}" if known else short_run_name(run)
 
 
-def _axis_range(values: Sequence[float], errors: Sequence[float | None], pad: float) -> list[float]:
-    """From below the lowest to above the highest value (error bars and 0 included), at least 2 pp wide."""
+def _axis_range(values: Sequence[float], errors: Sequence[float | None], pad: float,
+                minimum: float = 2.0) -> list[float]:
+    """From below the lowest to above the highest value (error bars and 0 included), at least ``minimum`` wide
+    (2 pp)."""
     low = min([0.0, *(v - (e or 0.0) for v, e in zip(values, errors, strict=True))])
     high = max([0.0, *(v + (e or 0.0) for v, e in zip(values, errors, strict=True))])
-    if high - low < 2.0:
+    if high - low < minimum:
         middle = (high + low) / 2
-        low, high = middle - 1.0, middle + 1.0
+        low, high = middle - minimum / 2, middle + minimum / 2
     span = high - low
     return [low - pad * span, high + pad * span]
 
@@ -118,8 +121,15 @@ def _pixels(value: float, axis: list[float], length: float, flip: bool) -> float
     return length * (1 - share if flip else share)
 
 
-def _plus_minus(delta: float, stderr: float | None) -> str:
-    return f"{delta:+.1f} ± {stderr:.1f} pp (1 SE)" if stderr is not None else f"{delta:+.1f} pp (SE unknown)"
+def _plus_minus(delta: float, stderr: float | None, unit: str = "pp", digits: int = 1) -> str:
+    if stderr is None:
+        return f"{delta:+.{digits}f} {unit} (SE unknown)"
+    return f"{delta:+.{digits}f} ± {stderr:.{digits}f} {unit} (1 SE)"
+
+
+def _answer_fit(points: pd.DataFrame) -> bool:
+    """Whether the domain gain of ``ratio_points`` rows is the answer fit (nats/token), not an accuracy (pp)."""
+    return bool(len(points)) and "domain_measure" in points and (points["domain_measure"] == "answer fit").all()
 
 
 def history_figure(points: pd.DataFrame) -> go.Figure:
@@ -135,15 +145,18 @@ def history_figure(points: pd.DataFrame) -> go.Figure:
         return _empty(figure, "Trade-off: general change vs domain gain (no run with general and domain results "
                               "and an evaluated base yet)" + (f"<br>{note}" if note else ""))
 
-    def pp(column: str) -> list[float]:
-        return [100.0 * float(v) for v in shown[column]]
+    fit = _answer_fit(shown)
+    x_scale = 1.0 if fit else 100.0  # nats/token as they are; fractions as percentage points
 
-    def pp_errors(column: str) -> list[float | None]:  # None: no bar where the standard error is unknown
-        return [None if e is None or pd.isna(e) else 100.0 * ERROR_Z * float(e) for e in shown[column]]
+    def scaled(column: str, scale: float = 100.0) -> list[float]:
+        return [scale * float(v) for v in shown[column]]
 
-    x, y, x_errors, y_errors = pp("domain_gain"), pp("general_change"), pp_errors("domain_stderr"), \
-        pp_errors("general_stderr")
-    x_range, y_range = _axis_range(x, x_errors, 0.12), _axis_range(y, y_errors, 0.15)
+    def errors(column: str, scale: float = 100.0) -> list[float | None]:  # None: no bar where the SE is unknown
+        return [None if e is None or pd.isna(e) else scale * ERROR_Z * float(e) for e in shown[column]]
+
+    x, y, x_errors, y_errors = scaled("domain_gain", x_scale), scaled("general_change"), \
+        errors("domain_stderr", x_scale), errors("general_stderr")
+    x_range, y_range = _axis_range(x, x_errors, 0.12, 0.02 if fit else 2.0), _axis_range(y, y_errors, 0.15)
     # The base first, then the runs by ratio: where space runs out, the later labels go to hover.
     anchors = [(_pixels(px, x_range, NARROWEST_PLOT_WIDTH, False), _pixels(py, y_range, HISTORY_PLOT_HEIGHT, True))
                for px, py in [(0.0, 0.0), *zip(x, y, strict=True)]]
@@ -186,7 +199,8 @@ def history_figure(points: pd.DataFrame) -> go.Figure:
     notes += [note] if note else []
     figure.add_hline(y=0, line={"color": "#777", "width": 1, "dash": "dot"})
     figure.add_vline(x=0, line={"color": "#777", "width": 1, "dash": "dot"})
-    figure.update_xaxes(range=x_range, title="domain gain (pp vs base) →", zeroline=False)
+    figure.update_xaxes(range=x_range, zeroline=False, title=("domain gain: answer fit (NLL drop, nats/token vs base) →"
+                                                              if fit else "domain gain (pp vs base) →"))
     figure.update_yaxes(range=y_range, title="general change (pp; below 0 = forgetting)", zeroline=False)
     title = f"Trade-off per run: general change vs domain gain (±{ERROR_Z:g} SE), colour = mix ratio"
     figure.update_layout(
@@ -203,9 +217,12 @@ def _hover_fields(row: pd.Series) -> list[str]:
     def known(column: str) -> bool:
         return column in row and row[column] is not None and not pd.isna(row[column])
 
-    def stderr(column: str) -> float | None:
-        return 100.0 * float(row[column]) if known(column) else None
+    def stderr(column: str, scale: float = 100.0) -> float | None:
+        return scale * float(row[column]) if known(column) else None
 
+    fit = known("domain_measure") and row["domain_measure"] == "answer fit"
+    domain = (_plus_minus(float(row["domain_gain"]), stderr("domain_stderr", 1.0), "nats/token", 3) if fit else
+              _plus_minus(100.0 * float(row["domain_gain"]), stderr("domain_stderr")))
     return [str(row["run"]), format_ratio(row["mix_ratio"]), str(row["mix"]) if known("mix") else "unknown",
-            _plus_minus(100.0 * float(row["general_change"]), stderr("general_stderr")),
-            _plus_minus(100.0 * float(row["domain_gain"]), stderr("domain_stderr")), target_label(str(row["base"]))]
+            _plus_minus(100.0 * float(row["general_change"]), stderr("general_stderr")), domain,
+            target_label(str(row["base"]))]

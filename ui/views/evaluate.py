@@ -23,8 +23,8 @@ from core.store import Store
 from ui.views.eval_charts import delta_figure, history_figure
 
 # The metrics, their standard errors and the deltas' verdicts are core.eval.deltas' (the model card reads the
-# same); domain_ppl (a user's held-out rows, lower is better) is in the table only: the charts plot HEADLINE
-# accuracies.
+# same); the delta chart plots the HEADLINE accuracies, the trade-off chart their general mean against the
+# domain's answer fit (domain_ppl's NLL, lower is better) where every run has it.
 DELTA_COLUMNS = ["task", "metric", "base", "tuned", "delta", "stderr", "change"]
 
 
@@ -121,6 +121,10 @@ HEADLINE: tuple[tuple[str, str], ...] = (
     ("ifeval", "prompt_strict"), ("domain_mcq", "acc"),
 )
 DOMAIN_TASKS = ("medmcqa", "domain_mcq")  # builtin:medmcqa's test split; a user's multiple-choice held-out rows
+# The trade-off chart's domain gain when every run has it: the fall of the gold answers' NLL per token
+# (domain_ppl), measured for any domain data, free-form too, and for a small model more telling than a letter
+# accuracy that mostly tracks which letter it prefers (docs/results.md). Otherwise the accuracies above.
+ANSWER_FIT = ("domain_ppl", "nll")
 METRIC_LABELS = {"acc": "acc %", "acc_norm": "acc_norm %", "top_letter_share": "top letter share %",
                  "kl": "KL per token (vs base)", "ppl_tuned": "perplexity (base → tuned)",
                  "nll": "NLL per answer token", "ppl": "answer perplexity", "prompt_strict": "prompt-level strict %",
@@ -129,7 +133,7 @@ CHANGE_SYMBOLS = {"gain": "▲", "loss": "▼", "within noise": "≈"}
 TABLE_LEGEND = ("Accuracies in %, ± one standard error. In a run's column, (Δ vs the base): ▲ gain, ▼ loss, "
                 "≈ within noise (2 standard errors). n: items per task (several when the columns differ).")
 POINT_COLUMNS = ["run", "run_dir", "mix_ratio", "mix", "base", "general_change", "general_stderr", "domain_gain",
-                 "domain_stderr"]
+                 "domain_stderr", "domain_measure"]
 
 
 def latest_results(history: pd.DataFrame) -> pd.DataFrame:
@@ -218,7 +222,9 @@ def ratio_points(history: pd.DataFrame, fallback_base: str | None = None) -> pd.
 
     Each run is compared with its own base (the model it was trained from) when that was evaluated, else
     with ``fallback_base``; the general change averages the headline metric of every general benchmark
-    both have, in fractions (the chart shows percentage points).
+    both have, in fractions (the chart shows percentage points). The domain gain is the answer fit's (the fall
+    of the answers' NLL per token, ``domain_measure`` "answer fit") when every run with a domain result has it,
+    else the domain accuracy's (in fractions): one chart has one unit.
     """
     latest = latest_results(history)
     if latest.empty or "run_dir" not in latest:
@@ -234,8 +240,9 @@ def ratio_points(history: pd.DataFrame, fallback_base: str | None = None) -> pd.
             continue
         deltas = _deltas(latest, base, model)
         general_change, general_stderr = _mean_delta(deltas, general)
-        domain_gain, domain_stderr = _mean_delta(deltas, domain)
-        if general_change is None and domain_gain is None:
+        accuracy_gain, accuracy_stderr = _mean_delta(deltas, domain)
+        nll_change, fit_stderr = _mean_delta(deltas, [ANSWER_FIT])
+        if general_change is None and accuracy_gain is None and nll_change is None:
             continue
         ratio = group["mix_ratio"].dropna() if "mix_ratio" in group else pd.Series(dtype=float)
         mix = group["mix"].dropna() if "mix" in group else pd.Series(dtype=object)
@@ -243,7 +250,15 @@ def ratio_points(history: pd.DataFrame, fallback_base: str | None = None) -> pd.
                      "mix_ratio": float(ratio.iloc[0]) if len(ratio) else None,
                      "mix": str(mix.iloc[0]) if len(mix) else None, "base": base,
                      "general_change": general_change, "general_stderr": general_stderr,
-                     "domain_gain": domain_gain, "domain_stderr": domain_stderr})
+                     "accuracy": (accuracy_gain, accuracy_stderr),
+                     "answer fit": (None if nll_change is None else -nll_change, fit_stderr)})
+    with_domain = [row for row in rows if row["accuracy"][0] is not None or row["answer fit"][0] is not None]
+    measure = "answer fit" if with_domain and all(row["answer fit"][0] is not None for row in with_domain) \
+        else "accuracy"
+    for row in rows:
+        row["domain_gain"], row["domain_stderr"] = row.pop(measure)
+        row.pop("answer fit" if measure == "accuracy" else "accuracy")
+        row["domain_measure"] = measure
     points = pd.DataFrame(rows, columns=POINT_COLUMNS)
     return points.sort_values(["mix_ratio", "run"], na_position="last").reset_index(drop=True)
 
