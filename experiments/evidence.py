@@ -22,6 +22,7 @@ import json
 import platform
 import shlex
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
@@ -142,7 +143,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, Path, Path, str
     return settings, workspace.resolve(), out.resolve(), args.stage
 
 
-def search(run: StageRunner, s: Settings, ws: Path) -> dict[str, Any]:
+def search(run: StageRunner, s: Settings, ws: Path,
+           progress: Callable[[dict[str, Any]], object] = lambda found: None) -> dict[str, Any]:
+    """The grid, cheapest first; ``progress`` gets what is found so far after every evaluated point."""
     base = scores(ws, benchmarks(run, s, ws, "base", s.model, drift=False))
     outcomes: list[dict[str, Any]] = []
     not_run: dict[str, list[str]] = {"skip": [], "stop": []}
@@ -174,8 +177,10 @@ def search(run: StageRunner, s: Settings, ws: Path) -> dict[str, Any]:
         run.say(f"grid {point.name}: {PRIMARY_METRIC} {result['base']:.3f} -> {result['tuned']:.3f}"
                 f"{_paired(result['diff'], result['se'], 100, ' pts')}, answer fit"
                 f"{_paired(result['gain'], result['gain_se'], 1, ' nats/token')} ({verdict})")
+        progress({"outcomes": outcomes, "skipped": not_run["skip"], "beyond_choice": not_run["stop"],
+                  "chosen": chosen_point(outcomes), "finished": False})
     return {"outcomes": outcomes, "skipped": not_run["skip"], "beyond_choice": not_run["stop"],
-            "chosen": chosen_point(outcomes)}
+            "chosen": chosen_point(outcomes), "finished": True}
 
 
 def _paired(diff: float | None, se: float | None, scale: float, unit: str) -> str:
@@ -199,12 +204,14 @@ def write_grid(found: dict[str, Any], s: Settings, out: Path, run: StageRunner, 
               "gain_rule": f"tuned - base > {FORGET_SIGMAS:g} paired standard errors on the domain answer fit",
               "settings": asdict(s),
               "machine": machine(), "outcomes": found["outcomes"], "skipped": found["skipped"],
-              "beyond_choice": found["beyond_choice"], "chosen": chosen,
+              "beyond_choice": found["beyond_choice"], "chosen": chosen, "finished": found["finished"],
               "invocation": invocation,
               "commands": run.commands, "timings": run.timings}
     json_path = out / "evidence_grid.json"
     json_path.write_text(json.dumps(record, indent=1, default=str), encoding="utf-8")
-    verdict = (f"Chosen: **{chosen['name']}** ({chosen['steps']} steps), the cheapest setting that forgets while it "
+    verdict = (f"In progress: {len(found['outcomes'])} point(s) evaluated so far; the choice is made when the grid "
+               "ends." if not found["finished"] else
+               f"Chosen: **{chosen['name']}** ({chosen['steps']} steps), the cheapest setting that forgets while it "
                "gains." if chosen else
                "No setting of the grid both forgets and gains clearly: widen it (more epochs, rows or another lr).")
     markdown = "\n\n".join([
@@ -278,12 +285,15 @@ def main(argv: list[str] | None = None) -> int:
     invocation = shlex.join(["python", "experiments/evidence.py", *(sys.argv[1:] if argv is None else argv)])
     grid = None
     if stage in ("grid", "all"):
-        found = search(run, s, ws)
+        found = search(run, s, ws, progress=lambda partial: write_grid(partial, s, out, run, invocation))
         paths = write_grid(found, s, out, run, invocation)
         run.say(f"wrote {paths['markdown']} and {paths['json']}")
         grid = {"chosen": found["chosen"]}
     elif (out / "evidence_grid.json").exists():
         grid = json.loads((out / "evidence_grid.json").read_text(encoding="utf-8"))
+        if grid.get("finished") is False and s.domain_rows is None:
+            raise SystemExit(f"{out / 'evidence_grid.json'} is a grid in progress: finish it (--stage grid), or give "
+                             "--domain-rows, --epochs and --lr")
     result: dict[str, Any] = {"grid": str(out / "evidence_grid.json"), "chosen": ((grid or {}).get("chosen") or {})
                               .get("name")}
     if stage in ("arms", "all") and (grid and grid.get("chosen") or s.domain_rows is not None):

@@ -76,6 +76,21 @@ def test_the_cheapest_qualifying_setting_is_chosen_and_tabled():
     assert table.count("| **yes** | +0.300") == 2
 
 
+def test_a_grid_in_progress_is_written_as_such_and_the_arms_do_not_start_from_it(tmp_path: Path):
+    from experiments.evidence import Settings, main, write_grid
+    from experiments.stage_runner import StageRunner
+
+    out = tmp_path / "docs"
+    partial = {"outcomes": [outcome(GridPoint(400, 400, 1, 1e-3), 8, NO_LOSS, GAIN, {"seconds": 300}, 0.5, 0.49)],
+               "skipped": [], "beyond_choice": [], "chosen": None, "finished": False}
+    write_grid(partial, Settings(), out, StageRunner(tmp_path / "state", echo=False), "python experiments/...")
+    assert json.loads((out / "evidence_grid.json").read_text(encoding="utf-8"))["finished"] is False
+    text = (out / "evidence_grid.md").read_text(encoding="utf-8")
+    assert "In progress: 1 point(s) evaluated so far" in text and "rows400-ep1-lr0.001" in text
+    with pytest.raises(SystemExit, match="a grid in progress"):
+        main(["--stage", "arms", "--workspace", str(tmp_path / "ws"), "--out", str(out)])
+
+
 @pytest.mark.integration
 def test_quick_experiment_runs_end_to_end_and_resumes(tmp_path: Path):
     """The grid (two points, both recorded) then every arm at the quick setting, through the real CLI on the
@@ -87,6 +102,7 @@ def test_quick_experiment_runs_end_to_end_and_resumes(tmp_path: Path):
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     grid = json.loads((out / "evidence_grid.json").read_text(encoding="utf-8"))
     assert grid["primary_metric"] == "general" and len(grid["outcomes"]) == 2  # --grid-all in quick mode
+    assert grid["finished"] is True
     for result in grid["outcomes"]:
         assert result["n"] == 16 and 0.0 <= result["tuned"] <= 1.0 and result["train_seconds"] > 0  # 4 tasks x 4
         assert result["gain_n"] == 4 and result["gain"] != 0.0  # every trained model moves its answers' fit
