@@ -2,12 +2,13 @@
 
 Stage ``grid``: domain-only full fine-tuning of the packaged SmolLM2-135M-Instruct on MedMCQA's train split, over
 domain rows x epochs x learning rate, cheapest first (the highest learning rate first at one cost); each run's
-primary metric (declared in experiments/evidence_grid.py before any final run: IFEval prompt-level strict, all 541
-prompts) is compared with the base's, item by item; a setting forgets when it loses by more than 3 paired standard
-errors, and the search ends at the cheapest cost that forgets, with its gentlest learning rate that forgets
-(``evidence_grid.next_action``; ``--grid-all`` runs every point). Every stage is the real CLI (``forgetless
-mix/train/eval``) run as a subprocess, recorded, and skipped when rerun; an interrupted training run continues
-from its checkpoint.
+primary metric (declared in experiments/evidence_grid.py before any final run: the general benchmarks' accuracy,
+500 items each, pooled) and its domain answer fit are compared with the base's, item by item; a setting qualifies
+when it loses more than 3 paired standard errors on the first and gains more than 3 on the second, and the search
+ends at the cheapest cost that qualifies, with its gentlest learning rate that does (``evidence_grid.next_action``;
+``--grid-all`` runs every point). The grid's files are rewritten after every evaluated point. Every stage is the
+real CLI (``forgetless mix/train/eval``) run as a subprocess, recorded, and skipped when rerun; an interrupted
+training run continues from its checkpoint.
 
     python experiments/evidence.py --quick --workspace /tmp/ev          # tiny, a few minutes (CI)
     python experiments/evidence.py --workspace workspace/evidence       # the grid (hours on 2 CPU cores)
