@@ -23,7 +23,7 @@ import json
 import platform
 import shlex
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
@@ -144,18 +144,48 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, Path, Path, str
     return settings, workspace.resolve(), out.resolve(), args.stage
 
 
+# Settings that make two grids' points comparable (the grid's own axes aside)
+GRID_IDENTITY = ("quick", "model", "batch_size", "max_length", "seed", "general_limit", "domain_limit")
+
+
+def recorded_outcomes(path: Path, s: Settings) -> dict[str, dict[str, Any]]:
+    """The points an earlier grid with the same settings and metric wrote to ``path`` (by name, each with the
+    machine it ran on), or none."""
+    if not path.exists():
+        return {}
+    previous = json.loads(path.read_text(encoding="utf-8"))
+    kept = previous.get("settings") or {}
+    if previous.get("primary_metric") != PRIMARY_METRIC or any(kept.get(k) != getattr(s, k) for k in GRID_IDENTITY):
+        return {}
+    return {o["name"]: {**o, "machine": o.get("machine") or previous.get("machine")} for o in previous["outcomes"]}
+
+
 def search(run: StageRunner, s: Settings, ws: Path,
-           progress: Callable[[dict[str, Any]], object] = lambda found: None) -> dict[str, Any]:
-    """The grid, cheapest first; ``progress`` gets what is found so far after every evaluated point."""
-    base = scores(ws, benchmarks(run, s, ws, "base", s.model, drift=False))
+           progress: Callable[[dict[str, Any]], object] = lambda found: None,
+           recorded: Mapping[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The grid, cheapest first; ``progress`` gets what is found so far after every evaluated point. A point in
+    ``recorded`` (``recorded_outcomes``) that this workspace has not evaluated is taken as it was, not run again:
+    a session on a fresh machine goes on where the committed grid stopped."""
+    recorded = recorded or {}
+    base: dict[str, dict[str, float]] | None = None  # read when a point has to run
     outcomes: list[dict[str, Any]] = []
     not_run: dict[str, list[str]] = {"skip": [], "stop": []}
     for point in grid_points(s.grid_rows, s.grid_epochs, s.grid_lrs):
         action = "run" if s.grid_all else next_action(point, outcomes)
-        if action != "run" and f"eval-domain-grid-{point.name}" not in run.state:  # one evaluated before is read
+        evaluated = f"eval-domain-grid-{point.name}" in run.state
+        if point.name in recorded and not evaluated:
+            outcomes.append(recorded[point.name])
+            run.say(f"grid {point.name}: recorded by an earlier grid (on {recorded[point.name]['machine']['cpu']}), "
+                    "not run again")
+            progress({"outcomes": outcomes, "skipped": not_run["skip"], "beyond_choice": not_run["stop"],
+                      "chosen": chosen_point(outcomes), "finished": False})
+            continue
+        if action != "run" and not evaluated:  # one evaluated before is still read
             not_run[action].append(point.name)
             run.say(f"grid {point.name}: not run ({NOT_RUN_BECAUSE[action]})")
             continue
+        if base is None:
+            base = scores(ws, benchmarks(run, s, ws, "base", s.model, drift=False))
         snapshot = ws / "mixes" / f"grid-a-rows{point.domain_rows}-seed{s.seed}"
         run.cli(f"grid-mix-rows{point.domain_rows}",
                 ["mix", "--workspace", ws, "--domain", DOMAIN, "--ratio", 0, "--max-domain", point.domain_rows,
@@ -172,6 +202,7 @@ def search(run: StageRunner, s: Settings, ws: Path,
         result = outcome(point, s.batch_size, paired_difference(tuned[PRIMARY_METRIC], base[PRIMARY_METRIC]),
                          paired_difference(tuned[DOMAIN_FIT], base[DOMAIN_FIT]), train,
                          _mean(base[PRIMARY_METRIC].values()), _mean(tuned[PRIMARY_METRIC].values()))
+        result["machine"] = machine()
         outcomes.append(result)
         verdict = ("forgets and gains" if result["qualifies"] else "forgets but does not gain" if result["forgets"]
                    else "does not forget clearly")
@@ -215,6 +246,8 @@ def write_grid(found: dict[str, Any], s: Settings, out: Path, run: StageRunner, 
                f"Chosen: **{chosen['name']}** ({chosen['steps']} steps), the cheapest setting that forgets while it "
                "gains." if chosen else
                "No setting of the grid both forgets and gains clearly: widen it (more epochs, rows or another lr).")
+    elsewhere = [f"{o['name']} on {o['machine']['cpu']} ({o['machine']['bf16']})" for o in found["outcomes"]
+                 if o.get("machine") and o["machine"] != record["machine"]]
     markdown = "\n\n".join([
         "# Forgetting regime search (domain-only full fine-tuning)",
         f"Primary metric (declared before the final runs): {PRIMARY_DESCRIPTION}. A setting forgets when it is more "
@@ -223,6 +256,7 @@ def write_grid(found: dict[str, Any], s: Settings, out: Path, run: StageRunner, 
         f"{record['machine']['cpu']} "
         f"({record['machine']['bf16']}). Written by `{invocation}` on {record['created']}.",
         grid_table(found["outcomes"]),
+        *(["Points run on other machines: " + "; ".join(elsewhere) + "."] if elsewhere else []),
         *(f"Not run ({NOT_RUN_BECAUSE[action]}): {', '.join(found[key])}."
           for action, key in (("skip", "skipped"), ("stop", "beyond_choice")) if found[key]),
         verdict,
@@ -286,7 +320,8 @@ def main(argv: list[str] | None = None) -> int:
     invocation = shlex.join(["python", "experiments/evidence.py", *(sys.argv[1:] if argv is None else argv)])
     grid = None
     if stage in ("grid", "all"):
-        found = search(run, s, ws, progress=lambda partial: write_grid(partial, s, out, run, invocation))
+        found = search(run, s, ws, progress=lambda partial: write_grid(partial, s, out, run, invocation),
+                       recorded=recorded_outcomes(out / "evidence_grid.json", s))
         paths = write_grid(found, s, out, run, invocation)
         run.say(f"wrote {paths['markdown']} and {paths['json']}")
         grid = {"chosen": found["chosen"]}

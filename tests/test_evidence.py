@@ -91,6 +91,33 @@ def test_a_grid_in_progress_is_written_as_such_and_the_arms_do_not_start_from_it
         main(["--stage", "arms", "--workspace", str(tmp_path / "ws"), "--out", str(out)])
 
 
+def test_a_fresh_workspace_takes_the_committed_grids_points_instead_of_running_them_again(tmp_path: Path):
+    from experiments.evidence import Settings, recorded_outcomes, search, write_grid
+    from experiments.stage_runner import StageRunner
+
+    class NothingRuns(StageRunner):
+        def cli(self, name, argv, **kwargs):  # noqa: ANN001, ANN003, ANN201
+            raise AssertionError(f"{name} ran")
+
+    settings = Settings(grid_rows=[400], grid_epochs=[1], grid_lrs=[3e-4, 1e-3])
+    other = {"cpu": "another CPU", "bf16": "AMX bf16", "python": "3.11"}
+    points = [{**outcome(GridPoint(400, 400, 1, lr), 8, LOSS, GAIN, {"seconds": 300}, 0.56, 0.50), "machine": other}
+              for lr in (1e-3, 3e-4)]
+    out = tmp_path / "docs"
+    write_grid({"outcomes": points, "skipped": [], "beyond_choice": [], "chosen": None, "finished": False},
+               settings, out, StageRunner(tmp_path / "old", echo=False), "python experiments/evidence.py")
+    recorded = recorded_outcomes(out / "evidence_grid.json", settings)
+    assert set(recorded) == {"rows400-ep1-lr0.001", "rows400-ep1-lr0.0003"}
+    assert recorded_outcomes(out / "evidence_grid.json", Settings(batch_size=4)) == {}  # other settings: none
+    found = search(NothingRuns(tmp_path / "new", echo=False), settings, tmp_path / "ws", recorded=recorded)
+    assert [o["name"] for o in found["outcomes"]] == ["rows400-ep1-lr0.001", "rows400-ep1-lr0.0003"]
+    assert found["chosen"]["name"] == "rows400-ep1-lr0.0003" and found["finished"]
+    write_grid(found, settings, out, StageRunner(tmp_path / "new", echo=False), "python experiments/evidence.py")
+    text = (out / "evidence_grid.md").read_text(encoding="utf-8")
+    assert "Points run on other machines: rows400-ep1-lr0.001 on another CPU (AMX bf16)" in text
+    assert "Chosen: **rows400-ep1-lr0.0003**" in text
+
+
 @pytest.mark.integration
 def test_quick_experiment_runs_end_to_end_and_resumes(tmp_path: Path):
     """The grid (two points, both recorded) then every arm at the quick setting, through the real CLI on the
