@@ -170,6 +170,11 @@ def search(run: StageRunner, s: Settings, ws: Path,
     base: dict[str, dict[str, float]] | None = None  # read when a point has to run
     outcomes: list[dict[str, Any]] = []
     not_run: dict[str, list[str]] = {"skip": [], "stop": []}
+
+    def found(finished: bool) -> dict[str, Any]:
+        return {"outcomes": outcomes, "skipped": not_run["skip"], "beyond_choice": not_run["stop"],
+                "chosen": chosen_point(outcomes), "finished": finished}
+
     for point in grid_points(s.grid_rows, s.grid_epochs, s.grid_lrs):
         action = "run" if s.grid_all else next_action(point, outcomes)
         evaluated = f"eval-domain-grid-{point.name}" in run.state
@@ -177,8 +182,7 @@ def search(run: StageRunner, s: Settings, ws: Path,
             outcomes.append(recorded[point.name])
             run.say(f"grid {point.name}: recorded by an earlier grid (on {recorded[point.name]['machine']['cpu']}), "
                     "not run again")
-            progress({"outcomes": outcomes, "skipped": not_run["skip"], "beyond_choice": not_run["stop"],
-                      "chosen": chosen_point(outcomes), "finished": False})
+            progress(found(finished=False))
             continue
         if action != "run" and not evaluated:  # one evaluated before is still read
             not_run[action].append(point.name)
@@ -209,10 +213,8 @@ def search(run: StageRunner, s: Settings, ws: Path,
         run.say(f"grid {point.name}: {PRIMARY_METRIC} {result['base']:.3f} -> {result['tuned']:.3f}"
                 f"{_paired(result['diff'], result['se'], 100, ' pts')}, answer fit"
                 f"{_paired(result['gain'], result['gain_se'], 1, ' nats/token')} ({verdict})")
-        progress({"outcomes": outcomes, "skipped": not_run["skip"], "beyond_choice": not_run["stop"],
-                  "chosen": chosen_point(outcomes), "finished": False})
-    return {"outcomes": outcomes, "skipped": not_run["skip"], "beyond_choice": not_run["stop"],
-            "chosen": chosen_point(outcomes), "finished": True}
+        progress(found(finished=False))
+    return found(finished=True)
 
 
 def _paired(diff: float | None, se: float | None, scale: float, unit: str) -> str:

@@ -256,10 +256,9 @@ def ratio_points(history: pd.DataFrame, fallback_base: str | None = None) -> pd.
     measure = "answer fit" if with_domain and all(row["answer fit"][0] is not None for row in with_domain) \
         else "accuracy"
     for row in rows:
-        row["domain_gain"], row["domain_stderr"] = row.pop(measure)
-        row.pop("answer fit" if measure == "accuracy" else "accuracy")
+        row["domain_gain"], row["domain_stderr"] = row[measure]
         row["domain_measure"] = measure
-    points = pd.DataFrame(rows, columns=POINT_COLUMNS)
+    points = pd.DataFrame(rows, columns=POINT_COLUMNS)  # the other measure's key is not a column
     return points.sort_values(["mix_ratio", "run"], na_position="last").reset_index(drop=True)
 
 
