@@ -13,7 +13,7 @@ run: $(STAMP)
 
 test: $(STAMP) $(VLLM_STAMP) browser
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

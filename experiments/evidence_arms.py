@@ -56,8 +56,9 @@ def resumed_scale(total: float, done: float) -> float:
 
 
 def stage_cost(summary: dict[str, Any]) -> dict[str, Any]:
-    """Seconds and tokens a synthesis stage needed. A resumed reconstruction's summary times only the rows it
-    added (``new`` of ``stored``), so its rate is carried over to all of them (``scaled``: by how much)."""
+    """Seconds and tokens a synthesis stage needed. A resumed stage's summary (reconstruct, respond, judge) times
+    only the work it added (``new`` of ``stored``), so its rate is carried over to all of it (``scaled``: by how
+    much)."""
     seconds = summary.get("seconds")
     rate = summary.get("tokens_per_s")
     tokens = round(seconds * rate) if seconds and rate else summary.get("new_tokens")

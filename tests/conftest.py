@@ -12,6 +12,9 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs two workers on the two cores: a second torch thread per worker would spin on a busy core
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from core.engines.server import ManagedServer, ensure_server, stop_servers  # noqa: E402
 from tests.helpers import build_tiny_model_folder, build_tiny_tokenizer, serve_app, stop_jobs  # noqa: E402
@@ -61,3 +64,16 @@ def app_server(tmp_path: Path, tiny_model_dir: Path) -> Iterator[tuple[str, Path
             yield url, workspace
     finally:
         stop_jobs(workspace)
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    """Whole files per worker (their module fixtures are built once), and every vLLM file on one worker (the
+    session's vLLM server takes minutes to start; two at once would also halve the cores each gets)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FilesWithOneVllmWorker(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return "vllm" if Path(path).name.startswith("test_vllm_") else path
+
+    return FilesWithOneVllmWorker(config, log)

@@ -45,6 +45,9 @@ def test_responses_for_chat_and_base_models_resume_without_duplicates(store, loa
     assert cancelled["cancelled"] and 0 < cancelled["responses"] < 12
     summary = run_responses(config, store, loader)
     assert summary["responses"] == 12 - cancelled["responses"] and not summary["cancelled"]
+    # a resumed run says how much of the whole it did, so its cost can be scaled to all of it
+    assert (cancelled["stored"], summary["stored"]) == (cancelled["responses"], 12)
+    assert summary["new"] == summary["responses"]
     with store.read() as con:
         formats = dict(con.execute("SELECT model, any_value(prompt_format) FROM responses GROUP BY model").fetchall())
         assert con.execute("SELECT count(*), count(DISTINCT (instruction_id, model, sample_index)) "
@@ -75,6 +78,8 @@ def test_judges_score_every_response_and_consensus_is_stored(store, loader, tiny
     retried = run_judging(JudgeConfig(judges=models, exclude_self=True, method="generate", max_new_tokens=3,
                                       retry_failed=True), store, loader)
     assert retried["pending_before"] == excluded["failures"]
+    assert summary["stored"] == summary["new"] == 24  # the logprob scores; the generated ones are another method
+    assert excluded["stored"] == 12 and retried["new"] == excluded["failures"]
 
 
 def test_one_model_is_open_at_a_time(store, loader, tiny_model_dir, tiny_base_model_dir):

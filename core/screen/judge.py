@@ -212,6 +212,7 @@ def run_judging(
         "job_id": job_id, "judges": list(config.judges), "method": config.method, "weighting": config.weighting,
         "weights": weights, "no_better_than_chance": chance_judges(checked), "scores": progress.done_now,
         "failures": store.count_failures(config.method, config.judges), "pending_before": total,
+        "stored": store.count_scores(config.method, config.judges), "new": progress.done_now,
         "responses_with_consensus": consensus["responses"], "instructions_with_best": consensus["instructions"],
         "db": str(store.path), "seconds": round(progress.elapsed, 2), "cancelled": not finished,
     }

@@ -147,6 +147,7 @@ def run_responses(
                               config.batch_size, progress, respond)
     return {
         "job_id": job_id, "models": list(config.models), "k": config.k, "responses": progress.done_now,
-        "pending_before": total, "db": str(store.path), "tokens_per_s": round(progress.tokens / progress.elapsed, 2),
+        "pending_before": total, "stored": store.count_responses(config.models, config.k), "new": progress.done_now,
+        "db": str(store.path), "tokens_per_s": round(progress.tokens / progress.elapsed, 2),
         "seconds": round(progress.elapsed, 2), "cancelled": not finished,
     }

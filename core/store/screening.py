@@ -126,6 +126,18 @@ class ScreeningQueries(StoreBase):
             )
         return len(rows)
 
+    def count_responses(self, models: Sequence[str], k: int) -> int:
+        """Responses stored by ``models`` among the first ``k`` samples of each instruction."""
+        with self.read() as con:
+            return con.execute("SELECT count(*) FROM responses WHERE sample_index < ? AND list_contains(?, model)",
+                               [k, list(models)]).fetchone()[0]
+
+    def count_scores(self, method: str, judges: Sequence[str]) -> int:
+        """Scores (failed ones included) that ``judges`` gave with ``method``."""
+        with self.read() as con:
+            return con.execute("SELECT count(*) FROM scores WHERE method = ? AND list_contains(?, judge)",
+                               [method, list(judges)]).fetchone()[0]
+
     def count_failures(self, method: str, judges: Sequence[str]) -> int:
         with self.read() as con:
             return con.execute(
