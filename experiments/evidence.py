@@ -228,6 +228,15 @@ def machine() -> dict[str, Any]:
     return {"cpu": cpu_model_name(), "bf16": cpu_bf16_support(), "python": platform.python_version()}
 
 
+def _same_but_date(path: Path, record: dict[str, Any]) -> bool:
+    """Whether ``path`` holds ``record`` except for its creation date."""
+    try:
+        before = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return {**before, "created": None} == json.loads(json.dumps({**record, "created": None}, default=str))
+
+
 def write_grid(found: dict[str, Any], s: Settings, out: Path, run: StageRunner, invocation: str) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     chosen = found["chosen"]
@@ -241,7 +250,9 @@ def write_grid(found: dict[str, Any], s: Settings, out: Path, run: StageRunner, 
               "beyond_choice": found["beyond_choice"], "chosen": chosen, "finished": found["finished"],
               "invocation": invocation,
               "commands": run.commands, "timings": run.timings}
-    json_path = out / "evidence_grid.json"
+    json_path, md_path = out / "evidence_grid.json", out / "evidence_grid.md"
+    if md_path.exists() and _same_but_date(json_path, record):
+        return {"json": json_path, "markdown": md_path}  # a rerun that found nothing new leaves the files as they are
     json_path.write_text(json.dumps(record, indent=1, default=str), encoding="utf-8")
     verdict = (f"In progress: {len(found['outcomes'])} point(s) evaluated so far; the choice is made when the grid "
                "ends." if not found["finished"] else
@@ -263,7 +274,6 @@ def write_grid(found: dict[str, Any], s: Settings, out: Path, run: StageRunner, 
           for action, key in (("skip", "skipped"), ("stop", "beyond_choice")) if found[key]),
         verdict,
         "Commands:\n\n```bash\n" + "\n".join(run.commands) + "\n```"])
-    md_path = out / "evidence_grid.md"
     md_path.write_text(markdown + "\n", encoding="utf-8")
     return {"json": json_path, "markdown": md_path}
 

@@ -66,14 +66,22 @@ def app_server(tmp_path: Path, tiny_model_dir: Path) -> Iterator[tuple[str, Path
         stop_jobs(workspace)
 
 
-def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
-    """Whole files per worker (their module fixtures are built once), and every vLLM file on one worker (the
+class _FilesWithOneVllmWorker:
+    """Whole files per xdist worker (their module fixtures are built once), and every vLLM file on one worker (the
     session's vLLM server takes minutes to start; two at once would also halve the cores each gets)."""
-    from xdist.scheduler import LoadScopeScheduling
 
-    class FilesWithOneVllmWorker(LoadScopeScheduling):
-        def _split_scope(self, nodeid: str) -> str:
-            path = nodeid.split("::", 1)[0]
-            return "vllm" if Path(path).name.startswith("test_vllm_") else path
+    @staticmethod
+    def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+        from xdist.scheduler import LoadScopeScheduling
 
-    return FilesWithOneVllmWorker(config, log)
+        class Scheduler(LoadScopeScheduling):
+            def _split_scope(self, nodeid: str) -> str:
+                path = nodeid.split("::", 1)[0]
+                return "vllm" if Path(path).name.startswith("test_vllm_") else path
+
+        return Scheduler(config, log)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.pluginmanager.hasplugin("xdist"):  # the hook is xdist's: unknown (an error) without it
+        config.pluginmanager.register(_FilesWithOneVllmWorker(), "forgetless-xdist-scheduler")

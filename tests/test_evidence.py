@@ -87,6 +87,18 @@ def test_a_grid_in_progress_is_written_as_such_and_the_arms_do_not_start_from_it
     assert json.loads((out / "evidence_grid.json").read_text(encoding="utf-8"))["finished"] is False
     text = (out / "evidence_grid.md").read_text(encoding="utf-8")
     assert "In progress: 1 point(s) evaluated so far" in text and "rows400-ep1-lr0.001" in text
+
+    # a rerun that found nothing new leaves both files (and their date) as they were; a new finding rewrites them
+    dated = {path: path.read_text(encoding="utf-8").replace(created, "2000-01-01T00:00:00+00:00")
+             for created in [json.loads((out / "evidence_grid.json").read_text(encoding="utf-8"))["created"]]
+             for path in (out / "evidence_grid.json", out / "evidence_grid.md")}
+    for path, old in dated.items():
+        path.write_text(old, encoding="utf-8")
+    write_grid(partial, Settings(), out, StageRunner(tmp_path / "state", echo=False), "python experiments/...")
+    assert all(path.read_text(encoding="utf-8") == old for path, old in dated.items())
+    write_grid({**partial, "skipped": ["rows400-ep1-lr0.0001"]}, Settings(), out,
+               StageRunner(tmp_path / "state", echo=False), "python experiments/...")
+    assert all("2000-01-01" not in path.read_text(encoding="utf-8") for path in dated)
     with pytest.raises(SystemExit, match="a grid in progress"):
         main(["--stage", "arms", "--workspace", str(tmp_path / "ws"), "--out", str(out)])
 
