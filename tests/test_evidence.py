@@ -89,8 +89,8 @@ def test_a_grid_in_progress_is_written_as_such_and_the_arms_do_not_start_from_it
     assert "In progress: 1 point(s) evaluated so far" in text and "rows400-ep1-lr0.001" in text
 
     # a rerun that found nothing new leaves both files (and their date) as they were; a new finding rewrites them
+    created = json.loads((out / "evidence_grid.json").read_text(encoding="utf-8"))["created"]
     dated = {path: path.read_text(encoding="utf-8").replace(created, "2000-01-01T00:00:00+00:00")
-             for created in [json.loads((out / "evidence_grid.json").read_text(encoding="utf-8"))["created"]]
              for path in (out / "evidence_grid.json", out / "evidence_grid.md")}
     for path, old in dated.items():
         path.write_text(old, encoding="utf-8")

@@ -208,11 +208,11 @@ def run_judging(
     finished = model_by_model(config.judges, scorer_opener(engines, embedders), pending, config.batch_size,
                               progress, score)
     consensus = update_consensus(store, config.method, weights)
+    stored, failures = store.count_scores(config.method, config.judges)
     return {
         "job_id": job_id, "judges": list(config.judges), "method": config.method, "weighting": config.weighting,
         "weights": weights, "no_better_than_chance": chance_judges(checked), "scores": progress.done_now,
-        "failures": store.count_failures(config.method, config.judges), "pending_before": total,
-        "stored": store.count_scores(config.method, config.judges), "new": progress.done_now,
+        "failures": failures, "pending_before": total, "stored": stored, "new": progress.done_now,
         "responses_with_consensus": consensus["responses"], "instructions_with_best": consensus["instructions"],
         "db": str(store.path), "seconds": round(progress.elapsed, 2), "cancelled": not finished,
     }

@@ -132,18 +132,14 @@ class ScreeningQueries(StoreBase):
             return con.execute("SELECT count(*) FROM responses WHERE sample_index < ? AND list_contains(?, model)",
                                [k, list(models)]).fetchone()[0]
 
-    def count_scores(self, method: str, judges: Sequence[str]) -> int:
-        """Scores (failed ones included) that ``judges`` gave with ``method``."""
-        with self.read() as con:
-            return con.execute("SELECT count(*) FROM scores WHERE method = ? AND list_contains(?, judge)",
-                               [method, list(judges)]).fetchone()[0]
-
-    def count_failures(self, method: str, judges: Sequence[str]) -> int:
+    def count_scores(self, method: str, judges: Sequence[str]) -> tuple[int, int]:
+        """(scores, failed ones among them) that ``judges`` gave with ``method``."""
         with self.read() as con:
             return con.execute(
-                "SELECT count(*) FROM scores WHERE failed AND method = ? AND list_contains(?, judge)",
+                """SELECT count(*), count(*) FILTER (WHERE failed) FROM scores
+                   WHERE method = ? AND list_contains(?, judge)""",
                 [method, list(judges)],
-            ).fetchone()[0]
+            ).fetchone()
 
     def scores_frame(self, method: str) -> pd.DataFrame:
         """One row per usable (response, judge) score with what consensus needs."""
