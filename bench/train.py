@@ -6,10 +6,12 @@ step and then the same ``--steps`` timed steps; a rate is the timed steps' token
 time.
 
 - **ours**: `core.train.training.build_trainer` with TrainConfig's defaults (the hardware's dtype: bf16
-  autocast where bf16 is native, else fp32; no gradient checkpointing on a CPU; padding-free batches).
+  autocast where bf16 is native, else fp32, or ``--dtype``; no gradient checkpointing on a CPU; padding-free
+  batches; on a CPU an LM head that projects only the trained positions, core/train/lm_head.py).
 - **TRL, same settings**: a plain `SFTTrainer` given our dtype (weights and autocast) and no gradient
   checkpointing, batches padded as TRL does by default: ours / this ratio is what our own code adds beyond
-  choosing those two settings (padding-free batches: it shows on conversations of different lengths, ``--data``).
+  choosing those two settings (padding-free batches: it shows on conversations of different lengths, ``--data``;
+  the CPU LM head: most with a large vocabulary and few trained tokens per position, as in MedMCQA answers).
 - **TRL defaults**: `SFTConfig`'s defaults (bf16 autocast, gradient checkpointing) on the model as the app
   loads it, except what is needed to run and time it here (CPU, no saving, a log line per step).
 
@@ -31,6 +33,7 @@ measured on one thread too) gives a fairer reading while other jobs run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import tempfile
@@ -105,13 +108,20 @@ class StepClock(TrainerCallback):
                 "tokens_per_step": (n1 - n0) / steps}
 
 
-def run_ours(data: Path, model: str, workspace: Path, steps: int, batch_size: int, method: str, out: Path) -> dict:
+def run_ours(data: Path, model: str, workspace: Path, steps: int, batch_size: int, method: str, out: Path,
+             dtype: str = "auto", trl_lm_head: bool = False) -> dict:
+    """Our trainer; with ``trl_lm_head`` it keeps TRL's fused LM head on a CPU too (what core/train/lm_head.py
+    replaces there)."""
+    from unittest import mock
+
     from core.train.training import TrainConfig, build_trainer
 
     clock = StepClock()
     config = TrainConfig(data=str(data), out=str(out), model=model, method=method, max_steps=steps + 1,
-                         batch_size=batch_size, save_steps=10_000)
-    trainer = build_trainer(config, workspace, callbacks=[clock])
+                         batch_size=batch_size, save_steps=10_000, dtype=dtype)
+    with mock.patch("core.train.training.project_trained_positions", side_effect=lambda model: None) \
+            if trl_lm_head else contextlib.nullcontext():
+        trainer = build_trainer(config, workspace, callbacks=[clock])
     trainer.train()
     flops, frozen, trained = matmul_flops_per_token(trainer.model)
     weights = str(next(p.dtype for p in trainer.model.parameters() if not p.requires_grad or method == "full"))
@@ -166,6 +176,10 @@ def main() -> None:
     parser.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA")
     parser.add_argument("--data", type=Path, help="a mix snapshot folder: train on its first batch x (steps + 1) "
                         "conversations (lengths as they come) instead of the fixed short chats")
+    parser.add_argument("--dtype", default="auto", help="our run's dtype (TrainConfig's; TRL, same settings, follows "
+                        "it): auto follows the CPU's flags")
+    parser.add_argument("--compare-lm-head", action="store_true", help="also ours with TRL's fused LM head (on a CPU "
+                        "it scores every position; ours only the trained ones)")
     parser.add_argument("--no-trl-defaults", action="store_true", help="skip the run with TRL's defaults")
     parser.add_argument("--threads", type=int, help="torch threads for everything measured, matmul bound included "
                         "(default: torch's choice; 1 when other work shares the cores, see the module docstring)")
@@ -191,7 +205,10 @@ def main() -> None:
         load_before = os.getloadavg()[0]
         runs: dict[str, dict] = {}
         runs["ours"] = run_ours(data, args.model, args.workspace, args.steps, args.batch_size, method,
-                                Path(folder) / "ours")
+                                Path(folder) / "ours", args.dtype)
+        if args.compare_lm_head:
+            runs["ours with TRL's LM head"] = run_ours(data, args.model, args.workspace, args.steps, args.batch_size,
+                                                       method, Path(folder) / "trl-head", args.dtype, True)
         compute = getattr(torch, runs["ours"]["dtype"])
         gflops_mid = matmul_gflops(compute)
         runs["TRL, same dtype, no checkpointing"] = run_trl(data, args.model, args.workspace, args.steps,
@@ -222,6 +239,7 @@ def main() -> None:
             ratio = ours["tok_s"] / run["tok_s"]
             target = (f" (target >= {TARGET_TRL_DEFAULTS_RATIO:g}x, set on a CPU without native bf16: "
                       f"{'met' if ratio >= TARGET_TRL_DEFAULTS_RATIO else 'NOT met'})" if name == "TRL defaults" else
+                      " (what the CPU LM head saves)" if name == "ours with TRL's LM head" else
                       " (what our code adds beyond choosing dtype and checkpointing)")
             print(f"ratio ours / {name}: {ratio:.2f}x{target}")
     per_token = (f"4 x {ours['frozen_params'] / 1e6:.1f}M frozen + 6 x {ours['trained_params'] / 1e6:.2f}M trained "
@@ -241,6 +259,8 @@ def main() -> None:
         "tokens_per_step": ours["tokens_per_step"],
         "tok_s": {name: round(run["tok_s"], 1) for name, run in runs.items()},
         "ratio_same_settings": round(ours["tok_s"] / runs["TRL, same dtype, no checkpointing"]["tok_s"], 2),
+        "ratio_lm_head": round(ours["tok_s"] / runs["ours with TRL's LM head"]["tok_s"], 2)
+        if "ours with TRL's LM head" in runs else None,
         "ratio_trl_defaults": round(ours["tok_s"] / runs["TRL defaults"]["tok_s"], 2) if "TRL defaults" in runs
         else None,
         "dtype": ours["dtype"], "flops_per_token": ours["flops_per_token"], "frozen_params": ours["frozen_params"],

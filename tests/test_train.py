@@ -108,6 +108,40 @@ def test_padding_free_batches_give_the_padded_loss_and_gradients(tiny_model_dir,
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(free_grads, padded_grads, strict=True))
 
 
+@pytest.mark.parametrize("slice_tokens", [1024, 5])  # one slice; several, recomputed under checkpointing
+def test_cpu_lm_head_gives_trls_fused_head_loss_gradients_and_metrics(tiny_model_dir, snapshot, tmp_path,
+                                                                      monkeypatch, slice_tokens):
+    import torch
+    from transformers import AutoModelForCausalLM
+    from trl.trainer.utils import add_fused_lm_head
+
+    from core.train import lm_head
+
+    monkeypatch.setattr(lm_head, "TOKENS_PER_SLICE", slice_tokens)
+    trainer = build_trainer(tiny_config(tmp_path, tiny_model_dir, snapshot, method="full", dtype="float32"),
+                            tmp_path / "ws")
+    reference = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    reference.load_state_dict(trainer.model.state_dict())
+    add_fused_lm_head(reference, outputs=("log_probs", "entropy", "is_top1"))  # as SFTTrainer patches it
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+    assert (batch["labels"][:, 1:] != -100).sum() > 2 * slice_tokens or slice_tokens > 100
+
+    def run(model, labels):
+        model.zero_grad()
+        out = model(**{**batch, "labels": labels}, fused_lm_head=True)
+        out.loss.backward()
+        return out, [param.grad.clone() for param in model.parameters()]
+
+    for labels in (batch["labels"], torch.full_like(batch["labels"], -100)):  # the second: nothing to train
+        (ours, our_grads), (trls, trl_grads) = run(trainer.model, labels), run(reference, labels)
+        assert torch.allclose(ours.loss, trls.loss, atol=1e-5)
+        for name in ("log_probs", "entropy"):
+            assert torch.allclose(getattr(ours, name), getattr(trls, name), atol=1e-4), name
+        assert ours.is_top1.equal(trls.is_top1) and ours.label_mask.equal(trls.label_mask)
+        assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(our_grads, trl_grads, strict=True))
+    assert ours.loss == 0 and not ours.label_mask.any()
+
+
 def test_conversations_longer_than_max_length_are_cut_like_trl_does(tiny_model_dir, snapshot, tmp_path):
     full = build_trainer(tiny_config(tmp_path, tiny_model_dir, snapshot), tmp_path / "ws").train_dataset
     first_trained = [next(i for i, label in enumerate(row["labels"]) if label != -100) for row in full]

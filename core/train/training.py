@@ -8,8 +8,9 @@ run keeps the base MODEL spec in its config; evaluation loads base + ``adapter/`
 
 Precision follows the hardware (core.engines.models.choose_dtype): fp32 on CPUs without native bf16, where
 TRL's own defaults (bf16 autocast + gradient checkpointing) are ~20x slower; bf16 autocast where it is
-native. Under ``accelerate launch`` every process runs this same entry point; only rank 0 writes
-the job files, and Trainer itself saves checkpoints from the main process only.
+native. On a CPU the LM head projects only the trained positions (core/train/lm_head.py). Under ``accelerate
+launch`` every process runs this same entry point; only rank 0 writes the job files, and Trainer itself saves
+checkpoints from the main process only.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from core.jobs import job_session
 from core.mix.snapshot import file_sha256
 from core.settings import setting
 from core.train.data import read_conversations, require_chat_template, snapshot_file, to_prompt_completion
+from core.train.lm_head import project_trained_positions
 from core.train.progress import first_progress_with
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -196,6 +198,8 @@ def build_trainer(config: TrainConfig, workspace: Path, callbacks: list[Any] | N
     except ValueError as error:  # e.g. LoRA target modules that the model does not have
         raise ForgetlessError(f"cannot set up training: {str(error).splitlines()[0]}") from error
     trainer.remove_callback(PrinterCallback)  # it prints every log dict to stdout
+    if device == "cpu":
+        project_trained_positions(trainer.model.get_base_model() if peft_config else trainer.model)
     trainer.train_dataset = _cut_to(trainer.train_dataset, config.max_length)
     if len(trainer.train_dataset) == 0:
         raise ForgetlessError(f"no conversation of {config.data} has an answer within max length {config.max_length}")
