@@ -118,7 +118,8 @@ def train_arms(run: StageRunner, s: Any, ws: Path, mixes: dict[str, Any], seed: 
             run, f"train-{arm}-s{seed}",
             ["train", "--workspace", ws, "--data", mix["out"], "--model", s.model, "--out", out, "--full",
              "--max-steps", s.steps, "--batch-size", s.batch_size, "--lr", s.lr, "--max-length", s.max_length,
-             "--seed", seed, "--save-steps", checkpoint_every(s.steps), "--keep-checkpoints", 1], out)}
+             "--seed", seed, "--dtype", s.train_dtype, "--save-steps", checkpoint_every(s.steps),
+             "--keep-checkpoints", 1], out)}
     wise = ws / "runs" / f"e-s{seed}"
     runs["e"] = {"run": str(wise), **run.step(f"wise-ft-s{seed}", f"WiSE-FT of {runs['a']['run']} (alpha "
                                               f"{s.wise_alpha:g}) at {wise}", wise / "summary.json",

@@ -175,8 +175,10 @@ def test_quick_experiment_runs_end_to_end_and_resumes(tmp_path: Path):
     runs = sorted(p.name for p in (workspace / "runs").iterdir())
     assert not any((workspace / "runs" / name / "checkpoints").exists() for name in runs)  # pruned when finished
 
+    written = {path: path.read_bytes() for path in out.glob("evidence_grid.*")}
     again = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
+    assert all(path.read_bytes() == text for path, text in written.items())  # nothing new: not rewritten, same date
     assert "forgetless train" not in again.stdout and "forgetless eval" not in again.stdout  # all skipped
     assert json.loads((out / "evidence.json").read_text(encoding="utf-8"))["arms"] == record["arms"]
 
