@@ -104,6 +104,7 @@ class Settings:
     # the arms' `forgetless train --dtype`: auto follows the CPU's flags, which on the 2-core AVX512-BF16 Xeon
     # without AMX pick bf16 autocast although bf16 matmuls run 0.6x fp32 there (full FT step: 18.5 s vs 11.9 s)
     train_dtype: str = "auto"
+    eval_dtype: str = "auto"  # the arms' (and their base's) `forgetless eval --dtype`; the grid's stay auto
 
     @property
     def steps(self) -> int:
@@ -149,6 +150,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, Path, Path, str
 
 # Settings that make two grids' points comparable (the grid's own axes aside)
 GRID_IDENTITY = ("quick", "model", "batch_size", "max_length", "seed", "general_limit", "domain_limit")
+GRID_SETTINGS = (*GRID_IDENTITY, "grid_rows", "grid_epochs", "grid_lrs", "grid_all")
 
 
 def recorded_outcomes(path: Path, s: Settings) -> dict[str, dict[str, Any]]:
@@ -231,13 +233,19 @@ def machine() -> dict[str, Any]:
     return {"cpu": cpu_model_name(), "bf16": cpu_bf16_support(), "python": platform.python_version()}
 
 
-def _same_but_date(path: Path, record: dict[str, Any]) -> bool:
-    """Whether ``path`` holds ``record`` except for its creation date."""
+def _same_findings(path: Path, record: dict[str, Any]) -> bool:
+    """Whether ``path`` holds ``record``'s findings: all but its date, invocation and the settings that are not
+    the grid's (the arms' own may change after the grid)."""
+    def findings(grid: dict[str, Any]) -> dict[str, Any]:
+        settings = grid.get("settings") or {}
+        return {**{k: v for k, v in grid.items() if k not in ("created", "invocation", "settings")},
+                "settings": {key: settings.get(key) for key in GRID_SETTINGS}}
+
     try:
         before = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    return {**before, "created": None} == json.loads(json.dumps({**record, "created": None}, default=str))
+    return findings(before) == findings(json.loads(json.dumps(record, default=str)))
 
 
 def write_grid(found: dict[str, Any], s: Settings, out: Path, run: StageRunner, invocation: str) -> dict[str, Path]:
@@ -254,7 +262,7 @@ def write_grid(found: dict[str, Any], s: Settings, out: Path, run: StageRunner, 
               "invocation": invocation,
               "commands": run.commands, "timings": run.timings}
     json_path, md_path = out / "evidence_grid.json", out / "evidence_grid.md"
-    if md_path.exists() and _same_but_date(json_path, record):
+    if md_path.exists() and _same_findings(json_path, record):
         return {"json": json_path, "markdown": md_path}  # a rerun that found nothing new leaves the files as they are
     json_path.write_text(json.dumps(record, indent=1, default=str), encoding="utf-8")
     verdict = (f"In progress: {len(found['outcomes'])} point(s) evaluated so far; the choice is made when the grid "
@@ -293,7 +301,8 @@ def arms_stage(run: StageRunner, s: Settings, ws: Path, out: Path, grid: dict[st
         s.domain_rows, s.epochs, s.lr = point["domain_rows"], point["epochs"], point["lr"]
     run.say(f"arms at {s.domain_rows} domain rows, {s.epochs} epoch(s), lr {s.lr:g}: {s.steps} steps each")
     general = general_data(run, s, ws)
-    base = scores(ws, evaluate(run, s, ws, "base", s.model, drift=False))
+    base_name = "base" if s.eval_dtype == "auto" else f"base-{s.eval_dtype}"  # not the grid's base then
+    base = scores(ws, evaluate(run, s, ws, base_name, s.model, drift=False))
     arms: dict[str, list[Any]] = {}
     drift: dict[str, Any] = {}
     trained: dict[str, list[dict[str, Any]]] = {}

@@ -127,30 +127,39 @@ def train_arms(run: StageRunner, s: Any, ws: Path, mixes: dict[str, Any], seed: 
     return runs
 
 
-def benchmarks(run: StageRunner, s: Any, ws: Path, name: str, model: str, drift: bool) -> dict[str, str]:
+def benchmarks(run: StageRunner, s: Any, ws: Path, name: str, model: str, drift: bool,
+               dtype: str = "auto") -> dict[str, str]:
     """The scored evaluations of one model (base or run): general (limited) and domain (accuracy and answer fit,
-    + drift). Job ids."""
+    + drift), in ``dtype`` (`forgetless eval --dtype`). Job ids."""
     general_limit = ["--limit", s.general_limit] if s.general_limit else []
+    pinned = _dtype_flag(dtype)
     return {
         "general": run.cli(f"eval-general-{name}", ["eval", "--workspace", ws, "--model", model, "--suite", "general",
-                                                    *general_limit, "--seed", 0])["job_id"],
+                                                    *general_limit, "--seed", 0, *pinned])["job_id"],
         # --limit caps the domain test only here: drift's texts are capped by --drift-n (all held-out rows)
         "domain": run.cli(f"eval-domain-{name}", ["eval", "--workspace", ws, "--model", model, "--suite",
                                                   f"domain,{DOMAIN_FIT}" + (",drift" if drift else ""), "--seed", 0,
                                                   *(["--limit", s.domain_limit] if s.domain_limit else []),
-                                                  *(["--drift-n", 100000] if drift else [])])["job_id"],
+                                                  *(["--drift-n", 100000] if drift else []), *pinned])["job_id"],
     }
+
+
+def _dtype_flag(dtype: str) -> list[str]:
+    """``--dtype`` for a pinned dtype; none for auto, so its commands (and stage keys) are those of before."""
+    return ["--dtype", dtype] if dtype != "auto" else []
 
 
 def evaluate(run: StageRunner, s: Any, ws: Path, name: str, model: str, drift: bool) -> dict[str, str]:
     """``benchmarks`` and IFEval (all prompts, at the arms' batch size: greedy replies depend slightly on how
-    prompts are batched, so every arm and their base are generated alike) of one model. Job ids."""
-    jobs = benchmarks(run, s, ws, name, model, drift)
+    prompts are batched, so every arm and their base are generated alike) of one model, in the arms' eval dtype.
+    Job ids."""
+    jobs = benchmarks(run, s, ws, name, model, drift, s.eval_dtype)
     limit = ["--limit", s.ifeval_limit] if s.ifeval_limit else []
     jobs[IFEVAL] = run.cli(f"eval-ifeval-{name}", [
         "eval", "--workspace", ws, "--model", model, "--suite", IFEVAL, *limit, "--seed", s.seed,
         "--ifeval-max-new-tokens", s.ifeval_tokens, "--batch-size", s.ifeval_batch_size,
-        "--job-id", f"arms-ifeval-{name.replace('@', '-r')}-b{s.ifeval_batch_size}"])["job_id"]
+        *_dtype_flag(s.eval_dtype), "--job-id", f"arms-ifeval-{name.replace('@', '-r')}-b{s.ifeval_batch_size}"
+        + ("" if s.eval_dtype == "auto" else f"-{s.eval_dtype}")])["job_id"]
     return jobs
 
 

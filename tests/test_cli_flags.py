@@ -40,6 +40,7 @@ ADDED["judge"].add("--weighting")  # the consensus weighted by the judge check (
 ADDED["reconstruct"] |= {"--from-corpus", "--corpus-rows", "--passage-max-words"}  # corpus seeding (issue 15)
 ADDED["reconstruct"] |= {"--steer", "--steer-examples", "--steer-keep-all"}  # steered reconstruction (issue 15)
 ADDED["mix"].add("--general-holdout")  # general rows set aside for drift (issue 16)
+ADDED["eval"].add("--dtype")  # a pinned eval dtype (the evidence arms on a CPU where bf16 runs slower)
 
 
 def stage_actions(stage: str) -> dict[str, argparse.Action]:
@@ -166,6 +167,17 @@ def test_the_engine_does_not_change_the_job_id():
     served = ReconstructConfig(n=3, serving={"engine": "vllm"})
     assert served.resolved_job_id() == ReconstructConfig(n=3).resolved_job_id()
     assert EvalConfig(serving={"engine_url": "http://h:1/v1"}).resolved_job_id() == EvalConfig().resolved_job_id()
+
+
+def test_an_eval_dtype_counts_in_the_job_id_only_when_pinned():
+    # the ids of before the setting (computed with the code of 8be95cc): stored evaluations resume
+    assert EvalConfig().resolved_job_id() == "eval-3c5ac1ce13"
+    assert EvalConfig(model="smollm2-135m-instruct", suite="ifeval", limit=5, seed=3,
+                      dtype="auto").resolved_job_id() == "eval-96ec6e7b86"
+    ids = {dtype: EvalConfig(dtype=dtype).resolved_job_id() for dtype in ("auto", "float32", "bfloat16")}
+    assert len(set(ids.values())) == 3  # a pinned dtype is its own job, never resumed in another dtype
+    with pytest.raises(ForgetlessError, match="invalid choice: 'fp8'"):
+        parse(["eval", "--dtype", "fp8"])
 
 
 def test_flags_set_on_top_of_the_config_yaml(tmp_path):

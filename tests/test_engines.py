@@ -129,6 +129,10 @@ def test_closed_engine_refuses_work_and_opener_loads_by_spec(lm, tiny_model_dir:
     opened = in_process_engines(tmp_path, sampling=True)(str(tiny_model_dir))
     assert opened.name == tiny_model_dir.name and opened.lm.dtype == generation_dtype("cpu")  # sampling's dtype
     opened.close()
+    for dtype in ("float32", "bfloat16"):  # a pinned dtype wins over sampling's and the hardware's
+        opened = in_process_engines(tmp_path, sampling=True, dtype=dtype)(str(tiny_model_dir))
+        assert opened.lm.dtype == getattr(torch, dtype) and next(opened.lm.model.parameters()).dtype == opened.lm.dtype
+        opened.close()
 
 
 def test_cut_at_stop_and_group_probabilities() -> None:

@@ -88,14 +88,20 @@ def test_a_grid_in_progress_is_written_as_such_and_the_arms_do_not_start_from_it
     text = (out / "evidence_grid.md").read_text(encoding="utf-8")
     assert "In progress: 1 point(s) evaluated so far" in text and "rows400-ep1-lr0.001" in text
 
-    # a rerun that found nothing new leaves both files (and their date) as they were; a new finding rewrites them
+    # a rerun that found nothing new (other arm settings and invocation aside) leaves both files (and their date) as
+    # they were; a new finding, or another setting of the grid's own, rewrites them
     created = json.loads((out / "evidence_grid.json").read_text(encoding="utf-8"))["created"]
     dated = {path: path.read_text(encoding="utf-8").replace(created, "2000-01-01T00:00:00+00:00")
              for path in (out / "evidence_grid.json", out / "evidence_grid.md")}
     for path, old in dated.items():
         path.write_text(old, encoding="utf-8")
-    write_grid(partial, Settings(), out, StageRunner(tmp_path / "state", echo=False), "python experiments/...")
+    write_grid(partial, Settings(train_dtype="float32", eval_dtype="float32"), out,
+               StageRunner(tmp_path / "state", echo=False), "python experiments/... --train-dtype float32")
     assert all(path.read_text(encoding="utf-8") == old for path, old in dated.items())
+    write_grid(partial, Settings(batch_size=4), out, StageRunner(tmp_path / "state", echo=False), "python ...")
+    assert all("2000-01-01" not in path.read_text(encoding="utf-8") for path in dated)
+    for path, old in dated.items():
+        path.write_text(old, encoding="utf-8")
     write_grid({**partial, "skipped": ["rows400-ep1-lr0.0001"]}, Settings(), out,
                StageRunner(tmp_path / "state", echo=False), "python experiments/...")
     assert all("2000-01-01" not in path.read_text(encoding="utf-8") for path in dated)
@@ -128,6 +134,29 @@ def test_a_fresh_workspace_takes_the_committed_grids_points_instead_of_running_t
     text = (out / "evidence_grid.md").read_text(encoding="utf-8")
     assert "Points run on other machines: rows400-ep1-lr0.001 on another CPU (AMX bf16)" in text
     assert "Chosen: **rows400-ep1-lr0.0003**" in text
+
+
+def test_a_pinned_eval_dtype_reaches_every_arm_evaluation_and_names_its_own_jobs(tmp_path: Path):
+    from experiments.evidence import Settings
+    from experiments.evidence_arms import evaluate
+    from experiments.stage_runner import StageRunner
+
+    class Recording(StageRunner):
+        def cli(self, name, argv, **kwargs):  # noqa: ANN001, ANN003, ANN201
+            argv = [str(part) for part in argv]
+            self.seen[name] = argv
+            return {"job_id": argv[argv.index("--job-id") + 1] if "--job-id" in argv else f"job-{name}"}
+
+    runner = Recording(tmp_path / "state", echo=False)
+    runner.seen = {}
+    evaluate(runner, Settings(eval_dtype="float32"), tmp_path, "base-float32", "m", drift=False)
+    pinned = dict(runner.seen)
+    assert all(argv[argv.index("--dtype") + 1] == "float32" for argv in pinned.values()) and len(pinned) == 3
+    assert pinned["eval-ifeval-base-float32"][-1] == "arms-ifeval-base-float32-b128-float32"
+    runner.seen = {}
+    evaluate(runner, Settings(), tmp_path, "base", "m", drift=False)  # auto: the commands of before, no --dtype
+    assert not any("--dtype" in argv for argv in runner.seen.values())
+    assert runner.seen["eval-ifeval-base"][-1] == "arms-ifeval-base-b128"
 
 
 @pytest.mark.integration

@@ -67,15 +67,16 @@ def check_models(specs: Sequence[str | None], workspace: Path) -> None:
 
 def run_job(args: argparse.Namespace, kind: str, config: Any, work: Callable[..., dict[str, Any]],
             unit_key: str = "done", models: Sequence[str | None] = (), serving: EngineChoice | None = None,
-            sampling: bool = False, served: Sequence[str | None] | None = None) -> dict[str, Any]:
+            sampling: bool = False, served: Sequence[str | None] | None = None, dtype: str = "auto") -> dict[str, Any]:
     """Run one stage in its job folder: lock, status, progress.jsonl and a progress bar on stderr.
 
     ``models`` (the specs the stage loads) are checked first, so a bad one leaves no trace. The job waits
     for the workspace's compute slot (queued) before ``work(on_progress, should_stop)`` loads a model;
     SIGTERM asks it to stop (leave the queue, or stop after the batch). A model-facing stage gives its
     ``serving`` choice: ``work`` then also gets ``engines`` (`core.engines.choice.open_engines`; ``sampling``
-    picks the in-process sampling dtype), and a managed vLLM server's start shows as the job's phase. With
-    ``--engine-url``, the server must serve ``served`` (default: ``models``), checked before anything is written.
+    picks the in-process sampling dtype, ``dtype`` pins the in-process one), and a managed vLLM server's start
+    shows as the job's phase. With ``--engine-url``, the server must serve ``served`` (default: ``models``),
+    checked before anything is written.
     """
     check_models(models, args.workspace)
     if serving is not None and serving.engine_url:
@@ -98,7 +99,7 @@ def run_job(args: argparse.Namespace, kind: str, config: Any, work: Callable[...
         hooks: dict[str, Any] = {"on_progress": on_progress, "should_stop": recorder.cancel_requested}
         if serving is not None:
             hooks["engines"] = open_engines(
-                serving, args.workspace, sampling=sampling, should_stop=recorder.cancel_requested,
+                serving, args.workspace, sampling=sampling, dtype=dtype, should_stop=recorder.cancel_requested,
                 on_phase=lambda phase: recorder.progress({"phase": phase, "job_id": job_id}))
         summary = work(**hooks)
         if serving is not None:

@@ -35,8 +35,10 @@ def cmd_eval(args: argparse.Namespace) -> None:
     store = Store.for_workspace(args.workspace)
     target = resolve_target(config)
     summary = run_job(args, "eval", config,
-                      lambda **hooks: run_evaluation(config, store, local=in_process_engines(args.workspace), **hooks),
-                      models=(target.load_spec, target.base), serving=engine_choice(config),
+                      lambda **hooks: run_evaluation(config, store, local=in_process_engines(args.workspace,
+                                                                                             dtype=config.dtype),
+                                                     **hooks),
+                      models=(target.load_spec, target.base), serving=engine_choice(config), dtype=config.dtype,
                       served=() if target.adapter_dir else (target.load_spec,))  # the rest stays in-process
     summary = {**summary, "results": json_results(summary["results"])}
     state = "cancelled" if summary["cancelled"] else "done"

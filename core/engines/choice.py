@@ -101,10 +101,11 @@ def save_choice(workspace: Path, choice: EngineChoice) -> None:
     staging.replace(path)  # atomic: a job starting now reads the old choice or the new one, never half
 
 
-def open_engines(choice: EngineChoice, workspace: Path, *, sampling: bool = False,
+def open_engines(choice: EngineChoice, workspace: Path, *, sampling: bool = False, dtype: str = "auto",
                  on_phase: Callable[[str], None] | None = None,
                  should_stop: Callable[[], bool] | None = None) -> OpenEngine:
-    """Opens an engine per MODEL spec the way ``choice`` says (``sampling``: see `in_process_engines`).
+    """Opens an engine per MODEL spec the way ``choice`` says (``sampling``, ``dtype``: see
+    `in_process_engines`; a served model's dtype is its server's).
 
     A managed server is started (or found running) when its model is first opened, reporting ``on_phase``
     while it starts; ``should_stop`` abandons the start.
@@ -112,7 +113,7 @@ def open_engines(choice: EngineChoice, workspace: Path, *, sampling: bool = Fals
     if choice.engine_url:
         return vllm_engines(choice.engine_url, workspace)
     if choice.in_process:
-        return in_process_engines(workspace, sampling=sampling)
+        return in_process_engines(workspace, sampling=sampling, dtype=dtype)
 
     def open_managed(spec: str) -> VllmEngine:
         server = ensure_server(workspace, spec, on_phase=on_phase, should_stop=should_stop)

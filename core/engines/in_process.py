@@ -99,14 +99,18 @@ class InProcessEngine:
         self.close()
 
 
-def in_process_engines(workspace: Path, *, sampling: bool = False) -> Callable[[str], InProcessEngine]:
+def in_process_engines(workspace: Path, *, sampling: bool = False,
+                       dtype: str = "auto") -> Callable[[str], InProcessEngine]:
     """Opens an in-process engine per MODEL spec (loading it each time; GGUFs convert once per workspace).
 
     ``sampling`` stages (reconstruct, respond) get the dtype that decodes fastest (fp32 on a CPU), the
-    others the one the hardware runs best (`core.engines.models`).
+    others the one the hardware runs best (`core.engines.models`); a ``dtype`` other than auto pins it.
     """
-    dtype = generation_dtype(choose_device()) if sampling else None
-    return lambda spec: InProcessEngine(load_model(spec, workspace, dtype=dtype))
+    import torch
+
+    chosen = (getattr(torch, dtype) if dtype != "auto" else
+              generation_dtype(choose_device()) if sampling else None)
+    return lambda spec: InProcessEngine(load_model(spec, workspace, dtype=chosen))
 
 
 def _pad_id(tokenizer: object) -> int:

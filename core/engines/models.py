@@ -137,6 +137,9 @@ def cpu_model_name(cpuinfo: str | None = None) -> str:
     return found.group(1).strip() if found else (platform.processor() or "unknown CPU")
 
 
+DTYPES = ("auto", "float32", "bfloat16", "float16")  # a dtype setting's choices; auto: choose_dtype's
+
+
 def choose_dtype(device: str, cpuinfo: str | None = None) -> torch.dtype:
     """bf16 where the hardware runs it natively, else fp32 (fp16 on pre-Ampere GPUs); ``cpuinfo`` as for
     :func:`cpu_has_native_bf16`."""

@@ -27,7 +27,7 @@ from core.config import fingerprint, to_yaml
 from core.engines.base import Engine, OpenEngine
 from core.engines.choice import serving_fields, serving_setting
 from core.engines.in_process import InProcessEngine
-from core.engines.models import DEFAULT_MODEL
+from core.engines.models import DEFAULT_MODEL, DTYPES
 from core.errors import ForgetlessError
 from core.eval.benchmarks import TASKS
 from core.eval.benchmarks.general import HELLASWAG_DEFAULT_N
@@ -67,6 +67,9 @@ class EvalConfig:
     drift_max_tokens: int = setting(384, help="each drift text (prompt + response) is cut to this many tokens",
                                     flag=None)
     job_id: str | None = setting(None, help="name the job (default: derived from the settings, so reruns resume)")
+    dtype: str = setting("auto", choices=DTYPES,
+                         help="the in-process models' dtype, scoring and generation: auto = bf16 where the CPU or GPU "
+                              "lists native bf16, else fp32; another value pins it (and is part of the job id)")
     serving: dict[str, Any] = serving_setting()
     domain: str = setting(BUILTIN_MEDMCQA, label="Domain data",
                           help="the domain suite's data: builtin:medmcqa (letter accuracy) or a user's FILE/DIR, "
@@ -99,6 +102,7 @@ class EvalConfig:
             (self.drift_n >= 1, "drift_n must be at least 1"),
             (self.drift_max_tokens >= 8, "drift_max_tokens must be at least 8"),
             (self.ifeval_max_new_tokens >= 1, "ifeval max new tokens must be at least 1"),
+            (self.dtype in DTYPES, f"dtype must be one of {', '.join(DTYPES)}"),
             (0.0 <= self.domain_test_fraction < 1.0, "domain test fraction must be in [0, 1)"),
             (self.builtin_domain or self.domain_test_fraction > 0,
              "a user's domain data needs a domain test fraction above 0 (the held-out share to score)"),
@@ -124,9 +128,10 @@ class EvalConfig:
 
     def resolved_job_id(self) -> str:
         # The domain fields count only for user data, so builtin:medmcqa jobs keep the ids they had before them;
-        # the ifeval budget is part of each reply's item id instead.
+        # the ifeval budget is part of each reply's item id instead; dtype counts when pinned (auto: the ids of before).
         exclude = ("job_id", "batch_size", "suite", "ifeval_max_new_tokens",
-                   *(("domain", "domain_test_fraction") if self.builtin_domain else ()))
+                   *(("domain", "domain_test_fraction") if self.builtin_domain else ()),
+                   *(("dtype",) if self.dtype == "auto" else ()))
         return self.job_id or "eval-" + fingerprint(self, exclude=exclude)
 
 

@@ -24,13 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from core.config import fingerprint, load_yaml
-from core.engines.models import local_folder
+from core.engines.models import DTYPES, local_folder
 from core.errors import ForgetlessError
 from core.folders import check_out_free, staged_folder
 from core.jobs import job_info
 from core.settings import setting
 from core.train.model_card import export_info, model_card
-from core.train.training import DTYPES, TrainConfig
+from core.train.training import TrainConfig
 
 EXPORT_JSON = "forgetless_export.json"
 CARD_FILE = "README.md"

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from core.config import load_yaml
-from core.engines.models import DEFAULT_MODEL, choose_device, choose_dtype, load_model
+from core.engines.models import DEFAULT_MODEL, DTYPES, choose_device, choose_dtype, load_model
 from core.errors import ForgetlessError
 from core.jobs import job_session
 from core.mix.snapshot import file_sha256
@@ -35,7 +35,6 @@ from core.train.data import read_conversations, require_chat_template, snapshot_
 from core.train.lm_head import project_trained_positions
 from core.train.progress import first_progress_with
 
-DTYPES = ("auto", "float32", "bfloat16", "float16")
 # Changing these between a run and its --resume changes no weight already trained: extend, save, log differently.
 CHANGEABLE_ON_RESUME = ("out", "max_steps", "epochs", "save_steps", "keep_checkpoints", "logging_steps", "merge")
 
