@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -229,6 +231,30 @@ def test_cache_reloads_an_edited_file(tmp_path):
     assert len(cache.domain(str(path)).train) == 7
     with pytest.raises(ForgetlessError):
         cache.domain(str(tmp_path / "missing.jsonl"))
+
+
+def test_loading_domain_data_does_not_wait_for_a_tokenizer_loading(tmp_path, tiny_model_dir, monkeypatch):
+    """The first plan loads the tokenizer (seconds, more on a busy machine): picking other data meanwhile
+    must show its import report at once, not after that load."""
+    loading, release = threading.Event(), threading.Event()
+
+    def slow_load_counter(config, workspace):
+        loading.set()
+        release.wait(30)
+        return TokenCounter(None, "slow")
+
+    monkeypatch.setattr("ui.views.mix.load_counter", slow_load_counter)
+    cache, path = MixCache(tmp_path), write_domain(tmp_path / "d.jsonl", 5)
+    planning = threading.Thread(target=cache.counter, args=(mix_form(tiny_model_dir, str(path)),))
+    planning.start()
+    try:
+        assert loading.wait(30)
+        loaded = ThreadPoolExecutor(1).submit(cache.domain, str(path))
+        assert len(loaded.result(timeout=10).train) == 5  # while the tokenizer is still loading
+        assert planning.is_alive()
+    finally:
+        release.set()
+        planning.join()
 
 
 def test_snapshot_names_folders_and_rows(cache, store, workspace, domain_file, tiny_model_dir):

@@ -316,12 +316,13 @@ class MixCache:
         self.roots = roots or ReadableRoots.for_app(self.workspace)
         self._domains: OrderedDict[tuple[Any, ...], DomainData] = OrderedDict()
         self._counters: dict[str, TokenCounter] = {}
-        self._lock = threading.Lock()
+        # Apart, so that picking other domain data never waits while the first plan loads a tokenizer.
+        self._domains_lock, self._counters_lock = threading.Lock(), threading.Lock()
 
     def domain(self, spec: str) -> DomainData:
         spec = self.roots.check(spec)
         key = _stamp(spec)
-        with self._lock:
+        with self._domains_lock:
             if key in self._domains:
                 self._domains.move_to_end(key)
                 return self._domains[key]
@@ -332,7 +333,7 @@ class MixCache:
             return data
 
     def counter(self, config: MixConfig) -> TokenCounter:
-        with self._lock:
+        with self._counters_lock:
             if config.tokenizer_model not in self._counters:
                 self._counters[config.tokenizer_model] = _LockedCounter(load_counter(config, self.workspace))
             return self._counters[config.tokenizer_model]
