@@ -248,7 +248,8 @@ def _same_findings(path: Path, record: dict[str, Any]) -> bool:
     return findings(before) == findings(json.loads(json.dumps(record, default=str)))
 
 
-def write_grid(found: dict[str, Any], s: Settings, out: Path, run: StageRunner, invocation: str) -> dict[str, Path]:
+def write_grid(found: dict[str, Any], s: Settings, out: Path, run: StageRunner, invocation: str) -> dict[str, Any]:
+    """evidence_grid.json and .md: their paths, and whether they were written (not when the findings are the same)."""
     out.mkdir(parents=True, exist_ok=True)
     chosen = found["chosen"]
     record = {"experiment": "evidence-grid", "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -263,7 +264,7 @@ def write_grid(found: dict[str, Any], s: Settings, out: Path, run: StageRunner, 
               "commands": run.commands, "timings": run.timings}
     json_path, md_path = out / "evidence_grid.json", out / "evidence_grid.md"
     if md_path.exists() and _same_findings(json_path, record):
-        return {"json": json_path, "markdown": md_path}  # a rerun that found nothing new leaves the files as they are
+        return {"json": json_path, "markdown": md_path, "written": False}  # a rerun that found nothing new: as they are
     json_path.write_text(json.dumps(record, indent=1, default=str), encoding="utf-8")
     verdict = (f"In progress: {len(found['outcomes'])} point(s) evaluated so far; the choice is made when the grid "
                "ends." if not found["finished"] else
@@ -286,7 +287,7 @@ def write_grid(found: dict[str, Any], s: Settings, out: Path, run: StageRunner, 
         verdict,
         "Commands:\n\n```bash\n" + "\n".join(run.commands) + "\n```"])
     md_path.write_text(markdown + "\n", encoding="utf-8")
-    return {"json": json_path, "markdown": md_path}
+    return {"json": json_path, "markdown": md_path, "written": True}
 
 
 def arms_stage(run: StageRunner, s: Settings, ws: Path, out: Path, grid: dict[str, Any] | None,
@@ -347,7 +348,8 @@ def main(argv: list[str] | None = None) -> int:
         found = search(run, s, ws, progress=lambda partial: write_grid(partial, s, out, run, invocation),
                        recorded=recorded_outcomes(out / "evidence_grid.json", s))
         paths = write_grid(found, s, out, run, invocation)
-        run.say(f"wrote {paths['markdown']} and {paths['json']}")
+        run.say(f"{'wrote' if paths['written'] else 'same findings, left as they were:'} {paths['markdown']} and "
+                f"{paths['json']}")
         grid = {"chosen": found["chosen"]}
     elif (out / "evidence_grid.json").exists():
         grid = json.loads((out / "evidence_grid.json").read_text(encoding="utf-8"))

@@ -95,8 +95,9 @@ def test_a_grid_in_progress_is_written_as_such_and_the_arms_do_not_start_from_it
              for path in (out / "evidence_grid.json", out / "evidence_grid.md")}
     for path, old in dated.items():
         path.write_text(old, encoding="utf-8")
-    write_grid(partial, Settings(train_dtype="float32", eval_dtype="float32"), out,
-               StageRunner(tmp_path / "state", echo=False), "python experiments/... --train-dtype float32")
+    again = write_grid(partial, Settings(train_dtype="float32", eval_dtype="float32"), out,
+                       StageRunner(tmp_path / "state", echo=False), "python experiments/... --train-dtype float32")
+    assert again["written"] is False
     assert all(path.read_text(encoding="utf-8") == old for path, old in dated.items())
     write_grid(partial, Settings(batch_size=4), out, StageRunner(tmp_path / "state", echo=False), "python ...")
     assert all("2000-01-01" not in path.read_text(encoding="utf-8") for path in dated)
