@@ -43,7 +43,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
     summary = {**summary, "results": json_results(summary["results"])}
     state = "cancelled" if summary["cancelled"] else "done"
     human = (f"{results_table(summary['results'])}\n{state}: {summary['items_scored']} items scored for "
-             f"{summary['model']} (job {summary['job_id']}, {summary['seconds']} s) in {summary['db']}")
+             f"{summary['model']} (job {summary['job_id']}, {summary['seconds']} s"
+             f"{', ' + summary['dtype'] if summary.get('dtype') else ''}) in {summary['db']}")
     emit(summary, args.json, human)
 
 

@@ -280,4 +280,12 @@ def _score_tasks(run: TaskRun, tasks: list[EvalTask], target_models: TargetModel
         "job_id": job_id, "model": target.model, "run_dir": target.run_dir, "base": target.base,
         "tasks": [task.name for task in tasks], "results": results, "items_scored": progress.done_now,
         "db": str(store.path), "seconds": round(progress.elapsed, 2), "cancelled": cancelled,
+        "dtype": loaded_dtype(target_models.served.model),
     }
+
+
+def loaded_dtype(engine: Engine) -> str | None:
+    """The dtype the model was scored in when it was loaded here (``auto`` resolves per machine); None when a
+    server holds it."""
+    lm = getattr(engine, "lm", None)
+    return str(lm.dtype).removeprefix("torch.") if lm is not None else None
