@@ -43,16 +43,26 @@ CPUINFO_CASES = [
 
 
 def this_machines_cpu_dtype() -> torch.dtype:
-    """What this machine's CPU must get, read from its own flags (independently of the code under test)."""
+    """What this machine's CPU must get: bf16 where its own flags list it (read independently of the code under
+    test) and it measures faster than fp32 here."""
     try:
         flags = set(Path("/proc/cpuinfo").read_text().split())
     except OSError:
         flags = set()
-    return torch.bfloat16 if flags & {"avx512_bf16", "amx_bf16"} else torch.float32
+    native = bool(flags & {"avx512_bf16", "amx_bf16"})
+    return torch.bfloat16 if native and models.cpu_bf16_measures_faster() else torch.float32
 
 
 @pytest.mark.parametrize(("cpuinfo", "expected"), CPUINFO_CASES)
 def test_cpu_dtype_follows_the_cpus_bf16_flags(cpuinfo: str, expected: torch.dtype, monkeypatch):
+    def never_measured() -> bool:
+        raise AssertionError("measured bf16 on a CPU whose flags do not list it")
+
+    # listed: bf16 only if it measures faster (AVX512-BF16 alone ran ~10x fp32 on one machine, 0.7x on another)
+    monkeypatch.setattr(models, "cpu_bf16_measures_faster", lambda: False)
+    assert choose_dtype("cpu", cpuinfo) == torch.float32
+    monkeypatch.setattr(models, "cpu_bf16_measures_faster", never_measured if expected == torch.float32 else
+                        lambda: True)
     assert choose_dtype("cpu", cpuinfo) == expected
     assert models.cpu_has_native_bf16(cpuinfo) == (expected == torch.bfloat16)
     monkeypatch.setattr(models, "_cpuinfo", lambda: cpuinfo)  # as if this machine were that CPU
@@ -73,6 +83,15 @@ def test_the_cpu_model_name_is_read_from_cpuinfo():
 
 def test_this_machine_gets_the_dtype_of_its_cpu():
     assert choose_dtype("cpu") == this_machines_cpu_dtype()
+
+
+def test_the_bf16_probe_is_measured_once_and_draws_no_random_numbers():
+    models.cpu_bf16_measures_faster.cache_clear()
+    rng = torch.get_rng_state()
+    assert isinstance(models.cpu_bf16_measures_faster(), bool)
+    assert torch.equal(torch.get_rng_state(), rng)  # a seeded run is the same whether or not it measured first
+    models.cpu_bf16_measures_faster()
+    assert models.cpu_bf16_measures_faster.cache_info().hits == 1
 
 
 def test_loads_local_folder_in_the_hardware_dtype(tiny_model_dir: Path, tmp_path: Path):

@@ -69,7 +69,8 @@ class EvalConfig:
     job_id: str | None = setting(None, help="name the job (default: derived from the settings, so reruns resume)")
     dtype: str = setting("auto", choices=DTYPES,
                          help="the in-process models' dtype, scoring and generation: auto = bf16 where the CPU or GPU "
-                              "lists native bf16, else fp32; another value pins it (and is part of the job id)")
+                              "runs it natively and faster, else fp32; another value pins it (and is part of the "
+                              "job id)")
     serving: dict[str, Any] = serving_setting()
     domain: str = setting(BUILTIN_MEDMCQA, label="Domain data",
                           help="the domain suite's data: builtin:medmcqa (letter accuracy) or a user's FILE/DIR, "

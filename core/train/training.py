@@ -8,9 +8,9 @@ run keeps the base MODEL spec in its config; evaluation loads base + ``adapter/`
 
 Precision follows the hardware (core.engines.models.choose_dtype): fp32 on CPUs without native bf16, where
 TRL's own defaults (bf16 autocast + gradient checkpointing) are ~20x slower; bf16 autocast where it is
-native. On a CPU the LM head projects only the trained positions (core/train/lm_head.py). Under ``accelerate
-launch`` every process runs this same entry point; only rank 0 writes the job files, and Trainer itself saves
-checkpoints from the main process only.
+native and measures faster than fp32. On a CPU the LM head projects only the trained positions
+(core/train/lm_head.py). Under ``accelerate launch`` every process runs this same entry point; only rank 0
+writes the job files, and Trainer itself saves checkpoints from the main process only.
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ class TrainConfig:
     merge: bool = setting(False, label="Also save base + adapter merged",
                           help="LoRA: also write base + adapter merged into merged/")
     dtype: str = setting("auto", choices=DTYPES,
-                         help="auto: bf16 where the hardware runs it natively, else fp32 (fp16 on old GPUs)")
+                         help="auto: bf16 where the hardware runs it natively and faster, else fp32 (fp16 on old GPUs)")
     gradient_checkpointing: bool | None = setting(None, help="default: off on CPU (pure slowdown there), on on GPU "
                                                              "(saves memory)")
 
