@@ -7,8 +7,10 @@ running process tells a live job from one whose process died, and keeps two proc
 
 Model jobs of one workspace run one after another: each takes the compute slot (a lock on
 ``<workspace>/jobs/.compute.lock``) before it loads a model and is "queued" while another job holds
-it. Side by side on the same cores, each job's threads spin waiting for the other's: two reconstructions
-on 2 cores ran at ~3 tok/s each against ~30 alone (bench/concurrent_jobs.py), far below half speed.
+it. Side by side on the same cores, each job's threads spin waiting for the other's: two reconstructions on
+2 cores ran at ~3 tok/s each against ~30 alone (bench/concurrent_jobs.py), far below half speed. Waiting jobs
+take the slot in the order they arrived: each holds a locked ticket in ``jobs/.queue`` (named by its arrival
+time), and only the first live ticket may take it.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from core.errors import ForgetlessError
 
 ACTIVE_STATES = ("starting", "queued", "running")
 COMPUTE_LOCK = ".compute.lock"  # under <workspace>/jobs; holds the id of the job that has the slot
+QUEUE_DIR = ".queue"  # under <workspace>/jobs: a ticket per job waiting for the slot, first come first served
 QUEUE_POLL_S = 0.5
 STARTING_GRACE_S = 60  # a starting job's worker may take this long to lock its folder
 REPO_ROOT = Path(__file__).resolve().parent.parent  # workers run from here, so `python -m core...` resolves
@@ -210,30 +213,74 @@ def _take_compute_slot(workspace: Path, recorder: JobRecorder) -> IO[str]:
     """
     path = jobs_root(workspace) / COMPUTE_LOCK
     path.parent.mkdir(parents=True, exist_ok=True)
+    ticket, ticket_handle = _join_queue(path.parent / QUEUE_DIR, recorder.folder.name)
     handle = path.open("a+", encoding="utf-8")
     announced: str | None = None
-    while True:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            break
-        except BlockingIOError:
-            pass
-        if recorder.cancel_requested():
-            handle.close()
-            raise CancelledWhileQueued(f"job {recorder.folder.name} was cancelled while queued (no model was loaded)")
-        holder = path.read_text(encoding="utf-8").strip()  # empty for an instant while the slot changes hands
-        if announced is None or (holder and holder != announced):
-            announced = holder
-            what = f"job {holder}" if holder else "another job"
-            recorder.set_state("queued")
-            recorder.progress({"phase": f"queued: waiting for {what} to finish", "waiting_for": holder or None})
-            print(f"queued: waiting for {what} to finish", file=sys.stderr, flush=True)
-        time.sleep(QUEUE_POLL_S)
+    try:
+        while True:
+            if _first_in_line(ticket):
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    pass
+            if recorder.cancel_requested():
+                raise CancelledWhileQueued(f"job {recorder.folder.name} was cancelled while queued (no model was "
+                                           "loaded)")
+            announced = _announce_wait(path, recorder, announced)
+            time.sleep(QUEUE_POLL_S)
+    except BaseException:
+        handle.close()
+        raise
+    finally:
+        ticket.unlink(missing_ok=True)
+        ticket_handle.close()
     handle.seek(0)
     handle.truncate()
     handle.write(recorder.folder.name)
     handle.flush()
     return handle
+
+
+def _announce_wait(path: Path, recorder: JobRecorder, announced: str | None) -> str | None:
+    """Say "queued" once per holder of the slot (in the job's state, progress and stderr); the holder announced."""
+    holder = path.read_text(encoding="utf-8").strip()  # empty for an instant while the slot changes hands
+    if announced is None or (holder and holder != announced):
+        what = f"job {holder}" if holder else "another job"
+        recorder.set_state("queued")
+        recorder.progress({"phase": f"queued: waiting for {what} to finish", "waiting_for": holder or None})
+        print(f"queued: waiting for {what} to finish", file=sys.stderr, flush=True)
+        return holder
+    return announced
+
+
+def _join_queue(queue: Path, job_id: str) -> tuple[Path, IO[str]]:
+    """A ticket named by this arrival's time, locked for as long as the job waits (a crashed waiter's lock goes
+    with its process, so its ticket no longer holds anyone back). Locked before it is named, so no other
+    waiter ever sees it unlocked."""
+    queue.mkdir(parents=True, exist_ok=True)
+    hidden = queue / f".{job_id}-{os.getpid()}-{secrets.token_hex(3)}"
+    handle = hidden.open("w", encoding="utf-8")
+    fcntl.flock(handle, fcntl.LOCK_EX)
+    ticket = queue / f"{time.time_ns():020d}-{job_id}"
+    hidden.rename(ticket)
+    return ticket, handle
+
+
+def _first_in_line(ticket: Path) -> bool:
+    """Whether no live ticket arrived before ``ticket``; the tickets of dead waiters met on the way are removed."""
+    for other in sorted(ticket.parent.glob("[0-9]*")):
+        if other.name >= ticket.name:
+            return True
+        try:
+            with other.open("a", encoding="utf-8") as probe:
+                fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)  # its waiter is gone
+                other.unlink(missing_ok=True)
+        except BlockingIOError:
+            return False  # a live waiter came first
+        except FileNotFoundError:
+            continue  # it took the slot or left meanwhile
+    return True
 
 
 def _release_compute_slot(handle: IO[str]) -> None:

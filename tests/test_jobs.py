@@ -204,3 +204,31 @@ def test_last_progress_reads_the_newest_complete_line_with_the_keys_asked_for(tm
     assert last_progress(tmp_path, ("step", "loss")) == {"step": 900, "loss": 1.0 / 900}
     assert last_progress(tmp_path, ("stored",)) == {}  # not within the tail
     assert last_progress(tmp_path, ("step",), tail_bytes=10) == {}  # only the tail is read
+
+
+def test_waiting_jobs_take_the_slot_in_the_order_they_arrived(tmp_path: Path):
+    """Four jobs queue one after another behind a holder; released, they run first come first served (each used to
+    grab the slot whenever its own poll came first). A crashed waiter's ticket holds no one back."""
+    entered: list[str] = []
+
+    def wait_then_run(job_id: str) -> None:
+        with job_session(job_folder(tmp_path, job_id), "judge", ReconstructConfig(n=1), compute_slot=tmp_path):
+            entered.append(job_id)
+            time.sleep(0.1)
+
+    queue = tmp_path / "jobs" / ".queue"
+    order = [f"waiter-{i}" for i in range(4)]
+    threads = []
+    with _hold_slot(tmp_path):
+        for i, job_id in enumerate(order):
+            if i == 2:  # a waiter that died queued: its ticket stays, unlocked
+                queue.mkdir(parents=True, exist_ok=True)
+                (queue / f"{time.time_ns():020d}-crashed").write_text("")
+            threads.append(threading.Thread(target=wait_then_run, args=(job_id,)))
+            threads[-1].start()
+            wait_for(job_folder(tmp_path, job_id), 30, lambda job: job.state == "queued")
+        assert len(list(queue.glob("[0-9]*"))) == 5
+    for thread in threads:
+        thread.join(60)
+    assert entered == order
+    assert not list(queue.iterdir())  # every ticket gone, the dead one's too
