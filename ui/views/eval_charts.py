@@ -25,6 +25,8 @@ from ui.views.label_placement import place_labels, text_size
 CHANGE_COLORS = {"gain": "#2e9e44", "loss": "#d62728", "within noise": "#9e9e9e"}
 RUN_PATTERNS = ("", "/", "x", ".", "\\", "+", "-", "|")  # tells runs apart when colour says gain or loss
 ERROR_Z = 2.0  # error bars span this many standard errors (the gain/loss threshold of ui.views.evaluate)
+# The narrowest span an axis shows (points change vs base; answer fit in nats/token), so noise does not fill it.
+MIN_SPAN_POINTS, MIN_SPAN_FIT = 2.0, 0.02
 _LAYOUT = {"height": 380, "margin": {"l": 60, "r": 20, "t": 60, "b": 50}, "template": "plotly_white"}
 
 
@@ -104,9 +106,8 @@ def point_label(run: str, ratio: float | None) -> str:
 
 
 def _axis_range(values: Sequence[float], errors: Sequence[float | None], pad: float,
-                minimum: float = 2.0) -> list[float]:
-    """From below the lowest to above the highest value (error bars and 0 included), at least ``minimum`` wide
-    (2 pp)."""
+                minimum: float = MIN_SPAN_POINTS) -> list[float]:
+    """From below the lowest to above the highest value (error bars and 0 included), at least ``minimum`` wide."""
     low = min([0.0, *(v - (e or 0.0) for v, e in zip(values, errors, strict=True))])
     high = max([0.0, *(v + (e or 0.0) for v, e in zip(values, errors, strict=True))])
     if high - low < minimum:
@@ -156,7 +157,8 @@ def history_figure(points: pd.DataFrame) -> go.Figure:
 
     x, y, x_errors, y_errors = scaled("domain_gain", x_scale), scaled("general_change"), \
         errors("domain_stderr", x_scale), errors("general_stderr")
-    x_range, y_range = _axis_range(x, x_errors, 0.12, 0.02 if fit else 2.0), _axis_range(y, y_errors, 0.15)
+    x_range = _axis_range(x, x_errors, 0.12, MIN_SPAN_FIT if fit else MIN_SPAN_POINTS)
+    y_range = _axis_range(y, y_errors, 0.15)
     # The base first, then the runs by ratio: where space runs out, the later labels go to hover.
     anchors = [(_pixels(px, x_range, NARROWEST_PLOT_WIDTH, False), _pixels(py, y_range, HISTORY_PLOT_HEIGHT, True))
                for px, py in [(0.0, 0.0), *zip(x, y, strict=True)]]
