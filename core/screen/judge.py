@@ -153,13 +153,14 @@ def rate_responses(engine: Engine, method: str, items: Sequence[tuple[str, str]]
 def rate(judge: str, scorer: Any, method: str, items: Sequence[tuple[str, str]], *, max_new_tokens: int,
          on_tokens: Callable[[int], None]) -> list[Rating]:
     """Rate each (instruction, response) by ``judge``: a model judge by ``method`` (`rate_responses`), a signal
-    judge by its measurement (the same whatever the method; the raw value is kept as ``raw``)."""
+    judge by its measurement (the same whatever the method; the raw value is kept as ``raw``, in full, so that
+    it gives back the stored score exactly)."""
     signal = parse_signal(judge)
     if signal is None:
         return rate_responses(scorer, method, items, max_new_tokens=max_new_tokens, on_tokens=on_tokens)
     raws = measure(signal, scorer, items)
     on_tokens(0)
-    return [Rating(to_rating(signal.signal, raw), None, f"{raw:.6g}", not math.isfinite(raw), SIGNAL_FORMAT)
+    return [Rating(to_rating(signal.signal, raw), None, repr(float(raw)), not math.isfinite(raw), SIGNAL_FORMAT)
             for raw in raws]
 
 
