@@ -43,7 +43,8 @@ from ui.views.jobs import EvalJobs, plan_marker, plan_status_line
 
 BASE = "smollm2-135m-instruct"
 GENERAL = ("arc_easy", "piqa", "hellaswag", "sciq")
-PLAN_FORM = ("base", "runs", "suite", "limit", "seed", "batch_size", "domain", "domain_test_fraction")  # the tab's
+PLAN_FORM = ("base", "runs", "suite", "limit", "seed", "batch_size", "dtype", "domain",
+             "domain_test_fraction")  # the tab's
 
 
 def form(**values):
@@ -116,6 +117,10 @@ def test_plan_evaluates_the_base_without_drift_then_each_run(tmp_path: Path):
     same = EvalConfig(model=str(run), suite=("general", "drift"), limit=4, seed=3, batch_size=8)
     assert configs[1].job_id == same.resolved_job_id()
     assert plan_from_form(form(limit=None)).configs()[0].limit is None  # empty: every item
+    pinned = plan_from_form(form(runs=[str(run)], suite=["general"], limit=4, seed=3, batch_size=8, dtype="float32"))
+    assert all(c.dtype == "float32" for c in pinned.configs())  # every target scored in the dtype picked
+    cli = EvalConfig(model=str(run), suite=("general",), limit=4, seed=3, batch_size=8, dtype="float32")
+    assert pinned.configs()[1].job_id == cli.resolved_job_id() != same.resolved_job_id()
 
 
 def test_plan_round_trips_through_yaml_and_back_into_the_form(tmp_path: Path):
@@ -126,8 +131,8 @@ def test_plan_round_trips_through_yaml_and_back_into_the_form(tmp_path: Path):
     (tmp_path / "plan.yaml").write_text(to_yaml(plan))
     assert load_yaml(EvalPlan, tmp_path / "plan.yaml") == plan
     assert plan_form(plan, PLAN_FORM) == {"base": BASE, "runs": [str(run.resolve())], "suite": ["domain", "general"],
-                                          "limit": 10, "seed": 1, "batch_size": 4, "domain": BUILTIN_MEDMCQA,
-                                          "domain_test_fraction": 0.2}
+                                          "limit": 10, "seed": 1, "batch_size": 4, "dtype": "auto",
+                                          "domain": BUILTIN_MEDMCQA, "domain_test_fraction": 0.2}
     assert plan_from_form(plan_form(plan, PLAN_FORM)) == plan  # shown in the form, started again: the same plan
     single = dataclasses.replace(plan, suite=("arc_easy", "general"))  # a single task: no checkbox for it
     assert plan_form(single, ["suite"]) == {"suite": ["general"]}

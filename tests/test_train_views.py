@@ -38,7 +38,8 @@ from ui.views.train import (
 
 FORM = {"data": "/mix", "model": "smollm2-135m-instruct", "method": "lora", "max_steps": 40, "epochs": 1.0,
         "learning_rate": None, "batch_size": 8, "grad_accum": 2, "max_length": 512, "lora_r": 8, "lora_alpha": 16,
-        "lora_dropout": 0.1, "lora_target_modules": "q_proj,v_proj", "seed": 3, "save_steps": 10, "merge": True}
+        "lora_dropout": 0.1, "lora_target_modules": "q_proj,v_proj", "seed": 3, "save_steps": 10, "merge": True,
+        "dtype": "auto"}
 
 
 def form(**changes) -> dict:
@@ -78,6 +79,7 @@ def test_form_values_become_a_config_and_come_back():
     assert set(config_form(config)) == set(FORM)  # every widget, by field name
     assert train_config(config_form(config), "/runs/a") == config
     assert isinstance(config.batch_size, int)  # gr.Number(precision=0) may hand over 8.0
+    assert train_config(form(dtype="float32"), "/runs/a").dtype == "float32"
     assert train_config(form(model=" m ", lora_target_modules=" all-linear "), "/r").model == "m"
 
 

@@ -56,6 +56,7 @@ def _form(workspace: Path) -> tuple[Form, gr.Button]:
         form["limit"] = setting_widget(gr.Number, EvalPlan, "limit", precision=0, elem_id="eval-limit")
         form["seed"] = setting_widget(gr.Number, EvalPlan, "seed", precision=0, elem_id="eval-seed")
         form["batch_size"] = setting_widget(gr.Number, EvalPlan, "batch_size", precision=0, elem_id="eval-batch-size")
+        form["dtype"] = setting_widget(gr.Dropdown, EvalPlan, "dtype", elem_id="eval-dtype")
     return form, refresh
 
 

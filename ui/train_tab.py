@@ -204,6 +204,7 @@ def _form() -> tuple[Form, gr.Button]:
     with gr.Row():
         form["seed"] = widget(gr.Number, "seed", precision=0)
         form["save_steps"] = widget(gr.Number, "save_steps", precision=0)
+        form["dtype"] = widget(gr.Dropdown, "dtype")
     form["method"].change(lambda chosen: gr.update(visible=chosen == "lora"), form["method"], lora_group, **QUIET)
     return form, refresh
 

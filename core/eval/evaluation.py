@@ -67,7 +67,7 @@ class EvalConfig:
     drift_max_tokens: int = setting(384, help="each drift text (prompt + response) is cut to this many tokens",
                                     flag=None)
     job_id: str | None = setting(None, help="name the job (default: derived from the settings, so reruns resume)")
-    dtype: str = setting("auto", choices=DTYPES,
+    dtype: str = setting("auto", choices=DTYPES, label="Model dtype",
                          help="the in-process models' dtype, scoring and generation: auto = bf16 where the CPU or GPU "
                               "runs it natively and faster, else fp32; another value pins it (and is part of the "
                               "job id)")

@@ -46,6 +46,7 @@ class EvalPlan:
     limit: int | None = _as_evaluated("limit")
     seed: int = _as_evaluated("seed")
     batch_size: int = _as_evaluated("batch_size")
+    dtype: str = _as_evaluated("dtype")  # auto: the measured choice per machine (not part of the job ids)
     job_id: str | None = setting(None, flag=None, help="the plan's own job (eval-queue-...); each target's eval "
                                                        "job has its own id")
     domain: str = _as_evaluated("domain")  # builtin:medmcqa, or a user's file/folder (domain_ppl)
@@ -79,7 +80,7 @@ class EvalPlan:
     def configs(self) -> list[EvalConfig]:
         """One EvalConfig per target: the base (without drift, which needs a tuned model), then each run."""
         shared: dict[str, Any] = {"limit": self.limit, "seed": self.seed, "batch_size": self.batch_size,
-                                  "serving": self.serving}
+                                  "dtype": self.dtype, "serving": self.serving}
         if "domain" in self.suite:  # otherwise the data is unused: left out, so the job ids stay the CLI's default
             shared.update(domain=self.domain, domain_test_fraction=self.domain_test_fraction)
         configs = []

@@ -76,7 +76,7 @@ class TrainConfig:
     logging_steps: int = setting(1, help="one progress line (loss, lr, tokens/s) every N steps")
     merge: bool = setting(False, label="Also save base + adapter merged",
                           help="LoRA: also write base + adapter merged into merged/")
-    dtype: str = setting("auto", choices=DTYPES,
+    dtype: str = setting("auto", choices=DTYPES, label="Model dtype",
                          help="auto: bf16 where the hardware runs it natively and faster, else fp32 (fp16 on old GPUs)")
     gradient_checkpointing: bool | None = setting(None, help="default: off on CPU (pure slowdown there), on on GPU "
                                                              "(saves memory)")

@@ -42,7 +42,7 @@ RESUMABLE_STATES = ("cancelled", "interrupted", "failed")  # a done run has noth
 LOSS_COLOUR, LR_COLOUR = "#4f6bed", "#e8871e"
 FORM_FIELDS = ("data", "model", "method", "max_steps", "epochs", "learning_rate", "batch_size", "grad_accum",
                "max_length", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "seed", "save_steps",
-               "merge")
+               "merge", "dtype")
 
 
 # -- the form ------------------------------------------------------------------------------------------
