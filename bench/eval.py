@@ -40,7 +40,7 @@ def main() -> None:
     import torch
 
     from core.engines.in_process import InProcessEngine
-    from core.engines.models import load_model
+    from core.engines.models import dtype_name, load_model
     from core.eval.benchmarks.general import load_general_items, mc_metrics, score_one_at_a_time
     from core.eval.evaluation import EvalConfig, run_evaluation
     from core.store import Store
@@ -79,7 +79,7 @@ def main() -> None:
     print(json.dumps({
         "ours_items_s": round(ours_rate, 3), "baseline_items_s": round(baseline_rate, 3),
         "ratio": round(ratio, 2), "target_ratio": TARGET_RATIO, "target_met": ratio >= TARGET_RATIO,
-        "baseline": BASELINE, "dtype": str(lm.dtype).removeprefix("torch."),
+        "baseline": BASELINE, "dtype": dtype_name(lm.dtype),
         "load_avg": [round(load_before, 2), round(load_after, 2)], "baseline_passes_s": round(options / baseline_s, 2),
         "agreement": round(agree, 4), "acc_ours": ours["results"][args.task]["acc"],
         "acc_baseline": mc_metrics(baseline)["acc"], "task": args.task, "items": n, "batch_size": args.batch_size,

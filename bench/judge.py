@@ -173,7 +173,7 @@ def main() -> None:
     import torch
 
     from core.engines.in_process import InProcessEngine
-    from core.engines.models import load_model
+    from core.engines.models import dtype_name, load_model
 
     judges = tuple(j for j in args.judges.split(",") if j)
     loaded = {spec: load_model(spec, args.workspace) for spec in judges}  # loading is not what we time
@@ -198,7 +198,7 @@ def main() -> None:
     agree = agreement(probs["rows"], generate["rows"], judges)
     tokens = _prompt_tokens(loaded, pairs, args.batch_size)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    dtypes = sorted({str(next(lm.model.parameters()).dtype).removeprefix("torch.") for lm in loaded.values()})
+    dtypes = sorted({dtype_name(next(lm.model.parameters()).dtype) for lm in loaded.values()})
 
     print(f"{len(pairs)} pairs ({args.data}) x {len(judges)} judges ({', '.join(judges)}; {'/'.join(dtypes)}), "
           f"batch {args.batch_size}, generate room {args.max_new_tokens} tokens, torch threads "

@@ -114,6 +114,7 @@ def run_ours(data: Path, model: str, workspace: Path, steps: int, batch_size: in
     replaces there)."""
     from unittest import mock
 
+    from core.engines.models import dtype_name
     from core.train.training import TrainConfig, build_trainer
 
     clock = StepClock()
@@ -124,9 +125,9 @@ def run_ours(data: Path, model: str, workspace: Path, steps: int, batch_size: in
         trainer = build_trainer(config, workspace, callbacks=[clock])
     trainer.train()
     flops, frozen, trained = matmul_flops_per_token(trainer.model)
-    weights = str(next(p.dtype for p in trainer.model.parameters() if not p.requires_grad or method == "full"))
+    weights = next(p.dtype for p in trainer.model.parameters() if not p.requires_grad or method == "full")
     return {**clock.summary(), **trainer.forgetless_precision, "bf16": trainer.args.bf16,
-            "weights_dtype": weights.removeprefix("torch."), "flops_per_token": flops, "frozen_params": frozen,
+            "weights_dtype": dtype_name(weights), "flops_per_token": flops, "frozen_params": frozen,
             "trained_params": trained, "model_config": trainer.model.config}
 
 
@@ -139,7 +140,7 @@ def run_trl(data: Path, model: str, workspace: Path, steps: int, batch_size: int
     from transformers import PrinterCallback
     from trl import SFTConfig, SFTTrainer
 
-    from core.engines.models import load_model
+    from core.engines.models import dtype_name, load_model
     from core.train.data import read_conversations, to_prompt_completion
     from core.train.training import TrainConfig
 
@@ -164,7 +165,7 @@ def run_trl(data: Path, model: str, workspace: Path, steps: int, batch_size: int
     trainer.remove_callback(PrinterCallback)
     trainer.train()
     return {**clock.summary(), "bf16": args.bf16, "gradient_checkpointing": args.activation_checkpointing,
-            "weights_dtype": str(loaded.dtype).removeprefix("torch.")}
+            "weights_dtype": dtype_name(loaded.dtype)}
 
 
 def main() -> None:

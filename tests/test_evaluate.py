@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from core.engines.in_process import InProcessEngine
-from core.engines.models import choose_dtype, load_model
+from core.engines.models import choose_dtype, dtype_name, load_model
 from core.errors import ForgetlessError
 from core.eval.benchmarks.domain_mcq import letter_metrics, score_letters
 from core.eval.benchmarks.drift import (
@@ -257,7 +257,7 @@ def test_evaluation_stores_results_resumes_and_feeds_the_views(tmp_path: Path, f
     assert summary["results"]["drift"]["n"] == 7 and summary["results"]["drift"]["kl"] > 0
     assert summary["results"]["drift"]["texts"] == NOT_TRAINED  # an old manifest: no held-out list
     assert summary["results"]["medmcqa"]["n"] == 4 and summary["results"]["arc_easy"]["n"] == 4
-    assert summary["dtype"] == str(choose_dtype("cpu")).removeprefix("torch.")  # auto, resolved on this CPU
+    assert summary["dtype"] == dtype_name(choose_dtype("cpu"))  # auto, resolved on this CPU
     def in_bf16(spec: str) -> InProcessEngine:
         import torch
 

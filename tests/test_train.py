@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from core.engines.models import choose_dtype
+from core.engines.models import choose_dtype, dtype_name
 from core.errors import ForgetlessError
 from core.jobs import job_info, wait_for
 from core.train.progress import read_progress
@@ -41,7 +41,7 @@ def test_lora_two_steps_trains_only_adapters_and_writes_the_run(tiny_model_dir, 
     assert trainable and all("lora_" in name for name in trainable)
     changed = {name for name, param in trainer.model.named_parameters() if not param.detach().equal(before[name])}
     assert changed == trainable  # every adapter matrix moved, no base weight did
-    expected_dtype = str(choose_dtype("cpu")).removeprefix("torch.")  # auto: the machine's (test_models checks it)
+    expected_dtype = dtype_name(choose_dtype("cpu"))  # auto: the machine's (test_models checks it)
     assert trainer.forgetless_precision["dtype"] == expected_dtype
 
     # fp32 on purpose: the merged model is compared with base + adapter below, exactly.

@@ -189,6 +189,11 @@ def generation_dtype(device: str, cpuinfo: str | None = None) -> torch.dtype:
     return torch.bfloat16 if re.search(r"\bamx_bf16\b", text) else torch.float32
 
 
+def dtype_name(dtype: Any) -> str:
+    """A torch dtype as the dtype settings spell it ("bfloat16", not "torch.bfloat16")."""
+    return str(dtype).removeprefix("torch.")
+
+
 def _load_error(source: ModelSource, error: Exception) -> ForgetlessError:
     text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     if "does not recognize this architecture" in text or "not supported" in text.lower():

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from core.engines.models import generation_dtype, local_folder
+from core.engines.models import dtype_name, generation_dtype, local_folder
 from core.engines.vllm import served_models
 from core.engines.vllm_failures import completion_error, log_since, one_line, root_cause, startup_failure_reason
 from core.errors import ForgetlessError
@@ -95,7 +95,7 @@ def launch_settings(workspace: Path, spec: str) -> dict[str, Any]:
         folder = str(Path(folder).resolve())
     # vLLM on a CPU decodes like our sampler: bf16 only with AMX (with AVX512-BF16 alone it served 0.79x fp32's
     # tokens/s on machine D; without native bf16, ~150x slower)
-    dtype = "auto" if _has_gpu() else str(generation_dtype("cpu")).removeprefix("torch.")
+    dtype = "auto" if _has_gpu() else dtype_name(generation_dtype("cpu"))
     kv_gib = os.environ.get("FORGETLESS_VLLM_KV_GIB", "").strip() or str(DEFAULT_KV_GIB)
     if not kv_gib.isdigit() or int(kv_gib) < 1:
         raise ForgetlessError(f"FORGETLESS_VLLM_KV_GIB must be a whole number of GiB (at least 1), not '{kv_gib}'")

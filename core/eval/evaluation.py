@@ -27,7 +27,7 @@ from core.config import fingerprint, to_yaml
 from core.engines.base import Engine, OpenEngine
 from core.engines.choice import serving_fields, serving_setting
 from core.engines.in_process import InProcessEngine
-from core.engines.models import DEFAULT_MODEL, DTYPES
+from core.engines.models import DEFAULT_MODEL, DTYPES, dtype_name
 from core.errors import ForgetlessError
 from core.eval.benchmarks import TASKS
 from core.eval.benchmarks.general import HELLASWAG_DEFAULT_N
@@ -289,4 +289,4 @@ def loaded_dtype(engine: Engine) -> str | None:
     """The dtype the model was scored in when it was loaded here (``auto`` resolves per machine); None when a
     server holds it."""
     lm = getattr(engine, "lm", None)
-    return str(lm.dtype).removeprefix("torch.") if lm is not None else None
+    return dtype_name(lm.dtype) if lm is not None else None

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from core.config import load_yaml
-from core.engines.models import DEFAULT_MODEL, DTYPES, choose_device, choose_dtype, load_model
+from core.engines.models import DEFAULT_MODEL, DTYPES, choose_device, choose_dtype, dtype_name, load_model
 from core.errors import ForgetlessError
 from core.jobs import job_session
 from core.mix.snapshot import file_sha256
@@ -202,7 +202,7 @@ def build_trainer(config: TrainConfig, workspace: Path, callbacks: list[Any] | N
     trainer.train_dataset = _cut_to(trainer.train_dataset, config.max_length)
     if len(trainer.train_dataset) == 0:
         raise ForgetlessError(f"no conversation of {config.data} has an answer within max length {config.max_length}")
-    trainer.forgetless_precision = {"device": device, "dtype": str(dtype).removeprefix("torch."),
+    trainer.forgetless_precision = {"device": device, "dtype": dtype_name(dtype),
                                     "gradient_checkpointing": checkpointing}
     return trainer
 
