@@ -32,11 +32,20 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from experiments.evidence_arms import benchmarks, build_mixes, evaluate, general_data, scores, train_arms  # noqa: E402
+from experiments.evidence_arms import (  # noqa: E402
+    arm_order,
+    benchmarks,
+    build_mixes,
+    evaluate,
+    general_data,
+    scores,
+    train_arm,
+)
 from experiments.evidence_grid import (  # noqa: E402
     DOMAIN_FIT,
     DOMAIN_FIT_DESCRIPTION,
     FORGET_SIGMAS,
+    IFEVAL,
     IFEVAL_TOKENS,
     PRIMARY_DESCRIPTION,
     PRIMARY_METRIC,
@@ -46,7 +55,7 @@ from experiments.evidence_grid import (  # noqa: E402
     next_action,
     outcome,
 )
-from experiments.evidence_report import arm_costs, evidence, markdown, reading  # noqa: E402
+from experiments.evidence_report import arm_costs, evidence, reading, write_report  # noqa: E402
 from experiments.forgetting_stats import paired_difference  # noqa: E402
 from experiments.stage_runner import (  # noqa: E402
     REPO_ROOT,
@@ -305,29 +314,49 @@ def arms_stage(run: StageRunner, s: Settings, ws: Path, out: Path, grid: dict[st
     base_name = "base" if s.eval_dtype == "auto" else f"base-{s.eval_dtype}"  # not the grid's base then
     base = scores(ws, evaluate(run, s, ws, base_name, s.model, drift=False))
     arms: dict[str, list[Any]] = {}
-    drift: dict[str, Any] = {}
+    drift: dict[str, list[Any]] = {}
     trained: dict[str, list[dict[str, Any]]] = {}
-    for seed in s.seeds:
-        mixes = build_mixes(run, s, ws, general, seed)
-        for arm, info in train_arms(run, s, ws, mixes, seed).items():
-            jobs = evaluate(run, s, ws, f"{arm}-s{seed}", info["run"], drift=True)
-            arms.setdefault(arm, []).append(scores(ws, jobs))
-            name = "c" if arm == f"c@{s.ratio:g}" else arm
-            kl = run.state[f"eval-domain-{arm}-s{seed}"]["summary"]["results"].get("drift", {})
-            drift.setdefault(name, []).append(kl)
-            trained.setdefault(name, []).append(info)
+    evaluated: dict[str, list[int]] = {}
+    mixes: dict[int, dict[str, Any]] = {}
+    a_runs: dict[int, str] = {}
+    units = arm_order(s)
+    record: dict[str, Any] = {}
+    for done, (seed, arm) in enumerate(units, start=1):
+        if seed not in mixes:
+            mixes[seed] = build_mixes(run, s, ws, general, seed)
+        info = train_arm(run, s, ws, arm, mixes[seed], seed, a_run=a_runs.get(seed))
+        if arm == "a":
+            a_runs[seed] = info["run"]
+        fresh = f"eval-{IFEVAL}-{arm}-s{seed}" not in run.state  # the last of its evaluations
+        jobs = evaluate(run, s, ws, f"{arm}-s{seed}", info["run"], drift=True)
+        arms.setdefault(arm, []).append(scores(ws, jobs))
+        evaluated.setdefault(arm, []).append(seed)
+        name = "c" if arm == f"c@{s.ratio:g}" else arm
+        summary = run.state[f"eval-domain-{arm}-s{seed}"]["summary"]
+        drift.setdefault(name, []).append(summary["results"].get("drift", {}))
+        trained.setdefault(name, []).append(info)
+        if fresh or done == len(units):  # a rerun that evaluates nothing new writes once, at the end
+            record = write_evidence(run, s, out, invocation, general, base, arms, drift, trained,
+                                    progress={"evaluated": evaluated, "done": done, "of": len(units)})
+    return record
+
+
+def write_evidence(run: StageRunner, s: Settings, out: Path, invocation: str, general: dict[str, Any],
+                   base: dict[str, Any], arms: dict[str, list[Any]], drift: dict[str, list[Any]],
+                   trained: dict[str, list[dict[str, Any]]], progress: dict[str, Any]) -> dict[str, Any]:
+    """evidence.json and evidence.md from the arm runs evaluated so far (``progress``: which seeds of which arm,
+    and how many of the planned runs), rewritten after each one so an unfinished experiment shows where it is."""
     costs = arm_costs(general["cost"], trained)
     drift_mean = {arm: {**{key: _mean(d.get(key) for d in ds) for key in ("kl", "ppl_base", "ppl_tuned")},
                         "texts": ds[0].get("texts"), "n": ds[0].get("n")} for arm, ds in drift.items()}
     record = evidence(base, arms, ratio=s.ratio, seeds=s.seeds, drift=drift_mean, costs=costs, settings=asdict(s),
                       machine=machine())
+    record["progress"] = {**progress, "finished": progress["done"] == progress["of"]}
     record["reading"] = reading(record)
     record.update(general={k: v for k, v in general.items() if k != "cost"}, synthesis=general["cost"],
                   invocation=invocation, commands=run.commands, timings=run.timings)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "evidence.json").write_text(json.dumps(record, indent=1, default=str), encoding="utf-8")
-    (out / "evidence.md").write_text("# Evidence: forgetting with and without the reconstructed data\n\n"
-                                     + markdown(record, run.commands) + "\n", encoding="utf-8")
+    write_report(out, record, run.commands)
+    run.say(f"wrote {out / 'evidence.md'} ({progress['done']} of {progress['of']} arm runs evaluated)")
     return record
 
 

@@ -110,21 +110,33 @@ def build_mixes(run: StageRunner, s: Any, ws: Path, general: dict[str, Any], see
     return {arm: {**summary, "out": summary.get("out")} for arm, summary in out.items()}
 
 
-def train_arms(run: StageRunner, s: Any, ws: Path, mixes: dict[str, Any], seed: int) -> dict[str, Any]:
-    runs = {}
-    for arm, mix in mixes.items():
-        out = ws / "runs" / f"{arm.replace('@', '-r')}-s{seed}"
-        runs[arm] = {"run": str(out), **train_once(
-            run, f"train-{arm}-s{seed}",
-            ["train", "--workspace", ws, "--data", mix["out"], "--model", s.model, "--out", out, "--full",
-             "--max-steps", s.steps, "--batch-size", s.batch_size, "--lr", s.lr, "--max-length", s.max_length,
-             "--seed", seed, "--dtype", s.train_dtype, "--save-steps", checkpoint_every(s.steps),
-             "--keep-checkpoints", 1], out)}
-    wise = ws / "runs" / f"e-s{seed}"
-    runs["e"] = {"run": str(wise), **run.step(f"wise-ft-s{seed}", f"WiSE-FT of {runs['a']['run']} (alpha "
-                                              f"{s.wise_alpha:g}) at {wise}", wise / "summary.json",
-                                              lambda: interpolate_run(Path(runs["a"]["run"]), wise, s.wise_alpha, ws))}
-    return runs
+def arm_order(s: Any) -> list[tuple[int, str]]:
+    """(seed, arm) in the order they are trained and evaluated: the pair the summary rests on first — (a) and (c)
+    at the final ratio, seed by seed — then (e), then (b) and (d), then the sweep's other ratios (the first seed
+    only unless ``sweep_all_seeds``). An experiment cut short by the machine's budget has its main figures first."""
+    final = f"c@{s.ratio:g}"
+    order = [(seed, arm) for group in (("a", final), ("e",), ("b", "d")) for seed in s.seeds for arm in group]
+    sweep_seeds = s.seeds if s.sweep_all_seeds else s.seeds[:1]
+    return order + [(seed, f"c@{r:g}") for seed in sweep_seeds for r in s.ratios if f"c@{r:g}" != final]
+
+
+def train_arm(run: StageRunner, s: Any, ws: Path, arm: str, mixes: dict[str, Any], seed: int,
+              a_run: str | None = None) -> dict[str, Any]:
+    """One arm's model for one seed: full fine-tuning on its mix, or for (e) the WiSE-FT of ``a_run``."""
+    if arm == "e":
+        if a_run is None:
+            raise ValueError("arm (e) interpolates arm (a)'s run: train (a) first")
+        wise = ws / "runs" / f"e-s{seed}"
+        return {"run": str(wise), **run.step(f"wise-ft-s{seed}", f"WiSE-FT of {a_run} (alpha {s.wise_alpha:g}) at "
+                                             f"{wise}", wise / "summary.json",
+                                             lambda: interpolate_run(Path(a_run), wise, s.wise_alpha, ws))}
+    out = ws / "runs" / f"{arm.replace('@', '-r')}-s{seed}"
+    return {"run": str(out), **train_once(
+        run, f"train-{arm}-s{seed}",
+        ["train", "--workspace", ws, "--data", mixes[arm]["out"], "--model", s.model, "--out", out, "--full",
+         "--max-steps", s.steps, "--batch-size", s.batch_size, "--lr", s.lr, "--max-length", s.max_length,
+         "--seed", seed, "--dtype", s.train_dtype, "--save-steps", checkpoint_every(s.steps),
+         "--keep-checkpoints", 1], out)}
 
 
 def benchmarks(run: StageRunner, s: Any, ws: Path, name: str, model: str, drift: bool,

@@ -1,10 +1,12 @@
 """The evidence experiment's outputs (issue 16 item 6): ``evidence.json`` (changes vs the base per arm and metric,
 the forgetting reduction and domain gain retention with intervals, the ratio sweep, costs) and its Markdown
-section. Pure: it works on per-item scores already read from the store."""
+section. Pure but for ``write_report``: it works on per-item scores already read from the store."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from experiments.evidence_arms import ARM_NAMES, DOMAIN_TASK, resumed_scale
@@ -171,10 +173,21 @@ def _entry(value: Mapping[str, Any]) -> str:
     return _interval(value["value"], value["ci"])
 
 
+def _progress(progress: Mapping[str, Any] | None) -> list[str]:
+    """A paragraph on an unfinished experiment: how many of the planned arm runs are evaluated, which."""
+    if not progress or progress.get("finished"):
+        return []
+    runs = "; ".join(f"({arm}) seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
+                     for arm, seeds in progress["evaluated"].items())
+    return [f"**In progress: {progress['done']} of {progress['of']} arm runs evaluated** ({runs}). Every figure "
+            "below covers only these runs; an arm with fewer seeds than (a) is compared with (a)'s mean over all "
+            "of its seeds."]
+
+
 def markdown(record: Mapping[str, Any], commands: Sequence[str]) -> str:
     """The results section: a table per arm, the two ratios with their intervals, the sweep and the costs."""
     arms = record["arms"]
-    header = ("| arm | general (primary) | " + " | ".join(GENERAL) +
+    header = ("| arm | seeds | general (primary) | " + " | ".join(GENERAL) +
               f" | IFEval | {DOMAIN_TASK} | answer fit (nats/token) | drift KL | held-out ppl (base → tuned) |")
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for arm, tasks in arms.items():
@@ -183,7 +196,8 @@ def markdown(record: Mapping[str, Any], commands: Sequence[str]) -> str:
         ppl = ("-" if drift.get("ppl_tuned") is None else
                f"{drift['ppl_base']:.2f} → {drift['ppl_tuned']:.2f}" if drift.get("ppl_base") is not None else
                f"{drift['ppl_tuned']:.2f}")
-        lines.append(f"| ({arm}) {record['arm_names'][arm]} | {_pm(tasks[PRIMARY_METRIC])} | "
+        lines.append(f"| ({arm}) {record['arm_names'][arm]} | {len(tasks[PRIMARY_METRIC]['per_seed'] or [])} | "
+                     f"{_pm(tasks[PRIMARY_METRIC])} | "
                      + " | ".join(_pm(tasks[t]) for t in GENERAL) +
                      f" | {_pm(tasks[IFEVAL])} | {_pm(tasks[DOMAIN_TASK])} | {_nats(tasks[DOMAIN_FIT])} | {kl} "
                      f"| {ppl} |")
@@ -200,9 +214,10 @@ def markdown(record: Mapping[str, Any], commands: Sequence[str]) -> str:
         f"{c['total_seconds']:.0f} |"
         for arm, c in record["costs"].items()]
     return "\n\n".join([
+        *_progress(record.get("progress")),
         "\n".join(f"- {line}" for line in reading(record)),
-        f"Changes vs the base in points (mean ± stderr over items, each item averaged over seeds "
-        f"{record['seeds']}); primary metric: {record['primary_description']}; domain gain: "
+        f"Changes vs the base in points (mean ± stderr over items, each item averaged over the arm's seeds — "
+        f"planned: {record['seeds']}); primary metric: {record['primary_description']}; domain gain: "
         f"{record['domain_gain_description']}.",
         "\n".join(lines),
         f"**Forgetting reduction** (1 − forgetting(c)/forgetting(a)): "
@@ -213,3 +228,11 @@ def markdown(record: Mapping[str, Any], commands: Sequence[str]) -> str:
         "Cost per arm on this machine (synthesis and screening once; training per run, the mean over seeds):\n\n"
         + "\n".join(costs),
         "Commands:\n\n```bash\n" + "\n".join(commands) + "\n```"])
+
+
+def write_report(out: Path, record: Mapping[str, Any], commands: Sequence[str]) -> None:
+    """``out``/evidence.json (the record) and evidence.md (its section)."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "evidence.json").write_text(json.dumps(record, indent=1, default=str), encoding="utf-8")
+    (out / "evidence.md").write_text("# Evidence: forgetting with and without the reconstructed data\n\n"
+                                     + markdown(record, commands) + "\n", encoding="utf-8")

@@ -78,3 +78,46 @@ def test_costs_count_synthesis_and_screening_once_and_training_per_run():
         40.0, 5.0, 145.0)
     assert (costs["d"]["synthesis_tokens"], costs["d"]["screening_tokens"]) == (700, 0)
     assert costs["e"]["train_seconds"] == 103.0 and costs["e"]["train_tokens"] == 300  # (a)'s run + interpolation
+
+
+def test_the_arms_run_in_order_of_what_the_summary_needs():
+    from experiments.evidence import Settings
+    from experiments.evidence_arms import arm_order
+
+    order = arm_order(Settings(ratio=0.5, ratios=[0.1, 0.5, 0.75], seeds=[0, 1, 2]))
+    assert order[:6] == [(0, "a"), (0, "c@0.5"), (1, "a"), (1, "c@0.5"), (2, "a"), (2, "c@0.5")]
+    assert order[6:9] == [(0, "e"), (1, "e"), (2, "e")]  # each after its seed's (a)
+    assert order[9:15] == [(0, "b"), (0, "d"), (1, "b"), (1, "d"), (2, "b"), (2, "d")]
+    assert order[15:] == [(0, "c@0.1"), (0, "c@0.75")]  # the sweep's other ratios: the first seed only
+    every = arm_order(Settings(ratio=0.5, ratios=[0.1, 0.5], seeds=[0, 1], sweep_all_seeds=True))
+    assert every[-2:] == [(0, "c@0.1"), (1, "c@0.1")] and len(every) == len(set(every)) == 12
+
+
+def test_an_unfinished_experiment_reports_the_runs_it_has_and_says_it_is_in_progress(tmp_path):
+    import json
+
+    from experiments.evidence_report import evidence, reading, write_report
+
+    items = [f"q{i}" for i in range(40)]
+    graded = ("general", "arc_easy", "piqa", "hellaswag", "sciq", "ifeval", "medmcqa")
+    base = {task: dict.fromkeys(items, 1.0) for task in graded} | {"domain_ppl": dict.fromkeys(items, -3.0)}
+    forgot = {task: {i: float(n % 2) for n, i in enumerate(items)} for task in base} | {
+        "domain_ppl": dict.fromkeys(items, -2.5)}
+    kept = {task: {i: float(n % 4 > 0) for n, i in enumerate(items)} for task in base} | {
+        "domain_ppl": dict.fromkeys(items, -2.7)}
+    costs = {arm: {"synthesis_seconds": 0, "synthesis_tokens": 0, "screening_seconds": 0, "screening_tokens": 0,
+                   "train_seconds": 1.0, "train_tokens": 1, "runs": 1, "total_seconds": 1.0} for arm in ("a", "c")}
+    record = evidence(base, {"a": [forgot, forgot], "c@0.5": [kept]}, ratio=0.5, seeds=[0, 1, 2], drift={},
+                      costs=costs, settings={}, machine={})
+    record["progress"] = {"evaluated": {"a": [0, 1], "c@0.5": [0]}, "done": 3, "of": 17, "finished": False}
+    record["reading"] = reading(record)
+    write_report(tmp_path, record, ["forgetless eval ..."])
+    text = (tmp_path / "evidence.md").read_text(encoding="utf-8")
+    assert text.splitlines()[2].startswith("**In progress: 3 of 17 arm runs evaluated** ((a) seeds 0, 1; (c@0.5) "
+                                           "seed 0)")
+    assert "| (a) domain only | 2 | -50.0 ± 8.0 |" in text and "| (c) + reconstructed, screened (ours) | 1 |" in text
+    assert json.loads((tmp_path / "evidence.json").read_text(encoding="utf-8"))["summary"][
+        "forgetting_reduction"] == pytest.approx(0.5)  # (c) lost a quarter where (a) lost half
+    record["progress"]["finished"] = True
+    write_report(tmp_path, record, [])
+    assert "In progress" not in (tmp_path / "evidence.md").read_text(encoding="utf-8")
