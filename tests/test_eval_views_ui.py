@@ -161,7 +161,7 @@ def test_plan_passes_the_domain_data_and_its_held_out_share(tmp_path: Path):
     # builtin:medmcqa has its fixed split: the share is ignored, so the job ids are the CLI's defaults.
     builtin = plan_from_form(form(suite=["domain"], limit=5, domain=BUILTIN_MEDMCQA,
                                   domain_test_fraction=0.0)).configs()
-    assert builtin[0].tasks() == ("medmcqa",) and builtin[0].domain_test_fraction == 0.2
+    assert builtin[0].tasks() == ("medmcqa", "domain_ppl") and builtin[0].domain_test_fraction == 0.2
     assert builtin[0].job_id == EvalConfig(model=BASE, suite=("domain",), limit=5).resolved_job_id()
     assert plan_from_form(form(suite=["domain"], domain="", domain_test_fraction=None)).domain == BUILTIN_MEDMCQA
     assert plan_from_form(form(suite=["domain"], domain=None)).domain == BUILTIN_MEDMCQA  # a cleared dropdown

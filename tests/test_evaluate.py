@@ -253,10 +253,11 @@ def test_evaluation_stores_results_resumes_and_feeds_the_views(tmp_path: Path, f
     partial = run_evaluation(config, store, load, should_stop=stop_after_two_batches)
     assert partial["cancelled"] and partial["items_scored"] == 4 and "arc_easy" in partial["results"]
     summary = run_evaluation(config, store, load)
-    assert not summary["cancelled"] and summary["items_scored"] == 4 + 7  # 4 domain items, 7 held-out texts
+    assert not summary["cancelled"] and summary["items_scored"] == 4 + 4 + 7  # letters, answer fits, drift texts
     assert summary["results"]["drift"]["n"] == 7 and summary["results"]["drift"]["kl"] > 0
     assert summary["results"]["drift"]["texts"] == NOT_TRAINED  # an old manifest: no held-out list
     assert summary["results"]["medmcqa"]["n"] == 4 and summary["results"]["arc_easy"]["n"] == 4
+    assert summary["results"]["domain_ppl"]["n"] == 4 and summary["results"]["domain_ppl"]["nll"] > 0
     assert summary["dtype"] == dtype_name(choose_dtype("cpu"))  # auto, resolved on this CPU
     def in_bf16(spec: str) -> InProcessEngine:
         import torch
@@ -268,7 +269,7 @@ def test_evaluation_stores_results_resumes_and_feeds_the_views(tmp_path: Path, f
     assert again["dtype"] == "bfloat16"  # what this run loaded, not the setting's name
 
     stored = store.eval_results([str(run.resolve())]).set_index("task")
-    assert set(stored.index) == {"arc_easy", "medmcqa", "drift"}
+    assert set(stored.index) == {"arc_easy", "medmcqa", "domain_ppl", "drift"}
     assert stored.loc["arc_easy", "acc"] == summary["results"]["arc_easy"]["acc"]
     assert stored.loc["arc_easy", "item_limit"] == 4 and stored.loc["drift", "base_model"] == str(model)
     assert json.loads(stored.loc["drift", "extra_json"])["kl"] == summary["results"]["drift"]["kl"]
@@ -282,7 +283,7 @@ def test_evaluation_stores_results_resumes_and_feeds_the_views(tmp_path: Path, f
     assert deltas.loc[("arc_easy", "acc"), "delta"] == pytest.approx(expected)
     assert set(deltas["change"]) <= {"gain", "loss", "within noise"}
     history = eval_history(store)
-    assert len(history) == 5 and set(history.loc[history["run_dir"].notna(), "mix_ratio"]) == {0.5}
+    assert len(history) == 7 and set(history.loc[history["run_dir"].notna(), "mix_ratio"]) == {0.5}  # 3 + 3 + drift
 
 
 def test_drift_scores_exactly_the_rows_the_mix_held_out(tmp_path: Path):

@@ -81,9 +81,10 @@ def test_quick_experiment_runs_end_to_end_and_resumes(tmp_path: Path):
     results = json.loads((out / "results_medmcqa.json").read_text(encoding="utf-8"))
     assert results["arms"] == ["a", "b", "c"] and set(results["models"]) == {"base", "a", "b", "c"}
     for model in results["models"].values():
-        assert set(model["tasks"]) == {*TASKS, "ifeval"}
+        assert set(model["tasks"]) == {*TASKS, "domain_ppl", "ifeval"}  # MedMCQA's answer fit beside its letters
         assert all(0.0 <= task["acc"] <= 1.0 and task["n"] == (2 if name == "ifeval" else 8)
-                   for name, task in model["tasks"].items())
+                   for name, task in model["tasks"].items() if name != "domain_ppl")
+        assert model["tasks"]["domain_ppl"]["n"] == 8 and model["tasks"]["domain_ppl"]["ppl"] > 1
     for arm in ("a", "b", "c"):
         assert math.isfinite(results["deltas"][arm]["general_mean"]["diff"])
         assert math.isfinite(results["deltas"][arm]["medmcqa"]["diff"])

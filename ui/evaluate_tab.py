@@ -49,7 +49,8 @@ def _form(workspace: Path) -> tuple[Form, gr.Button]:
                                         allow_custom_value=True, scale=3, elem_id="eval-domain",
                                         info="What the domain suite scores: builtin:medmcqa (its test split), or "
                                              "your file from the Mix tab (type a path and press Enter): its held-out "
-                                             "rows (perplexity; letter accuracy too when they are multiple choice).")
+                                             "rows. Answer perplexity always; letter accuracy for MedMCQA and for "
+                                             "multiple-choice rows.")
         form["domain_test_fraction"] = setting_widget(gr.Number, EvalPlan, "domain_test_fraction", min_width=120,
                                                       elem_id="eval-domain-test-fraction")
     with gr.Row():

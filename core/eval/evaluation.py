@@ -38,8 +38,9 @@ from core.settings import setting
 from core.store import Store
 from core.store.evaluation import EvalResultRow
 
-# Each suite's tasks, in run order. Naming the domain suite runs medmcqa for builtin:medmcqa; for a user's domain
-# data, domain_mcq (when some held-out rows are multiple choice) and domain_ppl (each task's in_suite).
+# Each suite's tasks, in run order. Naming the domain suite runs domain_ppl (the answer fit) and medmcqa for
+# builtin:medmcqa; for a user's domain data, domain_mcq (when some held-out rows are multiple choice) and
+# domain_ppl (each task's in_suite).
 SUITES: dict[str, tuple[str, ...]] = {}
 for _task in TASKS.values():
     SUITES[_task.suite] = (*SUITES.get(_task.suite, ()), _task.name)
@@ -73,9 +74,9 @@ class EvalConfig:
                               "job id)")
     serving: dict[str, Any] = serving_setting()
     domain: str = setting(BUILTIN_MEDMCQA, label="Domain data",
-                          help="the domain suite's data: builtin:medmcqa (letter accuracy) or a user's FILE/DIR, "
-                               "whose held-out rows are scored by answer perplexity (domain_ppl) and, when "
-                               "multiple choice, by letter accuracy (domain_mcq)")
+                          help="the domain suite's data: builtin:medmcqa (its test split) or a user's FILE/DIR (its "
+                               "held-out rows), scored by answer perplexity (domain_ppl) and letter accuracy "
+                               "(medmcqa; domain_mcq where a user's rows are multiple choice)")
     domain_test_fraction: float = setting(0.2, label="Held-out share", minimum=0.0, maximum=0.9, step=0.05,
                                           help="user domain data: the held-out share to score, the same rows as "
                                                "`mix --domain-test-fraction` with this value leaves out")

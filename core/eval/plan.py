@@ -40,9 +40,9 @@ class EvalPlan:
                                     help="training run folders (or model folders) to evaluate after the base")
     suite: tuple[str, ...] = setting(
         ("general", "domain"), flag=None, label="Suites", choices=("general", "domain", "drift", "ifeval"),
-        help="general: 4 benchmarks · domain: MedMCQA test (or your held-out rows) · drift: KL and perplexity vs "
-             "the run's base (runs only) · ifeval: 541 instruction prompts answered and rule-checked (slow: set a "
-             "limit).")
+        help="general: 4 benchmarks · domain: answer fit and letter accuracy on MedMCQA test (or your held-out "
+             "rows) · drift: KL and perplexity vs the run's base (runs only) · ifeval: 541 instruction prompts "
+             "answered and rule-checked (slow: set a limit).")
     limit: int | None = _as_evaluated("limit")
     seed: int = _as_evaluated("seed")
     batch_size: int = _as_evaluated("batch_size")

@@ -1,10 +1,13 @@
-"""Domain perplexity: how likely the model finds the reference answers of held-out domain conversations.
+"""Domain perplexity (the answer fit): how likely the model finds the reference answers of held-out domain
+conversations.
 
-For a user's own domain data there is no answer key to grade, so the ``domain_ppl`` task scores the
-held-out rows (``core.mix.domain.split_by_content`` at the evaluation's ``domain_test_fraction``: the same rows
-a mix made with the same fraction never trained on) by the negative log-likelihood of each conversation's
-final assistant turn, given every turn before it in the chat template of the model under evaluation (the
-tokens training would have taught: the answer and its end-of-turn marker). Lower is better.
+A user's own domain data has no answer key to grade, and a small model's MedMCQA letter accuracy mostly tracks
+which letter it prefers (docs/results.md), so the ``domain_ppl`` task scores every domain's held-out rows — a
+user's (``core.mix.domain.split_by_content`` at the evaluation's ``domain_test_fraction``: the same rows a mix
+made with the same fraction never trained on) or MedMCQA's test split with its explanations — by the negative
+log-likelihood of each conversation's final assistant turn, given every turn before it in the chat template of
+the model under evaluation (the tokens training would have taught: the answer and its end-of-turn marker). Lower
+is better.
 
 Each item is identified by its content (the sha1 ``split_by_content`` ranks by, plus an occurrence number
 for repeated rows), so a rerun resumes and an edited row is scored afresh. Scoring reuses drift's batched
@@ -83,8 +86,8 @@ def ppl_metrics(scores: Sequence[Any]) -> dict[str, Any]:
 
 
 def held_out_rows(run: TaskRun) -> list[tuple[str, Messages]]:
-    """(item id, conversation) of a user's held-out domain rows: the split_by_content test side at the
-    configured fraction (the rows a mix with that fraction left out). Loaded once per run."""
+    """(item id, conversation) of the held-out domain rows: MedMCQA's test split, or a user's split_by_content
+    test side at the configured fraction (the rows a mix with that fraction left out). Loaded once per run."""
     def load() -> list[tuple[str, Messages]]:
         data = load_domain(run.config.domain, test_fraction=run.config.domain_test_fraction)
         return list(zip(item_ids(data.test), data.test, strict=True))
@@ -102,7 +105,7 @@ DOMAIN_KEYS = ("domain", "domain_test_fraction")
 
 @dataclass(frozen=True)
 class DomainPerplexityTask:
-    """A user's held-out domain conversations: the NLL of each final answer (lower is better)."""
+    """The domain's held-out conversations: the NLL of each final answer (lower is better)."""
 
     name: str = "domain_ppl"
     suite: str = "domain"
@@ -110,7 +113,7 @@ class DomainPerplexityTask:
     in_process: bool = True
 
     def in_suite(self, config: Any) -> bool:
-        return not config.builtin_domain
+        return True  # any domain: the built-in one's letter accuracy alone would mostly show a letter preference
 
     def check(self, run: TaskRun) -> bool:
         held_out_rows(run)  # bad domain data fails before the model loads
