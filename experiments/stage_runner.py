@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import platform
 import shlex
 import shutil
 import subprocess
@@ -189,3 +190,10 @@ def train_once(run: StageRunner, name: str, argv: Sequence[Any], out: Path) -> d
     if finished_run(out)() is not None:
         shutil.rmtree(out / "checkpoints", ignore_errors=True)
     return summary
+
+
+def machine() -> dict[str, Any]:
+    """The CPU this ran on (the figures depend on it): model name and its bf16 support."""
+    from core.engines.models import cpu_bf16_support, cpu_model_name
+
+    return {"cpu": cpu_model_name(), "bf16": cpu_bf16_support(), "python": platform.python_version()}

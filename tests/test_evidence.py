@@ -77,7 +77,8 @@ def test_the_cheapest_qualifying_setting_is_chosen_and_tabled():
 
 
 def test_a_grid_in_progress_is_written_as_such_and_the_arms_do_not_start_from_it(tmp_path: Path):
-    from experiments.evidence import Settings, main, write_grid
+    from experiments.evidence import Settings, main
+    from experiments.evidence_grid_files import write_grid
     from experiments.stage_runner import StageRunner
 
     out = tmp_path / "docs"
@@ -111,7 +112,8 @@ def test_a_grid_in_progress_is_written_as_such_and_the_arms_do_not_start_from_it
 
 
 def test_a_fresh_workspace_takes_the_committed_grids_points_instead_of_running_them_again(tmp_path: Path):
-    from experiments.evidence import Settings, recorded_outcomes, search, write_grid
+    from experiments.evidence import Settings, search
+    from experiments.evidence_grid_files import recorded_outcomes, write_grid
     from experiments.stage_runner import StageRunner
 
     class NothingRuns(StageRunner):
