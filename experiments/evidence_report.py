@@ -224,7 +224,8 @@ def markdown(record: Mapping[str, Any], commands: Sequence[str]) -> str:
         f"{_interval(s['forgetting_reduction'], s['forgetting_reduction_ci'])}; **domain gain retention** "
         f"(gain(c)/gain(a)): {_interval(s['domain_gain_retention'], s['domain_gain_retention_ci'])} (95% bootstrap "
         "intervals over items).",
-        "\n".join(ratio_lines), "Ratio sweep of (c):\n\n" + "\n".join(sweep),
+        *(["\n".join(ratio_lines)] if ratio_lines else []),  # none before a second arm is evaluated
+        "Ratio sweep of (c):\n\n" + "\n".join(sweep),
         "Cost per arm on this machine (synthesis and screening once; training per run, the mean over seeds):\n\n"
         + "\n".join(costs),
         "Commands:\n\n```bash\n" + "\n".join(commands) + "\n```"])

@@ -121,3 +121,8 @@ def test_an_unfinished_experiment_reports_the_runs_it_has_and_says_it_is_in_prog
     record["progress"]["finished"] = True
     write_report(tmp_path, record, [])
     assert "In progress" not in (tmp_path / "evidence.md").read_text(encoding="utf-8")
+    only_a = evidence(base, {"a": [forgot]}, ratio=0.5, seeds=[0], drift={}, costs={"a": costs["a"]}, settings={},
+                      machine={})
+    only_a["reading"] = reading(only_a)
+    write_report(tmp_path, only_a, [])
+    assert "\n\n\n" not in (tmp_path / "evidence.md").read_text(encoding="utf-8")  # no arm to compare: no empty part
