@@ -38,7 +38,7 @@ from core.settings import setting
 from core.store import Store
 from core.store.evaluation import EvalResultRow
 
-# Each suite's tasks, in run order. Naming the domain suite runs domain_ppl (the answer fit) and medmcqa for
+# Each suite's tasks, in run order. Naming the domain suite runs medmcqa and domain_ppl (the answer fit) for
 # builtin:medmcqa; for a user's domain data, domain_mcq (when some held-out rows are multiple choice) and
 # domain_ppl (each task's in_suite).
 SUITES: dict[str, tuple[str, ...]] = {}
