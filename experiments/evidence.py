@@ -35,6 +35,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from experiments.evidence_arms import (  # noqa: E402
+    DOMAIN,
     arm_order,
     benchmarks,
     build_mixes,
@@ -45,7 +46,6 @@ from experiments.evidence_arms import (  # noqa: E402
 )
 from experiments.evidence_grid import (  # noqa: E402
     DOMAIN_FIT,
-    IFEVAL,
     IFEVAL_TOKENS,
     PRIMARY_METRIC,
     chosen_point,
@@ -65,7 +65,7 @@ from experiments.stage_runner import (  # noqa: E402
     train_once,
 )
 
-DOMAIN = "builtin:medmcqa"
+
 @dataclass
 class Settings:
     """Everything that decides the grid's numbers (recorded in its JSON)."""
@@ -242,7 +242,7 @@ def arms_stage(run: StageRunner, s: Settings, ws: Path, out: Path, grid: dict[st
         info = train_arm(run, s, ws, arm, mixes[seed], seed, a_run=a_runs.get(seed))
         if arm == "a":
             a_runs[seed] = info["run"]
-        fresh = f"eval-{IFEVAL}-{arm}-s{seed}" not in run.state  # the last of its evaluations
+        ran_before = len(run.ran)
         jobs = evaluate(run, s, ws, f"{arm}-s{seed}", info["run"], drift=True)
         arms.setdefault(arm, []).append(scores(ws, jobs))
         evaluated.setdefault(arm, []).append(seed)
@@ -250,7 +250,7 @@ def arms_stage(run: StageRunner, s: Settings, ws: Path, out: Path, grid: dict[st
         summary = run.state[f"eval-domain-{arm}-s{seed}"]["summary"]
         drift.setdefault(name, []).append(summary["results"].get("drift", {}))
         trained.setdefault(name, []).append(info)
-        if fresh or done == len(units):  # a rerun that evaluates nothing new writes once, at the end
+        if len(run.ran) > ran_before or done == len(units):  # a rerun evaluating nothing new writes once, at the end
             record = write_evidence(run, s, out, invocation, general, base, arms, drift, trained,
                                     progress={"evaluated": evaluated, "done": done, "of": len(units)})
     return record

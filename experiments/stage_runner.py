@@ -49,6 +49,7 @@ class StageRunner:
         self.echo = echo
         self.commands: list[str] = []  # every command of this experiment, in order, run or skipped
         self.timings: dict[str, float] = {}  # seconds per stage name (as recorded when it ran)
+        self.ran: list[str] = []  # the stages this process ran (not skipped, not reused from disk), in order
         self.started = time.monotonic()
 
     def say(self, message: str) -> None:
@@ -109,6 +110,7 @@ class StageRunner:
         self.state[name] = {"key": key, "summary": summary, "command": command, "seconds": round(seconds, 1)}
         self._save()
         self.timings[name] = round(seconds, 1)
+        self.ran.append(name)
         self.say(f"{name}: finished in {seconds:.1f} s")
         return summary
 
@@ -130,6 +132,7 @@ class StageRunner:
                             "seconds": round(seconds, 1)}
         self._save()
         self.timings[name] = round(seconds, 1)
+        self.ran.append(name)
         self.say(f"{name}: finished in {seconds:.1f} s")
         return summary
 

@@ -269,3 +269,18 @@ def test_a_resumed_reconstruction_costs_all_its_rows_at_the_rate_it_ran():
     resumed = stage_cost({"seconds": 10.0, "tokens_per_s": 50.0, "stored": 200, "new": 50})  # 150 made before
     assert resumed == {"seconds": 40.0, "tokens": 2000, "scaled": 4.0}
     assert stage_cost({"seconds": 3.0, "tokens_per_s": 2.0}) == {"seconds": 3.0, "tokens": 6, "scaled": 1.0}
+
+
+def test_the_runner_lists_the_stages_it_ran_not_those_it_skipped(tmp_path: Path):
+    from experiments.stage_runner import StageRunner
+
+    out = tmp_path / "out.json"
+
+    def work() -> dict:
+        out.write_text("{}")
+        return {"ok": True}
+
+    first = StageRunner(tmp_path / "state", echo=False)
+    assert first.step("write", "write a file", out, work) == {"ok": True} and first.ran == ["write"]
+    again = StageRunner(tmp_path / "state", echo=False)  # a rerun: recorded and its output still there
+    assert again.step("write", "write a file", out, work) == {"ok": True} and again.ran == []
