@@ -11,7 +11,8 @@ real CLI (``forgetless mix/train/eval``) run as a subprocess, recorded, and skip
 training run continues from its checkpoint.
 
 Stage ``arms``: at the grid's choice, the arms of experiments/evidence_arms.py on every seed, main comparison
-first (``arm_order``).
+first (``arm_order``). What it finishes (the general data, each evaluated model) is kept in ``<out>/evidence_runs/``
+(experiments/evidence_ledger.py, committed with the report) and restored into a fresh workspace.
 
     python experiments/evidence.py --quick --workspace /tmp/ev          # tiny, a few minutes (CI)
     python experiments/evidence.py --workspace workspace/evidence       # grid then arms (days on 2 CPU cores)
@@ -40,9 +41,12 @@ from experiments.evidence_arms import (  # noqa: E402
     benchmarks,
     build_mixes,
     evaluate,
+    evaluation_stages,
     general_data,
+    run_folder,
     scores,
     train_arm,
+    training_stage,
 )
 from experiments.evidence_grid import (  # noqa: E402
     DOMAIN_FIT,
@@ -54,12 +58,14 @@ from experiments.evidence_grid import (  # noqa: E402
     outcome,
 )
 from experiments.evidence_grid_files import NOT_RUN_BECAUSE, recorded_outcomes, write_grid  # noqa: E402
+from experiments.evidence_ledger import LEDGER, has, kept_stage, restore, save_run, save_synthesis  # noqa: E402
 from experiments.evidence_report import arm_costs, evidence, reading, write_report  # noqa: E402
 from experiments.forgetting_stats import paired_difference  # noqa: E402
 from experiments.stage_runner import (  # noqa: E402
     REPO_ROOT,
     StageRunner,
     checkpoint_every,
+    finished_run,
     finished_snapshot,
     machine,
     train_once,
@@ -225,31 +231,41 @@ def arms_stage(run: StageRunner, s: Settings, ws: Path, out: Path, grid: dict[st
         point = chosen["point"]
         s.domain_rows, s.epochs, s.lr = point["domain_rows"], point["epochs"], point["lr"]
     run.say(f"arms at {s.domain_rows} domain rows, {s.epochs} epoch(s), lr {s.lr:g}: {s.steps} steps each")
+    ledger = out / LEDGER
+    restore(ledger, ws, run)
     general = general_data(run, s, ws)
+    save_synthesis(ledger, ws, run)
     base_name = "base" if s.eval_dtype == "auto" else f"base-{s.eval_dtype}"  # not the grid's base then
-    base = scores(ws, evaluate(run, s, ws, base_name, s.model, drift=False))
+    base_jobs = evaluate(run, s, ws, base_name, s.model, drift=False)
+    save_run(ledger, ws, run, base_name, base_jobs.values(), evaluation_stages(base_name))
+    base = scores(ws, base_jobs)
     arms: dict[str, list[Any]] = {}
     drift: dict[str, list[Any]] = {}
     trained: dict[str, list[dict[str, Any]]] = {}
     evaluated: dict[str, list[int]] = {}
     mixes: dict[int, dict[str, Any]] = {}
-    a_runs: dict[int, str] = {}
     units = arm_order(s)
     record: dict[str, Any] = {}
     for done, (seed, arm) in enumerate(units, start=1):
-        if seed not in mixes:
-            mixes[seed] = build_mixes(run, s, ws, general, seed)
-        info = train_arm(run, s, ws, arm, mixes[seed], seed, a_run=a_runs.get(seed))
-        if arm == "a":
-            a_runs[seed] = info["run"]
+        name, made_by = f"{arm}-s{seed}", training_stage(arm, seed)
+        if has(ledger, name):  # evaluated in an earlier workspace: its model is not needed
+            info = {"run": str(run_folder(ws, arm, seed)), **run.reuse(made_by, kept_stage(ledger, name, made_by, ws))}
+        else:
+            if seed not in mixes:
+                mixes[seed] = build_mixes(run, s, ws, general, seed)
+            if arm == "e" and finished_run(run_folder(ws, "a", seed))() is None:
+                run.state.pop(training_stage("a", seed), None)  # went with an earlier workspace: trained again
+                train_arm(run, s, ws, "a", mixes[seed], seed)
+            info = train_arm(run, s, ws, arm, mixes[seed], seed, a_run=str(run_folder(ws, "a", seed)))
         ran_before = len(run.ran)
-        jobs = evaluate(run, s, ws, f"{arm}-s{seed}", info["run"], drift=True)
+        jobs = evaluate(run, s, ws, name, info["run"], drift=True)
+        save_run(ledger, ws, run, name, jobs.values(), [made_by, *evaluation_stages(name)])
         arms.setdefault(arm, []).append(scores(ws, jobs))
         evaluated.setdefault(arm, []).append(seed)
-        name = "c" if arm == f"c@{s.ratio:g}" else arm
-        summary = run.state[f"eval-domain-{arm}-s{seed}"]["summary"]
-        drift.setdefault(name, []).append(summary["results"].get("drift", {}))
-        trained.setdefault(name, []).append(info)
+        summary = run.state[evaluation_stages(name)[1]]["summary"]
+        reported = "c" if arm == f"c@{s.ratio:g}" else arm
+        drift.setdefault(reported, []).append(summary["results"].get("drift", {}))
+        trained.setdefault(reported, []).append(info)
         if len(run.ran) > ran_before or done == len(units):  # a rerun evaluating nothing new writes once, at the end
             record = write_evidence(run, s, out, invocation, general, base, arms, drift, trained,
                                     progress={"evaluated": evaluated, "done": done, "of": len(units)})

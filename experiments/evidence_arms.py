@@ -120,19 +120,33 @@ def arm_order(s: Any) -> list[tuple[int, str]]:
     return order + [(seed, f"c@{r:g}") for seed in sweep_seeds for r in s.ratios if f"c@{r:g}" != final]
 
 
+def run_folder(ws: Path, arm: str, seed: int) -> Path:
+    """Where one arm's model for one seed is written."""
+    return ws / "runs" / f"{arm.replace('@', '-r')}-s{seed}"
+
+
+def training_stage(arm: str, seed: int) -> str:
+    """The stage that makes one arm's model for one seed: its training, or for (e) the interpolation."""
+    return f"wise-ft-s{seed}" if arm == "e" else f"train-{arm}-s{seed}"
+
+
+def evaluation_stages(name: str) -> list[str]:
+    """The stages ``evaluate`` runs for the model it calls ``name``."""
+    return [f"eval-general-{name}", f"eval-domain-{name}", f"eval-ifeval-{name}"]
+
+
 def train_arm(run: StageRunner, s: Any, ws: Path, arm: str, mixes: dict[str, Any], seed: int,
               a_run: str | None = None) -> dict[str, Any]:
     """One arm's model for one seed: full fine-tuning on its mix, or for (e) the WiSE-FT of ``a_run``."""
+    out = run_folder(ws, arm, seed)
     if arm == "e":
         if a_run is None:
             raise ValueError("arm (e) interpolates arm (a)'s run: train (a) first")
-        wise = ws / "runs" / f"e-s{seed}"
-        return {"run": str(wise), **run.step(f"wise-ft-s{seed}", f"WiSE-FT of {a_run} (alpha {s.wise_alpha:g}) at "
-                                             f"{wise}", wise / "summary.json",
-                                             lambda: interpolate_run(Path(a_run), wise, s.wise_alpha, ws))}
-    out = ws / "runs" / f"{arm.replace('@', '-r')}-s{seed}"
+        return {"run": str(out), **run.step(training_stage(arm, seed), f"WiSE-FT of {a_run} (alpha "
+                                            f"{s.wise_alpha:g}) at {out}", out / "summary.json",
+                                            lambda: interpolate_run(Path(a_run), out, s.wise_alpha, ws))}
     return {"run": str(out), **train_once(
-        run, f"train-{arm}-s{seed}",
+        run, training_stage(arm, seed),
         ["train", "--workspace", ws, "--data", mixes[arm]["out"], "--model", s.model, "--out", out, "--full",
          "--max-steps", s.steps, "--batch-size", s.batch_size, "--lr", s.lr, "--max-length", s.max_length,
          "--seed", seed, "--dtype", s.train_dtype, "--save-steps", checkpoint_every(s.steps),
@@ -145,14 +159,15 @@ def benchmarks(run: StageRunner, s: Any, ws: Path, name: str, model: str, drift:
     + drift), in ``dtype`` (`forgetless eval --dtype`). Job ids."""
     general_limit = ["--limit", s.general_limit] if s.general_limit else []
     pinned = _dtype_flag(dtype)
+    general, domain, _ = evaluation_stages(name)
     return {
-        "general": run.cli(f"eval-general-{name}", ["eval", "--workspace", ws, "--model", model, "--suite", "general",
-                                                    *general_limit, "--seed", 0, *pinned])["job_id"],
+        "general": run.cli(general, ["eval", "--workspace", ws, "--model", model, "--suite", "general",
+                                     *general_limit, "--seed", 0, *pinned])["job_id"],
         # --limit caps the domain test only here: drift's texts are capped by --drift-n (all held-out rows)
-        "domain": run.cli(f"eval-domain-{name}", ["eval", "--workspace", ws, "--model", model, "--suite",
-                                                  f"domain,{DOMAIN_FIT}" + (",drift" if drift else ""), "--seed", 0,
-                                                  *(["--limit", s.domain_limit] if s.domain_limit else []),
-                                                  *(["--drift-n", 100000] if drift else []), *pinned])["job_id"],
+        "domain": run.cli(domain, ["eval", "--workspace", ws, "--model", model, "--suite",
+                                   f"domain,{DOMAIN_FIT}" + (",drift" if drift else ""), "--seed", 0,
+                                   *(["--limit", s.domain_limit] if s.domain_limit else []),
+                                   *(["--drift-n", 100000] if drift else []), *pinned])["job_id"],
     }
 
 
@@ -167,7 +182,7 @@ def evaluate(run: StageRunner, s: Any, ws: Path, name: str, model: str, drift: b
     Job ids."""
     jobs = benchmarks(run, s, ws, name, model, drift, s.eval_dtype)
     limit = ["--limit", s.ifeval_limit] if s.ifeval_limit else []
-    jobs[IFEVAL] = run.cli(f"eval-ifeval-{name}", [
+    jobs[IFEVAL] = run.cli(evaluation_stages(name)[-1], [
         "eval", "--workspace", ws, "--model", model, "--suite", IFEVAL, *limit, "--seed", s.seed,
         "--ifeval-max-new-tokens", s.ifeval_tokens, "--batch-size", s.ifeval_batch_size,
         *_dtype_flag(s.eval_dtype), "--job-id", f"arms-ifeval-{name.replace('@', '-r')}-b{s.ifeval_batch_size}"

@@ -41,11 +41,13 @@ def recorded_outcomes(path: Path, s: Any) -> dict[str, dict[str, Any]]:
 
 
 def _same_findings(path: Path, record: dict[str, Any]) -> bool:
-    """Whether ``path`` holds ``record``'s findings: all but its date, invocation and the settings that are not
-    the grid's (the arms' own may change after the grid)."""
+    """Whether ``path`` holds ``record``'s findings: all but how and where this run read them (date, invocation,
+    commands, timings, machine: each point keeps its own) and the settings that are not the grid's (the arms' own
+    may change after the grid). A fresh workspace that took every point from the committed grid rewrites nothing."""
     def findings(grid: dict[str, Any]) -> dict[str, Any]:
         settings = grid.get("settings") or {}
-        return {**{k: v for k, v in grid.items() if k not in ("created", "invocation", "settings")},
+        how = ("created", "invocation", "settings", "commands", "timings", "machine")
+        return {**{k: v for k, v in grid.items() if k not in how},
                 "settings": {key: settings.get(key) for key in GRID_SETTINGS}}
 
     try:

@@ -114,6 +114,23 @@ class StageRunner:
         self.say(f"{name}: finished in {seconds:.1f} s")
         return summary
 
+    def adopt(self, entries: dict[str, Any]) -> bool:
+        """Take stage records kept elsewhere (experiments/evidence_ledger.py) for the stages this state lacks, so
+        they are skipped as done; whether any was taken."""
+        new = {name: entry for name, entry in entries.items() if name not in self.state}
+        if new:
+            self.state.update(new)
+            self._save()
+        return bool(new)
+
+    def reuse(self, name: str, entry: dict[str, Any]) -> dict[str, Any]:
+        """A stage whose output is no longer needed (its model evaluated and kept in the ledger): its recorded
+        command and seconds, not run."""
+        self.commands.append(entry["command"])
+        self.timings[name] = entry.get("seconds", 0.0)
+        self.say(f"{name}: done before, kept in the ledger ({entry.get('seconds', 0)} s then)")
+        return entry["summary"]
+
     def step(self, name: str, description: str, output: Path, work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         """An in-process step (``work()`` writes ``output`` and returns its summary), skipped when it was done
         before for the same output and that output is still there."""

@@ -5,6 +5,7 @@ goes end to end through the real CLI and skips everything on a rerun."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -111,7 +112,8 @@ def test_a_grid_in_progress_is_written_as_such_and_the_arms_do_not_start_from_it
         main(["--stage", "arms", "--workspace", str(tmp_path / "ws"), "--out", str(out)])
 
 
-def test_a_fresh_workspace_takes_the_committed_grids_points_instead_of_running_them_again(tmp_path: Path):
+def test_a_fresh_workspace_takes_the_committed_grids_points_instead_of_running_them_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     from experiments.evidence import Settings, search
     from experiments.evidence_grid_files import recorded_outcomes, write_grid
     from experiments.stage_runner import StageRunner
@@ -137,6 +139,14 @@ def test_a_fresh_workspace_takes_the_committed_grids_points_instead_of_running_t
     text = (out / "evidence_grid.md").read_text(encoding="utf-8")
     assert "Points run on other machines: rows400-ep1-lr0.001 on another CPU (AMX bf16)" in text
     assert "Chosen: **rows400-ep1-lr0.0003**" in text
+
+    # a later session on another machine takes every point again: its own commands and CPU change no finding
+    written = (out / "evidence_grid.json").read_bytes()
+    monkeypatch.setattr("experiments.evidence_grid_files.machine", lambda: {**other, "cpu": "a third CPU"})
+    later = StageRunner(tmp_path / "later", echo=False)
+    later.commands.append("forgetless sql --workspace elsewhere 'SELECT 1'")
+    assert not write_grid(found, settings, out, later, "python experiments/evidence.py --stage all")["written"]
+    assert (out / "evidence_grid.json").read_bytes() == written
 
 
 def test_a_pinned_eval_dtype_reaches_every_arm_evaluation_and_names_its_own_jobs(tmp_path: Path):
@@ -213,6 +223,28 @@ def test_quick_experiment_runs_end_to_end_and_resumes(tmp_path: Path):
     assert all(path.read_bytes() == text for path, text in written.items())  # nothing new: not rewritten, same date
     assert "forgetless train" not in again.stdout and "forgetless eval" not in again.stdout  # all skipped
     assert json.loads((out / "evidence.json").read_text(encoding="utf-8"))["arms"] == record["arms"]
+
+    # the workspace lost (a new machine) before (e) was kept: the ledger beside the report brings back what was
+    # finished, and only (e) runs again, on (a) trained again (its model went with the workspace)
+    ledger = out / "evidence_runs"
+    assert sorted(path.name for path in ledger.iterdir()) == [
+        "a-s0", "b-s0", "base", "c@0.25-s0", "c@0.5-s0", "d-s0", "e-s0", "synthesis"]
+    shutil.rmtree(ledger / "e-s0")
+    fresh = [*command[:command.index("--workspace") + 1], str(tmp_path / "fresh"),
+             *command[command.index("--workspace") + 2:]]
+    restored = subprocess.run(fresh, capture_output=True, text=True, cwd=ROOT, timeout=900)
+    assert restored.returncode == 0, restored.stderr[-3000:]
+    ran = [line.split(": forgetless ")[0].split("] ")[1] for line in restored.stdout.splitlines()
+           if ": forgetless " in line]
+    assert not {"reconstruct", "respond", "judge"} & set(ran)
+    assert [name for name in ran if name.startswith(("train", "eval"))] == [
+        "train-a-s0", "eval-general-e-s0", "eval-domain-e-s0", "eval-ifeval-e-s0"]
+    again_record = json.loads((out / "evidence.json").read_text(encoding="utf-8"))
+    assert again_record["arms"] == record["arms"]  # (a) trained again gives the same (e)
+    kept_costs = {arm: cost for arm, cost in record["costs"].items() if arm != "e"}
+    assert {arm: cost for arm, cost in again_record["costs"].items() if arm != "e"} == kept_costs
+    assert again_record["costs"]["e"]["train_tokens"] == record["costs"]["e"]["train_tokens"]  # only re-timed
+    assert (ledger / "e-s0" / "stages.json").exists()
 
 
 def test_wise_ft_interpolates_every_weight_and_writes_a_run_eval_can_read(tmp_path: Path):
