@@ -5,9 +5,9 @@ A workspace is scratch space and has been lost between sessions; the experiment 
 machine's time. The ledger holds, as Parquet (zstd) and JSON:
 
 - ``synthesis/``: every store table the general data's stages filled (reconstruct, respond, judge and its checks),
-  written once those stages finished, with their stage records (commands, seconds, summaries);
+  with the records of those stages (commands, seconds, summaries), complete once all three finished;
 - ``<run>/`` (``base-float32``, ``a-s0``, ...): one evaluated model's rows (``eval_items``, ``eval_results`` and the
-  ``jobs`` of its evaluation jobs) and the stage records of its training and evaluations, written once all its
+  ``jobs`` of its evaluation jobs) and the stage records of its training and evaluations, complete once all its
   evaluations finished.
 
 ``restore`` puts the rows into a store that lacks them and the records into the stage runner's state (the recorded
@@ -15,17 +15,26 @@ workspace path replaced by this one), so those stages are skipped with their rec
 (0.5 GB each in fp32): a run whose evaluations are in the ledger is not needed again, except arm (a)'s for (e)'s
 interpolation, which is then trained again. Mixes are not kept either: they are rebuilt from the restored general
 data in seconds.
+
+A session that has to stop mid-stage keeps what is finished so far (``snapshot``, also run as
+``python experiments/evidence_ledger.py --workspace W``): the general data's rows as they are (the stage in
+progress resumes from them) and each model's finished evaluations, as *partial* entries without the training
+record, so the model is trained again (same seed and data) for the evaluations still to run.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from experiments.stage_runner import StageRunner, machine
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from experiments.stage_runner import StageRunner, machine  # noqa: E402
 
 LEDGER = "evidence_runs"  # beside the report (docs/)
 SYNTHESIS = "synthesis"
@@ -37,11 +46,11 @@ _RECORD = "stages.json"
 
 def has(ledger: Path, name: str) -> bool:
     """Whether the ledger holds ``name`` (``synthesis`` or a run) complete."""
-    return (ledger / name / _RECORD).exists()
+    return (ledger / name / _RECORD).exists() and record(ledger, name)["complete"]
 
 
 def record(ledger: Path, name: str) -> dict[str, Any]:
-    """``name``'s record: {"workspace", "machine", "stages": {stage: the runner's entry}}."""
+    """``name``'s record: {"workspace", "machine", "complete", "stages": {stage: the runner's entry}}."""
     return json.loads((ledger / name / _RECORD).read_text(encoding="utf-8"))
 
 
@@ -59,23 +68,26 @@ def _stages_here(kept: Mapping[str, Any], workspace: Path) -> dict[str, Any]:
 
 
 def save_synthesis(ledger: Path, workspace: Path, run: StageRunner) -> bool:
-    """Keep the general data's store tables and stage records, once (False when the ledger had them)."""
+    """Keep the general data's store tables and the records of its finished stages (complete when all three are),
+    unless the ledger has them complete; whether it wrote."""
     if has(ledger, SYNTHESIS):
         return False
     from core.store import Store
 
+    finished = {name: run.state[name] for name in SYNTHESIS_STAGES if name in run.state}
     with Store.for_workspace(workspace).read() as con:
         tables = [name for (name,) in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()
                   if name not in _NOT_SYNTHESIS and not name.startswith("explore_")]
         where = {table: "WHERE kind <> 'eval'" if table == "jobs" else "" for table in tables}  # runs keep theirs
-        _write(ledger / SYNTHESIS, con, where, [], workspace, {name: run.state[name] for name in SYNTHESIS_STAGES})
-    run.say(f"ledger: kept the general data in {ledger / SYNTHESIS}")
+        _write(ledger / SYNTHESIS, con, where, [], workspace, finished, len(finished) == len(SYNTHESIS_STAGES))
+    run.say(f"ledger: kept the general data ({', '.join(finished) or 'no stage'} finished) in {ledger / SYNTHESIS}")
     return True
 
 
 def save_run(ledger: Path, workspace: Path, run: StageRunner, name: str, jobs: Iterable[str],
-             stages: Iterable[str]) -> bool:
-    """Keep one evaluated model's rows (its evaluation ``jobs``) and ``stages``' records, once."""
+             stages: Iterable[str], complete: bool = True) -> bool:
+    """Keep one evaluated model's rows (its evaluation ``jobs``) and ``stages``' records, unless the ledger has it
+    complete; whether it wrote."""
     if has(ledger, name):
         return False
     from core.store import Store
@@ -84,13 +96,28 @@ def save_run(ledger: Path, workspace: Path, run: StageRunner, name: str, jobs: I
     marks = ", ".join("?" for _ in job_ids)
     with Store.for_workspace(workspace).read() as con:
         _write(ledger / name, con, {table: f"WHERE job_id IN ({marks})" for table in RUN_TABLES}, job_ids,
-               workspace, {stage: run.state[stage] for stage in stages})
-    run.say(f"ledger: kept {name} in {ledger / name}")
+               workspace, {stage: run.state[stage] for stage in stages}, complete)
+    run.say(f"ledger: kept {name}{'' if complete else ' (partial)'} in {ledger / name}")
     return True
 
 
+def snapshot(ledger: Path, workspace: Path, run: StageRunner) -> list[str]:
+    """Keep what this workspace finished that the ledger lacks: the general data so far, and every model's
+    finished evaluations (partial, without its training record). Names written."""
+    from experiments.evidence_arms import evaluation_stages
+
+    written = [SYNTHESIS] if run.state and save_synthesis(ledger, workspace, run) else []
+    models = {stage.split("-", 2)[2] for stage in run.state if stage.startswith("eval-")}
+    for name in sorted(model for model in models if not model.startswith("grid-")):
+        finished = [stage for stage in evaluation_stages(name) if stage in run.state]
+        if save_run(ledger, workspace, run, name, [run.state[stage]["summary"]["job_id"] for stage in finished],
+                    finished, complete=False):
+            written.append(name)
+    return written
+
+
 def _write(folder: Path, con: Any, tables: Mapping[str, str], params: list[Any], workspace: Path,
-           stages: Mapping[str, Any]) -> None:
+           stages: Mapping[str, Any], complete: bool) -> None:
     """Each table's rows (``WHERE`` clause) as Parquet, then the record last: a folder without it is unfinished and
     is written again."""
     shutil.rmtree(folder, ignore_errors=True)
@@ -99,7 +126,7 @@ def _write(folder: Path, con: Any, tables: Mapping[str, str], params: list[Any],
         rows = con.sql(f"SELECT * FROM {table} {where}", params=params or None)  # names from the schema
         if rows.shape[0]:
             rows.write_parquet(str(folder / f"{table}.parquet"), compression="zstd")
-    body = {"workspace": str(workspace), "machine": machine(), "stages": stages}
+    body = {"workspace": str(workspace), "machine": machine(), "complete": complete, "stages": stages}
     (folder / _RECORD).write_text(json.dumps(body, indent=1, default=str), encoding="utf-8")
 
 
@@ -111,7 +138,7 @@ def restore(ledger: Path, workspace: Path, run: StageRunner) -> list[str]:
 
     store = Store.for_workspace(workspace)
     restored = []
-    for folder in sorted(path for path in ledger.iterdir() if has(ledger, path.name)):
+    for folder in sorted(path for path in ledger.iterdir() if (path / _RECORD).exists()):
         stages = _stages_here(record(ledger, folder.name), workspace)
         with store.write() as con:
             inserting = _lacks(con, folder)
@@ -138,3 +165,22 @@ def _lacks(con: Any, folder: Path) -> bool:
     return items.exists() and con.execute(
         "SELECT count(*) FROM eval_items WHERE job_id IN (SELECT DISTINCT job_id FROM read_parquet(?))",
         [str(items)]).fetchone()[0] == 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Keep what an evidence workspace finished so far in the ledger "
+                                     "(before a session ends mid-stage); commit it with the report.")
+    parser.add_argument("--workspace", type=Path, required=True, help="the experiment's workspace")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent.parent / "docs",
+                        help="the report's folder (the ledger is its evidence_runs/)")
+    args = parser.parse_args(argv)
+    run = StageRunner(args.workspace / "experiment", name="ledger")
+    written = snapshot(args.out / LEDGER, args.workspace, run)
+    run.say(f"kept {', '.join(written)}" if written else "nothing new to keep")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

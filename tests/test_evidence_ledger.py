@@ -9,7 +9,7 @@ from pathlib import Path
 from core.store import Store
 from core.store.base import now
 from core.store.evaluation import EvalItemRow
-from experiments.evidence_ledger import has, kept_stage, restore, save_run, save_synthesis
+from experiments.evidence_ledger import has, kept_stage, record, restore, save_run, save_synthesis, snapshot
 from experiments.stage_runner import StageRunner
 
 
@@ -82,3 +82,28 @@ def test_an_unfinished_ledger_entry_is_neither_restored_nor_counted(tmp_path: Pa
     (ledger / "a-s0" / "eval_items.parquet").write_bytes(b"cut short")  # no record: the write stopped midway
     fresh = StageRunner(tmp_path / "ws" / "experiment", echo=False)
     assert not has(ledger, "a-s0") and restore(ledger, tmp_path / "ws", fresh) == [] and fresh.state == {}
+
+
+def test_a_session_stopping_mid_stage_keeps_what_finished_and_a_fresh_workspace_goes_on_from_it(tmp_path: Path):
+    old, new, ledger = tmp_path / "old", tmp_path / "new", tmp_path / "evidence_runs"
+    run = _workspace(old)
+    for stage in ("respond", "judge", "train-a-s0"):  # responding when the session ended; (a) half evaluated
+        del run.state[stage]
+    run.state["eval-general-a-s0"]["summary"]["job_id"] = "j1"
+    run.state["eval-general-grid-rows400"] = {**run.state["eval-general-a-s0"]}  # the grid's: not kept here
+
+    assert snapshot(ledger, old, run) == ["synthesis", "a-s0"]
+    assert not has(ledger, "synthesis") and not has(ledger, "a-s0")  # partial: the arms loop does not skip (a)
+    assert set(record(ledger, "a-s0")["stages"]) == {"eval-general-a-s0"}  # no training record: trained again
+    fresh = StageRunner(new / "experiment", echo=False)
+    assert restore(ledger, new, fresh) == ["a-s0", "synthesis"]
+    assert set(fresh.state) == {"reconstruct", "eval-general-a-s0"}  # respond runs, resuming from the kept rows
+    with Store.for_workspace(new).read() as con:
+        assert con.execute("SELECT count(*) FROM instructions").fetchone()[0] == 1
+    assert len(Store.for_workspace(new).eval_items("j1", "arc_easy")) == 2
+
+    assert snapshot(ledger, old, run) == ["synthesis", "a-s0"]  # rewritten with what finished since (nothing here)
+    for stage in ("respond", "judge"):
+        run.state[stage] = _entry(old, stage, 7.0)
+    assert save_synthesis(ledger, old, run) and has(ledger, "synthesis")  # complete now, and kept as it is
+    assert snapshot(ledger, old, run) == ["a-s0"]
