@@ -131,7 +131,8 @@ def _write(folder: Path, con: Any, tables: Mapping[str, str], params: list[Any],
 
 
 def restore(ledger: Path, workspace: Path, run: StageRunner) -> list[str]:
-    """Put every complete ledger entry this workspace lacks into its store and the runner's state; their names."""
+    """Put every ledger entry, complete or partial, that this workspace lacks into its store and the runner's
+    state; the names of those that brought a stage record."""
     if not ledger.is_dir():
         return []
     from core.store import Store
