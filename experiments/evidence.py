@@ -68,6 +68,7 @@ from experiments.stage_runner import (  # noqa: E402
     finished_run,
     finished_snapshot,
     machine,
+    machine_label,
     train_once,
 )
 
@@ -179,8 +180,8 @@ def search(run: StageRunner, s: Settings, ws: Path,
         evaluated = f"eval-domain-grid-{point.name}" in run.state
         if point.name in recorded and not evaluated:
             outcomes.append(recorded[point.name])
-            run.say(f"grid {point.name}: recorded by an earlier grid (on {recorded[point.name]['machine']['cpu']}), "
-                    "not run again")
+            where = machine_label(recorded[point.name]["machine"])
+            run.say(f"grid {point.name}: recorded by an earlier grid (on {where}), not run again")
             continue
         if action != "run" and not evaluated:  # one evaluated before is still read
             not_run[action].append(point.name)
@@ -249,7 +250,8 @@ def arms_stage(run: StageRunner, s: Settings, ws: Path, out: Path, grid: dict[st
     for done, (seed, arm) in enumerate(units, start=1):
         name, made_by = f"{arm}-s{seed}", training_stage(arm, seed)
         if has(ledger, name):  # evaluated in an earlier workspace: its model is not needed
-            info = {"run": str(run_folder(ws, arm, seed)), **run.reuse(made_by, kept_stage(ledger, name, made_by, ws))}
+            kept = kept_stage(ledger, name, made_by, ws)
+            info = {"run": str(run_folder(ws, arm, seed)), **run.reuse(made_by, kept), "machine": kept.get("machine")}
         else:
             if seed not in mixes:
                 mixes[seed] = build_mixes(run, s, ws, general, seed)
@@ -257,6 +259,7 @@ def arms_stage(run: StageRunner, s: Settings, ws: Path, out: Path, grid: dict[st
                 run.state.pop(training_stage("a", seed), None)  # went with an earlier workspace: trained again
                 train_arm(run, s, ws, "a", mixes[seed], seed)
             info = train_arm(run, s, ws, arm, mixes[seed], seed, a_run=str(run_folder(ws, "a", seed)))
+            info["machine"] = run.state[made_by].get("machine")  # the report's cost table names where it was timed
         ran_before = len(run.ran)
         jobs = evaluate(run, s, ws, name, info["run"], drift=True)
         save_run(ledger, ws, run, name, jobs.values(), [made_by, *evaluation_stages(name)])

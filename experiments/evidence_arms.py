@@ -46,8 +46,9 @@ def general_data(run: StageRunner, s: Any, ws: Path) -> dict[str, Any]:
                                   "--seed", s.seeds[0]])
     judge = run.cli("judge", ["judge", "--workspace", ws])
     n, min_score = screen_threshold(run, ws, s.screen_quantile)
-    return {"reconstructed": rec.get("stored"), "with_best": n, "min_score": min_score,
-            "cost": {"reconstruct": stage_cost(rec), "respond": stage_cost(respond), "judge": stage_cost(judge)}}
+    cost = {name: {**stage_cost(summary), "machine": run.state[name].get("machine")}
+            for name, summary in (("reconstruct", rec), ("respond", respond), ("judge", judge))}
+    return {"reconstructed": rec.get("stored"), "with_best": n, "min_score": min_score, "cost": cost}
 
 
 def resumed_scale(total: float, done: float) -> float:

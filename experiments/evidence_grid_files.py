@@ -18,7 +18,7 @@ from experiments.evidence_grid import (
     PRIMARY_METRIC,
     grid_table,
 )
-from experiments.stage_runner import StageRunner, machine
+from experiments.stage_runner import StageRunner, machine, machine_label, same_machine
 
 NOT_RUN_BECAUSE = {"skip": "a higher learning rate at the same cost did not forget",
                    "stop": "a cheaper setting forgot, so none of these can be the choice"}
@@ -80,15 +80,14 @@ def write_grid(found: dict[str, Any], s: Any, out: Path, run: StageRunner, invoc
                f"Chosen: **{chosen['name']}** ({chosen['steps']} steps), the cheapest setting that forgets while it "
                "gains." if chosen else
                "No setting of the grid both forgets and gains clearly: widen it (more epochs, rows or another lr).")
-    elsewhere = [f"{o['name']} on {o['machine']['cpu']} ({o['machine']['bf16']})" for o in found["outcomes"]
-                 if o.get("machine") and o["machine"] != record["machine"]]
+    elsewhere = [f"{o['name']} on {machine_label(o['machine'])}" for o in found["outcomes"]
+                 if o.get("machine") and not same_machine(o["machine"], record["machine"])]
     markdown = "\n\n".join([
         "# Forgetting regime search (domain-only full fine-tuning)",
         f"Primary metric (declared before the final runs): {PRIMARY_DESCRIPTION}. A setting forgets when it is more "
         f"than {FORGET_SIGMAS:g} paired standard errors below the base; it counts only if it also gains on the "
         f"domain by more than {FORGET_SIGMAS:g} paired standard errors ({DOMAIN_FIT_DESCRIPTION}). Machine: "
-        f"{record['machine']['cpu']} "
-        f"({record['machine']['bf16']}). Written by `{invocation}` on {record['created']}.",
+        f"{machine_label(record['machine'])}. Written by `{invocation}` on {record['created']}.",
         grid_table(found["outcomes"]),
         *(["Points run on other machines: " + "; ".join(elsewhere) + "."] if elsewhere else []),
         *(f"Not run ({NOT_RUN_BECAUSE[action]}): {', '.join(found[key])}."

@@ -61,10 +61,11 @@ def kept_stage(ledger: Path, name: str, stage: str, workspace: Path) -> dict[str
 
 def _stages_here(kept: Mapping[str, Any], workspace: Path) -> dict[str, Any]:
     """A record's stages with the workspace they ran in replaced by ``workspace`` (commands, keys and outputs name
-    it)."""
+    it), each with the machine it ran on (the record's, for stages recorded before the runner kept their own)."""
     def inner(path: Any) -> str:
         return json.dumps(str(path))[1:-1]
-    return json.loads(json.dumps(kept["stages"]).replace(inner(kept["workspace"]), inner(workspace)))
+    stages = json.loads(json.dumps(kept["stages"]).replace(inner(kept["workspace"]), inner(workspace)))
+    return {name: {"machine": kept["machine"], **entry} for name, entry in stages.items()}
 
 
 def save_synthesis(ledger: Path, workspace: Path, run: StageRunner) -> bool:

@@ -19,6 +19,7 @@ from experiments.evidence_grid import (
 )
 from experiments.evidence_stats import change, summary
 from experiments.forgetting_stats import GENERAL
+from experiments.stage_runner import machine_label
 
 Scores = Mapping[str, Mapping[str, float]]  # task -> item -> score
 TASKS = (PRIMARY_METRIC, *GENERAL, IFEVAL, DOMAIN_TASK, DOMAIN_FIT)
@@ -83,8 +84,9 @@ def run_seconds(info: Mapping[str, Any]) -> float:
 
 def arm_costs(stages: Mapping[str, Mapping[str, Any]], trained: Mapping[str, Sequence[Mapping[str, Any]]]
               ) -> dict[str, dict[str, Any]]:
-    """Per arm, what it needed on this machine: synthesis (reconstruct + respond: (c) and (d)) and screening
-    (judge: (c)) once, and training per run (mean over its seeds); (e) is (a)'s training plus the interpolation.
+    """Per arm, what it needed and the machine(s) that timed it: synthesis (reconstruct + respond: (c) and (d))
+    and screening (judge: (c)) once, and training per run (mean over its seeds); (e) is (a)'s training plus the
+    interpolation.
 
     ``stages``: stage -> {seconds, tokens}; ``trained``: arm -> its runs' summaries (train or WiSE-FT)."""
     def stage_sum(names: Sequence[str], key: str) -> float:
@@ -109,6 +111,9 @@ def arm_costs(stages: Mapping[str, Mapping[str, Any]], trained: Mapping[str, Seq
                 "screening_tokens": stage_sum(screening, "tokens"),
                 "train_seconds": round(train_seconds, 1), "train_tokens": round(train_tokens), "runs": len(runs)}
         cost["total_seconds"] = round(cost["synthesis_seconds"] + cost["screening_seconds"] + train_seconds, 1)
+        timed = [stages[name].get("machine") for name in (*synthesis, *screening)]
+        timed += [info.get("machine") for info in (*runs, *(trained["a"] if kind == "e" else ()))]
+        cost["machines"] = sorted({machine_label(m) for m in timed})  # seconds compare within one machine only
         costs[arm] = cost
     return costs
 
@@ -207,12 +212,13 @@ def markdown(record: Mapping[str, Any], commands: Sequence[str]) -> str:
     sweep = ["| ratio | forgetting (pts) | domain gain (answer fit, nats/token) |", "|---|---|---|"] + [
         f"| {row['ratio']:g} | {_pm({'delta': row['forgetting']['value'], 'stderr': row['forgetting']['stderr']})} "
         f"| {_nats(row['domain_gain'])} |" for row in record["sweep"]]
-    costs = ["| arm | synthesis s (tokens) | screening s (tokens) | training s per run (tokens) | total s |",
-             "|---|---|---|---|---|"] + [
+    costs = ["| arm | synthesis s (tokens) | screening s (tokens) | training s per run (tokens) | total s | timed on |",
+             "|---|---|---|---|---|---|"] + [
         f"| ({arm}) | {c['synthesis_seconds']:.0f} ({c['synthesis_tokens']:,.0f}) | {c['screening_seconds']:.0f} "
         f"({c['screening_tokens']:,.0f}) | {c['train_seconds']:.0f} ({c['train_tokens']:,}) | "
-        f"{c['total_seconds']:.0f} |"
+        f"{c['total_seconds']:.0f} | {'; '.join(c.get('machines') or ['machine not recorded'])} |"
         for arm, c in record["costs"].items()]
+    machines = {m for c in record["costs"].values() for m in c.get("machines") or ()}
     return "\n\n".join([
         *_progress(record.get("progress")),
         "\n".join(f"- {line}" for line in reading(record)),
@@ -226,8 +232,9 @@ def markdown(record: Mapping[str, Any], commands: Sequence[str]) -> str:
         "intervals over items).",
         *(["\n".join(ratio_lines)] if ratio_lines else []),  # none before a second arm is evaluated
         "Ratio sweep of (c):\n\n" + "\n".join(sweep),
-        "Cost per arm on this machine (synthesis and screening once; training per run, the mean over seeds):\n\n"
-        + "\n".join(costs),
+        "Cost per arm (synthesis and screening once; training per run, the mean over seeds):\n\n" + "\n".join(costs)
+        + ("\n\nThe timed stages ran on more than one machine: seconds compare only between stages timed on the "
+           "same one; token counts compare across machines." if len(machines) > 1 else ""),
         "Commands:\n\n```bash\n" + "\n".join(commands) + "\n```"])
 
 

@@ -13,6 +13,7 @@ import json
 import math
 import os
 import platform
+import re
 import shlex
 import shutil
 import subprocess
@@ -107,7 +108,8 @@ class StageRunner:
             raise StageError(f"{name} failed (exit {result.returncode}): {command}\n--- {log} (tail) ---\n{tail}")
         lines = [line for line in result.stdout.splitlines() if line.strip()]
         summary = json.loads(lines[-1]) if lines else {}
-        self.state[name] = {"key": key, "summary": summary, "command": command, "seconds": round(seconds, 1)}
+        self.state[name] = {"key": key, "summary": summary, "command": command, "seconds": round(seconds, 1),
+                            "machine": machine()}
         self._save()
         self.timings[name] = round(seconds, 1)
         self.ran.append(name)
@@ -146,7 +148,7 @@ class StageRunner:
         summary = work()
         seconds = time.monotonic() - start
         self.state[name] = {"key": key, "summary": summary, "command": f"# {description}",
-                            "seconds": round(seconds, 1)}
+                            "seconds": round(seconds, 1), "machine": machine()}
         self._save()
         self.timings[name] = round(seconds, 1)
         self.ran.append(name)
@@ -213,7 +215,25 @@ def train_once(run: StageRunner, name: str, argv: Sequence[Any], out: Path) -> d
 
 
 def machine() -> dict[str, Any]:
-    """The CPU this ran on (the figures depend on it): model name and its bf16 support."""
+    """The CPU this ran on (the figures depend on it): model name, family/model numbers (a name like "AMD EPYC"
+    covers several generations) and its bf16 support."""
     from core.engines.models import cpu_bf16_support, cpu_model_name
 
-    return {"cpu": cpu_model_name(), "bf16": cpu_bf16_support(), "python": platform.python_version()}
+    text = Path("/proc/cpuinfo").read_text(encoding="utf-8") if Path("/proc/cpuinfo").exists() else ""
+    numbers = [re.search(rf"^{key}\s*:\s*(\d+)$", text, re.M) for key in ("cpu family", "model")]
+    family_model = {"family_model": "/".join(n.group(1) for n in numbers)} if all(numbers) else {}
+    return {"cpu": cpu_model_name(), **family_model, "bf16": cpu_bf16_support(), "python": platform.python_version()}
+
+
+def same_machine(one: dict[str, Any], other: dict[str, Any]) -> bool:
+    """Whether two machine() records name the same kind of machine, on the keys both have (older records lack
+    the family/model numbers)."""
+    return all(one[key] == other[key] for key in one.keys() & other.keys())
+
+
+def machine_label(record: dict[str, Any] | None) -> str:
+    """A machine() record in a few words, e.g. "AMD EPYC 25/17 (AVX512-BF16)"."""
+    if not record:
+        return "machine not recorded"
+    numbers = f" {record['family_model']}" if record.get("family_model") else ""
+    return f"{record['cpu']}{numbers} ({record['bf16']})"

@@ -22,6 +22,7 @@ from experiments.evidence_grid import (
     next_action,
     outcome,
 )
+from experiments.stage_runner import machine, machine_label
 from tests.helpers import ROOT
 
 LOSS, NO_LOSS = {"diff": -0.1, "se": 0.02, "n": 2000}, {"diff": -0.01, "se": 0.02, "n": 2000}
@@ -213,6 +214,8 @@ def test_quick_experiment_runs_end_to_end_and_resumes(tmp_path: Path):
     assert costs["d"]["synthesis_seconds"] == costs["c"]["synthesis_seconds"] and costs["d"]["screening_seconds"] == 0
     assert costs["a"]["synthesis_seconds"] == 0 and costs["a"]["train_seconds"] > 0 and costs["a"]["train_tokens"] > 0
     assert costs["e"]["train_seconds"] >= costs["a"]["train_seconds"]  # (a)'s training first
+    here = machine_label(machine())
+    assert all(cost["machines"] == [here] for cost in costs.values())  # every stage timed here, and says so
     assert "| (c) |" in (out / "evidence.md").read_text(encoding="utf-8")
     runs = sorted(p.name for p in (workspace / "runs").iterdir())
     assert not any((workspace / "runs" / name / "checkpoints").exists() for name in runs)  # pruned when finished

@@ -10,7 +10,7 @@ from core.store import Store
 from core.store.base import now
 from core.store.evaluation import EvalItemRow
 from experiments.evidence_ledger import has, kept_stage, record, restore, save_run, save_synthesis, snapshot
-from experiments.stage_runner import StageRunner
+from experiments.stage_runner import StageRunner, machine
 
 
 def _entry(ws: Path, stage: str, seconds: float) -> dict:
@@ -57,12 +57,18 @@ def test_a_fresh_workspace_gets_back_the_kept_rows_and_stage_records_with_its_ow
     assert kept_stage(ledger, "a-s0", "train-a-s0", new)["summary"]["out"] == str(new / "runs" / "train-a-s0")
     saved = json.loads((new / "experiment" / "stages.json").read_text(encoding="utf-8"))
     assert saved["judge"]["seconds"] == 5.0  # the state on disk has them too: a restart skips them
+    # Stages recorded before the runner kept each one's machine take the record's; one that has its own keeps it.
+    assert saved["judge"]["machine"] == record(ledger, "synthesis")["machine"] == machine()
 
     again = StageRunner(new / "experiment", echo=False)
     assert restore(ledger, new, again) == []  # nothing new, and no row twice
     with store.read() as con:
         assert con.execute("SELECT count(*) FROM eval_items").fetchone()[0] == 2
         assert con.execute("SELECT count(*) FROM instructions").fetchone()[0] == 1
+    elsewhere = {"cpu": "another CPU", "bf16": "AMX bf16", "python": "3.11.7"}
+    run.state["eval-general-a-s0"]["machine"] = elsewhere
+    assert save_run(ledger, old, run, "a-s1", ["j2"], ["eval-general-a-s0"])
+    assert kept_stage(ledger, "a-s1", "eval-general-a-s0", new)["machine"] == elsewhere
 
 
 def test_a_workspace_keeps_its_own_records_over_the_ledgers(tmp_path: Path):

@@ -66,18 +66,37 @@ def test_the_reading_says_when_the_effect_is_shown_absent_or_reversed():
 
 
 def test_costs_count_synthesis_and_screening_once_and_training_per_run():
-    stages = {"reconstruct": {"seconds": 10.0, "tokens": 100}, "respond": {"seconds": 30.0, "tokens": 600},
-              "judge": {"seconds": 5.0, "tokens": 50}}
-    run = {"seconds": 100.0, "total_steps": 10, "tokens_per_s": 2.0}
-    resumed = {"seconds": 50.0, "total_steps": 10, "resumed_from_step": 5, "tokens_per_s": 4.0}  # timed 5 of 10
-    costs = arm_costs(stages, {"a": [run, resumed], "c": [run], "d": [run], "e": [{"seconds": 3.0}]})
+    here, there = ({"cpu": "AMD EPYC", "family_model": "25/17", "bf16": "AVX512-BF16", "python": "3.11.7"},
+                   {"cpu": "Intel Xeon", "bf16": "AMX bf16", "python": "3.11.7"})
+    stages = {"reconstruct": {"seconds": 10.0, "tokens": 100, "machine": here},
+              "respond": {"seconds": 30.0, "tokens": 600, "machine": here},
+              "judge": {"seconds": 5.0, "tokens": 50, "machine": here}}
+    run = {"seconds": 100.0, "total_steps": 10, "tokens_per_s": 2.0, "machine": there}
+    resumed = {"seconds": 50.0, "total_steps": 10, "resumed_from_step": 5, "tokens_per_s": 4.0, "machine": there}
+    costs = arm_costs(stages, {"a": [run, resumed], "c": [run], "d": [{**run, "machine": here}],
+                               "e": [{"seconds": 3.0}]})
     assert costs["a"] == {"synthesis_seconds": 0, "synthesis_tokens": 0, "screening_seconds": 0,
                           "screening_tokens": 0, "train_seconds": 100.0, "train_tokens": 300, "runs": 2,
-                          "total_seconds": 100.0}
+                          "total_seconds": 100.0, "machines": ["Intel Xeon (AMX bf16)"]}  # resumed timed 5 of 10
     assert (costs["c"]["synthesis_seconds"], costs["c"]["screening_seconds"], costs["c"]["total_seconds"]) == (
         40.0, 5.0, 145.0)
+    assert costs["c"]["machines"] == ["AMD EPYC 25/17 (AVX512-BF16)", "Intel Xeon (AMX bf16)"]
     assert (costs["d"]["synthesis_tokens"], costs["d"]["screening_tokens"]) == (700, 0)
+    assert costs["d"]["machines"] == ["AMD EPYC 25/17 (AVX512-BF16)"]
     assert costs["e"]["train_seconds"] == 103.0 and costs["e"]["train_tokens"] == 300  # (a)'s run + interpolation
+    assert costs["e"]["machines"] == ["Intel Xeon (AMX bf16)", "machine not recorded"]
+
+
+def test_machines_compare_on_the_keys_both_records_have():
+    from experiments.stage_runner import machine, same_machine
+
+    now = machine()
+    assert now["bf16"] in ("AMX bf16", "AVX512-BF16", "no native bf16")
+    older = {key: value for key, value in now.items() if key != "family_model"}  # recorded before the numbers
+    assert same_machine(now, older) and same_machine(older, now)
+    assert not same_machine(now, {**now, "family_model": "6/143"} if now.get("family_model") != "6/143"
+                            else {**now, "family_model": "25/17"})
+    assert not same_machine(older, {**older, "bf16": "something else"})
 
 
 def test_the_arms_run_in_order_of_what_the_summary_needs():
@@ -121,6 +140,14 @@ def test_an_unfinished_experiment_reports_the_runs_it_has_and_says_it_is_in_prog
     record["progress"]["finished"] = True
     write_report(tmp_path, record, [])
     assert "In progress" not in (tmp_path / "evidence.md").read_text(encoding="utf-8")
+    assert "| 1 | machine not recorded |" in (tmp_path / "evidence.md").read_text(encoding="utf-8")
+    assert "more than one machine" not in (tmp_path / "evidence.md").read_text(encoding="utf-8")
+    record["costs"] = {"a": {**costs["a"], "machines": ["CPU one (AMX bf16)"]},
+                       "c": {**costs["c"], "machines": ["CPU one (AMX bf16)", "CPU two (no native bf16)"]}}
+    write_report(tmp_path, record, [])
+    text = (tmp_path / "evidence.md").read_text(encoding="utf-8")
+    assert "| 1 | CPU one (AMX bf16); CPU two (no native bf16) |" in text
+    assert "ran on more than one machine: seconds compare only between stages timed on the same one" in text
     only_a = evidence(base, {"a": [forgot]}, ratio=0.5, seeds=[0], drift={}, costs={"a": costs["a"]}, settings={},
                       machine={})
     only_a["reading"] = reading(only_a)
