@@ -13,7 +13,6 @@ import json
 import math
 import os
 import platform
-import re
 import shlex
 import shutil
 import subprocess
@@ -217,11 +216,10 @@ def train_once(run: StageRunner, name: str, argv: Sequence[Any], out: Path) -> d
 def machine() -> dict[str, Any]:
     """The CPU this ran on (the figures depend on it): model name, family/model numbers (a name like "AMD EPYC"
     covers several generations) and its bf16 support."""
-    from core.engines.models import cpu_bf16_support, cpu_model_name
+    from core.engines.models import cpu_bf16_support, cpu_family_model, cpu_model_name
 
-    text = Path("/proc/cpuinfo").read_text(encoding="utf-8") if Path("/proc/cpuinfo").exists() else ""
-    numbers = [re.search(rf"^{key}\s*:\s*(\d+)$", text, re.M) for key in ("cpu family", "model")]
-    family_model = {"family_model": "/".join(n.group(1) for n in numbers)} if all(numbers) else {}
+    numbers = cpu_family_model()
+    family_model = {"family_model": numbers} if numbers else {}
     return {"cpu": cpu_model_name(), **family_model, "bf16": cpu_bf16_support(), "python": platform.python_version()}
 
 

@@ -75,6 +75,12 @@ def test_cpu_dtype_follows_the_cpus_bf16_flags(cpuinfo: str, expected: torch.dty
                                                 if "avx512_bf16" in cpuinfo else "no native bf16")
 
 
+def test_the_cpu_family_and_model_numbers_are_read_from_cpuinfo():
+    text = "processor\t: 0\ncpu family\t: 25\nmodel\t\t: 17\nmodel name\t: AMD EPYC\nflags\t: avx2\n"
+    assert models.cpu_family_model(text) == "25/17"  # not confused by the "model name" line
+    assert models.cpu_family_model("model name\t: AMD EPYC\n") is None
+
+
 def test_the_cpu_model_name_is_read_from_cpuinfo():
     assert models.cpu_model_name("processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Gold  \nflags\t: avx2\n") == \
         "Intel(R) Xeon(R) Gold"

@@ -137,6 +137,14 @@ def cpu_model_name(cpuinfo: str | None = None) -> str:
     return found.group(1).strip() if found else (platform.processor() or "unknown CPU")
 
 
+def cpu_family_model(cpuinfo: str | None = None) -> str | None:
+    """The CPU's family and model numbers, e.g. "25/17" (a model name like "AMD EPYC" covers several generations);
+    None where /proc/cpuinfo has none."""
+    text = _cpuinfo() if cpuinfo is None else cpuinfo
+    numbers = [re.search(rf"^{key}\s*:\s*(\d+)$", text, re.M) for key in ("cpu family", "model")]
+    return "/".join(found.group(1) for found in numbers) if all(numbers) else None
+
+
 DTYPES = ("auto", "float32", "bfloat16", "float16")  # a dtype setting's choices; auto: choose_dtype's
 
 
