@@ -284,7 +284,7 @@ def write_evidence(run: StageRunner, s: Settings, out: Path, invocation: str, ge
     drift_mean = {arm: {**{key: _mean(d.get(key) for d in ds) for key in ("kl", "ppl_base", "ppl_tuned")},
                         "texts": ds[0].get("texts"), "n": ds[0].get("n")} for arm, ds in drift.items()}
     record = evidence(base, arms, ratio=s.ratio, seeds=s.seeds, drift=drift_mean, costs=costs, settings=asdict(s),
-                      machine=machine())
+                      machine=machine(), arm_seeds=progress["evaluated"])
     record["progress"] = {**progress, "finished": progress["done"] == progress["of"]}
     record["reading"] = reading(record)
     record.update(general={k: v for k, v in general.items() if k != "cost"}, synthesis=general["cost"],

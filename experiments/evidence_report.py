@@ -33,9 +33,10 @@ def arm_changes(base: Scores, seeds: Sequence[Scores]) -> dict[str, dict[str, An
 
 def evidence(base: Scores, arms: Mapping[str, Sequence[Scores]], *, ratio: float, seeds: Sequence[int],
              drift: Mapping[str, Any], costs: Mapping[str, Any], settings: Mapping[str, Any],
-             machine: Mapping[str, Any]) -> dict[str, Any]:
+             machine: Mapping[str, Any], arm_seeds: Mapping[str, Sequence[int]] | None = None) -> dict[str, Any]:
     """The evidence record. ``arms`` maps an arm key (a, b, d, e, and c@<ratio> for every ratio of the sweep) to
-    its per-seed scores; (c) at ``ratio`` is arm c."""
+    its per-seed scores; (c) at ``ratio`` is arm c. ``arm_seeds`` (same keys): the seed of each of those runs, so
+    the ratios compare each arm with (a) on the seeds both have."""
     final = f"c@{ratio:g}"
     order = sorted(arms, key=lambda key: ("c" if key == final else key.split("@")[0],
                                           "@" in key and key != final, float(key.split("@")[1]) if "@" in key else 0))
@@ -43,8 +44,9 @@ def evidence(base: Scores, arms: Mapping[str, Sequence[Scores]], *, ratio: float
     changes = {arm: arm_changes(base, scores) for arm, scores in named.items()}
     main_arms = {arm: {task: [s[task] for s in scores] for task in (PRIMARY_METRIC, DOMAIN_FIT)}
                  for arm, scores in named.items() if "@" not in arm}
+    seeds_of = {("c" if key == final else key): list(runs) for key, runs in (arm_seeds or {}).items()}
     ratios = summary({t: base[t] for t in (PRIMARY_METRIC, DOMAIN_FIT)}, main_arms, primary=PRIMARY_METRIC,
-                     domain=DOMAIN_FIT)
+                     domain=DOMAIN_FIT, arm_seeds={arm: seeds_of[arm] for arm in main_arms} if arm_seeds else None)
     ours = ratios.get("c", {})
     sweep = sorted(((float(key.split("@")[1]) if "@" in key else ratio), arm) for key, arm in
                    ((key, ("c" if key == final else key)) for key in arms) if key.startswith("c@"))
@@ -178,6 +180,12 @@ def _entry(value: Mapping[str, Any]) -> str:
     return _interval(value["value"], value["ci"])
 
 
+def _on_seeds(seeds: Sequence[int] | None) -> str:
+    if seeds is None:
+        return ""
+    return f" (seed{'s' if len(seeds) != 1 else ''} {', '.join(map(str, seeds)) or 'none shared'})"
+
+
 def _progress(progress: Mapping[str, Any] | None) -> list[str]:
     """A paragraph on an unfinished experiment: how many of the planned arm runs are evaluated, which."""
     if not progress or progress.get("finished"):
@@ -185,8 +193,8 @@ def _progress(progress: Mapping[str, Any] | None) -> list[str]:
     runs = "; ".join(f"({arm}) seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
                      for arm, seeds in progress["evaluated"].items())
     return [f"**In progress: {progress['done']} of {progress['of']} arm runs evaluated** ({runs}). Every figure "
-            "below covers only these runs; an arm with fewer seeds than (a) is compared with (a)'s mean over all "
-            "of its seeds."]
+            "below covers only these runs; the forgetting reduction and domain gain retention compare each arm with "
+            "(a) on the seeds both have."]
 
 
 def markdown(record: Mapping[str, Any], commands: Sequence[str]) -> str:
@@ -208,7 +216,8 @@ def markdown(record: Mapping[str, Any], commands: Sequence[str]) -> str:
                      f"| {ppl} |")
     s = record["summary"]
     ratio_lines = [f"- ({arm}): forgetting reduction {_entry(v['forgetting_reduction'])}, domain gain retention "
-                   f"{_entry(v['domain_gain_retention'])}" for arm, v in s["by_arm"].items()]
+                   f"{_entry(v['domain_gain_retention'])}" + _on_seeds(v.get("seeds"))
+                   for arm, v in s["by_arm"].items()]
     sweep = ["| ratio | forgetting (pts) | domain gain (answer fit, nats/token) |", "|---|---|---|"] + [
         f"| {row['ratio']:g} | {_pm({'delta': row['forgetting']['value'], 'stderr': row['forgetting']['stderr']})} "
         f"| {_nats(row['domain_gain'])} |" for row in record["sweep"]]

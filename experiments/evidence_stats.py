@@ -74,21 +74,41 @@ def forgetting_items(base: Scores, seeds: Sequence[Scores]) -> dict[str, float]:
 
 
 def summary(base: Mapping[str, Scores], arms: Mapping[str, Mapping[str, Sequence[Scores]]], *, primary: str,
-            domain: str, reference: str = "a", seed: int = 0) -> dict[str, Any]:
+            domain: str, arm_seeds: Mapping[str, Sequence[int]] | None = None, reference: str = "a",
+            seed: int = 0) -> dict[str, Any]:
     """``forgetting_reduction`` and ``domain_gain_retention`` (with intervals) of every arm against ``reference``.
 
-    ``base``: task -> scores; ``arms``: arm -> task -> per-seed scores."""
-    ref = arms[reference]
-    ref_forgetting = forgetting_items(base[primary], ref[primary])
-    ref_gain = item_changes(base[domain], ref[domain])
+    ``base``: task -> scores; ``arms``: arm -> task -> per-seed scores. ``arm_seeds``: arm -> the training seed of
+    each of its runs (same order); given, each arm is compared with the reference's runs of the seeds both have (a
+    seed picks the domain rows, a seeded sample, and seeds the training, so the pair shares them), and ``seeds``
+    names those seeds."""
     result = {}
     for arm, tasks in arms.items():
         if arm == reference:
             continue
+        mine, ref = _on_shared_seeds(tasks, arms[reference], *(
+            (arm_seeds[arm], arm_seeds[reference]) if arm_seeds else (None, None)))
         result[arm] = {
-            "forgetting_reduction": ratio_with_interval(forgetting_items(base[primary], tasks[primary]),
-                                                        ref_forgetting, one_minus=True, seed=seed),
-            "domain_gain_retention": ratio_with_interval(item_changes(base[domain], tasks[domain]), ref_gain,
+            "forgetting_reduction": ratio_with_interval(forgetting_items(base[primary], mine[primary]),
+                                                        forgetting_items(base[primary], ref[primary]),
+                                                        one_minus=True, seed=seed),
+            "domain_gain_retention": ratio_with_interval(item_changes(base[domain], mine[domain]),
+                                                         item_changes(base[domain], ref[domain]),
                                                          one_minus=False, seed=seed),
+            "seeds": sorted(set(arm_seeds[arm]) & set(arm_seeds[reference])) if arm_seeds else None,
         }
     return result
+
+
+def _on_shared_seeds(arm: Mapping[str, Sequence[Scores]], reference: Mapping[str, Sequence[Scores]],
+                     arm_seeds: Sequence[int] | None, reference_seeds: Sequence[int] | None,
+                     ) -> tuple[dict[str, list[Scores]], dict[str, list[Scores]]]:
+    """Both arms' runs restricted to the seeds both have (all runs when the seeds are not known)."""
+    if arm_seeds is None or reference_seeds is None:
+        return {t: list(runs) for t, runs in arm.items()}, {t: list(runs) for t, runs in reference.items()}
+    shared = set(arm_seeds) & set(reference_seeds)
+
+    def keep(runs: Mapping[str, Sequence[Scores]], seeds: Sequence[int]) -> dict[str, list[Scores]]:
+        return {t: [s for s, sd in zip(scores, seeds, strict=True) if sd in shared] for t, scores in runs.items()}
+
+    return keep(arm, arm_seeds), keep(reference, reference_seeds)

@@ -47,6 +47,26 @@ def test_summary_compares_every_arm_with_domain_only():
     assert result["c"]["domain_gain_retention"]["value"] == pytest.approx(0.5)
 
 
+def test_an_arm_is_compared_with_domain_only_on_the_seeds_both_have():
+    items = [f"q{i}" for i in range(100)]
+    base = {"ifeval": dict.fromkeys(items, 1.0), "medmcqa": dict.fromkeys(items, 0.0)}
+
+    def forgets(share: float) -> dict[str, float]:
+        return {i: (0.0 if n < share * 100 else 1.0) for n, i in enumerate(items)}
+
+    gain = {i: (1.0 if n < 40 else 0.0) for n, i in enumerate(items)}
+    arms = {"a": {"ifeval": [forgets(0.4), forgets(0.2)], "medmcqa": [gain, gain]},
+            "c": {"ifeval": [forgets(0.1)], "medmcqa": [gain]}}
+    matched = summary(base, arms, primary="ifeval", domain="medmcqa", arm_seeds={"a": [0, 1], "c": [0]})["c"]
+    assert matched["forgetting_reduction"]["value"] == pytest.approx(0.75)  # 1 - 0.1/0.4: (a)'s seed 0 only
+    assert matched["seeds"] == [0]
+    unmatched = summary(base, arms, primary="ifeval", domain="medmcqa")["c"]
+    assert unmatched["forgetting_reduction"]["value"] == pytest.approx(1 - 0.1 / 0.3)  # (a)'s mean of both
+    assert unmatched["seeds"] is None
+    apart = summary(base, arms, primary="ifeval", domain="medmcqa", arm_seeds={"a": [0, 1], "c": [2]})["c"]
+    assert apart["seeds"] == [] and apart["forgetting_reduction"]["value"] is None  # nothing to pair with
+
+
 def test_the_reading_says_when_the_effect_is_shown_absent_or_reversed():
     from experiments.evidence_report import reading
 
@@ -127,7 +147,7 @@ def test_an_unfinished_experiment_reports_the_runs_it_has_and_says_it_is_in_prog
     costs = {arm: {"synthesis_seconds": 0, "synthesis_tokens": 0, "screening_seconds": 0, "screening_tokens": 0,
                    "train_seconds": 1.0, "train_tokens": 1, "runs": 1, "total_seconds": 1.0} for arm in ("a", "c")}
     record = evidence(base, {"a": [forgot, forgot], "c@0.5": [kept]}, ratio=0.5, seeds=[0, 1, 2], drift={},
-                      costs=costs, settings={}, machine={})
+                      costs=costs, settings={}, machine={}, arm_seeds={"a": [0, 1], "c@0.5": [0]})
     record["progress"] = {"evaluated": {"a": [0, 1], "c@0.5": [0]}, "done": 3, "of": 17, "finished": False}
     record["reading"] = reading(record)
     write_report(tmp_path, record, ["forgetless eval ..."])
@@ -135,6 +155,7 @@ def test_an_unfinished_experiment_reports_the_runs_it_has_and_says_it_is_in_prog
     assert text.splitlines()[2].startswith("**In progress: 3 of 17 arm runs evaluated** ((a) seeds 0, 1; (c@0.5) "
                                            "seed 0)")
     assert "| (a) domain only | 2 | -50.0 ± 8.0 |" in text and "| (c) + reconstructed, screened (ours) | 1 |" in text
+    assert "- (c): forgetting reduction 0.50 [" in text and "] (seed 0)" in text  # compared on seed 0 only
     assert json.loads((tmp_path / "evidence.json").read_text(encoding="utf-8"))["summary"][
         "forgetting_reduction"] == pytest.approx(0.5)  # (c) lost a quarter where (a) lost half
     record["progress"]["finished"] = True
