@@ -91,8 +91,10 @@ def arm_costs(stages: Mapping[str, Mapping[str, Any]], trained: Mapping[str, Seq
     interpolation.
 
     ``stages``: stage -> {seconds, tokens}; ``trained``: arm -> its runs' summaries (train or WiSE-FT)."""
-    def stage_sum(names: Sequence[str], key: str) -> float:
-        return sum(stages[name][key] or 0 for name in names)
+    def stage_sum(names: Sequence[str], key: str) -> float | None:
+        """None when every stage left it unrecorded (the judge scores responses and counts no tokens)."""
+        values = [stages[name][key] for name in names]
+        return None if values and all(v is None for v in values) else sum(v or 0 for v in values)
 
     def per_run(runs: Sequence[Mapping[str, Any]]) -> tuple[float, float]:
         seconds = [run_seconds(info) for info in runs]
@@ -170,6 +172,10 @@ def _nats(entry: Mapping[str, Any] | None) -> str:
     return _pm(entry, scale=1.0, digits=3)
 
 
+def _count(tokens: float | None) -> str:
+    return "not counted" if tokens is None else f"{tokens:,.0f}"
+
+
 def _interval(value: float | None, ci: Sequence[float] | None) -> str:
     if value is None:
         return "undefined"
@@ -223,11 +229,12 @@ def markdown(record: Mapping[str, Any], commands: Sequence[str]) -> str:
         f"| {_nats(row['domain_gain'])} |" for row in record["sweep"]]
     costs = ["| arm | synthesis s (tokens) | screening s (tokens) | training s per run (tokens) | total s | timed on |",
              "|---|---|---|---|---|---|"] + [
-        f"| ({arm}) | {c['synthesis_seconds']:.0f} ({c['synthesis_tokens']:,.0f}) | {c['screening_seconds']:.0f} "
-        f"({c['screening_tokens']:,.0f}) | {c['train_seconds']:.0f} ({c['train_tokens']:,}) | "
+        f"| ({arm}) | {c['synthesis_seconds']:.0f} ({_count(c['synthesis_tokens'])}) | {c['screening_seconds']:.0f} "
+        f"({_count(c['screening_tokens'])}) | {c['train_seconds']:.0f} ({c['train_tokens']:,}) | "
         f"{c['total_seconds']:.0f} | {'; '.join(c.get('machines') or ['machine not recorded'])} |"
         for arm, c in record["costs"].items()]
     machines = {m for c in record["costs"].values() for m in c.get("machines") or ()}
+    uncounted = any(c["screening_tokens"] is None for c in record["costs"].values())
     return "\n\n".join([
         *_progress(record.get("progress")),
         "\n".join(f"- {line}" for line in reading(record)),
@@ -243,7 +250,10 @@ def markdown(record: Mapping[str, Any], commands: Sequence[str]) -> str:
         "Ratio sweep of (c):\n\n" + "\n".join(sweep),
         "Cost per arm (synthesis and screening once; training per run, the mean over seeds):\n\n" + "\n".join(costs)
         + ("\n\nThe timed stages ran on more than one machine: seconds compare only between stages timed on the "
-           "same one; token counts compare across machines." if len(machines) > 1 else ""),
+           "same one; token counts compare across machines." if len(machines) > 1 else "")
+        + ("\n\nScreening generates nothing: the judges score each response (an embedding model, and one forward "
+           "pass of the judge LLM per response), and the judge stage does not count the tokens it reads."
+           if uncounted else ""),
         "Commands:\n\n```bash\n" + "\n".join(commands) + "\n```"])
 
 

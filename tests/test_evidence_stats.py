@@ -105,6 +105,9 @@ def test_costs_count_synthesis_and_screening_once_and_training_per_run():
     assert costs["d"]["machines"] == ["AMD EPYC 25/17 (AVX512-BF16)"]
     assert costs["e"]["train_seconds"] == 103.0 and costs["e"]["train_tokens"] == 300  # (a)'s run + interpolation
     assert costs["e"]["machines"] == ["Intel Xeon (AMX bf16)", "machine not recorded"]
+    uncounted = arm_costs({**stages, "judge": {"seconds": 5.0, "tokens": None}}, {"c": [run], "a": [run]})
+    assert uncounted["c"]["screening_tokens"] is None and uncounted["c"]["total_seconds"] == 145.0
+    assert uncounted["a"]["screening_tokens"] == 0  # no screening at all: nothing to count
 
 
 def test_machines_compare_on_the_keys_both_records_have():
@@ -169,6 +172,11 @@ def test_an_unfinished_experiment_reports_the_runs_it_has_and_says_it_is_in_prog
     text = (tmp_path / "evidence.md").read_text(encoding="utf-8")
     assert "| 1 | CPU one (AMX bf16); CPU two (no native bf16) |" in text
     assert "ran on more than one machine: seconds compare only between stages timed on the same one" in text
+    assert "does not count the tokens it reads" not in text
+    record["costs"]["c"]["screening_tokens"] = None  # a judge stage that recorded no tokens
+    write_report(tmp_path, record, [])
+    text = (tmp_path / "evidence.md").read_text(encoding="utf-8")
+    assert "| (c) | 0 (0) | 0 (not counted) |" in text and "does not count the tokens it reads" in text
     only_a = evidence(base, {"a": [forgot]}, ratio=0.5, seeds=[0], drift={}, costs={"a": costs["a"]}, settings={},
                       machine={})
     only_a["reading"] = reading(only_a)
