@@ -59,6 +59,7 @@ def evidence(base: Scores, arms: Mapping[str, Sequence[Scores]], *, ratio: float
         "arms": {arm: {task: {"delta": v["delta"], "stderr": v["stderr"], "n": v["n"],
                               "per_seed": v.get("per_seed")} for task, v in tasks.items()}
                  for arm, tasks in changes.items()},
+        "arm_seeds": seeds_of or None,
         "drift": dict(drift),
         "summary": {
             "forgetting_reduction": ours.get("forgetting_reduction", {}).get("value"),
@@ -147,6 +148,10 @@ def reading(record: Mapping[str, Any], sigmas: float = 3.0) -> list[str]:
     else:
         lines.append(f"Domain-only training does not clearly forget here (general accuracy {100 * a['delta']:+.1f} ± "
                      f"{100 * a['stderr']:.1f} points), so no arm can show what it prevents.")
+    spread = a.get("per_seed") or []
+    if len(spread) > 1:
+        lines.append(f"Between seeds, (a)'s general accuracy changed by {100 * min(spread):+.1f} to "
+                     f"{100 * max(spread):+.1f} points: the ± here are over items and leave that spread out.")
     for arm, values in record["summary"]["by_arm"].items():
         name = record["arm_names"].get(arm, arm)
         lines.append(f"({arm}) {name}: " + _interval_says(
@@ -192,6 +197,35 @@ def _on_seeds(seeds: Sequence[int] | None) -> str:
     return f" (seed{'s' if len(seeds) != 1 else ''} {', '.join(map(str, seeds)) or 'none shared'})"
 
 
+def _each_seed(per_seed: Mapping[str, Mapping[str, float | None]] | None) -> str:
+    """Each seed's pair: forgetting reduction / domain gain retention."""
+    if not per_seed:
+        return ""
+    shown = "; ".join(f"seed {seed}: {_value(v['forgetting_reduction'])} / {_value(v['domain_gain_retention'])}"
+                      for seed, v in per_seed.items())
+    return f"; each seed alone (reduction / retention): {shown}"
+
+
+def _value(value: float | None) -> str:
+    return "undefined" if value is None else f"{value:.2f}"
+
+
+def _per_seed_lines(record: Mapping[str, Any]) -> list[str]:
+    """The per-seed changes behind the table's means, for arms with more than one seed."""
+    rows = []
+    for arm, tasks in record["arms"].items():
+        general, fit = tasks[PRIMARY_METRIC].get("per_seed") or [], tasks[DOMAIN_FIT].get("per_seed") or []
+        if len(general) < 2:
+            continue
+        seeds = (record.get("arm_seeds") or {}).get(arm) or list(range(len(general)))
+        rows.append(f"({arm}) " + ", ".join(f"seed {seed}: {100 * g:+.1f} / {f:+.3f}"
+                                            for seed, g, f in zip(seeds, general, fit, strict=True)))
+    if not rows:
+        return []
+    return ["Per seed (general points / answer fit nats/token): " + "; ".join(rows)
+            + ". The table's ± are over items, each averaged over the seeds, and leave this spread out."]
+
+
 def _progress(progress: Mapping[str, Any] | None) -> list[str]:
     """A paragraph on an unfinished experiment: how many of the planned arm runs are evaluated, which."""
     if not progress or progress.get("finished"):
@@ -222,7 +256,7 @@ def markdown(record: Mapping[str, Any], commands: Sequence[str]) -> str:
                      f"| {ppl} |")
     s = record["summary"]
     ratio_lines = [f"- ({arm}): forgetting reduction {_entry(v['forgetting_reduction'])}, domain gain retention "
-                   f"{_entry(v['domain_gain_retention'])}" + _on_seeds(v.get("seeds"))
+                   f"{_entry(v['domain_gain_retention'])}" + _on_seeds(v.get("seeds")) + _each_seed(v.get("per_seed"))
                    for arm, v in s["by_arm"].items()]
     sweep = ["| ratio | forgetting (pts) | domain gain (answer fit, nats/token) |", "|---|---|---|"] + [
         f"| {row['ratio']:g} | {_pm({'delta': row['forgetting']['value'], 'stderr': row['forgetting']['stderr']})} "
@@ -242,6 +276,7 @@ def markdown(record: Mapping[str, Any], commands: Sequence[str]) -> str:
         f"planned: {record['seeds']}); primary metric: {record['primary_description']}; domain gain: "
         f"{record['domain_gain_description']}.",
         "\n".join(lines),
+        *_per_seed_lines(record),
         f"**Forgetting reduction** (1 − forgetting(c)/forgetting(a)): "
         f"{_interval(s['forgetting_reduction'], s['forgetting_reduction_ci'])}; **domain gain retention** "
         f"(gain(c)/gain(a)): {_interval(s['domain_gain_retention'], s['domain_gain_retention_ci'])} (95% bootstrap "

@@ -80,33 +80,43 @@ def summary(base: Mapping[str, Scores], arms: Mapping[str, Mapping[str, Sequence
 
     ``base``: task -> scores; ``arms``: arm -> task -> per-seed scores. ``arm_seeds``: arm -> the training seed of
     each of its runs (same order); given, each arm is compared with the reference's runs of the seeds both have (a
-    seed picks the domain rows, a seeded sample, and seeds the training, so the pair shares them), and ``seeds``
-    names those seeds."""
+    seed picks the domain rows, a seeded sample, and seeds the training, so the pair shares them), ``seeds`` names
+    those seeds and, when there are several, ``per_seed`` holds each seed's pair's two values (no interval)."""
     result = {}
     for arm, tasks in arms.items():
         if arm == reference:
             continue
         mine, ref = _on_shared_seeds(tasks, arms[reference], *(
             (arm_seeds[arm], arm_seeds[reference]) if arm_seeds else (None, None)))
-        result[arm] = {
-            "forgetting_reduction": ratio_with_interval(forgetting_items(base[primary], mine[primary]),
-                                                        forgetting_items(base[primary], ref[primary]),
-                                                        one_minus=True, seed=seed),
-            "domain_gain_retention": ratio_with_interval(item_changes(base[domain], mine[domain]),
-                                                         item_changes(base[domain], ref[domain]),
-                                                         one_minus=False, seed=seed),
-            "seeds": sorted(set(arm_seeds[arm]) & set(arm_seeds[reference])) if arm_seeds else None,
-        }
+        shared = sorted(set(arm_seeds[arm]) & set(arm_seeds[reference])) if arm_seeds else None
+        result[arm] = {**_ratios(base, mine, ref, primary, domain, seed), "seeds": shared}
+        if shared and len(shared) > 1:  # the items' intervals leave out how much seeds differ: each pair's values
+            result[arm]["per_seed"] = {}
+            for one in shared:
+                pair = _on_shared_seeds(tasks, arms[reference], arm_seeds[arm], arm_seeds[reference], only=one)
+                values = _ratios(base, *pair, primary, domain, seed, samples=0)
+                result[arm]["per_seed"][str(one)] = {name: v["value"] for name, v in values.items()}
     return result
 
 
+def _ratios(base: Mapping[str, Scores], arm: Mapping[str, Sequence[Scores]],
+            reference: Mapping[str, Sequence[Scores]], primary: str, domain: str, seed: int,
+            samples: int = BOOTSTRAP_SAMPLES) -> dict[str, Any]:
+    return {"forgetting_reduction": ratio_with_interval(forgetting_items(base[primary], arm[primary]),
+                                                        forgetting_items(base[primary], reference[primary]),
+                                                        one_minus=True, seed=seed, samples=samples),
+            "domain_gain_retention": ratio_with_interval(item_changes(base[domain], arm[domain]),
+                                                         item_changes(base[domain], reference[domain]),
+                                                         one_minus=False, seed=seed, samples=samples)}
+
+
 def _on_shared_seeds(arm: Mapping[str, Sequence[Scores]], reference: Mapping[str, Sequence[Scores]],
-                     arm_seeds: Sequence[int] | None, reference_seeds: Sequence[int] | None,
+                     arm_seeds: Sequence[int] | None, reference_seeds: Sequence[int] | None, only: int | None = None,
                      ) -> tuple[dict[str, list[Scores]], dict[str, list[Scores]]]:
-    """Both arms' runs restricted to the seeds both have (all runs when the seeds are not known)."""
+    """Both arms' runs restricted to the seeds both have (all runs when the seeds are not known), or to ``only``."""
     if arm_seeds is None or reference_seeds is None:
         return {t: list(runs) for t, runs in arm.items()}, {t: list(runs) for t, runs in reference.items()}
-    shared = set(arm_seeds) & set(reference_seeds)
+    shared = (set(arm_seeds) & set(reference_seeds)) if only is None else {only}
 
     def keep(runs: Mapping[str, Sequence[Scores]], seeds: Sequence[int]) -> dict[str, list[Scores]]:
         return {t: [s for s, sd in zip(scores, seeds, strict=True) if sd in shared] for t, scores in runs.items()}

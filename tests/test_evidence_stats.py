@@ -65,6 +65,13 @@ def test_an_arm_is_compared_with_domain_only_on_the_seeds_both_have():
     assert unmatched["seeds"] is None
     apart = summary(base, arms, primary="ifeval", domain="medmcqa", arm_seeds={"a": [0, 1], "c": [2]})["c"]
     assert apart["seeds"] == [] and apart["forgetting_reduction"]["value"] is None  # nothing to pair with
+    arms["c"] = {"ifeval": [forgets(0.1), forgets(0.1)], "medmcqa": [gain, gain]}
+    both = summary(base, arms, primary="ifeval", domain="medmcqa", arm_seeds={"a": [0, 1], "c": [0, 1]})["c"]
+    assert both["forgetting_reduction"]["value"] == pytest.approx(1 - 0.1 / 0.3)
+    assert both["per_seed"]["0"]["forgetting_reduction"] == pytest.approx(0.75)  # each seed's pair alone
+    assert both["per_seed"]["1"]["forgetting_reduction"] == pytest.approx(0.5)
+    assert both["per_seed"]["1"]["domain_gain_retention"] == pytest.approx(1.0)
+    assert "per_seed" not in matched  # one seed: the ratio above is that seed's
 
 
 def test_the_reading_says_when_the_effect_is_shown_absent_or_reversed():
@@ -159,6 +166,8 @@ def test_an_unfinished_experiment_reports_the_runs_it_has_and_says_it_is_in_prog
                                            "seed 0)")
     assert "| (a) domain only | 2 | -50.0 ± 8.0 |" in text and "| (c) + reconstructed, screened (ours) | 1 |" in text
     assert "- (c): forgetting reduction 0.50 [" in text and "] (seed 0)" in text  # compared on seed 0 only
+    assert "Per seed (general points / answer fit nats/token): (a) seed 0: -50.0 / " in text
+    assert "Between seeds, (a)'s general accuracy changed by -50.0 to -50.0 points" in text
     assert json.loads((tmp_path / "evidence.json").read_text(encoding="utf-8"))["summary"][
         "forgetting_reduction"] == pytest.approx(0.5)  # (c) lost a quarter where (a) lost half
     record["progress"]["finished"] = True
