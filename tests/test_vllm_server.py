@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -252,6 +253,7 @@ class Models(http.server.BaseHTTPRequestHandler):
 
     def do_POST(self):
         print("fake vLLM completion", flush=True)
+        time.sleep(float({answer_delay!r}))
         refusal = {refusal!r}
         answer = {{"error": {{"message": refusal}}}} if refusal else {{"choices": [{{"index": 0, "text": "a"}}]}}
         body = json.dumps(answer).encode()
@@ -266,11 +268,13 @@ http.server.HTTPServer(("127.0.0.1", port), Models).serve_forever()
 FAKE_COMPLETION = "fake vLLM completion"
 
 
-def _fake_vllm(folder: Path, delay: float, refusal: str = "") -> Path:
+def _fake_vllm(folder: Path, delay: float, refusal: str = "", answer_delay: float = 0) -> Path:
     """A stand-in for .venv-vllm's python: serves /v1/models under the served name after ``delay`` seconds, and
-    answers each completion (noting it in its log), or refuses it with HTTP 500 and ``refusal``."""
+    answers each completion (noting it in its log) after ``answer_delay`` seconds, or refuses it with HTTP 500 and
+    ``refusal``."""
     script = folder / "fake-vllm-python"
-    script.write_text(f"#!{sys.executable}\n" + textwrap.dedent(FAKE_VLLM.format(delay=delay, refusal=refusal)))
+    script.write_text(f"#!{sys.executable}\n" + textwrap.dedent(FAKE_VLLM.format(delay=delay, refusal=refusal,
+                                                                                answer_delay=answer_delay)))
     script.chmod(0o755)
     return script
 
@@ -342,3 +346,21 @@ def test_a_cancel_or_a_timeout_stops_the_server_it_started(tiny_model_dir: Path,
     with pytest.raises(ForgetlessError, match=r"did not answer within 1 s; stopped it \(log: .*log\.txt\)$"):
         ensure_server(workspace, str(tiny_model_dir), on_phase=note_pid, timeout_s=1)
     assert len(started) == 1 and _gone(started[0]) and running_servers(workspace) == []
+
+
+def test_a_cancel_during_the_first_completion_stops_the_server_it_started(tiny_model_dir: Path, tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FORGETLESS_VLLM_PYTHON", str(_fake_vllm(tmp_path, delay=0, answer_delay=600)))
+    workspace = tmp_path / "ws"
+    seen: list[ManagedServer] = []
+
+    def asked_for_its_first_completion() -> bool:  # cancel while the warm-up's completion is in flight
+        if not seen:
+            seen.extend(running_servers(workspace))
+        return bool(seen) and seen[0].log.exists() and FAKE_COMPLETION in seen[0].log.read_text()
+
+    begun = time.monotonic()
+    with pytest.raises(Cancelled):
+        ensure_server(workspace, str(tiny_model_dir), should_stop=asked_for_its_first_completion, timeout_s=60)
+    assert time.monotonic() - begun < 30  # not the warm-up's own time-out (a failure after 30-60 s)
+    assert _gone(seen[0].pid) and running_servers(workspace) == []

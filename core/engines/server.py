@@ -22,6 +22,7 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -307,13 +308,33 @@ def server_state(server: ManagedServer) -> str:
     return "ready" if server.warmed else "warming up"
 
 
-def _warm_up(server: ManagedServer, record: dict[str, Any], timeout_s: float) -> None:
+def _warm_up(server: ManagedServer, record: dict[str, Any], timeout_s: float, *, started_here: bool,
+             on_phase: Callable[[str], None], should_stop: Callable[[], bool]) -> None:
     """Run one completion of one token on a server that lists its model; mark its record warm when it answers,
     else stop the server and say why in one line, in vLLM's words (its log's root cause before the HTTP error,
-    which for a dead engine says only "EngineCore encountered an issue")."""
+    which for a dead engine says only "EngineCore encountered an issue"). A cancel while it waits stops the server
+    if this call started it (else leaves it for the next job to warm up)."""
     folder = server.log.parent
     offset = server.log.stat().st_size if server.log.exists() else 0
-    error = completion_error(server.url, server.served, WARM_UP_PROMPT, timeout_s)
+    outcome: list[str | None] = []
+    asking = threading.Thread(target=lambda: outcome.append(completion_error(server.url, server.served,
+                                                                             WARM_UP_PROMPT, timeout_s)),
+                              name="vllm-warm-up", daemon=True)  # left behind on a cancel: the stopped server ends it
+    begun = last_phase = time.monotonic()
+    asking.start()
+    while asking.is_alive():
+        if should_stop():
+            if started_here:
+                _terminate(server.pid, record.get("process_start"))
+                _children.pop(server.pid, None)
+                (folder / "server.json").unlink(missing_ok=True)
+            raise Cancelled
+        if time.monotonic() - last_phase >= PHASE_EVERY_S:
+            last_phase = time.monotonic()
+            on_phase(f"checking the vLLM server for {server.served} with a first completion: "
+                     f"{time.monotonic() - begun:.0f} s")
+        asking.join(POLL_S)
+    error = outcome[0]
     if error is None:
         if (current := _read_record(folder)) is not None:
             _write_record(folder, {**current, "warmed": True})
@@ -386,7 +407,8 @@ def ensure_server(workspace: Path, spec: str, *, on_phase: Callable[[str], None]
         _hold_lock(lock, on_phase, should_stop)
         begun = time.monotonic()
         record = _read_record(folder)
-        if record is not None and _record_alive(record):
+        started_here = record is None or not _record_alive(record)
+        if record is not None and not started_here:
             server = _as_server(record)
             if not _ready(server):  # its starter went away before it was ready: wait for it, not for a second one
                 on_phase(f"waiting for the vLLM server for {server.served} (log: {server.log})")
@@ -401,5 +423,6 @@ def ensure_server(workspace: Path, spec: str, *, on_phase: Callable[[str], None]
                         timeout_s=timeout_s)
         if not record.get("warmed"):  # a server whose starter went away before the warm-up gets one now
             on_phase(f"checking the vLLM server for {server.served} with a first completion")
-            _warm_up(server, record, max(timeout_s - (time.monotonic() - begun), WARM_UP_MIN_S))
+            _warm_up(server, record, max(timeout_s - (time.monotonic() - begun), WARM_UP_MIN_S),
+                     started_here=started_here, on_phase=on_phase, should_stop=should_stop)
         return server
