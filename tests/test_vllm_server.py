@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import textwrap
@@ -364,3 +365,30 @@ def test_a_cancel_during_the_first_completion_stops_the_server_it_started(tiny_m
         ensure_server(workspace, str(tiny_model_dir), should_stop=asked_for_its_first_completion, timeout_s=60)
     assert time.monotonic() - begun < 30  # not the warm-up's own time-out (a failure after 30-60 s)
     assert _gone(seen[0].pid) and running_servers(workspace) == []
+
+
+def test_a_port_taken_before_the_server_binds_it_is_retried_once_on_another(
+        tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FORGETLESS_VLLM_PYTHON", str(_fake_vllm(tmp_path, delay=0)))
+    workspace = tmp_path / "ws"
+    with socket.socket() as taken:  # what another process did between the port's pick and vLLM's bind
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        ports = [taken.getsockname()[1]]
+        pick = server._free_port
+        monkeypatch.setattr(server, "_free_port", lambda: ports.pop(0) if ports else pick())
+        phases: list[str] = []
+        try:
+            started = ensure_server(workspace, str(tiny_model_dir), on_phase=phases.append, timeout_s=60)
+            assert started.url != f"http://127.0.0.1:{taken.getsockname()[1]}/v1"
+            assert served_models(started.url) == [tiny_model_dir.name]
+            assert started.log.read_text().count("==> ") == 2  # launched twice: the first one could not bind
+            assert any("was taken before vLLM bound it" in phase for phase in phases)
+        finally:
+            stop_servers(workspace)
+
+        monkeypatch.setattr(server, "_free_port", lambda: taken.getsockname()[1])  # taken on both tries
+        with pytest.raises(ForgetlessError, match=r"vLLM could not start .*(?i:address already in use)"):
+            ensure_server(tmp_path / "ws2", str(tiny_model_dir), timeout_s=60)
+        log = next((tmp_path / "ws2" / "engines").glob("*/log.txt"))
+        assert log.read_text().count("==> ") == 2 and running_servers(tmp_path / "ws2") == []  # retried once only

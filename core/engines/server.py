@@ -19,6 +19,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -293,6 +294,29 @@ def _launch(workspace: Path, key: str, settings: dict[str, Any]) -> tuple[Manage
                          settings=settings), offset
 
 
+def _start(workspace: Path, key: str, settings: dict[str, Any], *, on_phase: Callable[[str], None],
+           should_stop: Callable[[], bool], timeout_s: float) -> tuple[ManagedServer, dict[str, Any]]:
+    """Launch a server and wait until it lists its model. The port is free when picked but another process can
+    take it before vLLM binds it: then it is started once more, on another port."""
+    retried = False
+    while True:
+        server, log_offset = _launch(workspace, key, settings)
+        on_phase(f"starting vLLM server for {server.served} (log: {server.log})")
+        record = _read_record(server.log.parent) or {"pid": server.pid}
+        try:
+            _wait_ready(server, record, log_offset, started_here=True, on_phase=on_phase, should_stop=should_stop,
+                        timeout_s=timeout_s)
+            return server, record
+        except ForgetlessError:
+            if retried or not _PORT_TAKEN.search(log_since(server.log, log_offset)):
+                raise
+            retried = True
+            on_phase(f"{server.url} was taken before vLLM bound it; starting again on another port")
+
+
+_PORT_TAKEN = re.compile(r"address already in use", re.IGNORECASE)
+
+
 def _ready(server: ManagedServer) -> bool:
     try:
         return server.served in served_models(server.url, timeout_s=2)
@@ -416,11 +440,8 @@ def ensure_server(workspace: Path, spec: str, *, on_phase: Callable[[str], None]
                 _wait_ready(server, record, log_size, started_here=False, on_phase=on_phase,
                             should_stop=should_stop, timeout_s=timeout_s)
         else:
-            server, log_offset = _launch(workspace, key, settings)
-            on_phase(f"starting vLLM server for {server.served} (log: {server.log})")
-            record = _read_record(folder) or {"pid": server.pid}
-            _wait_ready(server, record, log_offset, started_here=True, on_phase=on_phase, should_stop=should_stop,
-                        timeout_s=timeout_s)
+            server, record = _start(workspace, key, settings, on_phase=on_phase, should_stop=should_stop,
+                                    timeout_s=timeout_s)
         if not record.get("warmed"):  # a server whose starter went away before the warm-up gets one now
             on_phase(f"checking the vLLM server for {server.served} with a first completion")
             _warm_up(server, record, max(timeout_s - (time.monotonic() - begun), WARM_UP_MIN_S),
