@@ -41,6 +41,7 @@ MAX_MODEL_LEN = 2048
 DEFAULT_KV_GIB = 2  # vLLM's CPU KV cache (VLLM_CPU_KVCACHE_SPACE); enough for SmolLM2 at 2048 tokens
 POLL_S = 1.0
 PHASE_EVERY_S = 15.0  # how often the wait for health reports its elapsed time
+_PORT_TAKEN = re.compile(r"address already in use", re.IGNORECASE)  # vLLM lost its port before binding it
 STOP_GRACE_S = 20.0  # SIGTERM, then SIGKILL after this long
 WARM_UP_MIN_S = 30.0  # the warm-up completion's own timeout when start-up used up (nearly) all of timeout_s
 WARM_UP_PROMPT = "Hello"
@@ -312,9 +313,6 @@ def _start(workspace: Path, key: str, settings: dict[str, Any], *, on_phase: Cal
                 raise
             retried = True
             on_phase(f"{server.url} was taken before vLLM bound it; starting again on another port")
-
-
-_PORT_TAKEN = re.compile(r"address already in use", re.IGNORECASE)
 
 
 def _ready(server: ManagedServer) -> bool:
