@@ -182,19 +182,20 @@ def _count(tokens: float | None) -> str:
 
 
 def _interval(value: float | None, ci: Sequence[float] | None) -> str:
-    if value is None:
-        return "undefined"
-    return f"{value:.2f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci and ci[0] is not None else "")
+    shown = value is not None and ci and ci[0] is not None
+    return _value(value) + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if shown else "")
 
 
 def _entry(value: Mapping[str, Any]) -> str:
     return _interval(value["value"], value["ci"])
 
 
+def _seed_list(seeds: Sequence[int]) -> str:
+    return f"seed{'s' if len(seeds) != 1 else ''} {', '.join(map(str, seeds)) or 'none shared'}"
+
+
 def _on_seeds(seeds: Sequence[int] | None) -> str:
-    if seeds is None:
-        return ""
-    return f" (seed{'s' if len(seeds) != 1 else ''} {', '.join(map(str, seeds)) or 'none shared'})"
+    return "" if seeds is None else f" ({_seed_list(seeds)})"
 
 
 def _each_seed(per_seed: Mapping[str, Mapping[str, float | None]] | None) -> str:
@@ -230,8 +231,7 @@ def _progress(progress: Mapping[str, Any] | None) -> list[str]:
     """A paragraph on an unfinished experiment: how many of the planned arm runs are evaluated, which."""
     if not progress or progress.get("finished"):
         return []
-    runs = "; ".join(f"({arm}) seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
-                     for arm, seeds in progress["evaluated"].items())
+    runs = "; ".join(f"({arm}) {_seed_list(seeds)}" for arm, seeds in progress["evaluated"].items())
     return [f"**In progress: {progress['done']} of {progress['of']} arm runs evaluated** ({runs}). Every figure "
             "below covers only these runs; the forgetting reduction and domain gain retention compare each arm with "
             "(a) on the seeds both have."]

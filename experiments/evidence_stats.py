@@ -86,14 +86,16 @@ def summary(base: Mapping[str, Scores], arms: Mapping[str, Mapping[str, Sequence
     for arm, tasks in arms.items():
         if arm == reference:
             continue
-        mine, ref = _on_shared_seeds(tasks, arms[reference], *(
-            (arm_seeds[arm], arm_seeds[reference]) if arm_seeds else (None, None)))
-        shared = sorted(set(arm_seeds[arm]) & set(arm_seeds[reference])) if arm_seeds else None
-        result[arm] = {**_ratios(base, mine, ref, primary, domain, seed), "seeds": shared}
-        if shared and len(shared) > 1:  # the items' intervals leave out how much seeds differ: each pair's values
+        if arm_seeds is None:
+            result[arm] = {**_ratios(base, tasks, arms[reference], primary, domain, seed), "seeds": None}
+            continue
+        shared = sorted(set(arm_seeds[arm]) & set(arm_seeds[reference]))
+        pair = _paired(arms, arm_seeds, arm, reference, shared)
+        result[arm] = {**_ratios(base, *pair, primary, domain, seed), "seeds": shared}
+        if len(shared) > 1:  # the items' intervals leave out how much seeds differ: each pair's values
             result[arm]["per_seed"] = {}
             for one in shared:
-                pair = _on_shared_seeds(tasks, arms[reference], arm_seeds[arm], arm_seeds[reference], only=one)
+                pair = _paired(arms, arm_seeds, arm, reference, [one])
                 values = _ratios(base, *pair, primary, domain, seed, samples=0)
                 result[arm]["per_seed"][str(one)] = {name: v["value"] for name, v in values.items()}
     return result
@@ -110,15 +112,14 @@ def _ratios(base: Mapping[str, Scores], arm: Mapping[str, Sequence[Scores]],
                                                          one_minus=False, seed=seed, samples=samples)}
 
 
-def _on_shared_seeds(arm: Mapping[str, Sequence[Scores]], reference: Mapping[str, Sequence[Scores]],
-                     arm_seeds: Sequence[int] | None, reference_seeds: Sequence[int] | None, only: int | None = None,
-                     ) -> tuple[dict[str, list[Scores]], dict[str, list[Scores]]]:
-    """Both arms' runs restricted to the seeds both have (all runs when the seeds are not known), or to ``only``."""
-    if arm_seeds is None or reference_seeds is None:
-        return {t: list(runs) for t, runs in arm.items()}, {t: list(runs) for t, runs in reference.items()}
-    shared = (set(arm_seeds) & set(reference_seeds)) if only is None else {only}
+def _paired(arms: Mapping[str, Mapping[str, Sequence[Scores]]], arm_seeds: Mapping[str, Sequence[int]], arm: str,
+            reference: str, keep: Sequence[int]) -> tuple[dict[str, list[Scores]], dict[str, list[Scores]]]:
+    """The arm's and the reference's runs of the seeds in ``keep``."""
+    return _runs_on(arms[arm], arm_seeds[arm], keep), _runs_on(arms[reference], arm_seeds[reference], keep)
 
-    def keep(runs: Mapping[str, Sequence[Scores]], seeds: Sequence[int]) -> dict[str, list[Scores]]:
-        return {t: [s for s, sd in zip(scores, seeds, strict=True) if sd in shared] for t, scores in runs.items()}
 
-    return keep(arm, arm_seeds), keep(reference, reference_seeds)
+def _runs_on(runs: Mapping[str, Sequence[Scores]], seeds: Sequence[int], keep: Sequence[int]
+             ) -> dict[str, list[Scores]]:
+    """Per task, the runs (``seeds``: each run's seed) of the seeds in ``keep``."""
+    return {task: [s for s, run_seed in zip(scores, seeds, strict=True) if run_seed in keep]
+            for task, scores in runs.items()}

@@ -330,6 +330,13 @@ def server_state(server: ManagedServer) -> str:
     return "ready" if server.warmed else "warming up"
 
 
+def _discard(server: ManagedServer, record: dict[str, Any]) -> None:
+    """Stop a server this job started and drop its record."""
+    _terminate(server.pid, record.get("process_start"))
+    _children.pop(server.pid, None)  # _terminate leaves it when the process had already ended
+    (server.log.parent / "server.json").unlink(missing_ok=True)
+
+
 def _warm_up(server: ManagedServer, record: dict[str, Any], timeout_s: float, *, started_here: bool,
              on_phase: Callable[[str], None], should_stop: Callable[[], bool]) -> None:
     """Run one completion of one token on a server that lists its model; mark its record warm when it answers,
@@ -347,9 +354,7 @@ def _warm_up(server: ManagedServer, record: dict[str, Any], timeout_s: float, *,
     while asking.is_alive():
         if should_stop():
             if started_here:
-                _terminate(server.pid, record.get("process_start"))
-                _children.pop(server.pid, None)
-                (folder / "server.json").unlink(missing_ok=True)
+                _discard(server, record)
             raise Cancelled
         if time.monotonic() - last_phase >= PHASE_EVERY_S:
             last_phase = time.monotonic()
@@ -361,9 +366,7 @@ def _warm_up(server: ManagedServer, record: dict[str, Any], timeout_s: float, *,
         if (current := _read_record(folder)) is not None:
             _write_record(folder, {**current, "warmed": True})
         return
-    _terminate(server.pid, record.get("process_start"))  # first: every process has written its log when it ends
-    _children.pop(server.pid, None)
-    (folder / "server.json").unlink(missing_ok=True)
+    _discard(server, record)  # first: every process has written its log when it ends
     reason = root_cause(log_since(server.log, offset)) or one_line(error)
     raise ForgetlessError(f"vLLM started {server.served} but cannot run it: {reason}; stopped it (log: {server.log})")
 
@@ -372,7 +375,7 @@ def _wait_ready(server: ManagedServer, record: dict[str, Any], log_offset: int, 
                 on_phase: Callable[[str], None], should_stop: Callable[[], bool], timeout_s: float) -> None:
     """Poll until the server answers with its model; stop it (if this call started it) on cancel or timeout,
     and explain in one line when it exits."""
-    folder, started = server.log.parent, record.get("process_start")
+    folder = server.log.parent
     begun = last_phase = time.monotonic()
     while not _ready(server):
         if not _record_alive(record):
@@ -382,13 +385,11 @@ def _wait_ready(server: ManagedServer, record: dict[str, Any], log_offset: int, 
             raise ForgetlessError(f"vLLM could not start {server.served}: {reason} (log: {server.log})")
         if should_stop():
             if started_here:
-                _terminate(server.pid, started)
-                (folder / "server.json").unlink(missing_ok=True)
+                _discard(server, record)
             raise Cancelled
         elapsed = time.monotonic() - begun
         if elapsed > timeout_s:
-            _terminate(server.pid, started)
-            (folder / "server.json").unlink(missing_ok=True)
+            _discard(server, record)
             raise ForgetlessError(f"the vLLM server for {server.served} did not answer within {timeout_s:.0f} s; "
                                   f"stopped it (log: {server.log})")
         if time.monotonic() - last_phase >= PHASE_EVERY_S:
