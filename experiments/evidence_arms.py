@@ -7,8 +7,8 @@ domain rows, steps, seed and hyper-parameters (full fine-tuning).
 
 Every arm's mix holds out the same general rows (by instruction id hash), and drift scores exactly them. Each
 model gets the general benchmarks (``--limit`` items each), the whole domain test, drift and all of IFEval.
-Stages are the real CLI, recorded and skipped on a rerun; costs (seconds, generated and trained tokens) are
-read from the stages' summaries.
+Stages are the real CLI, recorded and skipped on a rerun; costs (seconds; tokens generated, read by the judges and
+trained on) are read from the stages' summaries.
 """
 
 from __future__ import annotations
@@ -45,6 +45,13 @@ def general_data(run: StageRunner, s: Any, ws: Path) -> dict[str, Any]:
                                   "--max-new-tokens", s.respond_tokens, "--batch-size", s.synthesis_batch_size,
                                   "--seed", s.seeds[0]])
     judge = run.cli("judge", ["judge", "--workspace", ws])
+    if "tokens_read" not in judge:  # judged before the judge stage counted the tokens it reads
+        from experiments.judged_tokens import count_judged_tokens  # loads torch: only for such a job
+
+        job, counted = judge["job_id"], ws / "judge_tokens.json"
+        judge = {**judge, **run.step("judge-tokens", f"count the tokens the judges of {job} read "
+                                     "(experiments/judged_tokens.py)", counted,
+                                     lambda: count_judged_tokens(ws, job, counted))}
     n, min_score = screen_threshold(run, ws, s.screen_quantile)
     cost = {name: {**stage_cost(summary), "machine": run.state[name].get("machine")}
             for name, summary in (("reconstruct", rec), ("respond", respond), ("judge", judge))}
@@ -57,12 +64,12 @@ def resumed_scale(total: float, done: float) -> float:
 
 
 def stage_cost(summary: dict[str, Any]) -> dict[str, Any]:
-    """Seconds and tokens a synthesis stage needed. A resumed stage's summary (reconstruct, respond, judge) times
-    only the work it added (``new`` of ``stored``), so its rate is carried over to all of it (``scaled``: by how
-    much)."""
+    """Seconds and tokens a synthesis stage needed (generated; screening's: read by its judges). A resumed stage's
+    summary (reconstruct, respond, judge) times only the work it added (``new`` of ``stored``), so its rate is
+    carried over to all of it (``scaled``: by how much)."""
     seconds = summary.get("seconds")
     rate = summary.get("tokens_per_s")
-    tokens = round(seconds * rate) if seconds and rate else summary.get("new_tokens")
+    tokens = round(seconds * rate) if seconds and rate else summary.get("new_tokens", summary.get("tokens_read"))
     scale = resumed_scale(summary.get("stored") or 0, summary.get("new") or 0)
     return {"seconds": None if seconds is None else round(seconds * scale, 2),
             "tokens": None if tokens is None else round(tokens * scale), "scaled": round(scale, 3)}

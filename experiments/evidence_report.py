@@ -286,9 +286,9 @@ def markdown(record: Mapping[str, Any], commands: Sequence[str]) -> str:
         "Cost per arm (synthesis and screening once; training per run, the mean over seeds):\n\n" + "\n".join(costs)
         + ("\n\nThe timed stages ran on more than one machine: seconds compare only between stages timed on the "
            "same one; token counts compare across machines." if len(machines) > 1 else "")
-        + ("\n\nScreening generates nothing: the judges score each response (an embedding model, and one forward "
-           "pass of the judge LLM per response), and the judge stage does not count the tokens it reads."
-           if uncounted else ""),
+        + "\n\nTokens: synthesis counts those generated, training those trained on, screening those its judges "
+          "read (it generates nothing: an embedding model, and one forward pass of the judge LLM per response)"
+        + ("; this run's judge stage did not count them." if uncounted else "."),
         "Commands:\n\n```bash\n" + "\n".join(commands) + "\n```"])
 
 

@@ -304,6 +304,8 @@ def test_a_resumed_reconstruction_costs_all_its_rows_at_the_rate_it_ran():
     resumed = stage_cost({"seconds": 10.0, "tokens_per_s": 50.0, "stored": 200, "new": 50})  # 150 made before
     assert resumed == {"seconds": 40.0, "tokens": 2000, "scaled": 4.0}
     assert stage_cost({"seconds": 3.0, "tokens_per_s": 2.0}) == {"seconds": 3.0, "tokens": 6, "scaled": 1.0}
+    judged = stage_cost({"seconds": 8.0, "tokens_read": 900, "stored": 300, "new": 100})  # screening reads tokens
+    assert judged == {"seconds": 24.0, "tokens": 2700, "scaled": 3.0}
 
 
 def test_the_runner_lists_the_stages_it_ran_not_those_it_skipped(tmp_path: Path):

@@ -181,11 +181,11 @@ def test_an_unfinished_experiment_reports_the_runs_it_has_and_says_it_is_in_prog
     text = (tmp_path / "evidence.md").read_text(encoding="utf-8")
     assert "| 1 | CPU one (AMX bf16); CPU two (no native bf16) |" in text
     assert "ran on more than one machine: seconds compare only between stages timed on the same one" in text
-    assert "does not count the tokens it reads" not in text
+    assert "screening those its judges read" in text and "did not count them" not in text
     record["costs"]["c"]["screening_tokens"] = None  # a judge stage that recorded no tokens
     write_report(tmp_path, record, [])
     text = (tmp_path / "evidence.md").read_text(encoding="utf-8")
-    assert "| (c) | 0 (0) | 0 (not counted) |" in text and "does not count the tokens it reads" in text
+    assert "| (c) | 0 (0) | 0 (not counted) |" in text and "this run's judge stage did not count them" in text
     only_a = evidence(base, {"a": [forgot]}, ratio=0.5, seeds=[0], drift={}, costs={"a": costs["a"]}, settings={},
                       machine={})
     only_a["reading"] = reading(only_a)

@@ -44,6 +44,46 @@ def bag_of_words(texts):
     return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-9)
 
 
+class WordEmbedder:
+    """`bag_of_words` as a judge's embedder: it counts a token per word, and keeps how many it embedded."""
+
+    def __init__(self) -> None:
+        self.embedded = 0
+
+    def __call__(self, texts):
+        self.embedded += self.count_tokens(texts)
+        return bag_of_words(texts)
+
+    def count_tokens(self, texts):
+        return sum(len(text.split()) for text in texts)
+
+
+class ReadingEngine:
+    """An in-process engine that counts the tokens its forward passes are given (prompts, contexts + answers)."""
+
+    def __init__(self, engine: InProcessEngine) -> None:
+        self.engine, self.read = engine, 0
+
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
+
+    def next_token_logprobs(self, prompts, tokens):
+        self.read += sum(len(prompt) for prompt in prompts)
+        return self.engine.next_token_logprobs(prompts, tokens)
+
+    def continuation_logprobs(self, contexts, continuations):
+        from core.engines.loglik import encode_pairs
+
+        self.read += sum(len(c) + len(a) for c, a in encode_pairs(self.tokenizer, contexts, continuations))
+        return self.engine.continuation_logprobs(contexts, continuations)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.engine.close()
+
+
 @pytest.fixture
 def engine(tiny_model_dir: Path, tmp_path: Path) -> InProcessEngine:
     return InProcessEngine(load_model(str(tiny_model_dir), tmp_path))
@@ -120,10 +160,20 @@ def test_signals_join_the_consensus_as_judges_and_keep_their_raw_values(answered
     store, load = answered
     model = str(tiny_model_dir)
     judges = (model, f"completeness:{model}", "relevance:words")
-    opened = []
-    summary = run_judging(JudgeConfig(judges=judges, batch_size=4), store, load,
-                          embedders=lambda spec: opened.append(spec) or bag_of_words)
+    opened, engines, words = [], [], WordEmbedder()
+
+    def reading(spec: str):
+        engines.append(ReadingEngine(load(spec)))
+        return engines[-1]
+
+    summary = run_judging(JudgeConfig(judges=judges, batch_size=4), store, reading,
+                          embedders=lambda spec: opened.append(spec) or words)
     assert summary["scores"] == 3 * 6 and opened == ["words"]
+    # screening's token cost: what each judge's forward passes (or its embedder) were given
+    assert [engine.read > 0 for engine in engines] == [True, True]
+    assert summary["tokens_read_by_judge"] == {model: engines[0].read, f"completeness:{model}": engines[1].read,
+                                               "relevance:words": words.embedded}
+    assert summary["tokens_read"] == engines[0].read + engines[1].read + words.embedded
     with store.read() as con:
         rows = con.execute("SELECT judge, prompt_format, engine, count(*), min(score), max(score), count(raw) "
                            "FROM scores GROUP BY ALL ORDER BY judge").fetchall()
@@ -139,7 +189,7 @@ def test_signals_join_the_consensus_as_judges_and_keep_their_raw_values(answered
 
     # the model's own responses are its own for a signal it measures too
     excluded = run_judging(JudgeConfig(judges=(f"fluency:{model}",), exclude_self=True), store, load)
-    assert excluded["scores"] == 0 and excluded["pending_before"] == 0
+    assert excluded["scores"] == 0 and excluded["pending_before"] == 0 and excluded["tokens_read"] == 0
 
 
 def test_a_judge_check_measures_each_side_once_for_every_method(tmp_path, tiny_model_dir):
@@ -181,6 +231,9 @@ def test_packaged_signals_order_a_few_check_pairs(real_workspace):
     from core.engines.embedder import open_embedder
 
     scorers = {"relevance": open_embedder(), "completeness": engine, "fluency": engine}
+    texts = ["cook rice", "word " * 400]  # the second is cut at the embedder's maximum length when encoded
+    fed = scorers["relevance"].model.preprocess(texts)["attention_mask"]
+    assert scorers["relevance"].count_tokens(texts) == int(fed.sum()) and fed.shape[1] == 256
     for signal, kind in (("relevance", "off_topic"), ("completeness", "truncated"), ("fluency", "shuffled")):
         pairs = build_pairs(references, (kind,), 8, seed=0)
         judge = SignalJudge(signal, "packaged")

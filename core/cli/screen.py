@@ -47,7 +47,8 @@ def judge_report(summary: dict[str, Any]) -> str:
     state = "cancelled" if summary["cancelled"] else "done"
     lines = [f"{state}: {summary['scores']} scores by {', '.join(summary['judges'])} ({summary['method']}), "
              f"{summary['failures']} failures; consensus for {summary['responses_with_consensus']} responses, "
-             f"best response for {summary['instructions_with_best']} instructions ({summary['seconds']} s)"]
+             f"best response for {summary['instructions_with_best']} instructions "
+             f"({summary['tokens_read']:,} tokens read, {summary['seconds']} s)"]
     if summary["weights"]:
         lines.append("consensus weighted by checked accuracy: "
                      + ", ".join(f"{judge} {weight:.2f}" for judge, weight in summary["weights"].items()))

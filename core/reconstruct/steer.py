@@ -16,19 +16,18 @@ prompts and stores exactly ``n``. Prompt building and parsing are pure; each row
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from core.engines.embedder import Embed, open_embedder
 from core.errors import ForgetlessError
 from core.profile.coverage import deficits, nearest_centroid, profiled_clusters, uniform_shares
 from core.reconstruct.seeded import PLAIN_LEAD, copies_seed
 from core.store.base import text_key
-
-Embed = Callable[[Sequence[str]], np.ndarray]
 
 COVERAGE = "coverage"
 STEER_MODES = (COVERAGE,)
@@ -131,8 +130,6 @@ class CoverageSteering:
                                        shown.loc[shown["cluster"] == cell, "text"], strict=True))
                         for cell in self.cells}
         if embed is None:
-            from core.engines.embedder import open_embedder
-
             embed = open_embedder(self.embedder)
         self.embed = embed
         self.placed: dict[str, int] = {}  # this job's stored rows (by id, the text's key) -> their cluster

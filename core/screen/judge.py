@@ -38,6 +38,7 @@ from core.screen.signals import (
     measure,
     parse_signal,
     scorer_opener,
+    signal_tokens_read,
     to_rating,
 )
 from core.settings import setting
@@ -113,6 +114,17 @@ def judge_prompt(tokenizer: Any, instruction: str, response: str) -> tuple[str, 
     return rating_lead(tokenizer, plain_judge_prompt(instruction, response)), "plain"
 
 
+def judge_prompt_ids(tokenizer: Any, items: Sequence[tuple[str, str]]) -> tuple[list[list[int]], list[str]]:
+    """Each (instruction, response)'s judge prompt as token ids, and its format name."""
+    prompts, formats = [], []
+    for instruction, response in items:
+        text, fmt = judge_prompt(tokenizer, instruction, response)
+        # A chat template writes its own BOS text; a plain prompt needs the tokenizer's.
+        prompts.append(tokenizer(text, add_special_tokens=fmt == "plain")["input_ids"])
+        formats.append(fmt)
+    return prompts, formats
+
+
 @dataclass(frozen=True)
 class Rating:
     """One judge's verdict on one response, as a scores row stores it."""
@@ -129,12 +141,7 @@ def rate_responses(engine: Engine, method: str, items: Sequence[tuple[str, str]]
     """Rate each (instruction, response) with the judge behind ``engine``, by ``method`` (probs | generate),
     as one batch. ``on_tokens`` is the progress callback (it may raise `Cancelled` to abandon the batch)."""
     tokenizer = engine.tokenizer
-    prompts, formats = [], []
-    for instruction, response in items:
-        text, fmt = judge_prompt(tokenizer, instruction, response)
-        # A chat template writes its own BOS text; a plain prompt needs the tokenizer's.
-        prompts.append(tokenizer(text, add_special_tokens=fmt == "plain")["input_ids"])
-        formats.append(fmt)
+    prompts, formats = judge_prompt_ids(tokenizer, items)
     if method == "probs":
         rows = answer_probabilities(engine, prompts, RATING_TOKENS)
         on_tokens(0)  # lets a cancel request interrupt between batches of forward passes
@@ -162,6 +169,15 @@ def rate(judge: str, scorer: Any, method: str, items: Sequence[tuple[str, str]],
     on_tokens(0)
     return [Rating(to_rating(signal.signal, raw), None, repr(float(raw)), not math.isfinite(raw), SIGNAL_FORMAT)
             for raw in raws]
+
+
+def tokens_read(judge: str, scorer: Any, items: Sequence[tuple[str, str]]) -> int:
+    """The tokens ``judge`` reads to rate ``items`` (screening's token cost): a model judge's prompts (the same
+    whatever the method: a generated rating adds a few tokens at most), a signal's measured texts."""
+    signal = parse_signal(judge)
+    if signal is None:
+        return sum(len(ids) for ids in judge_prompt_ids(scorer.tokenizer, items)[0])
+    return signal_tokens_read(signal, scorer, items)
 
 
 def provenance(scorer: Any) -> tuple[str, str | None]:
@@ -197,9 +213,13 @@ def run_judging(
         return store.pending_scores(judge, config.method, exclude_self=config.exclude_self,
                                     retry_failed=config.retry_failed, author=signal.model if signal else judge)
 
+    read: dict[str, int] = {}
+
     def score(scorer: Any, judge: str, batch: Sequence[PendingScore]) -> tuple[int, int]:
         rows = _score_batch(config, scorer, judge, batch, job_id, progress)
         store.add_scores(rows)
+        read[judge] = read.get(judge, 0) + tokens_read(judge, scorer, [(item.instruction, item.response)
+                                                                       for item in batch])
         return len(rows), 0
 
     checked = store.checked_accuracies(config.judges, config.method)
@@ -215,6 +235,7 @@ def run_judging(
         "weights": weights, "no_better_than_chance": chance_judges(checked), "scores": progress.done_now,
         "failures": failures, "pending_before": total, "stored": stored, "new": progress.done_now,
         "responses_with_consensus": consensus["responses"], "instructions_with_best": consensus["instructions"],
+        "tokens_read": sum(read.values()), "tokens_read_by_judge": read,
         "db": str(store.path), "seconds": round(progress.elapsed, 2), "cancelled": not finished,
     }
 

@@ -23,10 +23,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from core.engines.base import Engine
-from core.engines.embedder import DEFAULT_EMBEDDER, resolve_embedder
+from core.engines.embedder import DEFAULT_EMBEDDER, Embed, resolve_embedder
 
 SIGNALS = ("relevance", "completeness", "fluency")
 SIGNAL_FORMAT = "signal"  # the prompt_format stored with a signal's scores
@@ -41,7 +39,6 @@ SIGNAL_EXAMPLES = (f"relevance:{DEFAULT_EMBEDDER}", "completeness:smollm2-135m-i
 ANCHORS = {"relevance": (0.0, 0.8), "completeness": (-4.0, 0.0), "fluency": (-4.0, -1.0)}
 _SENTINEL = "\u2063answer\u2063"
 
-Embed = Callable[[Sequence[str]], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -108,13 +105,18 @@ def end_of_turn(tokenizer: Any) -> str:
     return tokenizer.eos_token or ""
 
 
+def answer_texts(tokenizer: Any, items: Sequence[tuple[str, str]]) -> tuple[list[str], list[str]]:
+    """What a language-model signal scores for each (instruction, answer): the context where the answer begins,
+    and the answer with the text that closes the turn."""
+    closing = end_of_turn(tokenizer)
+    return ([answer_context(tokenizer, instruction) for instruction, _ in items],
+            [answer.strip() + closing for _, answer in items])
+
+
 def answer_logprobs(engine: Engine, items: Sequence[tuple[str, str]]) -> list[tuple[list[float], float]]:
     """Per answer, in one forward pass: its tokens' log-probabilities after the instruction, and the log
     probability that the turn ends right after it."""
-    tokenizer = engine.tokenizer
-    closing = end_of_turn(tokenizer)
-    contexts = [answer_context(tokenizer, instruction) for instruction, _ in items]
-    rows = engine.continuation_logprobs(contexts, [answer.strip() + closing for _, answer in items])
+    rows = engine.continuation_logprobs(*answer_texts(engine.tokenizer, items))
     return [(row[:-1], row[-1]) if row else ([], float("-inf")) for row in rows]
 
 
@@ -126,6 +128,18 @@ def measure(judge: SignalJudge, scorer: Engine | Embed, items: Sequence[tuple[st
     if judge.signal == "completeness":
         return [math.exp(closing) for _, closing in measured]
     return [sum(tokens) / len(tokens) if tokens else float("nan") for tokens, _ in measured]
+
+
+def signal_tokens_read(judge: SignalJudge, scorer: Any, items: Sequence[tuple[str, str]]) -> int:
+    """The tokens measuring ``items`` reads: the embedder's for each instruction and answer (``scorer.count_tokens``),
+    or the language model's for each context and answer, encoded as every engine scores them."""
+    from core.engines.loglik import encode_pairs
+
+    if judge.needs_embedder:
+        return scorer.count_tokens([instruction for instruction, _ in items]) + scorer.count_tokens(
+            [answer for _, answer in items])
+    pairs = encode_pairs(scorer.tokenizer, *answer_texts(scorer.tokenizer, items))
+    return sum(len(context) + len(answer) for context, answer in pairs)
 
 
 def scorer_opener(engines: Callable[[str], Any], embedders: Callable[[str], Embed]) -> Callable[[str], Any]:
