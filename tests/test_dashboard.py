@@ -74,6 +74,11 @@ def test_status_line_when_done_prefers_the_final_summary():
     assert line.startswith("done · ")
     for part in ("3/3 stored", "47 tokens/s", "took 0:05"):
         assert part in line
+    judged = job_status_line(job("done", {"done": 8, "total": 8, "elapsed_s": 4.0},
+                                 summary={"tokens_read": 12345, "seconds": 4.0}), unit="done", noun="scores")
+    for part in ("8/8 scores", "2.0 scores/s", "12,345 tokens read", "took 0:04"):
+        assert part in judged
+    assert "tokens read" not in line
 
 
 def test_status_line_for_failures_and_stops():

@@ -83,8 +83,9 @@ def job_status_line(job: JobInfo | None, *, unit: str = "stored", noun: str | No
         rate = summary.get("tokens_per_s", progress.get("tokens_per_s"))
         seconds = summary.get("seconds", progress.get("elapsed_s"))
         nothing = not counts and summary.get("pending_before") == 0
+        read = summary.get("tokens_read")  # a judge job's token cost: what its judges read
         parts = ["nothing was pending" if nothing else counts, _job_rate(job, unit, noun, rate),
-                 f"took {format_duration(seconds)}"]
+                 f"{read:,} tokens read" if read else "", f"took {format_duration(seconds)}"]
         return " · ".join([head, *[part for part in parts if part]])
     if job.state == "failed":
         return f"{head} · {job.error or 'the job stopped with an error; see log.txt in its folder'}"
