@@ -20,7 +20,6 @@ import hashlib
 import json
 import os
 import re
-import signal
 import socket
 import subprocess
 import threading
@@ -31,6 +30,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from core.engines.models import dtype_name, generation_dtype, local_folder
+from core.engines.processes import alive, children, process_start, terminate
 from core.engines.vllm import served_models
 from core.engines.vllm_failures import completion_error, log_since, one_line, root_cause, startup_failure_reason
 from core.errors import ForgetlessError
@@ -42,7 +42,6 @@ DEFAULT_KV_GIB = 2  # vLLM's CPU KV cache (VLLM_CPU_KVCACHE_SPACE); enough for S
 POLL_S = 1.0
 PHASE_EVERY_S = 15.0  # how often the wait for health reports its elapsed time
 _PORT_TAKEN = re.compile(r"address already in use", re.IGNORECASE)  # vLLM lost its port before binding it
-STOP_GRACE_S = 20.0  # SIGTERM, then SIGKILL after this long
 WARM_UP_MIN_S = 30.0  # the warm-up completion's own timeout when start-up used up (nearly) all of timeout_s
 WARM_UP_PROMPT = "Hello"
 
@@ -112,76 +111,6 @@ def server_key(settings: dict[str, Any]) -> str:
 
 
 # -- processes ---------------------------------------------------------------------------------------------
-_children: dict[int, subprocess.Popen] = {}  # servers this process started: polled so they never linger as zombies
-
-
-def _stat(proc_entry: Path) -> list[str] | None:
-    """/proc/<pid>/stat after the command name (which may hold spaces and parentheses): state, ppid, pgrp, ..."""
-    try:
-        stat = (proc_entry / "stat").read_text()
-    except OSError:
-        return None
-    return stat[stat.rindex(")") + 2:].split()
-
-
-def _process_start(pid: int) -> str | None:
-    """The kernel's start time of ``pid`` (None when gone or a zombie): a recycled pid has another one."""
-    fields = _stat(Path(f"/proc/{pid}"))
-    return None if fields is None or fields[0] == "Z" else fields[19]
-
-
-def _answers(send: Callable[[int, int], None], target: int) -> bool:
-    """Whether signal 0 reaches ``target`` (where there is no /proc to read)."""
-    try:
-        send(target, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _alive(pid: int, started: str | None) -> bool:
-    """Whether ``pid`` is still the process that was recorded (started at ``started``)."""
-    child = _children.get(pid)
-    if child is not None and child.poll() is not None:
-        return False
-    if not Path("/proc").is_dir():
-        return _answers(os.kill, pid)
-    now = _process_start(pid)
-    return now is not None and (started is None or now == started)
-
-
-def _group_alive(pgid: int) -> bool:
-    """Whether any process of the group still runs. Zombies do not count: a dead server whose parent (the job or
-    app that started it) has not reaped it yet must not make a stop wait out its grace period."""
-    if not Path("/proc").is_dir():
-        return _answers(os.killpg, pgid)
-    entries = (_stat(entry) for entry in Path("/proc").iterdir() if entry.name.isdigit())
-    return any(fields is not None and fields[2] == str(pgid) and fields[0] != "Z" for fields in entries)
-
-
-def _wait_gone(pid: int, started: str | None, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while _alive(pid, started) or _group_alive(pid):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.2)
-    return True
-
-
-def _terminate(pid: int, started: str | None) -> None:
-    """SIGTERM the server's process group (it leads one, started in its own session; else the process alone),
-    then SIGKILL if it has not ended after the grace period."""
-    if not _alive(pid, started):
-        return
-    with contextlib.suppress(ProcessLookupError):
-        send = os.killpg if os.getpgid(pid) == pid else os.kill
-        send(pid, signal.SIGTERM)
-        if not _wait_gone(pid, started, STOP_GRACE_S):
-            send(pid, signal.SIGKILL)
-            _wait_gone(pid, started, 5.0)
-    _children.pop(pid, None)
 
 
 # -- records -----------------------------------------------------------------------------------------------
@@ -193,7 +122,7 @@ def record_server(workspace: Path, key: str, *, pid: int, port: int, served: str
     server = ManagedServer(key, f"http://127.0.0.1:{port}/v1", served, pid, folder / "log.txt",
                            time.time() if started_at is None else started_at, warmed)
     _write_record(folder, {"key": key, "pid": pid, "port": port, "url": server.url, "served": served,
-                           "settings": settings, "started_at": server.started_at, "process_start": _process_start(pid),
+                           "settings": settings, "started_at": server.started_at, "process_start": process_start(pid),
                            "log": str(server.log), **({"warmed": True} if warmed else {})})
     return server
 
@@ -217,7 +146,7 @@ def _as_server(record: dict[str, Any]) -> ManagedServer:
 
 
 def _record_alive(record: dict[str, Any]) -> bool:
-    return _alive(int(record["pid"]), record.get("process_start"))
+    return alive(int(record["pid"]), record.get("process_start"))
 
 
 @contextlib.contextmanager
@@ -258,7 +187,7 @@ def stop_servers(workspace: Path, key: str | None = None) -> list[ManagedServer]
             continue
         folder = engines_root(workspace) / server.key
         record = _read_record(folder) or {}
-        _terminate(server.pid, record.get("process_start"))
+        terminate(server.pid, record.get("process_start"))
         (folder / "server.json").unlink(missing_ok=True)
         stopped.append(server)
     return stopped
@@ -290,7 +219,7 @@ def _launch(workspace: Path, key: str, settings: dict[str, Any]) -> tuple[Manage
         # Its own session: the server outlives the job that started it, and stopping it signals its whole group.
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    env=env, cwd=folder, start_new_session=True)
-    _children[process.pid] = process
+    children[process.pid] = process
     return record_server(workspace, key, pid=process.pid, port=port, served=settings["served"],
                          settings=settings), offset
 
@@ -332,8 +261,8 @@ def server_state(server: ManagedServer) -> str:
 
 def _discard(server: ManagedServer, record: dict[str, Any]) -> None:
     """Stop a server this job started and drop its record."""
-    _terminate(server.pid, record.get("process_start"))
-    _children.pop(server.pid, None)  # _terminate leaves it when the process had already ended
+    terminate(server.pid, record.get("process_start"))
+    children.pop(server.pid, None)  # terminate leaves it when the process had already ended
     (server.log.parent / "server.json").unlink(missing_ok=True)
 
 
@@ -380,7 +309,7 @@ def _wait_ready(server: ManagedServer, record: dict[str, Any], log_offset: int, 
     while not _ready(server):
         if not _record_alive(record):
             (folder / "server.json").unlink(missing_ok=True)
-            _children.pop(server.pid, None)
+            children.pop(server.pid, None)
             reason = startup_failure_reason(log_since(server.log, log_offset))
             raise ForgetlessError(f"vLLM could not start {server.served}: {reason} (log: {server.log})")
         if should_stop():
