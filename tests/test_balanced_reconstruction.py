@@ -1,5 +1,5 @@
-"""The balanced-reconstruction experiment's pure figures (experiments/balanced_reconstruction.py), on small
-constructed data: no model, no store."""
+"""The balanced-reconstruction experiment's pure figures and report (experiments/balanced_reconstruction.py,
+balanced_report.py), on small constructed data: no model, no store."""
 
 from __future__ import annotations
 
@@ -12,11 +12,10 @@ from experiments.balanced_reconstruction import (
     balanced_draw,
     batch_costs,
     cluster_counts,
-    markdown,
     near_duplicate_shares,
     spread_figures,
-    summarise,
 )
+from experiments.balanced_report import markdown, summarise
 
 
 def test_spread_of_an_even_spread_is_zero_and_of_a_piled_up_one_is_large():
@@ -131,7 +130,7 @@ def test_markdown_has_one_table_row_per_arm_and_the_commands():
                            "selection_size": 2},
               "base": {"spread": spread, "mean_score": 3.0, "exactly_balanced_max": 2},
               "arms": [arm], "commands": ["forgetless reconstruct --n 5"], "command": "python x", "finished": "now",
-              "reading": "Steering helped."}
+              "machine": {"name": "machine C (Intel Xeon with AMX bf16)"}, "reading": "Steering helped."}
     text = markdown(result)
     rows = [line for line in text.splitlines() if line.startswith("| steered |")]
     assert len(rows) == 2  # one per seed, one over the seeds

@@ -15,8 +15,10 @@ from core.cli.main import main
 from core.config import load_yaml, to_yaml
 from core.errors import ForgetlessError
 from core.mix.domain_map import map_overlay
-from core.mix.mixing import MixConfig, TokenCounter, freeze_mix, held_out_general, load_counter, plan_mix
+from core.mix.mixing import MixConfig, freeze_mix, load_counter, plan_mix
+from core.mix.order import held_out_general
 from core.mix.snapshot import list_snapshots, read_manifest
+from core.mix.tokens import TokenCounter
 from core.store import ExploreFilters, Store
 from tests.helpers import FAKE_EMBEDDER, N_DOMAIN, N_GENERAL, build_mix_store, write_domain
 

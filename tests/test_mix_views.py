@@ -16,8 +16,9 @@ from core.engines.embedder import DEFAULT_EMBEDDER
 from core.errors import ForgetlessError
 from core.mix.domain import BUILTIN_MEDMCQA, load_domain
 from core.mix.domain_map import subprocess_embedder_loader
-from core.mix.mixing import TokenCounter, freeze_mix, plan_mix
+from core.mix.mixing import freeze_mix, plan_mix
 from core.mix.snapshot import list_snapshots
+from core.mix.tokens import TokenCounter
 from core.store import ExploreFilters, Store
 from tests.helpers import FAKE_EMBEDDER, N_DOMAIN, N_GENERAL, build_mix_store, write_domain
 from ui.views.mix import (

@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 from core.jobs import job_info
-from core.mix.mixing import MixConfig, held_out_general
+from core.mix.mixing import MixConfig
+from core.mix.order import held_out_general
 from core.store import STORE_FILE, Store
 from core.train.runs import runs_root
 from tests.helpers import (

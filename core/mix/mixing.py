@@ -13,14 +13,9 @@ The counting rule (``R`` = the share of general data in the result, ``0 <= R < 1
   most one row above R). General-limited: all general rows, and the shortest seeded prefix of the domain
   rows that reaches ``round(T_general * (1 - R) / R)`` tokens.
 
-``round`` is Python's (halves to even). Which general rows come first depends on ``balance``:
-``proportional`` is a seeded random order (a sample that follows the selection's own composition);
-``clusters`` and ``difficulty`` interleave groups
-round-robin (profiled clusters, or five equal-width bins of the 1-5 difficulty scale; rows without a
-value form one more group), so every prefix holds equal shares per group and a group that runs out
-leaves its quota to the others. All randomness comes from ``numpy.random.default_rng((seed, stream))``
-with one stream per decision, so changing the balance does not reshuffle the domain sample; the final
-mix is shuffled with its own stream. The same config, store and domain data give the same rows.
+``round`` is Python's (halves to even). Which general rows come first depends on ``balance``
+(``core.mix.order``: seeded, one random stream per decision); the final mix is shuffled with its own stream. The
+same config, store and domain data give the same rows.
 
 ``domain_test_fraction`` holds out that share of a user's domain rows before anything is sampled
 (``core.mix.domain.split_by_content``: by content hash, independent of the seed and the row order), so the mix
@@ -36,9 +31,8 @@ held-out perplexity on exactly them.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
-from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence, Sized
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,19 +44,17 @@ from core.engines.models import load_tokenizer
 from core.errors import ForgetlessError
 from core.folders import check_out_free
 from core.mix.domain import load_domain, split_by_content
-from core.mix.rows import canonical_json, join_rows, take_rows
+from core.mix.order import STREAM_DOMAIN, STREAM_SHUFFLE, general_order, held_out_general, prefix_reaching, seeded_rng
+from core.mix.rows import Messages, join_rows, take_rows
 from core.mix.snapshot import write_snapshot
+from core.mix.tokens import TokenCounter
 from core.settings import setting
 from core.store.explore import ExploreFilters
 
 BY_CHOICES = ("examples", "tokens")
 BALANCE_CHOICES = ("proportional", "clusters", "difficulty")
 DEFAULT_TOKENIZER = "smollm2-135m-instruct"
-DIFFICULTY_BINS = 5  # equal-width bins of the 1-5 difficulty scale for balance=difficulty
-_STREAM_DOMAIN, _STREAM_GENERAL, _STREAM_SHUFFLE = 0, 1, 2
-_TOKENIZE_CHUNK = 512
 
-Messages = list[dict[str, str]]
 
 
 def _filters_dict(value: Any) -> dict[str, Any]:
@@ -151,108 +143,8 @@ class MixConfig:
         return ExploreFilters(**self.filters)
 
 
-def _rng(seed: int, stream: int) -> np.random.Generator:
-    return np.random.default_rng((seed, stream))
-
-
-class TokenCounter:
-    """Tokens per conversation with the target tokenizer: its chat template's text tokenized without added
-    special tokens (what training sees; without a template, the turns' contents joined by blank lines).
-    Counts are cached by content, so the Mix tab can recount on every slider move for free."""
-
-    def __init__(self, tokenizer: Any, name: str) -> None:
-        self.tokenizer, self.name = tokenizer, name
-        self._cache: dict[bytes, int] = {}
-
-    def _text(self, messages: Messages) -> str:
-        if getattr(self.tokenizer, "chat_template", None):
-            return self.tokenizer.apply_chat_template(messages, tokenize=False)
-        return "\n\n".join(message["content"] for message in messages)
-
-    def count(self, conversations: Iterable[Messages],
-              on_progress: Callable[[int, int], None] | None = None) -> np.ndarray:
-        """Token count per conversation, in one pass over ``conversations`` (spooled rows are read once);
-        ``on_progress(done, total)`` after each chunk tokenized."""
-        total = len(conversations) if isinstance(conversations, Sized) else 0
-        keys: list[bytes] = []
-        pending: dict[bytes, str] = {}
-        for messages in conversations:
-            key = hashlib.blake2b(canonical_json(messages).encode(), digest_size=16).digest()
-            keys.append(key)
-            if key not in self._cache and key not in pending:
-                pending[key] = self._text(messages)
-                if len(pending) >= _TOKENIZE_CHUNK:
-                    self._encode(pending)
-                    if on_progress is not None:
-                        on_progress(len(keys), max(total, len(keys)))
-        if pending:
-            self._encode(pending)
-            if on_progress is not None:
-                on_progress(len(keys), max(total, len(keys)))
-        return np.array([self._cache[key] for key in keys], dtype=np.int64)
-
-    def _encode(self, pending: dict[bytes, str]) -> None:
-        encoded = self.tokenizer(list(pending.values()), add_special_tokens=False)
-        for key, ids in zip(pending, encoded["input_ids"], strict=True):
-            self._cache[key] = len(ids)
-        pending.clear()
-
-
 def load_counter(config: MixConfig, workspace: Path) -> TokenCounter:
     return TokenCounter(load_tokenizer(config.tokenizer_model, Path(workspace)), config.tokenizer_model)
-
-
-def balanced_order(keys: Sequence[Hashable], rng: np.random.Generator) -> np.ndarray:
-    """Row indices ordered round-robin over the groups of ``keys`` (each group shuffled, the order of groups
-    shuffled once): every prefix holds equal shares per group, ±1, and an exhausted group drops out."""
-    groups: dict[Hashable, list[int]] = {}
-    for index, key in enumerate(keys):
-        groups.setdefault(key, []).append(index)
-    names = sorted(groups, key=lambda key: (key is None, str(key)))
-    visit = rng.permutation(len(names))
-    rows, rounds, positions = [], [], []
-    for name, position in zip(names, visit, strict=True):
-        members = rng.permutation(groups[name])
-        rows.append(members)
-        rounds.append(np.arange(len(members)))
-        positions.append(np.full(len(members), position))
-    if not rows:
-        return np.zeros(0, dtype=np.int64)
-    rows_all, rounds_all, positions_all = (np.concatenate(parts) for parts in (rows, rounds, positions))
-    return rows_all[np.lexsort((positions_all, rounds_all))].astype(np.int64)
-
-
-def _group_keys(general: pd.DataFrame, balance: str) -> list[Hashable]:
-    if balance == "clusters":
-        return [None if pd.isna(c) else int(c) for c in general["cluster"]]
-    width = 4.0 / DIFFICULTY_BINS
-    return [None if pd.isna(d) else int(min(DIFFICULTY_BINS - 1, max(0.0, (float(d) - 1.0) // width)))
-            for d in general["difficulty"]]
-
-
-def general_order(general: pd.DataFrame, balance: str, seed: int) -> np.ndarray:
-    """The seeded order in which general rows (sorted by instruction id) are taken."""
-    rng = _rng(seed, _STREAM_GENERAL)
-    if balance == "proportional":
-        return rng.permutation(len(general)).astype(np.int64)
-    return balanced_order(_group_keys(general, balance), rng)
-
-
-def _prefix_reaching(tokens: np.ndarray, budget: int) -> int:
-    """The length of the shortest prefix whose total reaches ``budget`` (all of it when none does)."""
-    if budget <= 0:
-        return 0
-    return int(min(len(tokens), np.searchsorted(np.cumsum(tokens), budget, side="left") + 1))
-
-
-def held_out_general(instruction_ids: Iterable[str], share: float) -> np.ndarray:
-    """Which instructions are held out at ``share``: the first 8 bytes of sha256 of the id, read as a number in
-    [0, 1), below ``share`` (so a larger share holds out a superset)."""
-    ids = [str(i) for i in instruction_ids]
-    if share <= 0:
-        return np.zeros(len(ids), dtype=bool)
-    draws = [int.from_bytes(hashlib.sha256(i.encode()).digest()[:8], "big") / 2 ** 64 for i in ids]
-    return np.asarray(draws, dtype=np.float64) < share
 
 
 def general_messages(instruction: str, response: str) -> Messages:
@@ -393,7 +285,7 @@ def plan_mix(config: MixConfig, store: Any, workspace: Path, *, domain: Any = No
     if domain.test and config.domain_test_fraction > 0:
         notes.append(f"{len(domain.test)} domain rows held out for evaluation (domain test fraction "
                      f"{config.domain_test_fraction:g}), never mixed")
-    domain_order = _rng(config.seed, _STREAM_DOMAIN).permutation(len(domain.train))
+    domain_order = seeded_rng(config.seed, STREAM_DOMAIN).permutation(len(domain.train))
     if config.max_domain is not None and config.max_domain < len(domain_order):
         domain_order = domain_order[:config.max_domain]
         notes.append(f"domain capped at {config.max_domain} of {len(domain.train)} rows (max_domain)")
@@ -414,10 +306,10 @@ def plan_mix(config: MixConfig, store: Any, workspace: Path, *, domain: Any = No
         budget = round(int(domain_tokens.sum()) * r / (1 - r))
         n_domain = len(domain_order)
         if int(general_tokens.sum()) >= budget:
-            n_general = _prefix_reaching(general_tokens, budget)
+            n_general = prefix_reaching(general_tokens, budget)
         else:
             n_general, limited_by = len(order), "general"
-            n_domain = _prefix_reaching(domain_tokens, round(int(general_tokens.sum()) * (1 - r) / r))
+            n_domain = prefix_reaching(domain_tokens, round(int(general_tokens.sum()) * (1 - r) / r))
     if limited_by:
         if n_domain == 0:
             raise ForgetlessError(f"only {len(order)} general candidates: too few to mix at ratio {r:g}")
@@ -441,7 +333,7 @@ def plan_mix(config: MixConfig, store: Any, workspace: Path, *, domain: Any = No
         "n_tokens": domain_tokens[:n_domain] if domain_tokens is not None else counter.count(domain_rows, on_progress),
     })
     rows = pd.concat([general_rows, domain_rows_frame], ignore_index=True)
-    rows = rows.iloc[_rng(config.seed, _STREAM_SHUFFLE).permutation(len(rows))].reset_index(drop=True)
+    rows = rows.iloc[seeded_rng(config.seed, STREAM_SHUFFLE).permutation(len(rows))].reset_index(drop=True)
     rows["cluster"] = rows["cluster"].astype("Int64")
     rows["side_index"] = rows["side_index"].astype(np.int64)
     rows["n_tokens"] = rows["n_tokens"].astype(np.int64)

@@ -25,8 +25,9 @@ from core.data_paths import ReadableRoots
 from core.errors import ForgetlessError
 from core.mix.domain import BUILTIN_MEDMCQA, DomainData, ImportReport, load_domain, preview_frame
 from core.mix.domain_map import map_overlay, subprocess_embedder_loader
-from core.mix.mixing import DEFAULT_TOKENIZER, MixConfig, MixPlan, TokenCounter, first_user_text, load_counter
+from core.mix.mixing import DEFAULT_TOKENIZER, MixConfig, MixPlan, first_user_text, load_counter
 from core.mix.snapshot import file_sha256, mixes_dir
+from core.mix.tokens import TokenCounter
 from core.settings import config_from_form, setting_of
 from core.store.explore import ExploreFilters
 from ui.views.screen import empty_figure, markdown_literal, short_model, shorten
