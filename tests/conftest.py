@@ -17,7 +17,8 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from core.engines.server import ManagedServer, ensure_server, stop_servers  # noqa: E402
-from tests.helpers import build_tiny_model_folder, build_tiny_tokenizer, serve_app, stop_jobs  # noqa: E402
+from tests.browser import serve_app
+from tests.helpers import build_tiny_model_folder, build_tiny_tokenizer, stop_jobs
 
 
 @pytest.fixture(scope="session")

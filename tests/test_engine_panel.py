@@ -25,7 +25,8 @@ from core.engines.server import engines_root, record_server, running_servers, st
 from core.errors import ForgetlessError
 from core.eval.plan import EvalPlan
 from core.reconstruct.reconstruction import ReconstructConfig
-from tests.helpers import CHROMIUM, CHROMIUM_ARGS, free_port, markdown_text, serve_app, stop_process, wait_until
+from tests.browser import CHROMIUM, CHROMIUM_ARGS, markdown_text, serve_app
+from tests.helpers import free_port, stop_process, wait_until
 from ui.views import engine as views
 from ui.views import jobs as job_views
 from ui.views.engine import (

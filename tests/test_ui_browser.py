@@ -11,7 +11,8 @@ import re
 
 import pytest
 
-from tests.helpers import BROWSER_TESTS, CHROMIUM, CHROMIUM_ARGS, ROOT, open_tab, set_number, wait_until
+from tests.browser import BROWSER_TESTS, CHROMIUM, CHROMIUM_ARGS, open_tab, set_number
+from tests.helpers import ROOT, wait_until
 
 sync_api = pytest.importorskip("playwright.sync_api")
 pytestmark = BROWSER_TESTS

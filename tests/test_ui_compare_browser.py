@@ -14,16 +14,8 @@ import yaml
 
 from core.store import InstructionRow, Store, text_key
 from core.store.compare import ComparisonRow
-from tests.helpers import (
-    BROWSER_TESTS,
-    CHROMIUM,
-    CHROMIUM_ARGS,
-    build_finished_run,
-    markdown_text,
-    set_number,
-    table_rows,
-    wait_until,
-)
+from tests.browser import BROWSER_TESTS, CHROMIUM, CHROMIUM_ARGS, markdown_text, set_number, table_rows
+from tests.helpers import build_finished_run, wait_until
 
 sync_api = pytest.importorskip("playwright.sync_api")
 pytestmark = BROWSER_TESTS

@@ -15,7 +15,8 @@ import yaml
 
 from core.store import Store
 from core.store.evaluation import EvalResultRow
-from tests.helpers import BROWSER_TESTS, CHROMIUM, CHROMIUM_ARGS, set_number, wait_until
+from tests.browser import BROWSER_TESTS, CHROMIUM, CHROMIUM_ARGS, set_number
+from tests.helpers import wait_until
 
 sync_api = pytest.importorskip("playwright.sync_api")
 pytestmark = BROWSER_TESTS

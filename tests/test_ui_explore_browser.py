@@ -14,19 +14,17 @@ from pathlib import Path
 import pytest
 
 from core.store import STORE_FILE
-from tests.helpers import (
+from tests.browser import (
     BROWSER_TESTS,
     CHROMIUM,
     CHROMIUM_ARGS,
-    ROOT,
-    build_explore_store,
     choose,
     markdown_text,
     serve_app,
     set_slider,
     table_rows,
-    wait_until,
 )
+from tests.helpers import ROOT, build_explore_store, wait_until
 
 sync_api = pytest.importorskip("playwright.sync_api")
 pytestmark = BROWSER_TESTS

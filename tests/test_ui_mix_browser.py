@@ -23,24 +23,19 @@ from core.mix.mixing import MixConfig
 from core.mix.order import held_out_general
 from core.store import STORE_FILE, Store
 from core.train.runs import runs_root
-from tests.helpers import (
+from tests.browser import (
     BROWSER_TESTS,
     CHROMIUM,
     CHROMIUM_ARGS,
-    N_GENERAL,
-    ROOT,
-    build_mix_store,
     choose,
     markdown_text,
     serve_app,
     set_number,
     set_slider,
     start_training_run,
-    stop_runs,
     table_rows,
-    wait_until,
-    write_domain,
 )
+from tests.helpers import N_GENERAL, ROOT, build_mix_store, stop_runs, wait_until, write_domain
 
 sync_api = pytest.importorskip("playwright.sync_api")
 pytestmark = BROWSER_TESTS

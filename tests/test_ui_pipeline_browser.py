@@ -15,19 +15,8 @@ import pytest
 import yaml
 
 from core.jobs import job_info, list_jobs
-from tests.helpers import (
-    BROWSER_TESTS,
-    CHROMIUM,
-    CHROMIUM_ARGS,
-    choose,
-    markdown_text,
-    serve_app,
-    set_number,
-    stop_jobs,
-    stop_runs,
-    tiny_pipeline,
-    wait_until,
-)
+from tests.browser import BROWSER_TESTS, CHROMIUM, CHROMIUM_ARGS, choose, markdown_text, serve_app, set_number
+from tests.helpers import stop_jobs, stop_runs, tiny_pipeline, wait_until
 
 sync_api = pytest.importorskip("playwright.sync_api")
 pytestmark = BROWSER_TESTS

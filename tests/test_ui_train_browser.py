@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from core.train.runs import runs_root
-from tests.helpers import (
+from tests.browser import (
     BROWSER_TESTS,
     CHROMIUM,
     CHROMIUM_ARGS,
@@ -26,10 +26,8 @@ from tests.helpers import (
     serve_app,
     set_number,
     start_training_run,
-    stop_runs,
-    wait_until,
-    write_snapshot,
 )
+from tests.helpers import stop_runs, wait_until, write_snapshot
 
 sync_api = pytest.importorskip("playwright.sync_api")
 pytestmark = BROWSER_TESTS
