@@ -60,7 +60,7 @@ class EvalConfig:
     limit: int | None = setting(None, label="Items per task",
                                 help="items per task, a seeded subsample (default: all; HellaSwag its hellaswag n)")
     seed: int = setting(0, help="picks the subsamples (HellaSwag's, --limit's, drift's held-out texts)")
-    batch_size: int = setting(16, help="questions (or drift texts) per forward pass")
+    batch_size: int = setting(16, help="questions or drift texts per forward pass; IFEval prompts per generation batch")
     base: str | None = setting(None, help="drift's reference MODEL (default: the run's base model)")
     hellaswag_n: int = setting(HELLASWAG_DEFAULT_N,
                                help="HellaSwag's fixed subsample size (10,042 validation items in all)")
