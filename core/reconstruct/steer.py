@@ -88,9 +88,9 @@ class CellPrompt:
     examples: tuple[str, ...]
 
 
-def check_steerable(store: Any) -> None:
+def check_steerable(store: Any) -> tuple[dict[str, Any], str, dict[int, np.ndarray]]:
     """One error line unless the store holds a profile with clusters and their embeddings (call before a job
-    folder is written)."""
+    folder is written); else what it read: the coverage counts, the profile's embedder and its cluster centroids."""
     if not Path(store.path).exists():
         raise ForgetlessError("--steer coverage needs a profile: no store yet; run `forgetless reconstruct` and "
                               "`forgetless profile` first")
@@ -100,8 +100,10 @@ def check_steerable(store: Any) -> None:
     if not counts["cluster"]["cluster"].notna().any():
         raise ForgetlessError("--steer coverage needs clusters: the profile has none; run `forgetless profile` again")
     embedder = store.profiled_embedder()
-    if embedder is None or not store.cluster_centroids(embedder):
+    centroids = store.cluster_centroids(embedder) if embedder is not None else {}
+    if not centroids:
         raise ForgetlessError("--steer coverage needs the profile's embeddings: run `forgetless profile` again")
+    return counts, embedder, centroids
 
 
 class CoverageSteering:
@@ -110,16 +112,14 @@ class CoverageSteering:
 
     def __init__(self, store: Any, job_id: str, tokenizer: Any, *, examples_per_prompt: int,
                  keep_all: bool = False, embed: Embed | None = None) -> None:
-        check_steerable(store)
+        counts, self.embedder, centroids = check_steerable(store)
         self.store, self.job_id, self.tokenizer = store, job_id, tokenizer
         self.examples_per_prompt, self.keep_all = examples_per_prompt, keep_all
         self.chat = bool(getattr(tokenizer, "chat_template", None))
         self.prompt_id = cell_prompt_id(self.chat)
-        self.embedder = store.profiled_embedder()
-        centroids = store.cluster_centroids(self.embedder)
         self.cells = sorted(centroids)
         self.centroids = np.stack([centroids[c] for c in self.cells])
-        known = {row["cluster"]: row for row in profiled_clusters(store.coverage_counts())}
+        known = {row["cluster"]: row for row in profiled_clusters(counts)}
         self.base = {cell: known[cell]["rows"] if cell in known else 0 for cell in self.cells}
         self.labels = {cell: known[cell]["label"] if cell in known else None for cell in self.cells}
         frame = store.profile_frame()
