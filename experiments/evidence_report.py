@@ -5,6 +5,7 @@ section. Pure but for ``write_report``: it works on per-item scores already read
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -159,7 +160,27 @@ def reading(record: Mapping[str, Any], sigmas: float = 3.0) -> list[str]:
             "preventing all of (a)'s forgetting") + " " + _interval_says(
             "Domain gain retention", values["domain_gain_retention"]["value"], values["domain_gain_retention"]["ci"],
             "keeping all of (a)'s domain gain"))
-    return lines
+    return lines + _ifeval_reading(record, sigmas)
+
+
+def _ifeval_reading(record: Mapping[str, Any], sigmas: float) -> list[str]:
+    """IFEval beside the primary metric: each arm's change next to (a)'s, and whether it is clearly above, below,
+    or neither (the difference against ``sigmas`` standard errors, unpaired: the arms' replies differ)."""
+    a = record["arms"]["a"].get(IFEVAL)
+    if not a or a.get("delta") is None:
+        return []
+    parts = []
+    for arm in record["summary"]["by_arm"]:
+        other = record["arms"].get(arm, {}).get(IFEVAL)
+        if not other or other.get("delta") is None:
+            continue
+        gap, stderr = other["delta"] - a["delta"], math.hypot(a["stderr"] or 0.0, other["stderr"] or 0.0)
+        verdict = ("clearly above (a)'s" if gap > sigmas * stderr else
+                   "clearly below (a)'s" if gap < -sigmas * stderr else "not clearly different from (a)'s")
+        parts.append(f"({arm}) {_pm(other)}, {verdict} (difference {100 * gap:+.1f} ± {100 * stderr:.1f})")
+    if not parts:
+        return []
+    return [f"IFEval (all prompts, beside the primary metric): (a) {_pm(a)} points; " + "; ".join(parts) + "."]
 
 
 def _neg(entry: Mapping[str, Any]) -> dict[str, Any]:

@@ -90,6 +90,24 @@ def test_the_reading_says_when_the_effect_is_shown_absent_or_reversed():
     assert "no effect is shown" in reading(record(-0.1, 0.2, [-0.1, 0.5]))[1]
     assert "opposite of the intended effect" in reading(record(-0.1, -0.5, [-0.9, -0.2]))[1]
     assert "does not clearly forget" in reading(record(-0.02, None, None))[0]
+    assert not any("IFEval" in line for line in shown)  # no IFEval scores: nothing said about it
+
+
+def test_the_reading_compares_each_arms_ifeval_change_with_domain_only():
+    from experiments.evidence_report import reading
+
+    def record(c_ifeval):
+        return {"arms": {"a": {"general": {"delta": -0.1, "stderr": 0.01}, "ifeval": {"delta": -0.05, "stderr": 0.012}},
+                         "c": {"ifeval": {"delta": c_ifeval, "stderr": 0.016}}},
+                "arm_names": {"c": "ours"},
+                "summary": {"by_arm": {"c": {"forgetting_reduction": {"value": 0.7, "ci": [0.5, 0.9]},
+                                             "domain_gain_retention": {"value": 1.0, "ci": [0.9, 1.1]}}}}}
+
+    same = reading(record(-0.05))[-1]
+    assert same == ("IFEval (all prompts, beside the primary metric): (a) -5.0 ± 1.2 points; (c) -5.0 ± 1.6, "
+                    "not clearly different from (a)'s (difference +0.0 ± 2.0).")
+    assert "(c) +2.0 ± 1.6, clearly above (a)'s (difference +7.0 ± 2.0)" in reading(record(0.02))[-1]
+    assert "clearly below (a)'s (difference -7.0 ± 2.0)" in reading(record(-0.12))[-1]
 
 
 def test_costs_count_synthesis_and_screening_once_and_training_per_run():
