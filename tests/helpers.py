@@ -396,5 +396,3 @@ def stop_runs(workspace: Path) -> None:
         cancel_run(folder)
     for folder in folders:
         wait_for(folder, 30, lambda job: not job.active)
-
-

@@ -19,20 +19,20 @@ from experiments.judged_tokens import count_judged_tokens
 from experiments.stage_runner import StageRunner
 
 
-def _instructions(ws: Path) -> Store:
+def _responded(ws: Path, model: str) -> tuple[Store, Any]:
+    """Three stored instructions with two responses each by ``model``; the store and the engines."""
     store = Store.for_workspace(ws)
     texts = ["write a short poem about math", "explain how to cook rice", "give me tips to learn python"]
     rows = [InstructionRow(text, 5, "tiny", "<p>", 1.0, 1.0, 32, 0, "seed-job", 0) for text in texts]
     store.add_instruction_batch("seed-job", 0, rows, limit=10, sampled=3, dropped={}, new_tokens=15, seconds=0.1)
-    return store
+    engines = in_process_engines(ws)
+    run_responses(RespondConfig(models=(model,), k=2, max_new_tokens=8, batch_size=8), store, engines)
+    return store, engines
 
 
 def test_tokens_counted_from_the_stored_texts_match_the_judge_stage_count(tmp_path: Path, tiny_model_dir: Path):
-    ws = tmp_path / "ws"
-    store = _instructions(ws)
-    engines = in_process_engines(ws)
-    model = str(tiny_model_dir)
-    run_responses(RespondConfig(models=(model,), k=2, max_new_tokens=8, batch_size=8), store, engines)
+    ws, model = tmp_path / "ws", str(tiny_model_dir)
+    store, engines = _responded(ws, model)
     judges = (model, f"completeness:{model}", f"relevance:{DEFAULT_EMBEDDER}")
     first = run_judging(JudgeConfig(judges=judges[:2], batch_size=4), store, engines)
     later = run_judging(JudgeConfig(judges=judges, batch_size=4), store, engines)  # only relevance was pending
@@ -48,9 +48,7 @@ def test_tokens_counted_from_the_stored_texts_match_the_judge_stage_count(tmp_pa
 
 def test_the_experiment_counts_an_older_judge_jobs_tokens_once_and_costs_them(tmp_path: Path, tiny_model_dir: Path):
     ws, model = tmp_path / "ws", str(tiny_model_dir)
-    store = _instructions(ws)
-    engines = in_process_engines(ws)
-    run_responses(RespondConfig(models=(model,), k=2, max_new_tokens=8, batch_size=8), store, engines)
+    store, engines = _responded(ws, model)
     judged = run_judging(JudgeConfig(judges=(model, f"completeness:{model}"), batch_size=4), store, engines)
     # The synthesis stages as recorded before the judge stage counted what it reads.
     recorded = {"reconstruct": {"stored": 3, "new": 3, "seconds": 1.0, "tokens_per_s": 15.0},

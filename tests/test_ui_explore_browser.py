@@ -63,7 +63,8 @@ def test_explore_filters_in_the_browser(explore_server):
             page.get_by_role("tab", name="3 · Explore").click()
             _wait_count(page, 6, "the first load")
             wait_until(lambda: len(table_rows(page)) == 6, 15, "six rows in the table")
-            assert markdown_text(page, "exp-profile-status").startswith("No profile job yet")
+            wait_until(lambda: markdown_text(page, "exp-profile-status").startswith("No profile job yet"), 15,
+                       "the profile job's status line")  # polled on its own timer, not with the table
             assert page.locator("#exp-map .js-plotly-plot").count() == 1
 
             _submit(page, "exp-search", "PYTHON function")

@@ -21,6 +21,10 @@ def _status(page) -> str:
     return page.locator("#scr-check-status [data-testid='markdown']").inner_text().strip()
 
 
+def _note(page) -> str:
+    return page.locator("#scr-check-note [data-testid='markdown']").inner_text().strip()
+
+
 def _open_screen(browser, url: str):
     page = browser.new_page(viewport={"width": 1400, "height": 1100})
     page.goto(url)
@@ -37,7 +41,8 @@ def test_a_judge_check_in_the_browser(app_server, tiny_model_dir):
         try:
             page = _open_screen(browser, url)
             assert _status(page).startswith("No judge check yet")
-            assert "No judge check yet" in page.inner_text("#scr-check-note")
+            # The note follows the status through a chained event: wait for it rather than read it at once.
+            wait_until(lambda: "No judge check yet" in _note(page), 20, "the note under the check")
 
             page.locator("#scr-check-judges .remove-all").click()
             judges = page.locator("#scr-check-judges input")
@@ -61,6 +66,6 @@ def test_a_judge_check_in_the_browser(app_server, tiny_model_dir):
             wait_until(lambda: "relevance:all-minilm-l6-v2/probs" in table.inner_text(), 20, "the accuracy table")
             assert "consensus/probs" in table.inner_text() and "off_topic (2 pairs)" in table.inner_text()
             assert page.locator("#scr-check-chart .js-plotly-plot").count() == 1
-            assert f"`{job_id}`" in page.inner_text("#scr-check-note") or job_id in page.inner_text("#scr-check-note")
+            wait_until(lambda: job_id in _note(page), 20, "the note naming the check")
         finally:
             browser.close()

@@ -110,9 +110,6 @@ def server_key(settings: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode("utf-8")).hexdigest()[:12]
 
 
-# -- processes ---------------------------------------------------------------------------------------------
-
-
 # -- records -----------------------------------------------------------------------------------------------
 def record_server(workspace: Path, key: str, *, pid: int, port: int, served: str, settings: dict[str, Any],
                   started_at: float | None = None, warmed: bool = False) -> ManagedServer:

@@ -56,7 +56,6 @@ BALANCE_CHOICES = ("proportional", "clusters", "difficulty")
 DEFAULT_TOKENIZER = "smollm2-135m-instruct"
 
 
-
 def _filters_dict(value: Any) -> dict[str, Any]:
     """ExploreFilters, its JSON (a saved selection's filters_json) or a dict of its fields → the set fields,
     validated and normalised by ExploreFilters itself."""
