@@ -103,19 +103,29 @@ def arm_costs(stages: Mapping[str, Mapping[str, Any]], trained: Mapping[str, Seq
         tokens = [sec * (info.get("tokens_per_s") or 0) for sec, info in zip(seconds, runs, strict=True)]
         return sum(seconds) / len(runs), sum(tokens) / len(runs)
 
+    def per_run_by_machine(runs: Sequence[Mapping[str, Any]], extra: float = 0.0) -> dict[str, float]:
+        """Mean training seconds per run on each machine that timed one (seconds compare within a machine)."""
+        groups: dict[str, list[float]] = {}
+        for info in runs:
+            groups.setdefault(machine_label(info.get("machine")), []).append(run_seconds(info))
+        return {label: round(sum(values) / len(values) + extra, 1) for label, values in sorted(groups.items())}
+
     costs = {}
     for arm, runs in trained.items():
         kind = arm.split("@")[0]
         train_seconds, train_tokens = per_run(runs)
+        by_machine = per_run_by_machine(runs)
         if kind == "e":
             a_seconds, a_tokens = per_run(trained["a"])
+            by_machine = per_run_by_machine(trained["a"], extra=train_seconds)  # (a)'s training + interpolation
             train_seconds, train_tokens = train_seconds + a_seconds, a_tokens
         synthesis, screening = SYNTHESIS_STAGES.get(kind, ()), SCREENING_STAGES.get(kind, ())
         cost = {"synthesis_seconds": stage_sum(synthesis, "seconds"),
                 "synthesis_tokens": stage_sum(synthesis, "tokens"),
                 "screening_seconds": stage_sum(screening, "seconds"),
                 "screening_tokens": stage_sum(screening, "tokens"),
-                "train_seconds": round(train_seconds, 1), "train_tokens": round(train_tokens), "runs": len(runs)}
+                "train_seconds": round(train_seconds, 1), "train_tokens": round(train_tokens), "runs": len(runs),
+                "train_seconds_by_machine": by_machine}
         cost["total_seconds"] = round(cost["synthesis_seconds"] + cost["screening_seconds"] + train_seconds, 1)
         timed = [stages[name].get("machine") for name in (*synthesis, *screening)]
         timed += [info.get("machine") for info in (*runs, *(trained["a"] if kind == "e" else ()))]
@@ -285,7 +295,7 @@ def markdown(record: Mapping[str, Any], commands: Sequence[str]) -> str:
     costs = ["| arm | synthesis s (tokens) | screening s (tokens) | training s per run (tokens) | total s | timed on |",
              "|---|---|---|---|---|---|"] + [
         f"| ({arm}) | {c['synthesis_seconds']:.0f} ({_count(c['synthesis_tokens'])}) | {c['screening_seconds']:.0f} "
-        f"({_count(c['screening_tokens'])}) | {c['train_seconds']:.0f} ({c['train_tokens']:,}) | "
+        f"({_count(c['screening_tokens'])}) | {c['train_seconds']:.0f} ({c['train_tokens']:,}){_by_machine(c)} | "
         f"{c['total_seconds']:.0f} | {'; '.join(c.get('machines') or ['machine not recorded'])} |"
         for arm, c in record["costs"].items()]
     machines = {m for c in record["costs"].values() for m in c.get("machines") or ()}
@@ -311,6 +321,12 @@ def markdown(record: Mapping[str, Any], commands: Sequence[str]) -> str:
           "read (it generates nothing: an embedding model, and one forward pass of the judge LLM per response)"
         + ("; this run's judge stage did not count them." if uncounted else "."),
         "Commands:\n\n```bash\n" + "\n".join(commands) + "\n```"])
+
+
+def _by_machine(cost: Mapping[str, Any]) -> str:
+    """The training mean per machine, when the runs were timed on more than one."""
+    seconds = cost.get("train_seconds_by_machine") or {}
+    return "" if len(seconds) < 2 else " — " + ", ".join(f"{label}: {s:.0f}" for label, s in seconds.items())
 
 
 def write_report(out: Path, record: Mapping[str, Any], commands: Sequence[str]) -> None:

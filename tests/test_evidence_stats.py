@@ -122,7 +122,8 @@ def test_costs_count_synthesis_and_screening_once_and_training_per_run():
                                "e": [{"seconds": 3.0}]})
     assert costs["a"] == {"synthesis_seconds": 0, "synthesis_tokens": 0, "screening_seconds": 0,
                           "screening_tokens": 0, "train_seconds": 100.0, "train_tokens": 300, "runs": 2,
-                          "total_seconds": 100.0, "machines": ["Intel Xeon (AMX bf16)"]}  # resumed timed 5 of 10
+                          "total_seconds": 100.0, "machines": ["Intel Xeon (AMX bf16)"],
+                          "train_seconds_by_machine": {"Intel Xeon (AMX bf16)": 100.0}}  # resumed timed 5 of 10
     assert (costs["c"]["synthesis_seconds"], costs["c"]["screening_seconds"], costs["c"]["total_seconds"]) == (
         40.0, 5.0, 145.0)
     assert costs["c"]["machines"] == ["AMD EPYC 25/17 (AVX512-BF16)", "Intel Xeon (AMX bf16)"]
@@ -130,6 +131,12 @@ def test_costs_count_synthesis_and_screening_once_and_training_per_run():
     assert costs["d"]["machines"] == ["AMD EPYC 25/17 (AVX512-BF16)"]
     assert costs["e"]["train_seconds"] == 103.0 and costs["e"]["train_tokens"] == 300  # (a)'s run + interpolation
     assert costs["e"]["machines"] == ["Intel Xeon (AMX bf16)", "machine not recorded"]
+    mixed = arm_costs(stages, {"a": [run, {**run, "seconds": 60.0, "machine": here}], "e": [{"seconds": 3.0}]})
+    assert mixed["a"]["train_seconds"] == 80.0  # the mean over machines hides that they differ …
+    assert mixed["a"]["train_seconds_by_machine"] == {"AMD EPYC 25/17 (AVX512-BF16)": 60.0,
+                                                      "Intel Xeon (AMX bf16)": 100.0}  # … this does not
+    assert mixed["e"]["train_seconds_by_machine"] == {"AMD EPYC 25/17 (AVX512-BF16)": 63.0,
+                                                      "Intel Xeon (AMX bf16)": 103.0}
     uncounted = arm_costs({**stages, "judge": {"seconds": 5.0, "tokens": None}}, {"c": [run], "a": [run]})
     assert uncounted["c"]["screening_tokens"] is None and uncounted["c"]["total_seconds"] == 145.0
     assert uncounted["a"]["screening_tokens"] == 0  # no screening at all: nothing to count
@@ -194,10 +201,13 @@ def test_an_unfinished_experiment_reports_the_runs_it_has_and_says_it_is_in_prog
     assert "| 1 | machine not recorded |" in (tmp_path / "evidence.md").read_text(encoding="utf-8")
     assert "more than one machine" not in (tmp_path / "evidence.md").read_text(encoding="utf-8")
     record["costs"] = {"a": {**costs["a"], "machines": ["CPU one (AMX bf16)"]},
-                       "c": {**costs["c"], "machines": ["CPU one (AMX bf16)", "CPU two (no native bf16)"]}}
+                       "c": {**costs["c"], "machines": ["CPU one (AMX bf16)", "CPU two (no native bf16)"],
+                             "train_seconds_by_machine": {"CPU one (AMX bf16)": 0.6, "CPU two (no native bf16)": 1.4}}}
     write_report(tmp_path, record, [])
     text = (tmp_path / "evidence.md").read_text(encoding="utf-8")
     assert "| 1 | CPU one (AMX bf16); CPU two (no native bf16) |" in text
+    assert "| 1 (1) — CPU one (AMX bf16): 1, CPU two (no native bf16): 1 |" in text  # each machine's own mean
+    assert "| (a) | 0 (0) | 0 (0) | 1 (1) | 1 |" in text  # one machine: no breakdown
     assert "ran on more than one machine: seconds compare only between stages timed on the same one" in text
     assert "screening those its judges read" in text and "did not count them" not in text
     record["costs"]["c"]["screening_tokens"] = None  # a judge stage that recorded no tokens
