@@ -187,7 +187,8 @@ def generation_dtype(device: str, cpuinfo: str | None = None) -> torch.dtype:
 
     Decoding is many small matmuls plus sampling and cache ops. With AVX512-BF16 alone, SmolLM2 decoded
     2.3x slower in bf16 than in fp32 (although large bf16 matmuls ran ~5x fp32); with AMX it decoded 1.7x
-    faster (1,034 vs 602 tok/s, 256 samples; `bench/generate.py`).
+    faster (1,034 vs 602 tok/s, 256 samples; `bench/generate.py`). On a Zen 5 EPYC (AVX512-BF16, no AMX,
+    bf16 matmuls faster) bf16 decoded only ~1.1x faster: too little to risk the 2.3x loss elsewhere.
     """
     import torch
 
