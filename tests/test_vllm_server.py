@@ -69,13 +69,17 @@ def test_a_second_start_reuses_the_running_server(vllm_server: ManagedServer, re
     assert vllm_server.url in human.stdout and "ready" in human.stdout and str(vllm_server.pid) in human.stdout
 
 
-@pytest.mark.parametrize(("flags", "dtype"), [("avx2", "float32"), ("avx512f avx512_bf16", "float32"),
-                                               ("avx512_bf16 amx_bf16 amx_tile", "bfloat16")])
-def test_a_cpu_server_decodes_in_the_dtype_our_sampler_does(flags: str, dtype: str, tiny_model_dir: Path,
-                                                            tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """bf16 only with AMX: with AVX512-BF16 alone vLLM served 0.79x fp32's tokens/s (machine D)."""
+@pytest.mark.parametrize(("flags", "bf16_measures_faster", "dtype"), [
+    ("avx2", True, "float32"),  # no native bf16: never asked
+    ("avx512f avx512_bf16", False, "float32"),  # machine D: vLLM served 0.79x fp32's tokens/s in bf16
+    ("avx512f avx512_bf16", True, "bfloat16"),  # machine F (Zen 5): 1.5x
+    ("avx512_bf16 amx_bf16 amx_tile", False, "bfloat16")])  # AMX: bf16, as our sampler
+def test_a_cpu_server_decodes_in_bf16_with_amx_or_where_bf16_measures_faster(
+        flags: str, bf16_measures_faster: bool, dtype: str, tiny_model_dir: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(server, "_has_gpu", lambda: False)
     monkeypatch.setattr(models, "_cpuinfo", lambda: f"flags\t\t: fpu {flags}\n")
+    monkeypatch.setattr(models, "cpu_bf16_measures_faster", lambda: bf16_measures_faster)
     assert launch_settings(tmp_path, str(tiny_model_dir))["dtype"] == dtype
 
 

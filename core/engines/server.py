@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from core.engines.models import dtype_name, generation_dtype, local_folder
+from core.engines.models import choose_dtype, dtype_name, generation_dtype, local_folder
 from core.engines.processes import alive, children, process_start, terminate
 from core.engines.vllm import served_models
 from core.engines.vllm_failures import completion_error, log_since, one_line, root_cause, startup_failure_reason
@@ -90,14 +90,23 @@ def _model_max_len(folder: str) -> int | None:
     return None
 
 
+def cpu_server_dtype() -> Any:
+    """vLLM's dtype on a CPU: bf16 with AMX, or where the flags list bf16 and a bf16 matmul measures faster than
+    fp32 (``choose_dtype``) — unlike our sampler. With AVX512-BF16 alone it served 1.5x fp32's tokens/s on a
+    Zen 5 EPYC (where the matmul measures faster) and 0.79x on machine D (where it does not); without native
+    bf16, ~150x slower."""
+    import torch
+
+    sampling = generation_dtype("cpu")
+    return sampling if sampling == torch.bfloat16 else choose_dtype("cpu")
+
+
 def launch_settings(workspace: Path, spec: str) -> dict[str, Any]:
     """What a server for ``spec`` is started with; every value is part of its key."""
     source, folder = local_folder(spec, workspace)
     if Path(folder).is_dir():
         folder = str(Path(folder).resolve())
-    # vLLM on a CPU decodes like our sampler: bf16 only with AMX (with AVX512-BF16 alone it served 0.79x fp32's
-    # tokens/s on machine D; without native bf16, ~150x slower)
-    dtype = "auto" if _has_gpu() else dtype_name(generation_dtype("cpu"))
+    dtype = "auto" if _has_gpu() else dtype_name(cpu_server_dtype())
     kv_gib = os.environ.get("FORGETLESS_VLLM_KV_GIB", "").strip() or str(DEFAULT_KV_GIB)
     if not kv_gib.isdigit() or int(kv_gib) < 1:
         raise ForgetlessError(f"FORGETLESS_VLLM_KV_GIB must be a whole number of GiB (at least 1), not '{kv_gib}'")
