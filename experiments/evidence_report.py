@@ -161,8 +161,11 @@ def reading(record: Mapping[str, Any], sigmas: float = 3.0) -> list[str]:
                      f"{100 * a['stderr']:.1f} points), so no arm can show what it prevents.")
     spread = a.get("per_seed") or []
     if len(spread) > 1:
+        mean, se = seed_mean_stderr(spread)
+        over_seeds = f"{abs(mean) / se:.1f} of these standard errors" if se else "no spread"
         lines.append(f"Between seeds, (a)'s general accuracy changed by {100 * min(spread):+.1f} to "
-                     f"{100 * max(spread):+.1f} points: the ± here are over items and leave that spread out.")
+                     f"{100 * max(spread):+.1f} points (over seeds {100 * mean:+.1f} ± {100 * se:.1f}, "
+                     f"{over_seeds}): the ± here are over items and leave that spread out.")
     for arm, values in record["summary"]["by_arm"].items():
         name = record["arm_names"].get(arm, arm)
         lines.append(f"({arm}) {name}: " + _interval_says(
@@ -250,12 +253,23 @@ def _per_seed_lines(record: Mapping[str, Any]) -> list[str]:
         if len(general) < 2:
             continue
         seeds = (record.get("arm_seeds") or {}).get(arm) or list(range(len(general)))
+        (g_mean, g_se), (f_mean, f_se) = seed_mean_stderr(general), seed_mean_stderr(fit)
         rows.append(f"({arm}) " + ", ".join(f"seed {seed}: {100 * g:+.1f} / {f:+.3f}"
-                                            for seed, g, f in zip(seeds, general, fit, strict=True)))
+                                            for seed, g, f in zip(seeds, general, fit, strict=True))
+                    + f" (over seeds {100 * g_mean:+.1f} ± {100 * g_se:.1f} / {f_mean:+.3f} ± {f_se:.3f})")
     if not rows:
         return []
-    return ["Per seed (general points / answer fit nats/token): " + "; ".join(rows)
+    return ["Per seed (general points / answer fit nats/token; over seeds: mean ± standard error of the seeds' "
+            "changes): " + "; ".join(rows)
             + ". The table's ± are over items, each averaged over the seeds, and leave this spread out."]
+
+
+def seed_mean_stderr(values: Sequence[float]) -> tuple[float, float]:
+    """The mean of per-seed changes and its standard error between seeds (sample sd / sqrt(n); 0 for one)."""
+    import statistics
+
+    mean = statistics.fmean(values)
+    return mean, (statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else 0.0)
 
 
 def _progress(progress: Mapping[str, Any] | None) -> list[str]:

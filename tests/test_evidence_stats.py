@@ -191,8 +191,10 @@ def test_an_unfinished_experiment_reports_the_runs_it_has_and_says_it_is_in_prog
                                            "seed 0)")
     assert "| (a) domain only | 2 | -50.0 ± 8.0 |" in text and "| (c) + reconstructed, screened (ours) | 1 |" in text
     assert "- (c): forgetting reduction 0.50 [" in text and "] (seed 0)" in text  # compared on seed 0 only
-    assert "Per seed (general points / answer fit nats/token): (a) seed 0: -50.0 / " in text
-    assert "Between seeds, (a)'s general accuracy changed by -50.0 to -50.0 points" in text
+    assert "Per seed (general points / answer fit nats/token; over seeds: mean ± standard error of the seeds' " \
+           "changes): (a) seed 0: -50.0 / " in text and "(over seeds -50.0 ± 0.0 / " in text
+    assert "Between seeds, (a)'s general accuracy changed by -50.0 to -50.0 points (over seeds -50.0 ± 0.0, " \
+           "no spread)" in text
     assert json.loads((tmp_path / "evidence.json").read_text(encoding="utf-8"))["summary"][
         "forgetting_reduction"] == pytest.approx(0.5)  # (c) lost a quarter where (a) lost half
     record["progress"]["finished"] = True
@@ -219,3 +221,17 @@ def test_an_unfinished_experiment_reports_the_runs_it_has_and_says_it_is_in_prog
     only_a["reading"] = reading(only_a)
     write_report(tmp_path, only_a, [])
     assert "\n\n\n" not in (tmp_path / "evidence.md").read_text(encoding="utf-8")  # no arm to compare: no empty part
+
+
+def test_the_seeds_spread_gives_its_own_standard_error():
+    from experiments.evidence_report import reading, seed_mean_stderr
+
+    mean, se = seed_mean_stderr([-0.050, -0.008, -0.071])  # (a)'s three seeds on the general benchmarks
+    assert mean == pytest.approx(-0.043) and se == pytest.approx(0.01852, abs=1e-5)  # sd 0.0321 / sqrt(3)
+    assert seed_mean_stderr([0.1]) == (0.1, 0.0)
+    record = {"arms": {"a": {"general": {"delta": -0.043, "stderr": 0.008, "per_seed": [-0.050, -0.008, -0.071]},
+                             "ifeval": {"delta": None, "stderr": None}}},
+              "summary": {"by_arm": {}}, "arm_names": {}}
+    assert ("Between seeds, (a)'s general accuracy changed by -7.1 to -0.8 points (over seeds -4.3 ± 1.9, 2.3 of "
+            "these standard errors)") in reading(record)[1]
+
