@@ -14,6 +14,9 @@ Stage ``arms``: at the grid's choice, the arms of experiments/evidence_arms.py o
 first (``arm_order``). What it finishes (the general data, each evaluated model) is kept in ``<out>/evidence_runs/``
 (experiments/evidence_ledger.py, committed with the report) and restored into a fresh workspace.
 
+Stage ``report``: the report again from the runs the ledger holds, restored into a scratch workspace; nothing is
+trained or evaluated.
+
     python experiments/evidence.py --quick --workspace /tmp/ev          # tiny, a few minutes (CI)
     python experiments/evidence.py --workspace workspace/evidence       # grid then arms (days on 2 CPU cores)
 
@@ -58,7 +61,15 @@ from experiments.evidence_grid import (  # noqa: E402
     outcome,
 )
 from experiments.evidence_grid_files import NOT_RUN_BECAUSE, recorded_outcomes, write_grid  # noqa: E402
-from experiments.evidence_ledger import LEDGER, has, kept_stage, restore, save_run, save_synthesis  # noqa: E402
+from experiments.evidence_ledger import (  # noqa: E402
+    LEDGER,
+    SYNTHESIS,
+    has,
+    kept_stage,
+    restore,
+    save_run,
+    save_synthesis,
+)
 from experiments.evidence_report import arm_costs, evidence, reading, write_report  # noqa: E402
 from experiments.forgetting_stats import paired_difference  # noqa: E402
 from experiments.stage_runner import (  # noqa: E402
@@ -127,7 +138,7 @@ QUICK = {"grid_rows": [4], "grid_epochs": [1], "grid_lrs": [1e-5, 1e-3], "grid_a
          "max_length": 128, "ifeval_limit": 3, "ifeval_tokens": 8, "domain_rows": 4, "epochs": 1, "lr": 1e-3,
          "n_general": 24, "k": 1, "respond_tokens": 24, "general_holdout": 0.5, "ratios": [0.25, 0.5], "seeds": [0],
          "general_limit": 4, "domain_limit": 4}
-STAGES = ("grid", "arms", "all")
+STAGES = ("grid", "arms", "all", "report")
 
 
 _NONE_TYPES = {"domain_rows": int, "epochs": int, "lr": float}  # fields whose default (None) names no type
@@ -138,7 +149,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, Path, Path, str
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a tiny run (CI): " + json.dumps(QUICK))
-    parser.add_argument("--stage", choices=STAGES, default="all", help="grid, arms (at the grid's choice) or all")
+    parser.add_argument("--stage", choices=STAGES, default="all",
+                        help="grid, arms (at the grid's choice), all, or report: the report again from the runs the "
+                        "ledger holds, nothing trained or evaluated (give a scratch workspace)")
     parser.add_argument("--workspace", type=Path, help="experiment workspace (default workspace/evidence[-quick])")
     parser.add_argument("--out", type=Path, help="where the JSON/Markdown go (default docs/; quick: WS/report)")
     for item in fields(Settings):
@@ -222,8 +235,11 @@ def _paired(diff: float | None, se: float | None, scale: float, unit: str) -> st
 
 
 def arms_stage(run: StageRunner, s: Settings, ws: Path, out: Path, grid: dict[str, Any] | None,
-               invocation: str) -> dict[str, Any]:
-    """The arms at the grid's chosen setting (or the one given), every seed; evidence.json and its Markdown."""
+               invocation: str, report_only: bool = False) -> dict[str, Any]:
+    """The arms at the grid's chosen setting (or the one given), every seed; evidence.json and its Markdown.
+
+    ``report_only``: only the runs the ledger holds (restored into ``ws``), up to the first it lacks; the report
+    is written from them (with this code), and nothing is trained or evaluated."""
     if s.domain_rows is None or s.epochs is None or s.lr is None:
         chosen = (grid or {}).get("chosen")
         if not chosen:
@@ -233,10 +249,12 @@ def arms_stage(run: StageRunner, s: Settings, ws: Path, out: Path, grid: dict[st
         s.domain_rows, s.epochs, s.lr = point["domain_rows"], point["epochs"], point["lr"]
     run.say(f"arms at {s.domain_rows} domain rows, {s.epochs} epoch(s), lr {s.lr:g}: {s.steps} steps each")
     ledger = out / LEDGER
+    base_name = "base" if s.eval_dtype == "auto" else f"base-{s.eval_dtype}"  # not the grid's base then
+    if report_only and not (has(ledger, SYNTHESIS) and has(ledger, base_name)):
+        raise SystemExit(f"nothing to report: {ledger} lacks the general data or the base's evaluation ({base_name})")
     restore(ledger, ws, run)
     general = general_data(run, s, ws)
     save_synthesis(ledger, ws, run)
-    base_name = "base" if s.eval_dtype == "auto" else f"base-{s.eval_dtype}"  # not the grid's base then
     base_jobs = evaluate(run, s, ws, base_name, s.model, drift=False)
     save_run(ledger, ws, run, base_name, base_jobs.values(), evaluation_stages(base_name))
     base = scores(ws, base_jobs)
@@ -249,6 +267,8 @@ def arms_stage(run: StageRunner, s: Settings, ws: Path, out: Path, grid: dict[st
     record: dict[str, Any] = {}
     for done, (seed, arm) in enumerate(units, start=1):
         name, made_by = f"{arm}-s{seed}", training_stage(arm, seed)
+        if report_only and not has(ledger, name):
+            break
         if has(ledger, name):  # evaluated in an earlier workspace: its model is not needed
             kept = kept_stage(ledger, name, made_by, ws)
             info = {"run": str(run_folder(ws, arm, seed)), **run.reuse(made_by, kept), "machine": kept.get("machine")}
@@ -272,6 +292,12 @@ def arms_stage(run: StageRunner, s: Settings, ws: Path, out: Path, grid: dict[st
         if len(run.ran) > ran_before or done == len(units):  # a rerun evaluating nothing new writes once, at the end
             record = write_evidence(run, s, out, invocation, general, base, arms, drift, trained,
                                     progress={"evaluated": evaluated, "done": done, "of": len(units)})
+    if report_only and not evaluated:
+        raise SystemExit(f"nothing to report: {ledger} holds no arm run")
+    if report_only and not record:
+        record = write_evidence(run, s, out, invocation, general, base, arms, drift, trained,
+                                progress={"evaluated": evaluated, "done": sum(map(len, evaluated.values())),
+                                          "of": len(units)})
     return record
 
 
@@ -321,8 +347,8 @@ def main(argv: list[str] | None = None) -> int:
                              "--domain-rows, --epochs and --lr")
     result: dict[str, Any] = {"grid": str(out / "evidence_grid.json"), "chosen": ((grid or {}).get("chosen") or {})
                               .get("name")}
-    if stage in ("arms", "all") and (grid and grid.get("chosen") or s.domain_rows is not None):
-        record = arms_stage(run, s, ws, out, grid, invocation)
+    if stage in ("arms", "all", "report") and (grid and grid.get("chosen") or s.domain_rows is not None):
+        record = arms_stage(run, s, ws, out, grid, invocation, report_only=stage == "report")
         result |= {"evidence": str(out / "evidence.json"), "summary": {k: v for k, v in record["summary"].items()
                                                                          if k != "by_arm"}}
     print(json.dumps(result))

@@ -5,6 +5,7 @@ goes end to end through the real CLI and skips everything on a rerun."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -248,6 +249,21 @@ def test_quick_experiment_runs_end_to_end_and_resumes(tmp_path: Path):
     assert {arm: cost for arm, cost in again_record["costs"].items() if arm != "e"} == kept_costs
     assert again_record["costs"]["e"]["train_tokens"] == record["costs"]["e"]["train_tokens"]  # only re-timed
     assert (ledger / "e-s0" / "stages.json").exists()
+
+    # the report alone, from the ledger into a scratch workspace (newer report code, the run still going):
+    # nothing is trained or evaluated, and the figures are the same
+    (out / "evidence.md").unlink()
+    at = fresh.index("--workspace") + 1
+    report = subprocess.run([*fresh[:at], str(tmp_path / "scratch"), *fresh[at + 1:], "--stage", "report"],
+                            capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert not re.search(r": forgetless (mix|train|eval|reconstruct|respond|judge) ", report.stdout), report.stdout
+    assert (out / "evidence.md").exists()
+    assert json.loads((out / "evidence.json").read_text(encoding="utf-8"))["arms"] == record["arms"]
+    empty = subprocess.run([*fresh[:at], str(tmp_path / "scratch2"), "--out", str(tmp_path / "no-ledger"),
+                            "--threads", "1", "--stage", "report", "--domain-rows", "8", "--epochs", "1", "--lr",
+                            "1e-3"], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert empty.returncode == 1 and "nothing to report" in empty.stderr.strip().splitlines()[-1], empty.stderr
 
 
 def test_wise_ft_interpolates_every_weight_and_writes_a_run_eval_can_read(tmp_path: Path):
