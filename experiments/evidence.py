@@ -269,6 +269,8 @@ def arms_stage(run: StageRunner, s: Settings, ws: Path, out: Path, grid: dict[st
         name, made_by = f"{arm}-s{seed}", training_stage(arm, seed)
         if report_only and not has(ledger, name):
             break
+        if report_only and seed not in mixes:  # listed among the commands (a scratch workspace makes them: seconds)
+            mixes[seed] = build_mixes(run, s, ws, general, seed)
         if has(ledger, name):  # evaluated in an earlier workspace: its model is not needed
             kept = kept_stage(ledger, name, made_by, ws)
             info = {"run": str(run_folder(ws, arm, seed)), **run.reuse(made_by, kept), "machine": kept.get("machine")}
