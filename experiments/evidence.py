@@ -265,6 +265,11 @@ def arms_stage(run: StageRunner, s: Settings, ws: Path, out: Path, grid: dict[st
     mixes: dict[int, dict[str, Any]] = {}
     units = arm_order(s)
     record: dict[str, Any] = {}
+
+    def report(done: int) -> dict[str, Any]:
+        return write_evidence(run, s, out, invocation, general, base, arms, drift, trained,
+                              progress={"evaluated": evaluated, "done": done, "of": len(units)})
+
     for done, (seed, arm) in enumerate(units, start=1):
         name, made_by = f"{arm}-s{seed}", training_stage(arm, seed)
         if report_only and not has(ledger, name):
@@ -292,14 +297,11 @@ def arms_stage(run: StageRunner, s: Settings, ws: Path, out: Path, grid: dict[st
         drift.setdefault(reported, []).append(summary["results"].get("drift", {}))
         trained.setdefault(reported, []).append(info)
         if len(run.ran) > ran_before or done == len(units):  # a rerun evaluating nothing new writes once, at the end
-            record = write_evidence(run, s, out, invocation, general, base, arms, drift, trained,
-                                    progress={"evaluated": evaluated, "done": done, "of": len(units)})
+            record = report(done)
     if report_only and not evaluated:
         raise SystemExit(f"nothing to report: {ledger} holds no arm run")
     if report_only and not record:
-        record = write_evidence(run, s, out, invocation, general, base, arms, drift, trained,
-                                progress={"evaluated": evaluated, "done": sum(map(len, evaluated.values())),
-                                          "of": len(units)})
+        record = report(sum(map(len, evaluated.values())))
     return record
 
 

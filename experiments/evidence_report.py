@@ -18,7 +18,7 @@ from experiments.evidence_grid import (
     PRIMARY_DESCRIPTION,
     PRIMARY_METRIC,
 )
-from experiments.evidence_stats import change, summary
+from experiments.evidence_stats import change, seed_mean_stderr, summary
 from experiments.forgetting_stats import GENERAL
 from experiments.stage_runner import machine_label
 
@@ -262,14 +262,6 @@ def _per_seed_lines(record: Mapping[str, Any]) -> list[str]:
     return ["Per seed (general points / answer fit nats/token; over seeds: mean ± standard error of the seeds' "
             "changes): " + "; ".join(rows)
             + ". The table's ± are over items, each averaged over the seeds, and leave this spread out."]
-
-
-def seed_mean_stderr(values: Sequence[float]) -> tuple[float, float]:
-    """The mean of per-seed changes and its standard error between seeds (sample sd / sqrt(n); 0 for one)."""
-    import statistics
-
-    mean = statistics.fmean(values)
-    return mean, (statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else 0.0)
 
 
 def _progress(progress: Mapping[str, Any] | None) -> list[str]:

@@ -43,6 +43,12 @@ def change(base: Scores, seeds: Sequence[Scores]) -> dict[str, Any]:
             "per_seed": per_seed}
 
 
+def seed_mean_stderr(values: Sequence[float]) -> tuple[float, float]:
+    """The mean of per-seed changes and its standard error between seeds (sample sd / sqrt(n); 0 for one)."""
+    mean = float(np.mean(values))
+    return mean, (float(np.std(values, ddof=1) / math.sqrt(len(values))) if len(values) > 1 else 0.0)
+
+
 def ratio_with_interval(numerator: Mapping[str, float], denominator: Mapping[str, float], *, one_minus: bool,
                         seed: int = 0, samples: int = BOOTSTRAP_SAMPLES) -> dict[str, Any]:
     """``mean(numerator) / mean(denominator)`` over their common items (``1 −`` it when ``one_minus``), with a

@@ -224,7 +224,8 @@ def test_an_unfinished_experiment_reports_the_runs_it_has_and_says_it_is_in_prog
 
 
 def test_the_seeds_spread_gives_its_own_standard_error():
-    from experiments.evidence_report import reading, seed_mean_stderr
+    from experiments.evidence_report import reading
+    from experiments.evidence_stats import seed_mean_stderr
 
     mean, se = seed_mean_stderr([-0.050, -0.008, -0.071])  # (a)'s three seeds on the general benchmarks
     assert mean == pytest.approx(-0.043) and se == pytest.approx(0.01852, abs=1e-5)  # sd 0.0321 / sqrt(3)
