@@ -51,6 +51,7 @@ from experiments.evidence_arms import (  # noqa: E402
     train_arm,
     training_stage,
 )
+from experiments.evidence_costs import arm_costs  # noqa: E402
 from experiments.evidence_grid import (  # noqa: E402
     DOMAIN_FIT,
     IFEVAL_TOKENS,
@@ -70,7 +71,7 @@ from experiments.evidence_ledger import (  # noqa: E402
     save_run,
     save_synthesis,
 )
-from experiments.evidence_report import arm_costs, evidence, reading, write_report  # noqa: E402
+from experiments.evidence_report import evidence, reading, write_report  # noqa: E402
 from experiments.forgetting_stats import paired_difference  # noqa: E402
 from experiments.stage_runner import (  # noqa: E402
     REPO_ROOT,

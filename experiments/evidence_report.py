@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from experiments.evidence_arms import ARM_NAMES, DOMAIN_TASK, resumed_scale
+from experiments.evidence_arms import ARM_NAMES, DOMAIN_TASK
 from experiments.evidence_grid import (
     DOMAIN_FIT,
     DOMAIN_FIT_DESCRIPTION,
@@ -18,9 +18,8 @@ from experiments.evidence_grid import (
     PRIMARY_DESCRIPTION,
     PRIMARY_METRIC,
 )
-from experiments.evidence_stats import change, seed_mean_stderr, summary
+from experiments.evidence_stats import change, head_to_head, seed_mean_stderr, summary
 from experiments.forgetting_stats import GENERAL
-from experiments.stage_runner import machine_label
 
 Scores = Mapping[str, Mapping[str, float]]  # task -> item -> score
 TASKS = (PRIMARY_METRIC, *GENERAL, IFEVAL, DOMAIN_TASK, DOMAIN_FIT)
@@ -49,6 +48,10 @@ def evidence(base: Scores, arms: Mapping[str, Sequence[Scores]], *, ratio: float
     ratios = summary({t: base[t] for t in (PRIMARY_METRIC, DOMAIN_FIT)}, main_arms, primary=PRIMARY_METRIC,
                      domain=DOMAIN_FIT, arm_seeds={arm: seeds_of[arm] for arm in main_arms} if arm_seeds else None)
     ours = ratios.get("c", {})
+    against = ({} if "c" not in main_arms else
+               head_to_head({t: base[t] for t in (PRIMARY_METRIC, DOMAIN_FIT)}, main_arms, ours="c",
+                            tasks=(PRIMARY_METRIC, DOMAIN_FIT), skip=("a",),
+                            arm_seeds={arm: seeds_of[arm] for arm in main_arms} if arm_seeds else None))
     sweep = sorted(((float(key.split("@")[1]) if "@" in key else ratio), arm) for key, arm in
                    ((key, ("c" if key == final else key)) for key in arms) if key.startswith("c@"))
     return {
@@ -69,69 +72,11 @@ def evidence(base: Scores, arms: Mapping[str, Sequence[Scores]], *, ratio: float
             "domain_gain_retention_ci": ours.get("domain_gain_retention", {}).get("ci"),
             "by_arm": ratios,
         },
+        "head_to_head": against,
         "sweep": [{"ratio": r, "arm": arm, "forgetting": _neg(changes[arm][PRIMARY_METRIC]),
                    "domain_gain": changes[arm][DOMAIN_FIT]} for r, arm in sweep],
         "costs": dict(costs), "settings": dict(settings), "machine": dict(machine),
     }
-
-
-SYNTHESIS_STAGES = {"c": ("reconstruct", "respond"), "d": ("reconstruct", "respond")}
-SCREENING_STAGES = {"c": ("judge",)}
-
-
-def run_seconds(info: Mapping[str, Any]) -> float:
-    """One training run's wall time for all its steps: a resumed run's summary times only the steps after its
-    checkpoint, so its rate is carried over to the whole run."""
-    total = info.get("total_steps") or info.get("steps") or 0
-    return (info.get("seconds") or 0.0) * resumed_scale(total, total - (info.get("resumed_from_step") or 0))
-
-
-def arm_costs(stages: Mapping[str, Mapping[str, Any]], trained: Mapping[str, Sequence[Mapping[str, Any]]]
-              ) -> dict[str, dict[str, Any]]:
-    """Per arm, what it needed and the machine(s) that timed it: synthesis (reconstruct + respond: (c) and (d))
-    and screening (judge: (c)) once, and training per run (mean over its seeds); (e) is (a)'s training plus the
-    interpolation.
-
-    ``stages``: stage -> {seconds, tokens}; ``trained``: arm -> its runs' summaries (train or WiSE-FT)."""
-    def stage_sum(names: Sequence[str], key: str) -> float | None:
-        """None when every stage left it unrecorded (the judge scores responses and counts no tokens)."""
-        values = [stages[name][key] for name in names]
-        return None if values and all(v is None for v in values) else sum(v or 0 for v in values)
-
-    def per_run(runs: Sequence[Mapping[str, Any]]) -> tuple[float, float]:
-        seconds = [run_seconds(info) for info in runs]
-        tokens = [sec * (info.get("tokens_per_s") or 0) for sec, info in zip(seconds, runs, strict=True)]
-        return sum(seconds) / len(runs), sum(tokens) / len(runs)
-
-    def per_run_by_machine(runs: Sequence[Mapping[str, Any]], extra: float = 0.0) -> dict[str, float]:
-        """Mean training seconds per run on each machine that timed one (seconds compare within a machine)."""
-        groups: dict[str, list[float]] = {}
-        for info in runs:
-            groups.setdefault(machine_label(info.get("machine")), []).append(run_seconds(info))
-        return {label: round(sum(values) / len(values) + extra, 1) for label, values in sorted(groups.items())}
-
-    costs = {}
-    for arm, runs in trained.items():
-        kind = arm.split("@")[0]
-        train_seconds, train_tokens = per_run(runs)
-        by_machine = per_run_by_machine(runs)
-        if kind == "e":
-            a_seconds, a_tokens = per_run(trained["a"])
-            by_machine = per_run_by_machine(trained["a"], extra=train_seconds)  # (a)'s training + interpolation
-            train_seconds, train_tokens = train_seconds + a_seconds, a_tokens
-        synthesis, screening = SYNTHESIS_STAGES.get(kind, ()), SCREENING_STAGES.get(kind, ())
-        cost = {"synthesis_seconds": stage_sum(synthesis, "seconds"),
-                "synthesis_tokens": stage_sum(synthesis, "tokens"),
-                "screening_seconds": stage_sum(screening, "seconds"),
-                "screening_tokens": stage_sum(screening, "tokens"),
-                "train_seconds": round(train_seconds, 1), "train_tokens": round(train_tokens), "runs": len(runs),
-                "train_seconds_by_machine": by_machine}
-        cost["total_seconds"] = round(cost["synthesis_seconds"] + cost["screening_seconds"] + train_seconds, 1)
-        timed = [stages[name].get("machine") for name in (*synthesis, *screening)]
-        timed += [info.get("machine") for info in (*runs, *(trained["a"] if kind == "e" else ()))]
-        cost["machines"] = sorted({machine_label(m) for m in timed})  # seconds compare within one machine only
-        costs[arm] = cost
-    return costs
 
 
 def _interval_says(name: str, value: float | None, ci: Sequence[float | None] | None, what: str) -> str:
@@ -173,7 +118,32 @@ def reading(record: Mapping[str, Any], sigmas: float = 3.0) -> list[str]:
             "preventing all of (a)'s forgetting") + " " + _interval_says(
             "Domain gain retention", values["domain_gain_retention"]["value"], values["domain_gain_retention"]["ci"],
             "keeping all of (a)'s domain gain"))
-    return lines + _ifeval_reading(record, sigmas)
+    return lines + _head_to_head_reading(record, sigmas) + _ifeval_reading(record, sigmas)
+
+
+def _head_to_head_reading(record: Mapping[str, Any], sigmas: float) -> list[str]:
+    """(c) against each other arm directly, paired per item on the seeds both have: the question each arm asks
+    ((b): does public SFT data do as well? (d): does screening matter? (e): does the conventional baseline?)."""
+    lines = []
+    for arm, entry in (record.get("head_to_head") or {}).items():
+        if entry[PRIMARY_METRIC]["delta"] is None:
+            continue
+        parts = [_gap(entry[PRIMARY_METRIC], sigmas, "general accuracy", 100.0, 1, "points"),
+                 _gap(entry[DOMAIN_FIT], sigmas, "answer fit", 1.0, 3, "nats/token")]
+        lines.append(f"(c) against ({arm}) {record['arm_names'].get(arm, arm)}, item by item"
+                     f"{_on_seeds(entry.get('seeds'))}: " + "; ".join(parts) + ".")
+    return lines
+
+
+def _gap(entry: Mapping[str, Any], sigmas: float, what: str, scale: float, digits: int, unit: str) -> str:
+    """One metric of a head-to-head: (c) − the other arm ± its paired stderr, its verdict, and each seed's gap."""
+    delta, stderr = entry["delta"], entry.get("stderr") or 0.0
+    verdict = ("clearly higher with (c)" if delta > sigmas * stderr else
+               "clearly lower with (c)" if delta < -sigmas * stderr else "not clearly different")
+    seeds = entry.get("per_seed") or []
+    shown = [f"{scale * gap:+.{digits}f}" for gap in seeds if gap is not None]
+    each = f" (per seed {', '.join(shown)})" if len(shown) > 1 else ""
+    return f"{what} {_pm(entry, scale, digits)} {unit}, {verdict}{each}"
 
 
 def _ifeval_reading(record: Mapping[str, Any], sigmas: float) -> list[str]:

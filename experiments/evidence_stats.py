@@ -107,6 +107,41 @@ def summary(base: Mapping[str, Scores], arms: Mapping[str, Mapping[str, Sequence
     return result
 
 
+def head_to_head(base: Mapping[str, Scores], arms: Mapping[str, Mapping[str, Sequence[Scores]]], *, ours: str,
+                 tasks: Sequence[str], arm_seeds: Mapping[str, Sequence[int]] | None = None,
+                 skip: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
+    """``ours`` against every other arm (but ``skip``), item by item: per task, ours − theirs (each item averaged
+    over the runs first), its stderr over items and, with ``arm_seeds``, on the seeds both arms have only, with
+    each shared seed's own difference in ``per_seed`` (the items' stderr leaves the seeds' spread out)."""
+    result: dict[str, dict[str, Any]] = {}
+    for other in arms:
+        if other == ours or other in skip:
+            continue
+        if arm_seeds is None:
+            result[other] = {"seeds": None, **{task: {**_difference(base[task], arms[ours][task], arms[other][task]),
+                                                      "per_seed": None} for task in tasks}}
+            continue
+        shared = sorted(set(arm_seeds[ours]) & set(arm_seeds[other]))
+        mine, theirs = _paired(arms, arm_seeds, ours, other, shared)
+        entry: dict[str, Any] = {"seeds": shared}
+        for task in tasks:
+            each = [_paired(arms, arm_seeds, ours, other, [one]) for one in shared]
+            entry[task] = {**_difference(base[task], mine[task], theirs[task]),
+                           "per_seed": [_difference(base[task], m[task], t[task])["delta"] for m, t in each]}
+        result[other] = entry
+    return result
+
+
+def _difference(base: Scores, mine: Sequence[Scores], theirs: Sequence[Scores]) -> dict[str, Any]:
+    """Per item scored by the base and every run of both: mine − theirs (each averaged over its runs)."""
+    ours, other = item_changes(base, mine), item_changes(base, theirs)
+    gaps = np.array([ours[item] - other[item] for item in sorted(set(ours) & set(other))], dtype=np.float64)
+    if not len(gaps):
+        return {"delta": None, "stderr": None, "n": 0}
+    stderr = float(gaps.std(ddof=1) / math.sqrt(len(gaps))) if len(gaps) > 1 else None
+    return {"delta": float(gaps.mean()), "stderr": stderr, "n": len(gaps)}
+
+
 def _ratios(base: Mapping[str, Scores], arm: Mapping[str, Sequence[Scores]],
             reference: Mapping[str, Sequence[Scores]], primary: str, domain: str, seed: int,
             samples: int = BOOTSTRAP_SAMPLES) -> dict[str, Any]:

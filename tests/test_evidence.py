@@ -207,6 +207,10 @@ def test_quick_experiment_runs_end_to_end_and_resumes(tmp_path: Path):
         assert record["drift"][arm]["ppl_tuned"] > 1 and record["drift"][arm]["ppl_base"] > 1  # held-out perplexity
     assert {"forgetting_reduction", "forgetting_reduction_ci", "domain_gain_retention",
             "domain_gain_retention_ci"} <= set(record["summary"])
+    assert set(record["head_to_head"]) == {"b", "d", "e"}  # ours against each other main arm, on shared seeds
+    assert all(entry["seeds"] == [0] and entry["general"]["n"] == 16 for entry in record["head_to_head"].values())
+    assert "- (c) against (d) + reconstructed, not screened, item by item (seed 0): general accuracy " in (
+        out / "evidence.md").read_text(encoding="utf-8")
     assert [row["ratio"] for row in record["sweep"]] == [0.25, 0.5]
     for row in record["sweep"]:  # the sweep's domain gain is the answer fit
         assert row["domain_gain"]["delta"] == record["arms"][row["arm"]]["domain_ppl"]["delta"]

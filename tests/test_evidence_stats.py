@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from experiments.evidence_report import arm_costs
+from experiments.evidence_costs import arm_costs
 from experiments.evidence_stats import change, item_changes, ratio_with_interval, summary
 
 
@@ -236,3 +236,53 @@ def test_the_seeds_spread_gives_its_own_standard_error():
     assert ("Between seeds, (a)'s general accuracy changed by -7.1 to -0.8 points (over seeds -4.3 ± 1.9, 2.3 of "
             "these standard errors)") in reading(record)[1]
 
+
+
+def test_ours_is_set_against_each_other_arm_item_by_item_on_the_seeds_both_have():
+    from experiments.evidence_stats import head_to_head
+
+    items = [f"q{i}" for i in range(100)]
+    base = {"general": dict.fromkeys(items, 1.0), "fit": dict.fromkeys(items, -3.0)}
+
+    def right(share: float) -> dict[str, float]:
+        return {i: (1.0 if n < share * 100 else 0.0) for n, i in enumerate(items)}
+
+    def fit(value: float) -> dict[str, float]:
+        return dict.fromkeys(items, value)
+
+    arms = {"a": {"general": [right(0.1)], "fit": [fit(-2.0)]},
+            "c": {"general": [right(0.8), right(0.6)], "fit": [fit(-2.5), fit(-2.3)]},  # seeds 0, 1
+            "d": {"general": [right(0.5), right(0.7), right(0.2)], "fit": [fit(-2.5), fit(-2.6), fit(-2.0)]}}
+    seeds = {"a": [0], "c": [0, 1], "d": [2, 1, 0]}  # (d)'s runs listed in another order than (c)'s
+    against = head_to_head(base, arms, ours="c", tasks=("general", "fit"), arm_seeds=seeds, skip=("a",))
+    assert set(against) == {"d"} and against["d"]["seeds"] == [0, 1]
+    general = against["d"]["general"]
+    assert general["per_seed"] == pytest.approx([0.8 - 0.2, 0.6 - 0.7])  # each seed with its own pair
+    assert general["delta"] == pytest.approx(((0.8 + 0.6) - (0.2 + 0.7)) / 2)  # (d)'s seed 2 left out
+    assert general["n"] == 100 and general["stderr"] > 0
+    assert against["d"]["fit"]["delta"] == pytest.approx((-2.5 - 2.3) / 2 - (-2.0 - 2.6) / 2)
+    assert against["d"]["fit"]["stderr"] == pytest.approx(0.0)  # every item moved alike
+    unpaired = head_to_head(base, arms, ours="c", tasks=("general",))
+    assert set(unpaired) == {"a", "d"} and unpaired["d"]["seeds"] is None
+    assert unpaired["d"]["general"]["delta"] == pytest.approx(0.7 - (0.5 + 0.7 + 0.2) / 3)  # every run
+    apart = head_to_head(base, arms, ours="c", tasks=("general",), arm_seeds={**seeds, "a": [5]})
+    assert apart["a"]["seeds"] == [] and apart["a"]["general"]["delta"] is None  # nothing to pair with
+
+
+def test_the_reading_says_whether_ours_beats_each_other_arm_head_to_head():
+    from experiments.evidence_report import reading
+
+    def record(general, fit, per_seed=None):
+        return {"arms": {"a": {"general": {"delta": -0.1, "stderr": 0.01}}}, "summary": {"by_arm": {}},
+                "arm_names": {"d": "+ reconstructed, not screened"},
+                "head_to_head": {"d": {"seeds": [0, 1], "general": {**general, "per_seed": per_seed},
+                                       "domain_ppl": {**fit, "per_seed": None}}}}
+
+    line = reading(record({"delta": 0.004, "stderr": 0.007}, {"delta": 0.010, "stderr": 0.003}, [0.01, -0.002]))[-1]
+    assert line == ("(c) against (d) + reconstructed, not screened, item by item (seeds 0, 1): general accuracy "
+                    "+0.4 ± 0.7 points, not clearly different (per seed +1.0, -0.2); answer fit +0.010 ± 0.003 "
+                    "nats/token, clearly higher with (c).")
+    worse = reading(record({"delta": -0.03, "stderr": 0.007}, {"delta": -0.02, "stderr": 0.003}))[-1]
+    assert "general accuracy -3.0 ± 0.7 points, clearly lower with (c); answer fit -0.020" in worse
+    assert not any(line.startswith("(c) against") for line in reading({**record({"delta": None}, {"delta": None}),
+                                                                      "head_to_head": {}}))
