@@ -45,13 +45,13 @@ def evidence(base: Scores, arms: Mapping[str, Sequence[Scores]], *, ratio: float
     main_arms = {arm: {task: [s[task] for s in scores] for task in (PRIMARY_METRIC, DOMAIN_FIT)}
                  for arm, scores in named.items() if "@" not in arm}
     seeds_of = {("c" if key == final else key): list(runs) for key, runs in (arm_seeds or {}).items()}
-    ratios = summary({t: base[t] for t in (PRIMARY_METRIC, DOMAIN_FIT)}, main_arms, primary=PRIMARY_METRIC,
-                     domain=DOMAIN_FIT, arm_seeds={arm: seeds_of[arm] for arm in main_arms} if arm_seeds else None)
+    main_base = {t: base[t] for t in (PRIMARY_METRIC, DOMAIN_FIT)}
+    main_seeds = {arm: seeds_of[arm] for arm in main_arms} if arm_seeds else None
+    ratios = summary(main_base, main_arms, primary=PRIMARY_METRIC, domain=DOMAIN_FIT, arm_seeds=main_seeds)
     ours = ratios.get("c", {})
     against = ({} if "c" not in main_arms else
-               head_to_head({t: base[t] for t in (PRIMARY_METRIC, DOMAIN_FIT)}, main_arms, ours="c",
-                            tasks=(PRIMARY_METRIC, DOMAIN_FIT), skip=("a",),
-                            arm_seeds={arm: seeds_of[arm] for arm in main_arms} if arm_seeds else None))
+               head_to_head(main_base, main_arms, ours="c", tasks=(PRIMARY_METRIC, DOMAIN_FIT), skip=("a",),
+                            arm_seeds=main_seeds))
     sweep = sorted(((float(key.split("@")[1]) if "@" in key else ratio), arm) for key, arm in
                    ((key, ("c" if key == final else key)) for key in arms) if key.startswith("c@"))
     return {

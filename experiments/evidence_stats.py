@@ -33,14 +33,20 @@ def item_changes(base: Scores, seeds: Sequence[Scores]) -> dict[str, float]:
 
 def change(base: Scores, seeds: Sequence[Scores]) -> dict[str, Any]:
     """Mean change vs the base, its stderr over items, the per-seed means and the item count."""
-    changes = np.array(list(item_changes(base, seeds).values()), dtype=np.float64)
-    if not len(changes):
+    changes = item_changes(base, seeds)
+    if not changes:
         return {"delta": None, "stderr": None, "n": 0, "seeds": len(seeds), "per_seed": []}
-    stderr = float(changes.std(ddof=1) / math.sqrt(len(changes))) if len(changes) > 1 else None
-    common = sorted(item_changes(base, seeds))
-    per_seed = [float(np.mean([s[i] - base[i] for i in common])) for s in seeds]
-    return {"delta": float(changes.mean()), "stderr": stderr, "n": len(changes), "seeds": len(seeds),
-            "per_seed": per_seed}
+    per_seed = [float(np.mean([s[i] - base[i] for i in changes])) for s in seeds]
+    return {**_mean_stderr(list(changes.values())), "seeds": len(seeds), "per_seed": per_seed}
+
+
+def _mean_stderr(values: Sequence[float]) -> dict[str, Any]:
+    """The mean of per-item values, its standard error over items (None for one item) and the item count."""
+    array = np.array(values, dtype=np.float64)
+    if not len(array):
+        return {"delta": None, "stderr": None, "n": 0}
+    stderr = float(array.std(ddof=1) / math.sqrt(len(array))) if len(array) > 1 else None
+    return {"delta": float(array.mean()), "stderr": stderr, "n": len(array)}
 
 
 def seed_mean_stderr(values: Sequence[float]) -> tuple[float, float]:
@@ -123,9 +129,9 @@ def head_to_head(base: Mapping[str, Scores], arms: Mapping[str, Mapping[str, Seq
             continue
         shared = sorted(set(arm_seeds[ours]) & set(arm_seeds[other]))
         mine, theirs = _paired(arms, arm_seeds, ours, other, shared)
+        each = [_paired(arms, arm_seeds, ours, other, [one]) for one in shared]
         entry: dict[str, Any] = {"seeds": shared}
         for task in tasks:
-            each = [_paired(arms, arm_seeds, ours, other, [one]) for one in shared]
             entry[task] = {**_difference(base[task], mine[task], theirs[task]),
                            "per_seed": [_difference(base[task], m[task], t[task])["delta"] for m, t in each]}
         result[other] = entry
@@ -135,11 +141,7 @@ def head_to_head(base: Mapping[str, Scores], arms: Mapping[str, Mapping[str, Seq
 def _difference(base: Scores, mine: Sequence[Scores], theirs: Sequence[Scores]) -> dict[str, Any]:
     """Per item scored by the base and every run of both: mine − theirs (each averaged over its runs)."""
     ours, other = item_changes(base, mine), item_changes(base, theirs)
-    gaps = np.array([ours[item] - other[item] for item in sorted(set(ours) & set(other))], dtype=np.float64)
-    if not len(gaps):
-        return {"delta": None, "stderr": None, "n": 0}
-    stderr = float(gaps.std(ddof=1) / math.sqrt(len(gaps))) if len(gaps) > 1 else None
-    return {"delta": float(gaps.mean()), "stderr": stderr, "n": len(gaps)}
+    return _mean_stderr([ours[item] - other[item] for item in sorted(set(ours) & set(other))])
 
 
 def _ratios(base: Mapping[str, Scores], arm: Mapping[str, Sequence[Scores]],

@@ -237,7 +237,6 @@ def test_the_seeds_spread_gives_its_own_standard_error():
             "these standard errors)") in reading(record)[1]
 
 
-
 def test_ours_is_set_against_each_other_arm_item_by_item_on_the_seeds_both_have():
     from experiments.evidence_stats import head_to_head
 
