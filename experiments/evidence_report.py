@@ -52,8 +52,6 @@ def evidence(base: Scores, arms: Mapping[str, Sequence[Scores]], *, ratio: float
     against = ({} if "c" not in main_arms else
                head_to_head(main_base, main_arms, ours="c", tasks=(PRIMARY_METRIC, DOMAIN_FIT), skip=("a",),
                             arm_seeds=main_seeds))
-    sweep = sorted(((float(key.split("@")[1]) if "@" in key else ratio), arm) for key, arm in
-                   ((key, ("c" if key == final else key)) for key in arms) if key.startswith("c@"))
     return {
         "primary_metric": PRIMARY_METRIC, "primary_description": PRIMARY_DESCRIPTION, "seeds": list(seeds),
         "domain_gain_metric": DOMAIN_FIT, "domain_gain_description": DOMAIN_FIT_DESCRIPTION,
@@ -73,10 +71,35 @@ def evidence(base: Scores, arms: Mapping[str, Sequence[Scores]], *, ratio: float
             "by_arm": ratios,
         },
         "head_to_head": against,
-        "sweep": [{"ratio": r, "arm": arm, "forgetting": _neg(changes[arm][PRIMARY_METRIC]),
-                   "domain_gain": changes[arm][DOMAIN_FIT]} for r, arm in sweep],
+        "sweep": sweep_rows(main_base, main_arms["a"], arms, final=final, arm_seeds=arm_seeds),
         "costs": dict(costs), "settings": dict(settings), "machine": dict(machine),
     }
+
+
+def sweep_rows(base: Mapping[str, Mapping[str, float]], domain_only: Mapping[str, Sequence[Mapping[str, float]]],
+               arms: Mapping[str, Sequence[Scores]], *, final: str,
+               arm_seeds: Mapping[str, Sequence[int]] | None) -> list[dict[str, Any]]:
+    """(c)'s ratio sweep as a curve, each ratio on the seeds every ratio has (the final ratio's other seeds left
+    out: seeds differ more than neighbouring ratios may): forgetting and domain gain vs the base, and the
+    forgetting reduction and domain gain retention against (a) on those seeds. Without ``arm_seeds``, or with no
+    seed every ratio has, each ratio uses all its runs.
+
+    ``base``/``domain_only``: the primary metric's and the domain gain's scores, of the base and of (a)'s runs."""
+    keys = sorted((key for key in arms if key.startswith("c@")), key=lambda key: float(key.split("@")[1]))
+    common = sorted(set.intersection(*(set(arm_seeds[key]) for key in keys))) if arm_seeds and keys else []
+    rows = []
+    for key in keys:
+        seeds = common or (list(arm_seeds[key]) if arm_seeds else None)
+        runs = [run for n, run in enumerate(arms[key]) if seeds is None or arm_seeds[key][n] in seeds]
+        tasks = {task: [run[task] for run in runs] for task in (PRIMARY_METRIC, DOMAIN_FIT)}
+        against_a = summary(base, {"a": domain_only, key: tasks}, primary=PRIMARY_METRIC, domain=DOMAIN_FIT,
+                            arm_seeds=None if seeds is None else {"a": arm_seeds["a"], key: seeds})[key]
+        rows.append({"ratio": float(key.split("@")[1]), "arm": "c" if key == final else key, "seeds": seeds,
+                     "forgetting": _neg(change(base[PRIMARY_METRIC], tasks[PRIMARY_METRIC])),
+                     "domain_gain": change(base[DOMAIN_FIT], tasks[DOMAIN_FIT]),
+                     "forgetting_reduction": against_a["forgetting_reduction"],
+                     "domain_gain_retention": against_a["domain_gain_retention"]})
+    return rows
 
 
 def _interval_says(name: str, value: float | None, ci: Sequence[float | None] | None, what: str) -> str:
@@ -118,7 +141,28 @@ def reading(record: Mapping[str, Any], sigmas: float = 3.0) -> list[str]:
             "preventing all of (a)'s forgetting") + " " + _interval_says(
             "Domain gain retention", values["domain_gain_retention"]["value"], values["domain_gain_retention"]["ci"],
             "keeping all of (a)'s domain gain"))
-    return lines + _head_to_head_reading(record, sigmas) + _ifeval_reading(record, sigmas)
+    return lines + _head_to_head_reading(record, sigmas) + _sweep_reading(record) + _ifeval_reading(record, sigmas)
+
+
+def _sweep_reading(record: Mapping[str, Any]) -> list[str]:
+    """The sweep's curve in one sentence: each ratio's forgetting reduction and domain gain retention, and where
+    the least forgetting and the most domain gain lie (the choice a user makes)."""
+    rows = [row for row in record.get("sweep") or [] if row["forgetting"]["value"] is not None]
+    if len(rows) < 2:
+        return []
+    seeds = {tuple(row.get("seeds") or ()) for row in rows}
+    shared = next(iter(seeds)) if len(seeds) == 1 else ()
+    on = f" ({_seed_list(shared)}, against (a) on the same)" if shared else ""
+
+    def each(name: str) -> str:
+        return ", ".join(f"{_value(row[name]['value'])} at {row['ratio']:g}" for row in rows)
+
+    least = min(rows, key=lambda row: row["forgetting"]["value"])
+    most = max(rows, key=lambda row: row["domain_gain"]["delta"])
+    return [f"Ratio sweep of (c){on}: forgetting reduction {each('forgetting_reduction')}; domain gain retention "
+            f"{each('domain_gain_retention')}. The least forgetting at ratio {least['ratio']:g} "
+            f"({-100 * least['forgetting']['value']:+.1f} points), the most domain gain at ratio {most['ratio']:g} "
+            f"({most['domain_gain']['delta']:+.3f} nats/token)."]
 
 
 def _head_to_head_reading(record: Mapping[str, Any], sigmas: float) -> list[str]:
@@ -265,9 +309,12 @@ def markdown(record: Mapping[str, Any], commands: Sequence[str]) -> str:
     ratio_lines = [f"- ({arm}): forgetting reduction {_entry(v['forgetting_reduction'])}, domain gain retention "
                    f"{_entry(v['domain_gain_retention'])}" + _on_seeds(v.get("seeds")) + _each_seed(v.get("per_seed"))
                    for arm, v in s["by_arm"].items()]
-    sweep = ["| ratio | forgetting (pts) | domain gain (answer fit, nats/token) |", "|---|---|---|"] + [
-        f"| {row['ratio']:g} | {_pm({'delta': row['forgetting']['value'], 'stderr': row['forgetting']['stderr']})} "
-        f"| {_nats(row['domain_gain'])} |" for row in record["sweep"]]
+    sweep = ["| ratio | seeds | forgetting (pts) | domain gain (answer fit, nats/token) | forgetting reduction | "
+             "domain gain retention |", "|---|---|---|---|---|---|"] + [
+        f"| {row['ratio']:g} | {', '.join(map(str, row.get('seeds') or [])) or 'all'} | "
+        f"{_pm({'delta': row['forgetting']['value'], 'stderr': row['forgetting']['stderr']})} | "
+        f"{_nats(row['domain_gain'])} | {_entry(row['forgetting_reduction'])} | "
+        f"{_entry(row['domain_gain_retention'])} |" for row in record["sweep"]]
     costs = ["| arm | synthesis s (tokens) | screening s (tokens) | training s per run (tokens) | total s | timed on |",
              "|---|---|---|---|---|---|"] + [
         f"| ({arm}) | {c['synthesis_seconds']:.0f} ({_count(c['synthesis_tokens'])}) | {c['screening_seconds']:.0f} "
@@ -289,7 +336,8 @@ def markdown(record: Mapping[str, Any], commands: Sequence[str]) -> str:
         f"(gain(c)/gain(a)): {_interval(s['domain_gain_retention'], s['domain_gain_retention_ci'])} (95% bootstrap "
         "intervals over items).",
         *(["\n".join(ratio_lines)] if ratio_lines else []),  # none before a second arm is evaluated
-        "Ratio sweep of (c):\n\n" + "\n".join(sweep),
+        "Ratio sweep of (c), each ratio on the seeds every ratio has (against (a) on the same seeds; 95% "
+        "bootstrap intervals over items):\n\n" + "\n".join(sweep),
         "Cost per arm (synthesis and screening once; training per run, the mean over seeds):\n\n" + "\n".join(costs)
         + ("\n\nThe timed stages ran on more than one machine: seconds compare only between stages timed on the "
            "same one; token counts compare across machines." if len(machines) > 1 else "")

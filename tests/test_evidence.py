@@ -212,8 +212,9 @@ def test_quick_experiment_runs_end_to_end_and_resumes(tmp_path: Path):
     assert "- (c) against (d) + reconstructed, not screened, item by item (seed 0): general accuracy " in (
         out / "evidence.md").read_text(encoding="utf-8")
     assert [row["ratio"] for row in record["sweep"]] == [0.25, 0.5]
-    for row in record["sweep"]:  # the sweep's domain gain is the answer fit
+    for row in record["sweep"]:  # the sweep's domain gain is the answer fit, on the seed every ratio has
         assert row["domain_gain"]["delta"] == record["arms"][row["arm"]]["domain_ppl"]["delta"]
+        assert row["seeds"] == [0] and row["forgetting_reduction"]["n"] == 16
     costs = record["costs"]
     assert costs["c"]["synthesis_seconds"] > 0 and costs["c"]["screening_seconds"] > 0
     assert costs["d"]["synthesis_seconds"] == costs["c"]["synthesis_seconds"] and costs["d"]["screening_seconds"] == 0

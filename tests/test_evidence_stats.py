@@ -285,3 +285,40 @@ def test_the_reading_says_whether_ours_beats_each_other_arm_head_to_head():
     assert "general accuracy -3.0 ± 0.7 points, clearly lower with (c); answer fit -0.020" in worse
     assert not any(line.startswith("(c) against") for line in reading({**record({"delta": None}, {"delta": None}),
                                                                       "head_to_head": {}}))
+
+
+def test_the_sweep_compares_every_ratio_on_the_seeds_all_ratios_have():
+    from experiments.evidence_report import evidence, markdown, reading
+
+    items = [f"q{i}" for i in range(100)]
+    graded = ("general", "arc_easy", "piqa", "hellaswag", "sciq", "ifeval", "medmcqa")
+
+    def run(right: float, fit: float) -> dict[str, dict[str, float]]:
+        return ({task: {i: float(n < right * 100) for n, i in enumerate(items)} for task in graded}
+                | {"domain_ppl": dict.fromkeys(items, fit)})
+
+    base = run(1.0, -3.0)
+    arms = {"a": [run(0.6, -2.0), run(0.9, -2.5)],  # seeds 0, 1: (a) lost 40 and 10 points
+            "c@0.5": [run(0.95, -2.6), run(0.8, -2.0)],  # seeds 1, 0 (listed out of order)
+            "c@0.25": [run(0.7, -2.2)], "c@0.75": [run(0.9, -2.4)]}  # seed 0 only
+    seeds = {"a": [0, 1], "c@0.5": [1, 0], "c@0.25": [0], "c@0.75": [0]}
+    record = evidence(base, arms, ratio=0.5, seeds=[0, 1], drift={}, costs={}, settings={}, machine={},
+                      arm_seeds=seeds)
+    sweep = {row["ratio"]: row for row in record["sweep"]}
+    assert list(sweep) == [0.25, 0.5, 0.75] and {tuple(row["seeds"]) for row in sweep.values()} == {(0,)}
+    assert sweep[0.5]["arm"] == "c" and sweep[0.5]["forgetting"]["value"] == pytest.approx(0.2)  # seed 0 alone
+    assert record["arms"]["c"]["general"]["delta"] == pytest.approx(-0.125)  # the table keeps both seeds
+    assert sweep[0.25]["forgetting_reduction"]["value"] == pytest.approx(1 - 0.3 / 0.4)  # (a) seed 0 lost 40
+    assert sweep[0.75]["domain_gain_retention"]["value"] == pytest.approx(0.6 / 1.0)
+    assert sweep[0.5]["domain_gain"]["delta"] == pytest.approx(1.0)
+    text = markdown({**record, "progress": None}, [])
+    assert "| 0.25 | 0 | +30.0 ± 4.6 | +0.800 ± 0.000 | 0.25 [" in text
+    line = next(line for line in reading(record) if line.startswith("Ratio sweep"))
+    assert line.startswith("Ratio sweep of (c) (seed 0, against (a) on the same): forgetting reduction 0.25 at "
+                           "0.25, 0.50 at 0.5, 0.75 at 0.75; domain gain retention 0.80 at 0.25, 1.00 at 0.5, 0.60 at "
+                           "0.75.")
+    assert line.endswith("The least forgetting at ratio 0.75 (-10.0 points), the most domain gain at ratio 0.5 "
+                         "(+1.000 nats/token).")
+    unpaired = evidence(base, arms, ratio=0.5, seeds=[0, 1], drift={}, costs={}, settings={}, machine={})
+    assert [row["seeds"] for row in unpaired["sweep"]] == [None] * 3  # no seeds known: every run of each ratio
+    assert unpaired["sweep"][1]["forgetting"]["value"] == pytest.approx(0.125)
