@@ -275,14 +275,12 @@ def arms_stage(run: StageRunner, s: Settings, ws: Path, out: Path, grid: dict[st
         name, made_by = f"{arm}-s{seed}", training_stage(arm, seed)
         if report_only and not has(ledger, name):
             break
-        if report_only and seed not in mixes:  # listed among the commands (a scratch workspace makes them: seconds)
+        if seed not in mixes:  # each seed's mix commands are listed in every report (seconds where not built yet)
             mixes[seed] = build_mixes(run, s, ws, general, seed)
         if has(ledger, name):  # evaluated in an earlier workspace: its model is not needed
             kept = kept_stage(ledger, name, made_by, ws)
             info = {"run": str(run_folder(ws, arm, seed)), **run.reuse(made_by, kept), "machine": kept.get("machine")}
         else:
-            if seed not in mixes:
-                mixes[seed] = build_mixes(run, s, ws, general, seed)
             if arm == "e" and finished_run(run_folder(ws, "a", seed))() is None:
                 run.state.pop(training_stage("a", seed), None)  # went with an earlier workspace: trained again
                 train_arm(run, s, ws, "a", mixes[seed], seed)

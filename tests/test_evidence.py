@@ -231,7 +231,13 @@ def test_quick_experiment_runs_end_to_end_and_resumes(tmp_path: Path):
     assert again.returncode == 0, again.stderr[-3000:]
     assert all(path.read_bytes() == text for path, text in written.items())  # nothing new: not rewritten, same date
     assert "forgetless train" not in again.stdout and "forgetless eval" not in again.stdout  # all skipped
-    assert json.loads((out / "evidence.json").read_text(encoding="utf-8"))["arms"] == record["arms"]
+    rerun = json.loads((out / "evidence.json").read_text(encoding="utf-8"))
+    assert rerun["arms"] == record["arms"]
+
+    def mixing(commands: list[str]) -> list[str]:
+        return [line for line in commands if line.startswith(("forgetless mix ", "# freeze", "# write"))]
+
+    assert mixing(rerun["commands"]) == mixing(record["commands"]) != []  # every report lists how each mix was made
 
     # the workspace lost (a new machine) before (e) was kept: the ledger beside the report brings back what was
     # finished, and only (e) runs again, on (a) trained again (its model went with the workspace)
