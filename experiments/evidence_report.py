@@ -18,7 +18,7 @@ from experiments.evidence_grid import (
     PRIMARY_DESCRIPTION,
     PRIMARY_METRIC,
 )
-from experiments.evidence_stats import change, head_to_head, seed_mean_stderr, summary
+from experiments.evidence_stats import change, head_to_head, runs_on, seed_mean_stderr, summary
 from experiments.forgetting_stats import GENERAL
 
 Scores = Mapping[str, Mapping[str, float]]  # task -> item -> score
@@ -90,8 +90,8 @@ def sweep_rows(base: Mapping[str, Mapping[str, float]], domain_only: Mapping[str
     rows = []
     for key in keys:
         seeds = common or (list(arm_seeds[key]) if arm_seeds else None)
-        runs = [run for n, run in enumerate(arms[key]) if seeds is None or arm_seeds[key][n] in seeds]
-        tasks = {task: [run[task] for run in runs] for task in (PRIMARY_METRIC, DOMAIN_FIT)}
+        every = {task: [run[task] for run in arms[key]] for task in (PRIMARY_METRIC, DOMAIN_FIT)}
+        tasks = every if seeds is None else runs_on(every, arm_seeds[key], seeds)
         against_a = summary(base, {"a": domain_only, key: tasks}, primary=PRIMARY_METRIC, domain=DOMAIN_FIT,
                             arm_seeds=None if seeds is None else {"a": arm_seeds["a"], key: seeds})[key]
         rows.append({"ratio": float(key.split("@")[1]), "arm": "c" if key == final else key, "seeds": seeds,

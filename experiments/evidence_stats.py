@@ -158,11 +158,11 @@ def _ratios(base: Mapping[str, Scores], arm: Mapping[str, Sequence[Scores]],
 def _paired(arms: Mapping[str, Mapping[str, Sequence[Scores]]], arm_seeds: Mapping[str, Sequence[int]], arm: str,
             reference: str, keep: Sequence[int]) -> tuple[dict[str, list[Scores]], dict[str, list[Scores]]]:
     """The arm's and the reference's runs of the seeds in ``keep``."""
-    return _runs_on(arms[arm], arm_seeds[arm], keep), _runs_on(arms[reference], arm_seeds[reference], keep)
+    return runs_on(arms[arm], arm_seeds[arm], keep), runs_on(arms[reference], arm_seeds[reference], keep)
 
 
-def _runs_on(runs: Mapping[str, Sequence[Scores]], seeds: Sequence[int], keep: Sequence[int]
-             ) -> dict[str, list[Scores]]:
+def runs_on(runs: Mapping[str, Sequence[Scores]], seeds: Sequence[int], keep: Sequence[int]
+            ) -> dict[str, list[Scores]]:
     """Per task, the runs (``seeds``: each run's seed) of the seeds in ``keep``."""
     return {task: [s for s, run_seed in zip(scores, seeds, strict=True) if run_seed in keep]
             for task, scores in runs.items()}
