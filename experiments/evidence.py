@@ -17,6 +17,9 @@ first (``arm_order``). What it finishes (the general data, each evaluated model)
 Stage ``report``: the report again from the runs the ledger holds, restored into a scratch workspace; nothing is
 trained or evaluated.
 
+Stage ``retime``: every kind of stage the arms needed timed again on this machine, over a slice
+(experiments/evidence_retime.py), so the report's costs can be read on one machine; then that report.
+
     python experiments/evidence.py --quick --workspace /tmp/ev          # tiny, a few minutes (CI)
     python experiments/evidence.py --workspace workspace/evidence       # grid then arms (days on 2 CPU cores)
 
@@ -51,7 +54,7 @@ from experiments.evidence_arms import (  # noqa: E402
     train_arm,
     training_stage,
 )
-from experiments.evidence_costs import arm_costs  # noqa: E402
+from experiments.evidence_costs import arm_costs, one_machine_costs  # noqa: E402
 from experiments.evidence_grid import (  # noqa: E402
     DOMAIN_FIT,
     IFEVAL_TOKENS,
@@ -72,6 +75,7 @@ from experiments.evidence_ledger import (  # noqa: E402
     save_synthesis,
 )
 from experiments.evidence_report import evidence, reading, write_report  # noqa: E402
+from experiments.evidence_retime import read_retime, retime, write_retime  # noqa: E402
 from experiments.forgetting_stats import paired_difference  # noqa: E402
 from experiments.stage_runner import (  # noqa: E402
     REPO_ROOT,
@@ -129,6 +133,9 @@ class Settings:
     # without AMX pick bf16 autocast although bf16 matmuls run 0.6x fp32 there (full FT step: 18.5 s vs 11.9 s)
     train_dtype: str = "auto"
     eval_dtype: str = "auto"  # the arms' (and their base's) `forgetless eval --dtype`; the grid's stay auto
+    # stage "retime" (experiments/evidence_retime.py): the slice every stage is timed on again, on one machine
+    retime_instructions: int = 256  # two batches of the experiment's reconstruct/respond batch size
+    retime_steps: int = 12  # training steps per arm: a quarter of the arms' 50
 
     @property
     def steps(self) -> int:
@@ -138,8 +145,8 @@ class Settings:
 QUICK = {"grid_rows": [4], "grid_epochs": [1], "grid_lrs": [1e-5, 1e-3], "grid_all": True, "batch_size": 2,
          "max_length": 128, "ifeval_limit": 3, "ifeval_tokens": 8, "domain_rows": 4, "epochs": 1, "lr": 1e-3,
          "n_general": 24, "k": 1, "respond_tokens": 24, "general_holdout": 0.5, "ratios": [0.25, 0.5], "seeds": [0],
-         "general_limit": 4, "domain_limit": 4}
-STAGES = ("grid", "arms", "all", "report")
+         "general_limit": 4, "domain_limit": 4, "retime_instructions": 4, "retime_steps": 1}
+STAGES = ("grid", "arms", "all", "report", "retime")
 
 
 _NONE_TYPES = {"domain_rows": int, "epochs": int, "lr": float}  # fields whose default (None) names no type
@@ -151,8 +158,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, Path, Path, str
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a tiny run (CI): " + json.dumps(QUICK))
     parser.add_argument("--stage", choices=STAGES, default="all",
-                        help="grid, arms (at the grid's choice), all, or report: the report again from the runs the "
-                        "ledger holds, nothing trained or evaluated (give a scratch workspace)")
+                        help="grid, arms (at the grid's choice), all, report: the report again from the runs the "
+                        "ledger holds, nothing trained or evaluated (give a scratch workspace), or retime: every "
+                        "stage timed again on this machine over a slice, then that report")
     parser.add_argument("--workspace", type=Path, help="experiment workspace (default workspace/evidence[-quick])")
     parser.add_argument("--out", type=Path, help="where the JSON/Markdown go (default docs/; quick: WS/report)")
     for item in fields(Settings):
@@ -241,13 +249,7 @@ def arms_stage(run: StageRunner, s: Settings, ws: Path, out: Path, grid: dict[st
 
     ``report_only``: only the runs the ledger holds (restored into ``ws``), up to the first it lacks; the report
     is written from them (with this code), and nothing is trained or evaluated."""
-    if s.domain_rows is None or s.epochs is None or s.lr is None:
-        chosen = (grid or {}).get("chosen")
-        if not chosen:
-            raise SystemExit("the grid chose no setting that forgets: run the grid, or give --domain-rows, --epochs "
-                             "and --lr")
-        point = chosen["point"]
-        s.domain_rows, s.epochs, s.lr = point["domain_rows"], point["epochs"], point["lr"]
+    _take_grid_setting(s, grid)
     run.say(f"arms at {s.domain_rows} domain rows, {s.epochs} epoch(s), lr {s.lr:g}: {s.steps} steps each")
     ledger = out / LEDGER
     base_name = "base" if s.eval_dtype == "auto" else f"base-{s.eval_dtype}"  # not the grid's base then
@@ -304,17 +306,48 @@ def arms_stage(run: StageRunner, s: Settings, ws: Path, out: Path, grid: dict[st
     return record
 
 
+def _take_grid_setting(s: Settings, grid: dict[str, Any] | None) -> None:
+    """The arms' domain rows, epochs and learning rate: the grid's choice unless given."""
+    if s.domain_rows is None or s.epochs is None or s.lr is None:
+        chosen = (grid or {}).get("chosen")
+        if not chosen:
+            raise SystemExit("the grid chose no setting that forgets: run the grid, or give --domain-rows, --epochs "
+                             "and --lr")
+        point = chosen["point"]
+        s.domain_rows, s.epochs, s.lr = point["domain_rows"], point["epochs"], point["lr"]
+
+
+def retime_stage(run: StageRunner, s: Settings, ws: Path, out: Path, grid: dict[str, Any] | None) -> None:
+    """Every kind of stage the arms needed, timed again on this machine (experiments/evidence_retime.py), from the
+    general data and the first seed's mixes (restored from the ledger and rebuilt when the workspace lacks them)."""
+    _take_grid_setting(s, grid)
+    ledger = out / LEDGER
+    if not has(ledger, SYNTHESIS):
+        raise SystemExit(f"nothing to time again: {ledger} lacks the general data (run the arms first)")
+    restore(ledger, ws, run)
+    general = general_data(run, s, ws)
+    mixes = build_mixes(run, s, ws, general, s.seeds[0])
+    main_ratio = f"c@{s.ratio:g}"
+    measured = retime(run, s, ws, {("c" if arm == main_ratio else arm): mix for arm, mix in mixes.items()})
+    run.say(f"wrote {write_retime(out, measured)} (timed on {machine_label(measured['machine'])})")
+
+
 def write_evidence(run: StageRunner, s: Settings, out: Path, invocation: str, general: dict[str, Any],
                    base: dict[str, Any], arms: dict[str, list[Any]], drift: dict[str, list[Any]],
                    trained: dict[str, list[dict[str, Any]]], progress: dict[str, Any]) -> dict[str, Any]:
     """evidence.json and evidence.md from the arm runs evaluated so far (``progress``: which seeds of which arm,
     and how many of the planned runs), rewritten after each one so an unfinished experiment shows where it is."""
     costs = arm_costs(general["cost"], trained)
+    retimed = read_retime(out)
     drift_mean = {arm: {**{key: _mean(d.get(key) for d in ds) for key in ("kl", "ppl_base", "ppl_tuned")},
                         "texts": ds[0].get("texts"), "n": ds[0].get("n")} for arm, ds in drift.items()}
     record = evidence(base, arms, ratio=s.ratio, seeds=s.seeds, drift=drift_mean, costs=costs, settings=asdict(s),
                       machine=machine(), arm_seeds=progress["evaluated"])
     record["progress"] = {**progress, "finished": progress["done"] == progress["of"]}
+    if retimed:
+        record["costs_one_machine"] = {
+            **{key: retimed[key] for key in ("machine", "instructions", "train_steps", "tokens_per_s")},
+            "arms": one_machine_costs(general["cost"], costs, retimed["tokens_per_s"])}
     record["reading"] = reading(record)
     record.update(general={k: v for k, v in general.items() if k != "cost"}, synthesis=general["cost"],
                   invocation=invocation, commands=run.commands, timings=run.timings)
@@ -350,8 +383,10 @@ def main(argv: list[str] | None = None) -> int:
                              "--domain-rows, --epochs and --lr")
     result: dict[str, Any] = {"grid": str(out / "evidence_grid.json"), "chosen": ((grid or {}).get("chosen") or {})
                               .get("name")}
-    if stage in ("arms", "all", "report") and (grid and grid.get("chosen") or s.domain_rows is not None):
-        record = arms_stage(run, s, ws, out, grid, invocation, report_only=stage == "report")
+    if stage == "retime":
+        retime_stage(run, s, ws, out, grid)
+    if stage in ("arms", "all", "report", "retime") and (grid and grid.get("chosen") or s.domain_rows is not None):
+        record = arms_stage(run, s, ws, out, grid, invocation, report_only=stage in ("report", "retime"))
         result |= {"evidence": str(out / "evidence.json"), "summary": {k: v for k, v in record["summary"].items()
                                                                          if k != "by_arm"}}
     print(json.dumps(result))

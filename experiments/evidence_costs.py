@@ -66,3 +66,88 @@ def arm_costs(stages: Mapping[str, Mapping[str, Any]], trained: Mapping[str, Seq
         cost["machines"] = sorted({machine_label(m) for m in timed})  # seconds compare within one machine only
         costs[arm] = cost
     return costs
+
+
+def one_machine_costs(stages: Mapping[str, Mapping[str, Any]], costs: Mapping[str, Mapping[str, Any]],
+                      rates: Mapping[str, float | None]) -> dict[str, dict[str, Any]]:
+    """Per arm, the seconds its stages would take on the machine that measured ``rates`` (tokens per second of
+    each synthesis stage and of each arm's training: ``evidence_retime``): the tokens each needed in the
+    experiment (``stages``, ``costs`` from ``arm_costs``) over that rate. (e)'s training is (a)'s, plus its
+    interpolation as timed (seconds, and no tokens: it reads weights)."""
+    def seconds(tokens: float | None, rate: float | None) -> float:
+        if not tokens:
+            return 0.0
+        if not rate:
+            raise ValueError("a stage that needed tokens has no measured rate on this machine: time it again")
+        return tokens / rate
+
+    out = {}
+    for arm, cost in costs.items():
+        kind = arm.split("@")[0]
+        synthesis = sum(seconds(stages[name]["tokens"], rates.get(name)) for name in SYNTHESIS_STAGES.get(kind, ()))
+        screening = sum(seconds(stages[name]["tokens"], rates.get(name)) for name in SCREENING_STAGES.get(kind, ()))
+        if kind == "e":
+            interpolation = cost["train_seconds"] - costs["a"]["train_seconds"]
+            train = seconds(cost["train_tokens"], rates.get("train-a")) + interpolation
+        else:
+            train = seconds(cost["train_tokens"], rates.get(f"train-{arm}"))
+        out[arm] = {"synthesis_seconds": round(synthesis, 1), "screening_seconds": round(screening, 1),
+                    "train_seconds": round(train, 1), "total_seconds": round(synthesis + screening + train, 1)}
+    return out
+
+
+def cost_sections(record: Mapping[str, Any]) -> list[str]:
+    """The report's cost tables: as timed where each stage ran, and (once ``evidence_retime`` ran) on one machine."""
+    costs = record["costs"]
+    rows = ["| arm | synthesis s (tokens) | screening s (tokens) | training s per run (tokens) | total s | timed on |",
+            "|---|---|---|---|---|---|"] + [
+        f"| ({arm}) | {c['synthesis_seconds']:.0f} ({_count(c['synthesis_tokens'])}) | {c['screening_seconds']:.0f} "
+        f"({_count(c['screening_tokens'])}) | {c['train_seconds']:.0f} ({c['train_tokens']:,}){_by_machine(c)} | "
+        f"{c['total_seconds']:.0f} | {'; '.join(c.get('machines') or ['machine not recorded'])} |"
+        for arm, c in costs.items()]
+    machines = {m for c in costs.values() for m in c.get("machines") or ()}
+    uncounted = any(c["screening_tokens"] is None for c in costs.values())
+    sections = [
+        "Cost per arm (synthesis and screening once; training per run, the mean over seeds):\n\n" + "\n".join(rows)
+        + ("\n\nThe timed stages ran on more than one machine: seconds compare only between stages timed on the "
+           "same one; token counts compare across machines." if len(machines) > 1 else "")
+        + "\n\nTokens: synthesis counts those generated, training those trained on, screening those its judges "
+          "read (it generates nothing: an embedding model, and one forward pass of the judge LLM per response)"
+        + ("; this run's judge stage did not count them." if uncounted else ".")]
+    one = record.get("costs_one_machine")
+    if one:
+        table = ["| arm | synthesis s | screening s | training s per run | total s | total vs (a) |",
+                 "|---|---|---|---|---|---|"] + [
+            f"| ({arm}) | {c['synthesis_seconds']:.0f} | {c['screening_seconds']:.0f} | {c['train_seconds']:.0f} | "
+            f"{c['total_seconds']:.0f} | {c['total_seconds'] / one['arms']['a']['total_seconds']:.1f}x |"
+            for arm, c in one["arms"].items()]
+        rates = ", ".join(f"{name} {rate:,.0f}" for name, rate in one["tokens_per_s"].items() if rate)
+        sections.append(
+            f"The same costs on one machine, {machine_label(one['machine'])}: each stage's tokens above over the "
+            f"tokens per second it ran at there, timed again over a slice with the experiment's settings "
+            f"({one['instructions']} instructions reconstructed, answered and judged; {one['train_steps']} "
+            f"training steps of each arm's first-seed mix; `--stage retime`, experiments/evidence_retime.py). "
+            f"Tokens per second: {rates}.\n\n" + "\n".join(table))
+    return sections
+
+
+def cost_reading(record: Mapping[str, Any]) -> list[str]:
+    """One line: what (c) costs against (a), (b) and (e), on one machine when it was timed there."""
+    one = record.get("costs_one_machine")
+    if not one or not {"a", "c"} <= set(one["arms"]):
+        return []
+    arms, c = one["arms"], one["arms"]["c"]
+    others = "; ".join(f"({arm}) {arms[arm]['total_seconds']:,.0f} s" for arm in ("a", "b", "e") if arm in arms)
+    return [f"Cost on one machine ({machine_label(one['machine'])}): (c) {c['total_seconds']:,.0f} s for one run "
+            f"({c['synthesis_seconds']:,.0f} s synthesis and {c['screening_seconds']:,.0f} s screening, made once "
+            f"for every seed and ratio, then {c['train_seconds']:,.0f} s training); {others}."]
+
+
+def _by_machine(cost: Mapping[str, Any]) -> str:
+    """The training mean per machine, when the runs were timed on more than one."""
+    seconds = cost.get("train_seconds_by_machine") or {}
+    return "" if len(seconds) < 2 else " — " + ", ".join(f"{label}: {s:.0f}" for label, s in seconds.items())
+
+
+def _count(tokens: float | None) -> str:
+    return "not counted" if tokens is None else f"{tokens:,.0f}"

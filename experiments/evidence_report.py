@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from experiments.evidence_arms import ARM_NAMES, DOMAIN_TASK
+from experiments.evidence_costs import cost_reading, cost_sections
 from experiments.evidence_grid import (
     DOMAIN_FIT,
     DOMAIN_FIT_DESCRIPTION,
@@ -141,7 +142,8 @@ def reading(record: Mapping[str, Any], sigmas: float = 3.0) -> list[str]:
             "preventing all of (a)'s forgetting") + " " + _interval_says(
             "Domain gain retention", values["domain_gain_retention"]["value"], values["domain_gain_retention"]["ci"],
             "keeping all of (a)'s domain gain"))
-    return lines + _head_to_head_reading(record, sigmas) + _sweep_reading(record) + _ifeval_reading(record, sigmas)
+    return (lines + _head_to_head_reading(record, sigmas) + _sweep_reading(record) + _ifeval_reading(record, sigmas)
+            + cost_reading(record))
 
 
 def _sweep_reading(record: Mapping[str, Any]) -> list[str]:
@@ -223,10 +225,6 @@ def _pm(entry: Mapping[str, Any] | None, scale: float = 100.0, digits: int = 1) 
 
 def _nats(entry: Mapping[str, Any] | None) -> str:
     return _pm(entry, scale=1.0, digits=3)
-
-
-def _count(tokens: float | None) -> str:
-    return "not counted" if tokens is None else f"{tokens:,.0f}"
 
 
 def _interval(value: float | None, ci: Sequence[float] | None) -> str:
@@ -315,14 +313,6 @@ def markdown(record: Mapping[str, Any], commands: Sequence[str]) -> str:
         f"{_pm({'delta': row['forgetting']['value'], 'stderr': row['forgetting']['stderr']})} | "
         f"{_nats(row['domain_gain'])} | {_entry(row['forgetting_reduction'])} | "
         f"{_entry(row['domain_gain_retention'])} |" for row in record["sweep"]]
-    costs = ["| arm | synthesis s (tokens) | screening s (tokens) | training s per run (tokens) | total s | timed on |",
-             "|---|---|---|---|---|---|"] + [
-        f"| ({arm}) | {c['synthesis_seconds']:.0f} ({_count(c['synthesis_tokens'])}) | {c['screening_seconds']:.0f} "
-        f"({_count(c['screening_tokens'])}) | {c['train_seconds']:.0f} ({c['train_tokens']:,}){_by_machine(c)} | "
-        f"{c['total_seconds']:.0f} | {'; '.join(c.get('machines') or ['machine not recorded'])} |"
-        for arm, c in record["costs"].items()]
-    machines = {m for c in record["costs"].values() for m in c.get("machines") or ()}
-    uncounted = any(c["screening_tokens"] is None for c in record["costs"].values())
     return "\n\n".join([
         *_progress(record.get("progress")),
         "\n".join(f"- {line}" for line in reading(record)),
@@ -338,19 +328,8 @@ def markdown(record: Mapping[str, Any], commands: Sequence[str]) -> str:
         *(["\n".join(ratio_lines)] if ratio_lines else []),  # none before a second arm is evaluated
         "Ratio sweep of (c), each ratio on the seeds every ratio has (against (a) on the same seeds; 95% "
         "bootstrap intervals over items):\n\n" + "\n".join(sweep),
-        "Cost per arm (synthesis and screening once; training per run, the mean over seeds):\n\n" + "\n".join(costs)
-        + ("\n\nThe timed stages ran on more than one machine: seconds compare only between stages timed on the "
-           "same one; token counts compare across machines." if len(machines) > 1 else "")
-        + "\n\nTokens: synthesis counts those generated, training those trained on, screening those its judges "
-          "read (it generates nothing: an embedding model, and one forward pass of the judge LLM per response)"
-        + ("; this run's judge stage did not count them." if uncounted else "."),
+        *cost_sections(record),
         "Commands:\n\n```bash\n" + "\n".join(commands) + "\n```"])
-
-
-def _by_machine(cost: Mapping[str, Any]) -> str:
-    """The training mean per machine, when the runs were timed on more than one."""
-    seconds = cost.get("train_seconds_by_machine") or {}
-    return "" if len(seconds) < 2 else " — " + ", ".join(f"{label}: {s:.0f}" for label, s in seconds.items())
 
 
 def write_report(out: Path, record: Mapping[str, Any], commands: Sequence[str]) -> None:

@@ -276,6 +276,23 @@ def test_quick_experiment_runs_end_to_end_and_resumes(tmp_path: Path):
                             "1e-3"], capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert empty.returncode == 1 and "nothing to report" in empty.stderr.strip().splitlines()[-1], empty.stderr
 
+    # every stage timed again on this machine over a slice, once: the report puts every arm's seconds on it
+    retime = [*fresh, "--stage", "retime"]
+    timed = subprocess.run(retime, capture_output=True, text=True, cwd=ROOT, timeout=900)
+    assert timed.returncode == 0, timed.stdout[-3000:] + timed.stderr[-3000:]
+    rates = json.loads((out / "evidence_retime.json").read_text(encoding="utf-8"))["tokens_per_s"]
+    assert set(rates) == {"reconstruct", "respond", "judge", "train-a", "train-b", "train-c", "train-c@0.25",
+                          "train-d"} and all(rate > 0 for rate in rates.values())
+    retimed = json.loads((out / "evidence.json").read_text(encoding="utf-8"))
+    one = retimed["costs_one_machine"]
+    assert one["machine"] == machine() and set(one["arms"]) == set(retimed["costs"])
+    assert one["arms"]["c"]["synthesis_seconds"] > 0 and one["arms"]["d"]["screening_seconds"] == 0
+    assert all(cost["train_seconds"] > 0 for cost in one["arms"].values())
+    assert retimed["arms"] == record["arms"]  # timing again changes no figure
+    assert "The same costs on one machine" in (out / "evidence.md").read_text(encoding="utf-8")
+    again_timed = subprocess.run(retime, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert again_timed.returncode == 0 and "forgetless train" not in again_timed.stdout  # timed here already
+
 
 def test_wise_ft_interpolates_every_weight_and_writes_a_run_eval_can_read(tmp_path: Path):
     import torch

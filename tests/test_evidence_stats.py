@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from experiments.evidence_costs import arm_costs
+from experiments.evidence_costs import arm_costs, cost_reading, cost_sections, one_machine_costs
 from experiments.evidence_stats import change, item_changes, ratio_with_interval, summary
 
 
@@ -140,6 +140,39 @@ def test_costs_count_synthesis_and_screening_once_and_training_per_run():
     uncounted = arm_costs({**stages, "judge": {"seconds": 5.0, "tokens": None}}, {"c": [run], "a": [run]})
     assert uncounted["c"]["screening_tokens"] is None and uncounted["c"]["total_seconds"] == 145.0
     assert uncounted["a"]["screening_tokens"] == 0  # no screening at all: nothing to count
+
+
+def test_costs_on_one_machine_divide_each_stages_tokens_by_its_rate_there():
+    """Stages timed on different machines are put on one: the tokens each needed over the rate it ran at on the
+    machine that timed them all again (experiments/evidence_retime.py)."""
+    stages = {"reconstruct": {"seconds": 10.0, "tokens": 100}, "respond": {"seconds": 30.0, "tokens": 600},
+              "judge": {"seconds": 5.0, "tokens": 900}}
+    run = {"seconds": 100.0, "total_steps": 10, "tokens_per_s": 2.0}
+    costs = arm_costs(stages, {"a": [run], "c": [{**run, "tokens_per_s": 3.0}], "d": [run],
+                               "e": [{"seconds": 3.0}]})
+    rates = {"reconstruct": 50.0, "respond": 20.0, "judge": 300.0, "train-a": 4.0, "train-c": 5.0, "train-d": 2.0}
+    one = one_machine_costs(stages, costs, rates)
+    assert one["a"] == {"synthesis_seconds": 0, "screening_seconds": 0, "train_seconds": 50.0,
+                        "total_seconds": 50.0}  # 200 tokens at 4/s, not the 100 s timed elsewhere
+    assert one["c"] == {"synthesis_seconds": 32.0, "screening_seconds": 3.0, "train_seconds": 60.0,
+                        "total_seconds": 95.0}  # 100/50 + 600/20; 900/300; 300/5
+    assert one["d"]["screening_seconds"] == 0 and one["d"]["train_seconds"] == 100.0
+    assert one["e"]["train_seconds"] == 53.0  # (a)'s training there + the interpolation as timed
+    with pytest.raises(ValueError, match="no measured rate"):
+        one_machine_costs(stages, costs, {**rates, "train-c": None})
+
+    machine = {"cpu": "AMD EPYC", "family_model": "26/2", "bf16": "AVX512-BF16"}
+    record = {"costs": {arm: {**cost, "machines": ["elsewhere"]} for arm, cost in costs.items()},
+              "costs_one_machine": {"machine": machine, "instructions": 256, "train_steps": 12,
+                                    "tokens_per_s": rates, "arms": one}}
+    sections = cost_sections(record)
+    assert len(sections) == 2 and "The same costs on one machine, AMD EPYC 26/2 (AVX512-BF16)" in sections[1]
+    assert "| (c) | 32 | 3 | 60 | 95 | 1.9x |" in sections[1]  # 95 s against (a)'s 50
+    assert cost_reading(record) == ["Cost on one machine (AMD EPYC 26/2 (AVX512-BF16)): (c) 95 s for one run (32 s "
+                                    "synthesis and 3 s screening, made once for every seed and ratio, then 60 s "
+                                    "training); (a) 50 s; (e) 53 s."]
+    del record["costs_one_machine"]
+    assert len(cost_sections(record)) == 1 and cost_reading(record) == []
 
 
 def test_machines_compare_on_the_keys_both_records_have():
