@@ -330,6 +330,7 @@ def retime_stage(run: StageRunner, s: Settings, ws: Path, out: Path, grid: dict[
     main_ratio = f"c@{s.ratio:g}"
     measured = retime(run, s, ws, {("c" if arm == main_ratio else arm): mix for arm, mix in mixes.items()})
     run.say(f"wrote {write_retime(out, measured)} (timed on {machine_label(measured['machine'])})")
+    run.commands.clear()  # the report lists the experiment's commands as any report does; the slice's come apart
 
 
 def write_evidence(run: StageRunner, s: Settings, out: Path, invocation: str, general: dict[str, Any],
@@ -346,7 +347,7 @@ def write_evidence(run: StageRunner, s: Settings, out: Path, invocation: str, ge
     record["progress"] = {**progress, "finished": progress["done"] == progress["of"]}
     if retimed:
         record["costs_one_machine"] = {
-            **{key: retimed[key] for key in ("machine", "instructions", "train_steps", "tokens_per_s")},
+            **{key: retimed[key] for key in ("machine", "instructions", "train_steps", "tokens_per_s", "commands")},
             "arms": one_machine_costs(general["cost"], costs, retimed["tokens_per_s"])}
     record["reading"] = reading(record)
     record.update(general={k: v for k, v in general.items() if k != "cost"}, synthesis=general["cost"],

@@ -313,6 +313,7 @@ def markdown(record: Mapping[str, Any], commands: Sequence[str]) -> str:
         f"{_pm({'delta': row['forgetting']['value'], 'stderr': row['forgetting']['stderr']})} | "
         f"{_nats(row['domain_gain'])} | {_entry(row['forgetting_reduction'])} | "
         f"{_entry(row['domain_gain_retention'])} |" for row in record["sweep"]]
+    retimed = (record.get("costs_one_machine") or {}).get("commands")
     return "\n\n".join([
         *_progress(record.get("progress")),
         "\n".join(f"- {line}" for line in reading(record)),
@@ -329,7 +330,9 @@ def markdown(record: Mapping[str, Any], commands: Sequence[str]) -> str:
         "Ratio sweep of (c), each ratio on the seeds every ratio has (against (a) on the same seeds; 95% "
         "bootstrap intervals over items):\n\n" + "\n".join(sweep),
         *cost_sections(record),
-        "Commands:\n\n```bash\n" + "\n".join(commands) + "\n```"])
+        "Commands:\n\n```bash\n" + "\n".join(commands) + "\n```",
+        *(["Timed again on one machine (`--stage retime`):\n\n```bash\n" + "\n".join(retimed) + "\n```"]
+          if retimed else [])])
 
 
 def write_report(out: Path, record: Mapping[str, Any], commands: Sequence[str]) -> None:

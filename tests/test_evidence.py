@@ -270,7 +270,8 @@ def test_quick_experiment_runs_end_to_end_and_resumes(tmp_path: Path):
     assert report.returncode == 0, report.stderr[-3000:]
     assert not re.search(r": forgetless (train|eval|reconstruct|respond|judge) ", report.stdout), report.stdout
     assert (out / "evidence.md").exists() and "forgetless mix " in (out / "evidence.md").read_text(encoding="utf-8")
-    assert json.loads((out / "evidence.json").read_text(encoding="utf-8"))["arms"] == record["arms"]
+    reported = json.loads((out / "evidence.json").read_text(encoding="utf-8"))
+    assert reported["arms"] == record["arms"]
     empty = subprocess.run([*fresh[:at], str(tmp_path / "scratch2"), "--out", str(tmp_path / "no-ledger"),
                             "--threads", "1", "--stage", "report", "--domain-rows", "8", "--epochs", "1", "--lr",
                             "1e-3"], capture_output=True, text=True, cwd=ROOT, timeout=600)
@@ -289,6 +290,10 @@ def test_quick_experiment_runs_end_to_end_and_resumes(tmp_path: Path):
     assert one["arms"]["c"]["synthesis_seconds"] > 0 and one["arms"]["d"]["screening_seconds"] == 0
     assert all(cost["train_seconds"] > 0 for cost in one["arms"].values())
     assert retimed["arms"] == record["arms"]  # timing again changes no figure
+    in_fresh = [line.replace(str(tmp_path / "scratch"), str(tmp_path / "fresh")) for line in reported["commands"]]
+    assert retimed["commands"] == in_fresh  # the experiment's, listed once as by any report; the slice's apart:
+    assert all("/retime/" in line for line in one["commands"]) and "retime/" in (out / "evidence.md").read_text(
+        encoding="utf-8").split("Timed again on one machine")[1]
     assert "The same costs on one machine" in (out / "evidence.md").read_text(encoding="utf-8")
     again_timed = subprocess.run(retime, capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert again_timed.returncode == 0 and "forgetless train" not in again_timed.stdout  # timed here already
