@@ -73,24 +73,32 @@ def one_machine_costs(stages: Mapping[str, Mapping[str, Any]], costs: Mapping[st
     """Per arm, the seconds its stages would take on the machine that measured ``rates`` (tokens per second of
     each synthesis stage and of each arm's training: ``evidence_retime``): the tokens each needed in the
     experiment (``stages``, ``costs`` from ``arm_costs``) over that rate. (e)'s training is (a)'s, plus its
-    interpolation as timed (seconds, and no tokens: it reads weights)."""
+    interpolation as timed (seconds, and no tokens: it reads weights). An arm with a stage that machine did not time
+    (one added after it) is left out."""
+    class Untimed(Exception):
+        pass
+
     def seconds(tokens: float | None, rate: float | None) -> float:
         if not tokens:
             return 0.0
         if not rate:
-            raise ValueError("a stage that needed tokens has no measured rate on this machine: time it again")
+            raise Untimed
         return tokens / rate
 
     out = {}
     for arm, cost in costs.items():
         kind = arm.split("@")[0]
-        synthesis = sum(seconds(stages[name]["tokens"], rates.get(name)) for name in SYNTHESIS_STAGES.get(kind, ()))
-        screening = sum(seconds(stages[name]["tokens"], rates.get(name)) for name in SCREENING_STAGES.get(kind, ()))
-        if kind == "e":
-            interpolation = cost["train_seconds"] - costs["a"]["train_seconds"]
-            train = seconds(cost["train_tokens"], rates.get("train-a")) + interpolation
-        else:
-            train = seconds(cost["train_tokens"], rates.get(f"train-{arm}"))
+        try:
+            synthesis = sum(seconds(stages[name]["tokens"], rates.get(name)) for name in SYNTHESIS_STAGES.get(kind, ()))
+            screening = sum(seconds(stages[name]["tokens"], rates.get(name))
+                            for name in SCREENING_STAGES.get(kind, ()))
+            if kind == "e":
+                interpolation = cost["train_seconds"] - costs["a"]["train_seconds"]
+                train = seconds(cost["train_tokens"], rates.get("train-a")) + interpolation
+            else:
+                train = seconds(cost["train_tokens"], rates.get(f"train-{arm}"))
+        except Untimed:
+            continue
         out[arm] = {"synthesis_seconds": round(synthesis, 1), "screening_seconds": round(screening, 1),
                     "train_seconds": round(train, 1), "total_seconds": round(synthesis + screening + train, 1)}
     return out
@@ -121,13 +129,15 @@ def cost_sections(record: Mapping[str, Any]) -> list[str]:
             f"| ({arm}) | {c['synthesis_seconds']:.0f} | {c['screening_seconds']:.0f} | {c['train_seconds']:.0f} | "
             f"{c['total_seconds']:.0f} | {c['total_seconds'] / one['arms']['a']['total_seconds']:.1f}x |"
             for arm, c in one["arms"].items()]
+        untimed = [f"({arm})" for arm in costs if arm not in one["arms"]]
         rates = ", ".join(f"{name} {rate:,.0f}" for name, rate in one["tokens_per_s"].items() if rate)
         sections.append(
             f"The same costs on one machine, {machine_label(one['machine'])}: each stage's tokens above over the "
             f"tokens per second it ran at there, timed again over a slice with the experiment's settings "
             f"({one['instructions']} instructions reconstructed, answered and judged; {one['train_steps']} "
             f"training steps of each arm's first-seed mix; `--stage retime`, experiments/evidence_retime.py). "
-            f"Tokens per second: {rates}.\n\n" + "\n".join(table))
+            f"Tokens per second: {rates}.\n\n" + "\n".join(table)
+            + (f"\n\nNot timed on that machine (added after it was): {', '.join(untimed)}." if untimed else ""))
     return sections
 
 
