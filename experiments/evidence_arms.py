@@ -36,15 +36,20 @@ ARM_NAMES = {"a": "domain only", "b": "+ public SFT (ShareGPT)", "c": "+ reconst
              "d": "+ reconstructed, not screened", "e": "WiSE-FT of (a), alpha 0.5"}
 
 
+def synthesis_argv(s: Any, ws: Path, n: int) -> dict[str, list[Any]]:
+    """The general data's stages as CLI arguments: reconstruct ``n`` instructions, respond, judge — at the batch
+    sizes of the experiment's own instruction count, so a slice of it (evidence_retime) runs at the same rate."""
+    batch = min(s.synthesis_batch_size, reconstruct_batch_size(s.n_general) * 4)
+    return {"reconstruct": ["reconstruct", "--workspace", ws, "--model", s.model, "--n", n, "--batch-size", batch,
+                            "--seed", s.seeds[0]],
+            "respond": ["respond", "--workspace", ws, "--models", s.model, "--k", s.k, "--max-new-tokens",
+                        s.respond_tokens, "--batch-size", s.synthesis_batch_size, "--seed", s.seeds[0]],
+            "judge": ["judge", "--workspace", ws]}
+
+
 def general_data(run: StageRunner, s: Any, ws: Path) -> dict[str, Any]:
     """Reconstruct, respond and judge with the default (checked) judges, then the screening threshold."""
-    batch = min(s.synthesis_batch_size, reconstruct_batch_size(s.n_general) * 4)
-    rec = run.cli("reconstruct", ["reconstruct", "--workspace", ws, "--model", s.model, "--n", s.n_general,
-                                  "--batch-size", batch, "--seed", s.seeds[0]])
-    respond = run.cli("respond", ["respond", "--workspace", ws, "--models", s.model, "--k", s.k,
-                                  "--max-new-tokens", s.respond_tokens, "--batch-size", s.synthesis_batch_size,
-                                  "--seed", s.seeds[0]])
-    judge = run.cli("judge", ["judge", "--workspace", ws])
+    rec, respond, judge = (run.cli(name, argv) for name, argv in synthesis_argv(s, ws, s.n_general).items())
     if "tokens_read" not in judge:  # judged before the judge stage counted the tokens it reads
         from experiments.judged_tokens import count_judged_tokens  # loads torch: only for such a job
 

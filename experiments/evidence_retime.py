@@ -19,8 +19,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from experiments.evidence_arms import stage_cost
-from experiments.stage_runner import StageRunner, machine, machine_label, reconstruct_batch_size
+from experiments.evidence_arms import stage_cost, synthesis_argv
+from experiments.stage_runner import StageRunner, machine, machine_label
 
 RETIME_FILE = "evidence_retime.json"
 
@@ -38,16 +38,7 @@ def retime(run: StageRunner, s: Any, ws: Path, mixes: dict[str, Any]) -> dict[st
         return run.cli(f"retime-{name}", argv, resume_key=f"{' '.join(argv)} on {here}")
 
     seed, n = s.seeds[0], s.retime_instructions
-    synthesis = {
-        # the experiment's batch sizes (from its own instruction count), so the rate is the one it ran at
-        "reconstruct": timed("reconstruct", [
-            "reconstruct", "--workspace", where, "--model", s.model, "--n", n, "--batch-size",
-            min(s.synthesis_batch_size, reconstruct_batch_size(s.n_general) * 4), "--seed", seed]),
-        "respond": timed("respond", [
-            "respond", "--workspace", where, "--models", s.model, "--k", s.k, "--max-new-tokens", s.respond_tokens,
-            "--batch-size", s.synthesis_batch_size, "--seed", seed]),
-        "judge": timed("judge", ["judge", "--workspace", where]),
-    }
+    synthesis = {name: timed(name, argv) for name, argv in synthesis_argv(s, where, n).items()}
     rates = {name: _rate(stage_cost(summary)) for name, summary in synthesis.items()}
     for arm, mix in mixes.items():
         out = where / "runs" / arm.replace("@", "-r")
